@@ -1,0 +1,2 @@
+//! placeholder
+pub const ALPN_STR: &str = "morag/1";
