@@ -2,4 +2,10 @@
 //!
 //! # Layout
 //! - `media/`: the processors (audio, video, image) and their shared types.
+//! - `gpu/`: the frame engine (CPU reference ops or CUDA kernels) and GPU selection.
+//! - `hardware.rs`: the hardware fingerprint (CPU, memory, OS, NVIDIA GPUs).
+//! - `models/`: Whisper model import (CTranslate2 -> ggml) and download.
 pub mod media;
+pub mod models;
+pub mod gpu;
+pub mod hardware;

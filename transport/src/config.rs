@@ -1,0 +1,138 @@
+//! Session settings and the local identity.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use morag_certs::{RevocationList, Role};
+
+use crate::backoff::BackoffConfig;
+use crate::detector::DetectorConfig;
+use crate::error::ConfigError;
+
+/// This endpoint's certificate chain and private key (PEM), and the deployment's CA.
+#[derive(Clone)]
+pub struct Credentials {
+    /// Our certificate (and any intermediates), PEM.
+    pub cert_chain_pem: String,
+    /// Our private key, PEM (PKCS#8 or SEC1).
+    pub key_pem: String,
+    /// The deployment's CA certificate(s), PEM: the only roots peers are checked against.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field(
+                "cert_chain_pem",
+                &format_args!("{} bytes", self.cert_chain_pem.len()),
+            )
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Read the three PEM files.
+    pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, ConfigError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                path: p.to_path_buf(),
+                source: e,
+            })
+        };
+        Ok(Self {
+            cert_chain_pem: read(cert)?,
+            key_pem: read(key)?,
+            ca_pem: read(ca)?,
+        })
+    }
+}
+
+/// Everything a [`crate::Client`] or [`crate::Listener`] needs.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub credentials: Credentials,
+    /// Certificates revoked by the deployment's CA; checked on every connection, resumed ones
+    /// included. Replace it at run time with `set_revocations`.
+    pub revocations: RevocationList,
+    /// Heartbeat interval and failure-detection thresholds.
+    pub heartbeat: DetectorConfig,
+    /// Reconnect backoff of the dialing side.
+    pub reconnect: BackoffConfig,
+    /// Default timeout of [`crate::Session::request`].
+    pub request_timeout: Duration,
+    /// Largest control frame accepted.
+    pub max_frame_size: usize,
+    /// Largest file accepted (default 10 GB).
+    pub max_file_size: u64,
+    /// Where received files are stored (by hash), with partial transfers under `partial/`.
+    pub store_dir: PathBuf,
+    /// How long a transfer waits for a lost peer to come back before failing.
+    pub transfer_reconnect_wait: Duration,
+    /// QUIC idle timeout: a connection with no packets at all for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a graceful close waits for queued messages and transfers.
+    pub close_grace: Duration,
+    /// Roles allowed to connect to a listener (`None`: any role the CA issued).
+    pub allowed_roles: Option<Vec<Role>>,
+    /// Reconnect with 0-RTT when a session ticket is cached.
+    pub zero_rtt: bool,
+    /// Software name sent in the hello, for the peer's logs.
+    pub software: String,
+    /// Protocol versions this side speaks (min, max). Change only for staged upgrades and
+    /// tests.
+    pub protocol_versions: (u16, u16),
+    /// ALPN protocol id offered. Change only for tests.
+    pub alpn: Vec<u8>,
+}
+
+impl SessionConfig {
+    /// Defaults for everything but the credentials.
+    pub fn new(credentials: Credentials) -> Self {
+        Self {
+            credentials,
+            revocations: RevocationList::empty(),
+            heartbeat: DetectorConfig::default(),
+            reconnect: BackoffConfig::default(),
+            request_timeout: Duration::from_secs(10),
+            max_frame_size: crate::frame::MAX_FRAME_SIZE,
+            max_file_size: 10_000_000_000,
+            store_dir: std::env::temp_dir().join("morag-transport-store"),
+            transfer_reconnect_wait: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(10),
+            close_grace: Duration::from_secs(5),
+            allowed_roles: None,
+            zero_rtt: true,
+            software: concat!("morag-transport/", env!("CARGO_PKG_VERSION")).to_string(),
+            protocol_versions: (crate::wire::MIN_VERSION, crate::wire::MAX_VERSION),
+            alpn: crate::wire::ALPN.to_vec(),
+        }
+    }
+
+    /// Check the settings hang together; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.heartbeat
+            .validate()
+            .map_err(|m| ConfigError::Invalid("heartbeat", m))?;
+        self.reconnect
+            .validate()
+            .map_err(|m| ConfigError::Invalid("reconnect", m))?;
+        if self.max_frame_size < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_frame_size",
+                "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.idle_timeout <= self.heartbeat.dead_after {
+            return Err(ConfigError::Invalid(
+                "idle_timeout",
+                format!(
+                    "must be longer than heartbeat.dead_after ({:?})",
+                    self.heartbeat.dead_after
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

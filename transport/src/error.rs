@@ -1,0 +1,108 @@
+//! Error types, one per operation.
+
+use std::path::PathBuf;
+
+use crate::wire::RefuseReason;
+
+/// Bad settings or credentials.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A certificate, key or CA could not be used.
+    #[error("bad credentials: {0}")]
+    Credentials(String),
+    /// A setting is out of range.
+    #[error("invalid setting {0}: {1}")]
+    Invalid(&'static str, String),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Connecting to a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The QUIC/TLS handshake failed (untrusted, expired or revoked certificate, wrong ALPN,
+    /// unreachable peer ...); the message says which.
+    #[error("connection failed: {0}")]
+    Handshake(String),
+    /// The peer completed the handshake and then refused the session.
+    #[error("peer refused the session ({reason:?}): {message}")]
+    Refused {
+        reason: RefuseReason,
+        message: String,
+    },
+    /// The peer broke the session protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No answer in time.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// A message could not be queued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The session is closed; nothing more can be sent on it.
+    #[error("session closed")]
+    Closed,
+    /// The message encodes to more than the frame limit.
+    #[error(transparent)]
+    Frame(#[from] crate::frame::FrameError),
+}
+
+/// A request got no reply.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// No reply within the timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The session closed while waiting.
+    #[error("session closed while waiting for the reply")]
+    Closed,
+}
+
+/// A file transfer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// The source could not be read, or the destination written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The receiver refused the offer (too large, bad manifest ...).
+    #[error("receiver refused the transfer: {0}")]
+    Rejected(String),
+    /// A piece did not match its hash; the receiver kept the pieces before it.
+    #[error(
+        "piece {piece} arrived corrupted (the source differs from the hash it was sent under)"
+    )]
+    Corrupted { piece: u64 },
+    /// The receiver failed to store the file.
+    #[error("receiver failed: {0}")]
+    ReceiverFailed(String),
+    /// The session closed, or the peer did not come back in time.
+    #[error("session closed before the transfer finished: {0}")]
+    Closed(String),
+    /// The peer broke the transfer protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}

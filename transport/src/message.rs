@@ -1,0 +1,489 @@
+//! Application messages: the envelope every message travels in and the typed payloads of the
+//! hub/agent protocol.
+//!
+//! Every message carries an id, a send timestamp, a [`Priority`], an optional correlation id
+//! (set on responses to the request's id) and an optional expiry. A receiver drops expired
+//! messages on receipt and counts them. Library users send their own serde types as
+//! [`Body::User`] (see [`Envelope::user`] and [`Envelope::decode_user`]).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Delivery priority. Higher priorities leave the send queue first; every priority is ahead of
+/// bulk file bytes, which travel on streams of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+    Urgent,
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self::Normal
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One message with its delivery metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique per sender within a session.
+    pub id: u64,
+    /// When it was sent, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    pub priority: Priority,
+    /// On a response: the id of the request it answers.
+    pub correlation_id: Option<u64>,
+    /// Drop on receipt after this time (ms since the Unix epoch).
+    pub expires_at_ms: Option<u64>,
+    /// Safe to deliver twice. Only idempotent messages may travel as 0-RTT early data, which an
+    /// attacker can replay.
+    pub idempotent: bool,
+    pub body: Body,
+}
+
+impl Envelope {
+    /// A message with default metadata; the session assigns `id` and `timestamp_ms` on send.
+    pub fn new(body: Body) -> Self {
+        let priority = body.default_priority();
+        let idempotent = body.is_idempotent();
+        Self {
+            id: 0,
+            timestamp_ms: 0,
+            priority,
+            correlation_id: None,
+            expires_at_ms: None,
+            idempotent,
+            body,
+        }
+    }
+
+    /// A library user's own message type, encoded with postcard under `kind`.
+    pub fn user<T: Serialize>(kind: &str, value: &T) -> Result<Self, postcard::Error> {
+        Ok(Self::new(Body::User(UserMessage {
+            kind: kind.to_string(),
+            payload: postcard::to_stdvec(value)?,
+        })))
+    }
+
+    /// Decode a [`Body::User`] payload of the given kind; `None` if this is another message.
+    pub fn decode_user<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> Option<Result<T, postcard::Error>> {
+        match &self.body {
+            Body::User(u) if u.kind == kind => Some(postcard::from_bytes(&u.payload)),
+            _ => None,
+        }
+    }
+
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Expire `ttl` after sending.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.expires_at_ms = Some(unix_ms().saturating_add(ttl.as_millis() as u64));
+        self
+    }
+
+    pub fn with_expiry_ms(mut self, expires_at_ms: u64) -> Self {
+        self.expires_at_ms = Some(expires_at_ms);
+        self
+    }
+
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// Whether this message has expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|t| now_ms > t)
+    }
+}
+
+/// The message kinds of the hub/agent protocol, plus user-defined messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Body {
+    /// Application-level heartbeat with the sender's health. Liveness itself is detected by the
+    /// session's own heartbeat datagrams; this carries the payload.
+    Heartbeat(WorkerHealth),
+    StatusUpdate(StatusUpdate),
+    TaskProgress(TaskProgress),
+    TaskComplete(TaskComplete),
+    TaskFailed(TaskFailed),
+    TaskCancel(TaskCancel),
+    WorkerShutdown(WorkerShutdown),
+    ServerCommand(ServerCommand),
+    /// A generic reply (acknowledgement or error) to a request.
+    Reply(Reply),
+    User(UserMessage),
+}
+
+impl Body {
+    /// Priority a message of this kind gets unless the sender sets one.
+    pub fn default_priority(&self) -> Priority {
+        match self {
+            Body::TaskCancel(_) | Body::WorkerShutdown(_) => Priority::Urgent,
+            Body::Heartbeat(_) | Body::ServerCommand(_) | Body::Reply(_) => Priority::High,
+            Body::TaskProgress(_) | Body::StatusUpdate(_) => Priority::Low,
+            _ => Priority::Normal,
+        }
+    }
+
+    /// Kinds that are safe to deliver twice by default.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self,
+            Body::Heartbeat(_) | Body::StatusUpdate(_) | Body::TaskProgress(_)
+        )
+    }
+
+    /// A short name for logs.
+    pub fn kind(&self) -> &str {
+        match self {
+            Body::Heartbeat(_) => "heartbeat",
+            Body::StatusUpdate(_) => "status_update",
+            Body::TaskProgress(_) => "task_progress",
+            Body::TaskComplete(_) => "task_complete",
+            Body::TaskFailed(_) => "task_failed",
+            Body::TaskCancel(_) => "task_cancel",
+            Body::WorkerShutdown(_) => "worker_shutdown",
+            Body::ServerCommand(_) => "server_command",
+            Body::Reply(_) => "reply",
+            Body::User(u) => &u.kind,
+        }
+    }
+}
+
+/// Health of a worker, as it reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerHealth {
+    pub healthy: bool,
+    /// Percent, 0..=100.
+    pub cpu_usage: f32,
+    /// Percent, 0..=100.
+    pub memory_usage: f32,
+    /// Percent, 0..=100; `None` without a GPU.
+    pub gpu_usage: Option<f32>,
+    pub active_tasks: u32,
+    pub queue_size: u32,
+    /// ms since the Unix epoch.
+    pub last_task_completed_ms: Option<u64>,
+    pub error_count: u32,
+    pub warnings: Vec<String>,
+}
+
+/// State of a connection, as one side sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    pub connected: bool,
+    /// 0.0 (unusable) ..= 1.0 (perfect).
+    pub quality: f32,
+    /// Smoothed heartbeat round trip, ms.
+    pub latency_ms: Option<f32>,
+    /// Fraction of recent heartbeats that got no answer, 0..=1.
+    pub loss: f32,
+    /// ms since the Unix epoch.
+    pub last_heartbeat_ms: Option<u64>,
+    pub reconnect_attempts: u32,
+    pub recent_errors: Vec<String>,
+}
+
+/// Periodic state report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    pub health: WorkerHealth,
+    pub connection: Option<ConnectionStatus>,
+}
+
+/// Progress of one task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    pub task_id: String,
+    /// 0.0 ..= 100.0.
+    pub percent: f32,
+    pub stage: String,
+    pub message: Option<String>,
+    /// ms since the Unix epoch.
+    pub estimated_completion_ms: Option<u64>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A task finished.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskComplete {
+    pub task_id: String,
+    /// The result document (JSON text in MoRAG's shape).
+    pub result: String,
+    /// BLAKE3 hashes (hex) of the artifact files sent with it.
+    pub artifacts: Vec<String>,
+    pub processing_time_ms: u64,
+}
+
+/// A task failed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskFailed {
+    pub task_id: String,
+    pub error: String,
+    /// Whether running it again might succeed.
+    pub retryable: bool,
+}
+
+/// Stop a task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskCancel {
+    pub task_id: String,
+    pub reason: String,
+}
+
+/// The sender is going away.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerShutdown {
+    pub reason: String,
+    /// It finishes its running tasks first.
+    pub graceful: bool,
+}
+
+/// An operator or hub command to a worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerCommand {
+    pub command: String,
+    pub args: BTreeMap<String, String>,
+}
+
+/// A reply to a request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// A library user's own message: a kind name and postcard bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserMessage {
+    pub kind: String,
+    pub payload: Vec<u8>,
+}
+
+#[cfg(test)]
+pub(crate) mod strategies {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        ".{0,24}"
+    }
+
+    fn map() -> impl Strategy<Value = BTreeMap<String, String>> {
+        proptest::collection::btree_map(text(), text(), 0..4)
+    }
+
+    fn health() -> impl Strategy<Value = WorkerHealth> {
+        (
+            any::<bool>(),
+            any::<f32>(),
+            any::<f32>(),
+            any::<Option<f32>>(),
+            any::<(u32, u32, u32)>(),
+            any::<Option<u64>>(),
+            proptest::collection::vec(text(), 0..3),
+        )
+            .prop_map(
+                |(healthy, cpu, mem, gpu, (a, q, e), last, warnings)| WorkerHealth {
+                    healthy,
+                    cpu_usage: cpu,
+                    memory_usage: mem,
+                    gpu_usage: gpu,
+                    active_tasks: a,
+                    queue_size: q,
+                    last_task_completed_ms: last,
+                    error_count: e,
+                    warnings,
+                },
+            )
+    }
+
+    fn connection() -> impl Strategy<Value = ConnectionStatus> {
+        (
+            any::<bool>(),
+            any::<f32>(),
+            any::<Option<f32>>(),
+            any::<f32>(),
+            any::<Option<u64>>(),
+            any::<u32>(),
+            proptest::collection::vec(text(), 0..3),
+        )
+            .prop_map(
+                |(connected, quality, latency, loss, last, attempts, errs)| ConnectionStatus {
+                    connected,
+                    quality,
+                    latency_ms: latency,
+                    loss,
+                    last_heartbeat_ms: last,
+                    reconnect_attempts: attempts,
+                    recent_errors: errs,
+                },
+            )
+    }
+
+    pub fn body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            health().prop_map(Body::Heartbeat),
+            (health(), proptest::option::of(connection())).prop_map(|(health, connection)| {
+                Body::StatusUpdate(StatusUpdate { health, connection })
+            }),
+            (
+                text(),
+                any::<f32>(),
+                text(),
+                proptest::option::of(text()),
+                any::<Option<u64>>(),
+                map()
+            )
+                .prop_map(|(task_id, percent, stage, message, eta, metadata)| {
+                    Body::TaskProgress(TaskProgress {
+                        task_id,
+                        percent,
+                        stage,
+                        message,
+                        estimated_completion_ms: eta,
+                        metadata,
+                    })
+                }),
+            (
+                text(),
+                text(),
+                proptest::collection::vec(text(), 0..3),
+                any::<u64>()
+            )
+                .prop_map(|(task_id, result, artifacts, ms)| Body::TaskComplete(
+                    TaskComplete {
+                        task_id,
+                        result,
+                        artifacts,
+                        processing_time_ms: ms
+                    }
+                )),
+            (text(), text(), any::<bool>()).prop_map(|(task_id, error, retryable)| {
+                Body::TaskFailed(TaskFailed {
+                    task_id,
+                    error,
+                    retryable,
+                })
+            }),
+            (text(), text())
+                .prop_map(|(task_id, reason)| Body::TaskCancel(TaskCancel { task_id, reason })),
+            (text(), any::<bool>()).prop_map(|(reason, graceful)| Body::WorkerShutdown(
+                WorkerShutdown { reason, graceful }
+            )),
+            (text(), map())
+                .prop_map(|(command, args)| Body::ServerCommand(ServerCommand { command, args })),
+            (any::<bool>(), text()).prop_map(|(ok, message)| Body::Reply(Reply { ok, message })),
+            (text(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(kind, payload)| Body::User(UserMessage { kind, payload })),
+        ]
+    }
+
+    pub fn priority() -> impl Strategy<Value = Priority> {
+        prop_oneof![
+            Just(Priority::Low),
+            Just(Priority::Normal),
+            Just(Priority::High),
+            Just(Priority::Urgent)
+        ]
+    }
+
+    pub fn envelope() -> impl Strategy<Value = Envelope> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            priority(),
+            any::<Option<u64>>(),
+            any::<Option<u64>>(),
+            any::<bool>(),
+            body(),
+        )
+            .prop_map(
+                |(id, timestamp_ms, priority, correlation_id, expires_at_ms, idempotent, body)| {
+                    Envelope {
+                        id,
+                        timestamp_ms,
+                        priority,
+                        correlation_id,
+                        expires_at_ms,
+                        idempotent,
+                        body,
+                    }
+                },
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Custom {
+        name: String,
+        n: u32,
+    }
+
+    #[test]
+    fn user_messages_round_trip_by_kind() {
+        let env = Envelope::user(
+            "custom",
+            &Custom {
+                name: "x".into(),
+                n: 7,
+            },
+        )
+        .unwrap();
+        let back: Custom = env.decode_user("custom").unwrap().unwrap();
+        assert_eq!(back.n, 7);
+        assert!(env.decode_user::<Custom>("other").is_none());
+    }
+
+    #[test]
+    fn cancel_is_urgent_and_progress_idempotent_by_default() {
+        let c = Envelope::new(Body::TaskCancel(TaskCancel::default()));
+        assert_eq!(c.priority, Priority::Urgent);
+        assert!(!c.idempotent);
+        let p = Envelope::new(Body::TaskProgress(TaskProgress::default()));
+        assert!(p.idempotent);
+    }
+
+    #[test]
+    fn expiry_is_checked_against_now() {
+        let e = Envelope::new(Body::Reply(Reply::default())).with_expiry_ms(1_000);
+        assert!(e.is_expired(1_001));
+        assert!(!e.is_expired(1_000));
+        assert!(!Envelope::new(Body::Reply(Reply::default())).is_expired(u64::MAX));
+    }
+
+    proptest! {
+        #[test]
+        fn every_envelope_round_trips(env in strategies::envelope()) {
+            let bytes = postcard::to_stdvec(&env).unwrap();
+            let back: Envelope = postcard::from_bytes(&bytes).unwrap();
+            // f32 NaN != NaN: compare encodings instead of values.
+            prop_assert_eq!(postcard::to_stdvec(&back).unwrap(), bytes);
+        }
+    }
+}

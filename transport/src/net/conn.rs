@@ -1,0 +1,392 @@
+//! The tasks that run one QUIC connection of a session.
+//!
+//! `attach` installs a connection whose control stream is open and greeted, and spawns:
+//! - the control writer (outbox -> control stream, priority order);
+//! - the control reader (control stream -> deliver);
+//! - heartbeats: a ping every interval, a pong for every ping, and the liveness check that
+//!   closes the connection when the peer is dead;
+//! - the stream acceptor (transfers the peer opens);
+//! - the watcher that notices the connection's end and tells the session.
+//!
+//! Every task stops on the connection's cancellation token, which is a child of nothing: the
+//! session decides when a connection is over by closing it.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::session::{Inner, Live, SessionEvent, Side};
+use super::{read_frame, varint, write_frame, ReadFrameError};
+use crate::detector::{FailureDetector, Liveness};
+use crate::message::unix_ms;
+use crate::wire::{close_code, ControlFrame, Datagram, StreamOpen, MAX_DATAGRAM, MAX_OFFER_FRAME};
+
+/// How often liveness is checked.
+const LIVENESS_TICK: Duration = Duration::from_millis(100);
+
+/// Install `conn` as the session's current connection and start its tasks.
+pub(crate) fn attach(
+    inner: &Arc<Inner>,
+    conn: quinn::Connection,
+    control_send: quinn::SendStream,
+    control_recv: quinn::RecvStream,
+    zero_rtt: bool,
+) {
+    let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let cancel = CancellationToken::new();
+    let detector = Arc::new(Mutex::new(FailureDetector::new(
+        inner.config.heartbeat,
+        Instant::now(),
+    )));
+    let live = Live {
+        conn: conn.clone(),
+        generation,
+        detector: detector.clone(),
+        cancel: cancel.clone(),
+    };
+    // Replace (and close) whatever connection the session had.
+    if let Some(old) = inner.current.send_replace(Some(live.clone())) {
+        old.cancel.cancel();
+        old.conn.close(
+            varint(close_code::SUPERSEDED),
+            close_code::describe(close_code::SUPERSEDED).as_bytes(),
+        );
+    }
+    let span = tracing::info_span!("conn", peer = %inner.peer.id, generation);
+    tracing::info!(parent: &span, remote = %conn.remote_address(), zero_rtt, "connected");
+    inner.emit(SessionEvent::Connected {
+        generation,
+        remote: conn.remote_address(),
+        zero_rtt,
+    });
+    inner.stats.lock().unwrap().reconnect_attempts = 0;
+
+    use tracing::Instrument;
+    tokio::spawn(
+        control_writer(inner.clone(), live.clone(), control_send).instrument(span.clone()),
+    );
+    tokio::spawn(
+        control_reader(inner.clone(), live.clone(), control_recv).instrument(span.clone()),
+    );
+    tokio::spawn(heartbeats(inner.clone(), live.clone()).instrument(span.clone()));
+    tokio::spawn(datagrams(inner.clone(), live.clone()).instrument(span.clone()));
+    tokio::spawn(accept_streams(inner.clone(), live.clone()).instrument(span.clone()));
+    tokio::spawn(watch_end(inner.clone(), live).instrument(span));
+}
+
+async fn control_writer(inner: Arc<Inner>, live: Live, mut send: quinn::SendStream) {
+    let _ = send.set_priority(super::CONTROL_PRIORITY);
+    let max = inner.config.max_frame_size;
+    loop {
+        while let Some((env, seq)) = inner.outbox.pop() {
+            if env.is_expired(unix_ms()) {
+                inner.stats.lock().unwrap().expired_dropped += 1;
+                continue;
+            }
+            let id = env.id;
+            let frame = ControlFrame::Message(env);
+            match write_frame(&mut send, &frame, max).await {
+                Ok(()) => {}
+                Err(super::WriteFrameError::Frame(e)) => {
+                    tracing::warn!(id, error = %e, "dropped a message that does not fit a frame");
+                }
+                Err(e) => {
+                    let ControlFrame::Message(env) = frame else {
+                        unreachable!()
+                    };
+                    inner.outbox.push_with_seq(env, seq);
+                    tracing::debug!(error = %e, "control stream closed; message kept for the next connection");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = live.cancel.cancelled() => return,
+            _ = inner.outbox.notify.notified() => {}
+            goodbye = wait_goodbye(&inner) => {
+                let (code, reason, done) = goodbye;
+                let _ = write_frame(&mut send, &ControlFrame::Goodbye { code, reason }, max).await;
+                let _ = send.finish();
+                // Wait until the peer has the goodbye (and everything before it).
+                let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves when a graceful close asks the writer to send the goodbye.
+async fn wait_goodbye(inner: &Inner) -> (u32, String, tokio::sync::oneshot::Sender<()>) {
+    loop {
+        let req = inner.goodbye.lock().unwrap().take();
+        if let Some(r) = req {
+            return r;
+        }
+        inner.goodbye_requested.notified().await;
+    }
+}
+
+async fn control_reader(inner: Arc<Inner>, live: Live, mut recv: quinn::RecvStream) {
+    let max = inner.config.max_frame_size;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = live.cancel.cancelled() => return,
+            f = read_frame::<ControlFrame>(&mut recv, max) => f,
+        };
+        match frame {
+            Ok(ControlFrame::Message(env)) => inner.deliver(env).await,
+            Ok(ControlFrame::Goodbye { code, reason }) => {
+                tracing::info!(code, %reason, "peer said goodbye");
+                inner.closing.store(true, Ordering::Release);
+                *inner.peer_goodbye.lock().unwrap() = Some((code, reason));
+            }
+            Ok(other) => {
+                protocol_error(&live, &format!("unexpected control frame {other:?}"));
+                return;
+            }
+            Err(ReadFrameError::Frame(e)) => {
+                protocol_error(&live, &format!("bad control frame: {e}"));
+                return;
+            }
+            Err(ReadFrameError::Finished) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "control stream ended");
+                return;
+            }
+        }
+    }
+}
+
+pub(crate) fn protocol_error(live: &Live, message: &str) {
+    tracing::warn!(%message, "closing connection: protocol error");
+    live.conn
+        .close(varint(close_code::PROTOCOL_ERROR), message.as_bytes());
+}
+
+async fn heartbeats(inner: Arc<Inner>, live: Live) {
+    let cfg = inner.config.heartbeat;
+    let mut ping = tokio::time::interval(cfg.interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(LIVENESS_TICK);
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut suspect = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = live.cancel.cancelled() => return,
+            _ = ping.tick() => {
+                seq += 1;
+                let sent_us = inner.epoch.elapsed().as_micros() as u64;
+                live.detector.lock().unwrap().on_ping_sent(seq);
+                send_datagram(&live, Datagram::Ping { seq, sent_us });
+            }
+            _ = check.tick() => {
+                let liveness = live.detector.lock().unwrap().liveness(Instant::now());
+                match liveness {
+                    Liveness::Alive => suspect = false,
+                    Liveness::Suspect if !suspect => {
+                        suspect = true;
+                        tracing::warn!("peer suspect: no heartbeat");
+                        inner.emit(SessionEvent::Suspect);
+                    }
+                    Liveness::Suspect => {}
+                    Liveness::Dead => {
+                        let msg = format!("no heartbeat for {:?}", cfg.dead_after);
+                        tracing::warn!(%msg, "peer dead; closing connection");
+                        live.conn.close(varint(close_code::PEER_DEAD), msg.as_bytes());
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn send_datagram(live: &Live, d: Datagram) {
+    match postcard::to_stdvec(&d) {
+        Ok(bytes) => {
+            // Fails only when the connection is gone or datagrams are off; the liveness
+            // check reports the consequence.
+            let _ = live.conn.send_datagram(bytes.into());
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
+    }
+}
+
+async fn datagrams(inner: Arc<Inner>, live: Live) {
+    loop {
+        let d = tokio::select! {
+            biased;
+            _ = live.cancel.cancelled() => return,
+            d = live.conn.read_datagram() => d,
+        };
+        let Ok(bytes) = d else { return };
+        if bytes.len() > MAX_DATAGRAM {
+            tracing::debug!(len = bytes.len(), "ignored oversized datagram");
+            continue;
+        }
+        match postcard::from_bytes::<Datagram>(&bytes) {
+            Ok(Datagram::Ping { seq, sent_us }) => {
+                live.detector
+                    .lock()
+                    .unwrap()
+                    .on_ping_received(Instant::now());
+                send_datagram(
+                    &live,
+                    Datagram::Pong {
+                        seq,
+                        echo_us: sent_us,
+                    },
+                );
+            }
+            Ok(Datagram::Pong { seq, echo_us }) => {
+                let now_us = inner.epoch.elapsed().as_micros() as u64;
+                let rtt = Duration::from_micros(now_us.saturating_sub(echo_us));
+                live.detector
+                    .lock()
+                    .unwrap()
+                    .on_pong(Instant::now(), seq, rtt);
+            }
+            Err(e) => tracing::debug!(error = %e, "ignored malformed datagram"),
+        }
+    }
+}
+
+async fn accept_streams(inner: Arc<Inner>, live: Live) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = live.cancel.cancelled() => return,
+            s = live.conn.accept_bi() => s,
+        };
+        let Ok((send, mut recv)) = accepted else {
+            return;
+        };
+        let inner = inner.clone();
+        let live = live.clone();
+        tokio::spawn(async move {
+            let opened = tokio::time::timeout(
+                inner.config.request_timeout,
+                read_frame::<StreamOpen>(&mut recv, MAX_OFFER_FRAME),
+            )
+            .await;
+            match opened {
+                Ok(Ok(StreamOpen::Transfer(offer))) => {
+                    super::transfer::receive(inner, offer, send, recv).await
+                }
+                Ok(Ok(StreamOpen::Control(_))) => {
+                    protocol_error(&live, "a second control stream was opened")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "bad stream opening");
+                    recv.stop(varint(close_code::PROTOCOL_ERROR)).ok();
+                }
+                Err(_) => {
+                    recv.stop(varint(close_code::PROTOCOL_ERROR)).ok();
+                }
+            }
+        });
+    }
+}
+
+async fn watch_end(inner: Arc<Inner>, live: Live) {
+    let reason = live.conn.closed().await;
+    live.cancel.cancel();
+    let still_current = {
+        let mut current_gen = None;
+        inner.current.send_if_modified(|cur| {
+            current_gen = cur.as_ref().map(|l| l.generation);
+            if current_gen == Some(live.generation) {
+                *cur = None;
+                true
+            } else {
+                false
+            }
+        });
+        current_gen == Some(live.generation)
+    };
+    if !still_current {
+        return; // superseded by a newer connection
+    }
+    let goodbye = inner.peer_goodbye.lock().unwrap().take();
+    if let Some((code, reason)) = goodbye {
+        inner.emit(SessionEvent::Closed {
+            by_peer: true,
+            code,
+            reason,
+        });
+        finish(&inner);
+        return;
+    }
+    if inner.closed.is_cancelled() || inner.closing.load(Ordering::Acquire) {
+        return;
+    }
+    let text = super::tls::describe_connection_error(&reason);
+    tracing::warn!(reason = %text, "connection lost");
+    inner.record_error(text.clone());
+    inner.emit(SessionEvent::Lost { reason: text });
+    if matches!(inner.side, Side::Dialer) {
+        inner.reconnect_needed.notify_one();
+    }
+}
+
+/// Mark the session over.
+pub(crate) fn finish(inner: &Inner) {
+    inner.closing.store(true, Ordering::Release);
+    inner.closed.cancel();
+    // Wake anyone waiting for a reply.
+    inner.pending.lock().unwrap().clear();
+}
+
+/// Graceful close; see [`super::Session::close`].
+pub(crate) async fn close_session(inner: &Arc<Inner>, code: u32, reason: &str) {
+    if inner.closing.swap(true, Ordering::AcqRel) {
+        // Already closing: wait for the close that is under way.
+        let _ = tokio::time::timeout(inner.config.close_grace * 2, inner.closed.cancelled()).await;
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + inner.config.close_grace;
+    // Queued messages first, while a connection is up.
+    while inner.outbox.len() > 0 && inner.live().is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                left = inner.outbox.len(),
+                "close grace ran out with messages queued"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Then running transfers.
+    while inner.transfers_in_flight.load(Ordering::Acquire) > 0 {
+        let wait = inner.transfers_done.notified();
+        if inner.transfers_in_flight.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, wait).await.is_err() {
+            tracing::warn!("close grace ran out with transfers running");
+            break;
+        }
+    }
+    if let Some(live) = inner.live() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *inner.goodbye.lock().unwrap() = Some((code, reason.to_string(), tx));
+        inner.goodbye_requested.notify_one();
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), rx).await;
+        live.conn.close(varint(code), reason.as_bytes());
+    }
+    tracing::info!(peer = %inner.peer.id, code, %reason, "session closed");
+    inner.emit(SessionEvent::Closed {
+        by_peer: false,
+        code,
+        reason: reason.to_string(),
+    });
+    finish(inner);
+}

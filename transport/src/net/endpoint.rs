@@ -1,0 +1,726 @@
+//! The two ends: [`Client`] dials and keeps its sessions up; [`Listener`] accepts sessions,
+//! checks identities, and keeps a registry of peers for broadcast.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use morag_certs::{PeerIdentity, RevocationList, Role};
+use rustls::client::ClientSessionMemoryCache;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::session::{Inner, Session, SessionEvent, Side};
+use super::{read_frame, tls, varint, write_frame, ReadFrameError};
+use crate::config::SessionConfig;
+use crate::error::{ConfigError, ConnectError};
+use crate::message::Envelope;
+use crate::wire::{close_code, negotiate, ControlFrame, Hello, RefuseReason, StreamOpen};
+
+/// How long the accepting side waits for the hello and for the handshake to complete.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The identity in a connection's peer certificate.
+fn peer_identity_of(conn: &quinn::Connection) -> Option<PeerIdentity> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    morag_certs::peer_identity(certs.first()?.as_ref()).ok()
+}
+
+fn own_identity(cfg: &SessionConfig) -> Result<PeerIdentity, ConfigError> {
+    let chain = tls::cert_chain(&cfg.credentials)?;
+    morag_certs::peer_identity(chain[0].as_ref())
+        .map_err(|e| ConfigError::Credentials(format!("our own certificate: {e}")))
+}
+
+fn role_allowed(cfg: &SessionConfig, role: Role) -> bool {
+    cfg.allowed_roles
+        .as_ref()
+        .is_none_or(|roles| roles.contains(&role))
+}
+
+fn bind_endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, ConfigError> {
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|e| ConfigError::Bind { addr, source: e })?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ConfigError::Invalid("runtime", "must run inside a tokio runtime".into()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(|e| ConfigError::Bind { addr, source: e })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+struct ClientShared {
+    endpoint: quinn::Endpoint,
+    config: Arc<SessionConfig>,
+    own: PeerIdentity,
+    tickets: Arc<ClientSessionMemoryCache>,
+    client_config: Mutex<quinn::ClientConfig>,
+    revocations: RwLock<RevocationList>,
+}
+
+/// The dialing side. One `Client` (one UDP socket, one session-ticket cache) can hold sessions
+/// with many peers; keep it for the life of the process so reconnects can use 0-RTT.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<ClientShared>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.shared.own.id)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client on an ephemeral local port.
+    pub fn new(config: SessionConfig) -> Result<Self, ConfigError> {
+        Self::bind("0.0.0.0:0".parse().expect("addr"), config)
+    }
+
+    /// A client bound to `addr`.
+    pub fn bind(addr: SocketAddr, config: SessionConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let own = own_identity(&config)?;
+        let tickets = tls::ticket_store();
+        let client_config = tls::client_config(&config, tickets.clone(), &config.alpn)?;
+        let endpoint = bind_endpoint(addr, None)?;
+        let revocations = RwLock::new(config.revocations.clone());
+        Ok(Self {
+            shared: Arc::new(ClientShared {
+                endpoint,
+                config: Arc::new(config),
+                own,
+                tickets,
+                client_config: Mutex::new(client_config),
+                revocations,
+            }),
+        })
+    }
+
+    /// Our identity, from our certificate.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.shared.own
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.endpoint.local_addr()
+    }
+
+    /// Move to a new local UDP socket (the peer sees a new address; the connection migrates).
+    pub fn rebind(&self, addr: SocketAddr) -> Result<(), ConfigError> {
+        let socket =
+            std::net::UdpSocket::bind(addr).map_err(|e| ConfigError::Bind { addr, source: e })?;
+        self.shared
+            .endpoint
+            .rebind(socket)
+            .map_err(|e| ConfigError::Bind { addr, source: e })
+    }
+
+    /// Replace the revocation list (new connections check against it; sessions whose peer it
+    /// revokes are closed).
+    pub fn set_revocations(&self, crl: RevocationList) -> Result<(), ConfigError> {
+        let mut cfg = (*self.shared.config).clone();
+        cfg.revocations = crl.clone();
+        let cc = tls::client_config(&cfg, self.shared.tickets.clone(), &cfg.alpn)?;
+        *self.shared.client_config.lock().unwrap() = cc;
+        *self.shared.revocations.write().unwrap() = crl;
+        Ok(())
+    }
+
+    /// Open a session with the peer at `addr` whose certificate is valid for `server_name`.
+    ///
+    /// Returns once the peer has welcomed us. The session then keeps itself connected:
+    /// a lost connection is replaced with backoff (0-RTT when a ticket is cached) until
+    /// [`Session::close`] or the peer's goodbye.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Session, ConnectError> {
+        let dialed = dial(&self.shared, addr, server_name)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(%addr, server_name, error = %e, "connect failed");
+            })?;
+        let inner = Inner::new(
+            self.shared.config.clone(),
+            dialed.peer.clone(),
+            Side::Dialer,
+        );
+        super::conn::attach(
+            &inner,
+            dialed.conn,
+            dialed.send,
+            dialed.recv,
+            dialed.zero_rtt,
+        );
+        tokio::spawn(supervise(
+            self.shared.clone(),
+            inner.clone(),
+            addr,
+            server_name.to_string(),
+        ));
+        Ok(Session { inner })
+    }
+
+    /// Close the endpoint: every session's connection closes at once. Use
+    /// [`Session::close`] first for a graceful close.
+    pub async fn close(&self) {
+        self.shared
+            .endpoint
+            .close(varint(close_code::SHUTDOWN), b"client shutting down");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+struct Dialed {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    peer: PeerIdentity,
+    zero_rtt: bool,
+}
+
+fn handshake_error(e: &quinn::ConnectionError) -> ConnectError {
+    if let quinn::ConnectionError::ApplicationClosed(c) = e {
+        let code = c.error_code.into_inner() as u32;
+        let reason = match code {
+            close_code::VERSION_MISMATCH => Some(RefuseReason::VersionMismatch),
+            close_code::IDENTITY_MISMATCH => Some(RefuseReason::IdentityMismatch),
+            close_code::REVOKED => Some(RefuseReason::Revoked),
+            close_code::NOT_ALLOWED => Some(RefuseReason::NotAllowed),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            return ConnectError::Refused {
+                reason,
+                message: String::from_utf8_lossy(&c.reason).into_owned(),
+            };
+        }
+    }
+    ConnectError::Handshake(tls::describe_connection_error(e))
+}
+
+fn stream_error(conn: &quinn::Connection, e: impl std::fmt::Display) -> ConnectError {
+    match conn.close_reason() {
+        Some(reason) => handshake_error(&reason),
+        None => ConnectError::Protocol(e.to_string()),
+    }
+}
+
+/// Open the control stream, send the hello, read the answer.
+async fn greet(
+    conn: &quinn::Connection,
+    hello: &StreamOpen,
+    max: usize,
+) -> Result<(quinn::SendStream, quinn::RecvStream, ControlFrame), ConnectError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| handshake_error(&e))?;
+    let _ = send.set_priority(super::CONTROL_PRIORITY);
+    write_frame(&mut send, hello, max)
+        .await
+        .map_err(|e| stream_error(conn, e))?;
+    let answer = read_frame::<ControlFrame>(&mut recv, max).await;
+    match answer {
+        Ok(f) => Ok((send, recv, f)),
+        Err(ReadFrameError::Frame(e)) => {
+            Err(ConnectError::Protocol(format!("bad answer to hello: {e}")))
+        }
+        Err(e) => Err(stream_error(conn, e)),
+    }
+}
+
+async fn dial(
+    shared: &ClientShared,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<Dialed, ConnectError> {
+    let cfg = &shared.config;
+    let client_config = shared.client_config.lock().unwrap().clone();
+    let connecting = shared
+        .endpoint
+        .connect_with(client_config, addr, server_name)
+        .map_err(|e| ConnectError::Handshake(format!("cannot start connecting to {addr}: {e}")))?;
+    let hello = StreamOpen::Control(Hello {
+        min_version: cfg.protocol_versions.0,
+        max_version: cfg.protocol_versions.1,
+        peer_id: shared.own.id.clone(),
+        software: cfg.software.clone(),
+    });
+    let max = cfg.max_frame_size;
+    let (conn, accepted) = match connecting.into_0rtt() {
+        Ok((conn, accepted)) => (conn, Some(accepted)),
+        Err(connecting) => (connecting.await.map_err(|e| handshake_error(&e))?, None),
+    };
+    let (send, recv, answer, zero_rtt) = match accepted {
+        None => {
+            let (s, r, a) = greet(&conn, &hello, max).await?;
+            (s, r, a, false)
+        }
+        Some(accepted) => match greet(&conn, &hello, max).await {
+            Ok((s, r, a)) => (s, r, a, accepted.await),
+            Err(first) => {
+                // Early data rejected (the peer restarted and lost its tickets): the
+                // connection goes on as a full handshake; greet again on it.
+                if accepted.await {
+                    return Err(first);
+                }
+                tracing::debug!("0-RTT rejected; greeting again after the full handshake");
+                let (s, r, a) = greet(&conn, &hello, max).await?;
+                (s, r, a, false)
+            }
+        },
+    };
+    let peer = peer_identity_of(&conn)
+        .ok_or_else(|| ConnectError::Protocol("peer presented no usable certificate".into()))?;
+    match answer {
+        ControlFrame::Welcome { version, peer_id } => {
+            if peer_id != peer.id {
+                conn.close(
+                    varint(close_code::IDENTITY_MISMATCH),
+                    b"welcome names another identity",
+                );
+                return Err(ConnectError::Refused {
+                    reason: RefuseReason::IdentityMismatch,
+                    message: format!(
+                        "peer's certificate says {:?} but it calls itself {peer_id:?}",
+                        peer.id
+                    ),
+                });
+            }
+            if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
+                conn.close(varint(close_code::REVOKED), b"certificate revoked");
+                return Err(ConnectError::Refused {
+                    reason: RefuseReason::Revoked,
+                    message: format!("peer {}'s certificate is revoked", peer.id),
+                });
+            }
+            if !role_allowed(cfg, peer.role) {
+                conn.close(varint(close_code::NOT_ALLOWED), b"role not allowed");
+                return Err(ConnectError::Refused {
+                    reason: RefuseReason::NotAllowed,
+                    message: format!(
+                        "peer {} has role {}, which is not allowed",
+                        peer.id, peer.role
+                    ),
+                });
+            }
+            tracing::debug!(version, peer = %peer.id, zero_rtt, "welcomed");
+            Ok(Dialed {
+                conn,
+                send,
+                recv,
+                peer,
+                zero_rtt,
+            })
+        }
+        ControlFrame::Refuse { reason, message } => Err(ConnectError::Refused { reason, message }),
+        other => {
+            conn.close(varint(close_code::PROTOCOL_ERROR), b"expected welcome");
+            Err(ConnectError::Protocol(format!(
+                "expected welcome, got {other:?}"
+            )))
+        }
+    }
+}
+
+/// Keep a dialing session connected until it closes.
+async fn supervise(
+    shared: Arc<ClientShared>,
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    server_name: String,
+) {
+    use std::sync::atomic::Ordering;
+    loop {
+        tokio::select! {
+            biased;
+            _ = inner.closed.cancelled() => return,
+            _ = inner.reconnect_needed.notified() => {}
+        }
+        let mut attempt = 0u32;
+        loop {
+            if inner.closed.is_cancelled() || inner.closing.load(Ordering::Acquire) {
+                return;
+            }
+            let delay = inner.config.reconnect.delay(attempt, rand::random::<f64>());
+            inner.stats.lock().unwrap().reconnect_attempts = attempt + 1;
+            inner.emit(SessionEvent::Reconnecting {
+                attempt: attempt + 1,
+                delay,
+            });
+            tokio::select! {
+                biased;
+                _ = inner.closed.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match dial(&shared, addr, &server_name).await {
+                Ok(d) if d.peer.id != inner.peer.id => {
+                    d.conn
+                        .close(varint(close_code::IDENTITY_MISMATCH), b"unexpected peer");
+                    let msg = format!("{addr} is now {} instead of {}", d.peer.id, inner.peer.id);
+                    tracing::warn!(%msg, "reconnect reached another peer");
+                    inner.record_error(msg);
+                }
+                Ok(d) => {
+                    super::conn::attach(&inner, d.conn, d.send, d.recv, d.zero_rtt);
+                    break;
+                }
+                Err(ConnectError::Refused { reason, message }) => {
+                    let msg = format!("peer refused the reconnect ({reason:?}): {message}");
+                    tracing::error!(%msg, "session ends");
+                    inner.record_error(msg.clone());
+                    inner.emit(SessionEvent::Refused { message: msg });
+                    super::conn::finish(&inner);
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(attempt = attempt + 1, error = %e, "reconnect failed");
+                    inner.record_error(e.to_string());
+                }
+            }
+            attempt = attempt.saturating_add(1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listener
+
+struct ListenerShared {
+    endpoint: quinn::Endpoint,
+    config: Arc<SessionConfig>,
+    own: PeerIdentity,
+    sessions: Mutex<HashMap<String, Session>>,
+    revocations: RwLock<RevocationList>,
+    new_sessions: mpsc::Sender<Session>,
+    cancel: CancellationToken,
+}
+
+/// The accepting side: takes sessions from peers that present a certificate of the
+/// deployment's CA, and keeps them by peer id across reconnects.
+pub struct Listener {
+    shared: Arc<ListenerShared>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Session>>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("id", &self.shared.own.id)
+            .finish()
+    }
+}
+
+impl Listener {
+    /// Listen on `addr` (UDP).
+    pub fn bind(addr: SocketAddr, config: SessionConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let own = own_identity(&config)?;
+        let server = tls::server_config(&config)?;
+        let endpoint = bind_endpoint(addr, Some(server))?;
+        let (tx, rx) = mpsc::channel(64);
+        let shared = Arc::new(ListenerShared {
+            endpoint,
+            revocations: RwLock::new(config.revocations.clone()),
+            config: Arc::new(config),
+            own,
+            sessions: Mutex::new(HashMap::new()),
+            new_sessions: tx,
+            cancel: CancellationToken::new(),
+        });
+        tokio::spawn(accept_loop(shared.clone()));
+        Ok(Self {
+            shared,
+            incoming: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.endpoint.local_addr()
+    }
+
+    /// Our identity, from our certificate.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.shared.own
+    }
+
+    /// The next new peer. A peer that reconnects continues its existing session and is not
+    /// returned again. `None` after [`Listener::close`].
+    pub async fn accept(&self) -> Option<Session> {
+        let mut rx = self.incoming.lock().await;
+        tokio::select! {
+            biased;
+            _ = self.shared.cancel.cancelled() => None,
+            s = rx.recv() => s,
+        }
+    }
+
+    /// The session with peer `id`, if there is one.
+    pub fn session(&self, id: &str) -> Option<Session> {
+        self.shared.sessions.lock().unwrap().get(id).cloned()
+    }
+
+    /// All sessions not closed.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| !s.is_closed())
+            .cloned()
+            .collect()
+    }
+
+    /// Send `env` to every connected peer for which `filter` holds; returns how many got it
+    /// queued.
+    pub fn broadcast(&self, env: &Envelope, filter: impl Fn(&PeerIdentity) -> bool) -> usize {
+        self.sessions()
+            .into_iter()
+            .filter(|s| s.is_connected() && filter(s.peer()))
+            .filter(|s| s.send(env.clone()).is_ok())
+            .count()
+    }
+
+    /// Replace the revocation list: new handshakes and resumed sessions are checked against
+    /// it, and open sessions of peers it revokes are closed now.
+    pub fn set_revocations(&self, crl: RevocationList) -> Result<(), ConfigError> {
+        let mut cfg = (*self.shared.config).clone();
+        cfg.revocations = crl.clone();
+        self.shared
+            .endpoint
+            .set_server_config(Some(tls::server_config(&cfg)?));
+        for s in self.sessions() {
+            if crl.is_revoked(&s.peer().serial) {
+                tracing::warn!(peer = %s.peer_id(), "closing session: certificate revoked");
+                if let Some(live) = s.inner.live() {
+                    live.conn
+                        .close(varint(close_code::REVOKED), b"certificate revoked");
+                }
+                super::conn::finish(&s.inner);
+            }
+        }
+        *self.shared.revocations.write().unwrap() = crl;
+        Ok(())
+    }
+
+    /// Close every session gracefully (in parallel), then the endpoint.
+    pub async fn close(&self, code: u32, reason: &str) {
+        let sessions = self.sessions();
+        let closes = sessions.iter().map(|s| s.close(code, reason));
+        futures_join_all(closes).await;
+        self.shared.cancel.cancel();
+        self.shared.endpoint.close(varint(code), reason.as_bytes());
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    for f in set {
+        f.await;
+    }
+}
+
+async fn accept_loop(shared: Arc<ListenerShared>) {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => return,
+            i = shared.endpoint.accept() => i,
+        };
+        let Some(incoming) = incoming else { return };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(e) = accept_one(&shared, incoming).await {
+                tracing::warn!(%remote, error = %e, "refused connection");
+            }
+        });
+    }
+}
+
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    reason: RefuseReason,
+    message: String,
+) -> ConnectError {
+    let frame = ControlFrame::Refuse {
+        reason,
+        message: message.clone(),
+    };
+    let _ = write_frame(send, &frame, crate::frame::MAX_FRAME_SIZE).await;
+    let _ = send.finish();
+    conn.close(varint(reason.close_code()), message.as_bytes());
+    ConnectError::Refused { reason, message }
+}
+
+async fn accept_one(
+    shared: &ListenerShared,
+    incoming: quinn::Incoming,
+) -> Result<(), ConnectError> {
+    let connecting = incoming
+        .accept()
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    // On the server `into_0rtt` always succeeds: we may answer the (idempotent) hello before
+    // the handshake completes, but act on nothing else until it has.
+    match connecting.into_0rtt() {
+        Ok((conn, established)) => accept_greeting(shared, conn, established).await,
+        Err(connecting) => {
+            let conn = connecting.await.map_err(|e| handshake_error(&e))?;
+            accept_greeting(shared, conn, std::future::ready(true)).await
+        }
+    }
+}
+
+async fn accept_greeting(
+    shared: &ListenerShared,
+    conn: quinn::Connection,
+    established: impl std::future::Future<Output = bool>,
+) -> Result<(), ConnectError> {
+    let cfg = &shared.config;
+    let opened = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| ConnectError::Timeout(HELLO_TIMEOUT))?;
+    let (mut send, mut recv) = opened.map_err(|e| handshake_error(&e))?;
+    let first = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_frame::<StreamOpen>(&mut recv, cfg.max_frame_size),
+    )
+    .await
+    .map_err(|_| ConnectError::Timeout(HELLO_TIMEOUT))?;
+    let hello = match first {
+        Ok(StreamOpen::Control(h)) => h,
+        Ok(other) => {
+            conn.close(
+                varint(close_code::PROTOCOL_ERROR),
+                b"first stream must be the control stream",
+            );
+            return Err(ConnectError::Protocol(format!(
+                "first stream was not a hello: {other:?}"
+            )));
+        }
+        Err(e) => {
+            conn.close(varint(close_code::PROTOCOL_ERROR), b"bad hello");
+            return Err(ConnectError::Protocol(format!("bad hello: {e}")));
+        }
+    };
+    tokio::pin!(established);
+    let mut confirmed = false;
+    // A resumed session carries the certificate from its ticket; a full handshake has it only
+    // once the client is verified.
+    let peer = match peer_identity_of(&conn) {
+        Some(p) => p,
+        None => {
+            confirmed = tokio::time::timeout(HELLO_TIMEOUT, &mut established)
+                .await
+                .unwrap_or(false);
+            if !confirmed {
+                return Err(ConnectError::Handshake("handshake did not complete".into()));
+            }
+            peer_identity_of(&conn).ok_or_else(|| {
+                ConnectError::Protocol("client presented no usable certificate".into())
+            })?
+        }
+    };
+    // rustls does not re-check revocation on resumption: this check covers both cases.
+    if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
+        return Err(refuse(
+            &conn,
+            &mut send,
+            RefuseReason::Revoked,
+            format!(
+                "certificate of {} (serial {}) is revoked",
+                peer.id,
+                hex::encode(&peer.serial)
+            ),
+        )
+        .await);
+    }
+    if !role_allowed(cfg, peer.role) {
+        return Err(refuse(
+            &conn,
+            &mut send,
+            RefuseReason::NotAllowed,
+            format!("peers with role {} may not connect here", peer.role),
+        )
+        .await);
+    }
+    if hello.peer_id != peer.id {
+        return Err(refuse(
+            &conn,
+            &mut send,
+            RefuseReason::IdentityMismatch,
+            format!(
+                "hello claims id {:?} but the certificate is for {:?}",
+                hello.peer_id, peer.id
+            ),
+        )
+        .await);
+    }
+    let Some(version) = negotiate(
+        cfg.protocol_versions,
+        (hello.min_version, hello.max_version),
+    ) else {
+        return Err(refuse(&conn, &mut send, RefuseReason::VersionMismatch, format!(
+            "peer speaks protocol versions {}..={}, this side speaks {}..={}; upgrade the older side",
+            hello.min_version, hello.max_version, cfg.protocol_versions.0, cfg.protocol_versions.1
+        )).await);
+    };
+    let welcome = ControlFrame::Welcome {
+        version,
+        peer_id: shared.own.id.clone(),
+    };
+    write_frame(&mut send, &welcome, cfg.max_frame_size)
+        .await
+        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+    if !confirmed {
+        confirmed = tokio::time::timeout(HELLO_TIMEOUT, &mut established)
+            .await
+            .unwrap_or(false);
+        if !confirmed {
+            conn.close(
+                varint(close_code::PROTOCOL_ERROR),
+                b"handshake not confirmed",
+            );
+            return Err(ConnectError::Handshake(
+                "handshake was not confirmed (replayed early data?)".into(),
+            ));
+        }
+    }
+    tracing::info!(peer = %peer.id, role = %peer.role, version, software = %hello.software, remote = %conn.remote_address(), "session accepted");
+    let (session, is_new) = {
+        let mut sessions = shared.sessions.lock().unwrap();
+        match sessions.get(&peer.id) {
+            Some(s) if !s.is_closed() => (s.clone(), false),
+            _ => {
+                let session = Session {
+                    inner: Inner::new(cfg.clone(), peer.clone(), Side::Acceptor),
+                };
+                sessions.insert(peer.id.clone(), session.clone());
+                (session, true)
+            }
+        }
+    };
+    super::conn::attach(&session.inner, conn, send, recv, false);
+    if is_new {
+        let _ = shared.new_sessions.send(session).await;
+    }
+    Ok(())
+}

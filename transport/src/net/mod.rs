@@ -1,0 +1,83 @@
+//! The quinn driver: the only module that names quinn types.
+//!
+//! - `tls`: rustls/quinn configuration (mTLS, CRLs, ALPN, 0-RTT).
+//! - `endpoint`: [`Client`] (dialing side, reconnects) and [`Listener`] (accepting side).
+//! - `session`: the [`Session`] handle and its state across reconnects.
+//! - `conn`: the tasks that run one QUIC connection (control reader/writer, heartbeats,
+//!   incoming streams).
+//! - `transfer` and `store`: verified, resumable file transfer.
+
+mod conn;
+mod endpoint;
+mod session;
+mod store;
+mod tls;
+mod transfer;
+
+pub use endpoint::{Client, Listener};
+pub use session::{Inbound, PathStats, ReceivedFile, Session, SessionEvent};
+pub use transfer::{Transfer, TransferOutcome, TransferProgress};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::frame::{self, FrameError};
+
+/// Stream priorities (higher goes first).
+pub(crate) const CONTROL_PRIORITY: i32 = 10;
+pub(crate) const BULK_PRIORITY: i32 = -10;
+
+/// Why reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadFrameError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("stream ended")]
+    Finished,
+    #[error("{0}")]
+    Read(#[from] quinn::ReadExactError),
+}
+
+/// Read one frame. Not cancel-safe: run it in a task of its own, never in a `select!` arm.
+pub(crate) async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<T, ReadFrameError> {
+    let mut prefix = [0u8; frame::LEN_PREFIX];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(ReadFrameError::Finished),
+        Err(e) => return Err(e.into()),
+    }
+    let len = frame::check_len(prefix, max)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(frame::decode_body(&body)?)
+}
+
+/// Write one frame.
+pub(crate) async fn write_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    value: &T,
+    max: usize,
+) -> Result<(), WriteFrameError> {
+    let bytes = frame::encode(value, max)?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteFrameError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Write(#[from] quinn::WriteError),
+}
+
+pub(crate) fn varint(code: u32) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code)
+}
+
+/// Unix milliseconds of a past `Instant`.
+pub(crate) fn instant_to_unix_ms(t: std::time::Instant) -> u64 {
+    crate::message::unix_ms().saturating_sub(t.elapsed().as_millis() as u64)
+}

@@ -1,0 +1,528 @@
+//! A session with one peer: a logical link that outlives the QUIC connections under it.
+//!
+//! The dialing side replaces a lost connection by itself (backoff, 0-RTT when it can); the
+//! accepting side attaches the peer's next connection to the same session. Messages queued while
+//! no connection is up wait in the session's outbox, ordered by priority, and go out after the
+//! reconnect unless they expire first. Delivery across a lost connection is at most once:
+//! a message already handed to QUIC when the connection died may be lost; the application's
+//! own acknowledgements (request/response) cover that.
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use morag_certs::PeerIdentity;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::store::Store;
+use super::transfer::{self, Source, Transfer};
+use crate::config::SessionConfig;
+use crate::detector::FailureDetector;
+use crate::error::{RequestError, SendError, TransferError};
+use crate::message::{unix_ms, Body, ConnectionStatus, Envelope};
+
+/// Something the peer sent.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    Message(Envelope),
+    /// A file arrived, verified, and is stored at `path`.
+    File(ReceivedFile),
+}
+
+/// A verified file the peer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedFile {
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+    /// The name the sender gave.
+    pub name: String,
+    pub size: u64,
+    /// Where it is stored (named by its hash).
+    pub path: PathBuf,
+    /// This receiver already had it; nothing was transferred.
+    pub skipped: bool,
+    /// Bytes that were already here from an earlier, cut attempt.
+    pub resumed_from: u64,
+}
+
+/// Changes in the state of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// A connection is up. `zero_rtt`: (dialing side) this connection's early data was accepted.
+    Connected {
+        generation: u64,
+        remote: SocketAddr,
+        zero_rtt: bool,
+    },
+    /// The peer has been silent past the suspect threshold.
+    Suspect,
+    /// The connection is gone; the dialing side reconnects, the accepting side waits.
+    Lost { reason: String },
+    /// The dialing side will try again after `delay`.
+    Reconnecting { attempt: u32, delay: Duration },
+    /// The peer refused a reconnect; the session ends.
+    Refused { message: String },
+    /// The session is over.
+    Closed {
+        by_peer: bool,
+        code: u32,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) enum Side {
+    Dialer,
+    Acceptor,
+}
+
+/// The connection a session is using right now.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub conn: quinn::Connection,
+    pub generation: u64,
+    pub detector: Arc<Mutex<FailureDetector>>,
+    pub cancel: CancellationToken,
+}
+
+struct Queued {
+    env: Envelope,
+    seq: u64,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    /// Highest priority first, then oldest first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.env
+            .priority
+            .cmp(&other.env.priority)
+            .then(other.seq.cmp(&self.seq))
+    }
+}
+
+/// Messages waiting for the control stream.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    heap: Mutex<BinaryHeap<Queued>>,
+    seq: AtomicU64,
+    pub notify: Notify,
+}
+
+impl Outbox {
+    pub fn push(&self, env: Envelope) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.push_with_seq(env, seq);
+    }
+
+    /// Put back a message that could not be written, keeping its place.
+    pub fn push_with_seq(&self, env: Envelope, seq: u64) {
+        self.heap.lock().unwrap().push(Queued { env, seq });
+        self.notify.notify_one();
+    }
+
+    pub fn pop(&self) -> Option<(Envelope, u64)> {
+        self.heap.lock().unwrap().pop().map(|q| (q.env, q.seq))
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.lock().unwrap().len()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub reconnect_attempts: u32,
+    pub recent_errors: VecDeque<String>,
+    pub expired_dropped: u64,
+}
+
+const RECENT_ERRORS: usize = 8;
+
+pub(crate) struct Inner {
+    pub config: Arc<SessionConfig>,
+    pub peer: PeerIdentity,
+    pub side: Side,
+    pub current: watch::Sender<Option<Live>>,
+    pub generation: AtomicU64,
+    pub outbox: Outbox,
+    pub inbound_tx: mpsc::Sender<Inbound>,
+    inbound_rx: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
+    pub events: broadcast::Sender<SessionEvent>,
+    pub pending: Mutex<HashMap<u64, oneshot::Sender<Envelope>>>,
+    next_id: AtomicU64,
+    pub stats: Mutex<Stats>,
+    /// The session is over: no more connections, sends fail.
+    pub closed: CancellationToken,
+    /// A close is under way (ours or the peer's goodbye): do not reconnect.
+    pub closing: AtomicBool,
+    pub store: Arc<Store>,
+    pub transfers_in_flight: AtomicUsize,
+    pub transfers_done: Notify,
+    /// Origin of heartbeat timestamps.
+    pub epoch: Instant,
+    /// A graceful close asks the control writer to send this goodbye.
+    pub goodbye: Mutex<Option<GoodbyeRequest>>,
+    pub goodbye_requested: Notify,
+    /// The goodbye the peer sent, if it did.
+    pub peer_goodbye: Mutex<Option<(u32, String)>>,
+    /// The dialing side's supervisor waits on this to reconnect.
+    pub reconnect_needed: Notify,
+}
+
+pub(crate) type GoodbyeRequest = (u32, String, oneshot::Sender<()>);
+
+impl Inner {
+    pub fn new(config: Arc<SessionConfig>, peer: PeerIdentity, side: Side) -> Arc<Self> {
+        let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+        let (events, _) = broadcast::channel(256);
+        let store = Arc::new(Store::new(config.store_dir.clone()));
+        Arc::new(Self {
+            config,
+            peer,
+            side,
+            current: watch::channel(None).0,
+            generation: AtomicU64::new(0),
+            outbox: Outbox::default(),
+            inbound_tx,
+            inbound_rx: tokio::sync::Mutex::new(inbound_rx),
+            events,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(rand::random::<u32>() as u64 + 1),
+            stats: Mutex::new(Stats::default()),
+            closed: CancellationToken::new(),
+            closing: AtomicBool::new(false),
+            store,
+            transfers_in_flight: AtomicUsize::new(0),
+            transfers_done: Notify::new(),
+            epoch: Instant::now(),
+            goodbye: Mutex::new(None),
+            goodbye_requested: Notify::new(),
+            peer_goodbye: Mutex::new(None),
+            reconnect_needed: Notify::new(),
+        })
+    }
+
+    pub fn emit(&self, event: SessionEvent) {
+        tracing::debug!(peer = %self.peer.id, ?event, "session event");
+        let _ = self.events.send(event);
+    }
+
+    pub fn record_error(&self, error: String) {
+        let mut s = self.stats.lock().unwrap();
+        if s.recent_errors.len() == RECENT_ERRORS {
+            s.recent_errors.pop_front();
+        }
+        s.recent_errors.push_back(error);
+    }
+
+    pub fn live(&self) -> Option<Live> {
+        self.current.borrow().clone()
+    }
+
+    /// Wait until a connection is up, for at most `limit`.
+    pub async fn wait_live(&self, limit: Duration) -> Result<Live, TransferError> {
+        let mut rx = self.current.subscribe();
+        let wait = async {
+            loop {
+                if let Some(live) = rx.borrow_and_update().clone() {
+                    return Ok(live);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(TransferError::Closed("session dropped".into()));
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.closed.cancelled() => Err(TransferError::Closed("session closed".into())),
+            r = tokio::time::timeout(limit, wait) => r.unwrap_or_else(|_| {
+                Err(TransferError::Closed(format!("peer did not come back within {limit:?}")))
+            }),
+        }
+    }
+
+    /// Deliver a message that arrived: drop it if expired, complete a pending request if it
+    /// is a reply, else hand it to the application.
+    pub async fn deliver(&self, env: Envelope) {
+        if env.is_expired(unix_ms()) {
+            self.stats.lock().unwrap().expired_dropped += 1;
+            tracing::debug!(peer = %self.peer.id, id = env.id, kind = env.body.kind(), "dropped expired message");
+            return;
+        }
+        if let Some(cid) = env.correlation_id {
+            let waiter = self.pending.lock().unwrap().remove(&cid);
+            if let Some(tx) = waiter {
+                let _ = tx.send(env);
+                return;
+            }
+        }
+        let _ = self.inbound_tx.send(Inbound::Message(env)).await;
+    }
+
+    fn stamp(&self, mut env: Envelope) -> Envelope {
+        env.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        env.timestamp_ms = unix_ms();
+        env
+    }
+
+    pub fn enqueue(&self, env: Envelope) -> Result<u64, SendError> {
+        if self.closed.is_cancelled() || self.closing.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        let env = self.stamp(env);
+        // Refuse what the peer would refuse, here and now rather than on its side.
+        let len = postcard::experimental::serialized_size(&crate::wire::ControlFrame::Message(
+            env.clone(),
+        ))
+        .map_err(|e| SendError::Frame(crate::frame::FrameError::Malformed(e.to_string())))?;
+        if len > self.config.max_frame_size {
+            return Err(SendError::Frame(crate::frame::FrameError::TooLarge {
+                len,
+                max: self.config.max_frame_size,
+            }));
+        }
+        let id = env.id;
+        self.outbox.push(env);
+        Ok(id)
+    }
+}
+
+/// A session with one peer. Cheap to clone; all clones are the same session.
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("peer", &self.inner.peer.id)
+            .field("side", &self.inner.side)
+            .finish()
+    }
+}
+
+impl Session {
+    /// The peer's identity, from its certificate.
+    pub fn peer(&self) -> &PeerIdentity {
+        &self.inner.peer
+    }
+
+    /// The peer's id (its certificate's common name).
+    pub fn peer_id(&self) -> &str {
+        &self.inner.peer.id
+    }
+
+    /// Whether a connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.live().is_some()
+    }
+
+    /// Whether the session is over.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// The peer's current address.
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        self.inner.live().map(|l| l.conn.remote_address())
+    }
+
+    /// Queue a message; returns its id. Messages leave in priority order.
+    pub fn send(&self, env: Envelope) -> Result<u64, SendError> {
+        self.inner.enqueue(env)
+    }
+
+    /// Queue a message body with default metadata.
+    pub fn send_body(&self, body: Body) -> Result<u64, SendError> {
+        self.send(Envelope::new(body))
+    }
+
+    /// Send a request and wait for the message whose correlation id is its id, for at most
+    /// the configured request timeout.
+    pub async fn request(&self, env: Envelope) -> Result<Envelope, RequestError> {
+        self.request_timeout(env, self.inner.config.request_timeout)
+            .await
+    }
+
+    /// [`Session::request`] with an explicit timeout.
+    pub async fn request_timeout(
+        &self,
+        env: Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        // Register before sending so a fast reply cannot be missed.
+        let env = self.inner.stamp(env);
+        let id = env.id;
+        self.inner.pending.lock().unwrap().insert(id, tx);
+        let sent = self.send_stamped(env);
+        if let Err(e) = sent {
+            self.inner.pending.lock().unwrap().remove(&id);
+            return Err(e.into());
+        }
+        let result = tokio::select! {
+            biased;
+            _ = self.inner.closed.cancelled() => Err(RequestError::Closed),
+            r = tokio::time::timeout(timeout, rx) => match r {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err(RequestError::Closed),
+                Err(_) => Err(RequestError::Timeout(timeout)),
+            },
+        };
+        self.inner.pending.lock().unwrap().remove(&id);
+        result
+    }
+
+    fn send_stamped(&self, env: Envelope) -> Result<u64, SendError> {
+        if self.inner.closed.is_cancelled() || self.inner.closing.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        let id = env.id;
+        self.inner.outbox.push(env);
+        Ok(id)
+    }
+
+    /// Answer `request` with `body`.
+    pub fn respond(&self, request: &Envelope, body: Body) -> Result<u64, SendError> {
+        let mut env = Envelope::new(body);
+        env.correlation_id = Some(request.id);
+        env.priority = env.priority.max(request.priority);
+        self.send(env)
+    }
+
+    /// The next message or file from the peer; `None` once the session is closed and
+    /// everything received has been taken.
+    pub async fn recv(&self) -> Option<Inbound> {
+        let mut rx = self.inner.inbound_rx.lock().await;
+        tokio::select! {
+            biased;
+            m = rx.recv() => m,
+            _ = self.inner.closed.cancelled() => rx.try_recv().ok(),
+        }
+    }
+
+    /// Subscribe to session events from now on.
+    pub fn events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The connection's state as this side sees it.
+    pub fn status(&self) -> ConnectionStatus {
+        let stats = self.inner.stats.lock().unwrap();
+        let mut status = ConnectionStatus {
+            connected: false,
+            reconnect_attempts: stats.reconnect_attempts,
+            recent_errors: stats.recent_errors.iter().cloned().collect(),
+            ..Default::default()
+        };
+        drop(stats);
+        if let Some(live) = self.inner.live() {
+            let d = live.detector.lock().unwrap();
+            let now = Instant::now();
+            status.connected = true;
+            status.quality = d.quality(now);
+            status.latency_ms = d.srtt().map(|r| r.as_secs_f32() * 1000.0);
+            status.loss = d.loss();
+            status.last_heartbeat_ms = d.last_heard().map(super::instant_to_unix_ms);
+        }
+        status
+    }
+
+    /// Recent heartbeat round trips of the current connection, oldest first.
+    pub fn heartbeat_rtts(&self) -> Vec<Duration> {
+        self.inner
+            .live()
+            .map(|l| l.detector.lock().unwrap().rtt_samples().collect())
+            .unwrap_or_default()
+    }
+
+    /// QUIC's own round-trip estimate and packet loss counters of the current connection.
+    pub fn path_stats(&self) -> Option<PathStats> {
+        self.inner.live().map(|l| {
+            let s = l.conn.stats();
+            PathStats {
+                rtt: s.path.rtt,
+                lost_packets: s.path.lost_packets,
+                sent_packets: s.path.sent_packets,
+                congestion_window: s.path.cwnd,
+            }
+        })
+    }
+
+    /// Messages dropped on receipt because they had expired.
+    pub fn expired_dropped(&self) -> u64 {
+        self.inner.stats.lock().unwrap().expired_dropped
+    }
+
+    /// Send a file. The transfer survives reconnects, resuming after the last piece the
+    /// receiver verified; await the returned [`Transfer`] for the outcome.
+    pub fn send_file(&self, path: impl Into<PathBuf>, name: impl Into<String>) -> Transfer {
+        transfer::start(self.inner.clone(), Source::File(path.into()), name.into())
+    }
+
+    /// Send bytes held in memory, like [`Session::send_file`].
+    pub fn send_bytes(&self, bytes: impl Into<bytes::Bytes>, name: impl Into<String>) -> Transfer {
+        transfer::start(self.inner.clone(), Source::Bytes(bytes.into()), name.into())
+    }
+
+    /// Close the session gracefully: wait (up to the configured grace period) for queued
+    /// messages and running transfers, tell the peer with a goodbye, then close the
+    /// connection with `code`. The peer does not reconnect after a goodbye.
+    pub async fn close(&self, code: u32, reason: &str) {
+        super::conn::close_session(&self.inner, code, reason).await
+    }
+}
+
+/// QUIC path figures of the current connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathStats {
+    pub rtt: Duration,
+    pub lost_packets: u64,
+    pub sent_packets: u64,
+    pub congestion_window: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Priority, Reply};
+
+    #[test]
+    fn outbox_orders_by_priority_then_age() {
+        let o = Outbox::default();
+        let mk = |p, m: &str| {
+            Envelope::new(Body::Reply(Reply {
+                ok: true,
+                message: m.into(),
+            }))
+            .with_priority(p)
+        };
+        o.push(mk(Priority::Low, "low"));
+        o.push(mk(Priority::Normal, "n1"));
+        o.push(mk(Priority::Urgent, "urgent"));
+        o.push(mk(Priority::Normal, "n2"));
+        let order: Vec<String> = std::iter::from_fn(|| o.pop())
+            .map(|(e, _)| match e.body {
+                Body::Reply(r) => r.message,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(order, ["urgent", "n1", "n2", "low"]);
+    }
+}

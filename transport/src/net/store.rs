@@ -1,0 +1,137 @@
+//! Where received files live: `<dir>/<hash>` when complete and verified,
+//! `<dir>/partial/<hash>.part` while arriving. A partial file only ever holds verified pieces,
+//! so a transfer resumes from its length after re-checking it.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::manifest::{read_full, Manifest};
+
+pub(crate) struct Store {
+    dir: PathBuf,
+    locks: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Store {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn final_path(&self, m: &Manifest) -> PathBuf {
+        self.dir.join(m.hash_hex())
+    }
+
+    pub fn partial_path(&self, m: &Manifest) -> PathBuf {
+        self.dir
+            .join("partial")
+            .join(format!("{}.part", m.hash_hex()))
+    }
+
+    /// The per-hash lock: one transfer of a given content at a time.
+    pub fn lock(&self, hash: [u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap();
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(hash).or_default().clone()
+    }
+
+    /// Whether the complete content is already here.
+    pub fn has(&self, m: &Manifest) -> bool {
+        std::fs::metadata(self.final_path(m)).is_ok_and(|md| md.is_file() && md.len() == m.size)
+    }
+
+    /// Re-check the partial file against the manifest and cut it after the last good piece.
+    /// Returns the number of verified pieces it holds. Blocking.
+    pub fn resume_point(&self, m: &Manifest) -> std::io::Result<u64> {
+        let path = self.partial_path(m);
+        std::fs::create_dir_all(path.parent().expect("partial dir"))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let len = file.metadata()?.len();
+        let mut buf = vec![0u8; m.piece_size as usize];
+        let mut good = 0u64;
+        while good < m.piece_count() {
+            let want = m.piece_len(good) as usize;
+            if good * m.piece_size + want as u64 > len {
+                break;
+            }
+            file.seek(SeekFrom::Start(good * m.piece_size))?;
+            let n = read_full(&mut file, &mut buf[..want])?;
+            if n != want || m.verify_piece(good, &buf[..want]).is_err() {
+                break;
+            }
+            good += 1;
+        }
+        let keep = (good * m.piece_size).min(m.size);
+        if keep != len {
+            file.set_len(keep)?;
+        }
+        Ok(good)
+    }
+
+    /// Open the partial file for appending verified pieces.
+    pub fn open_partial(&self, m: &Manifest) -> std::io::Result<File> {
+        OpenOptions::new().append(true).open(self.partial_path(m))
+    }
+
+    /// Move a complete partial file into place.
+    pub fn complete(&self, m: &Manifest) -> std::io::Result<PathBuf> {
+        let dst = self.final_path(m);
+        std::fs::rename(self.partial_path(m), &dst)?;
+        Ok(dst)
+    }
+
+    /// Read a stored file (for tests and the sender's own checks).
+    #[allow(dead_code)]
+    pub fn read(&self, m: &Manifest) -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        File::open(self.final_path(m))?.read_to_end(&mut v)?;
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::MIN_PIECE_SIZE;
+    use std::io::Write;
+
+    #[test]
+    fn resume_point_keeps_only_verified_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().to_path_buf());
+        let p = MIN_PIECE_SIZE as usize;
+        let data: Vec<u8> = (0..3 * p + 100).map(|i| (i % 251) as u8).collect();
+        let m = Manifest::from_bytes(&data);
+        assert_eq!(store.resume_point(&m).unwrap(), 0);
+        // Two good pieces and half of a third.
+        let mut f = store.open_partial(&m).unwrap();
+        f.write_all(&data[..2 * p + p / 2]).unwrap();
+        drop(f);
+        assert_eq!(store.resume_point(&m).unwrap(), 2);
+        assert_eq!(
+            std::fs::metadata(store.partial_path(&m)).unwrap().len(),
+            2 * p as u64
+        );
+        // A corrupted second piece cuts the file back to one piece.
+        let mut bad = data[..2 * p].to_vec();
+        bad[p + 5] ^= 0xff;
+        std::fs::write(store.partial_path(&m), &bad).unwrap();
+        assert_eq!(store.resume_point(&m).unwrap(), 1);
+        // The whole content (with its short last piece) verifies completely.
+        std::fs::write(store.partial_path(&m), &data).unwrap();
+        assert_eq!(store.resume_point(&m).unwrap(), 4);
+        store.complete(&m).unwrap();
+        assert!(store.has(&m));
+        assert_eq!(store.read(&m).unwrap(), data);
+    }
+}

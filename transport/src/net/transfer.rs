@@ -1,0 +1,602 @@
+//! Verified, resumable file transfer on a stream of its own.
+//!
+//! # Flow (one attempt)
+//!
+//! 1. The sender hashes the source once (BLAKE3, per-piece chaining values; see
+//!    [`crate::manifest`]), opens a bidirectional stream at bulk priority and sends
+//!    [`StreamOpen::Transfer`] with the manifest.
+//! 2. The receiver checks the size limit and that the manifest combines to the hash, then
+//!    answers: [`TransferReply::Have`] (it holds the content; done), `SendFrom { piece }` (after
+//!    re-checking what a cut attempt left), or `Reject`.
+//! 3. The sender streams raw bytes from that piece to the end and finishes the stream.
+//! 4. The receiver verifies each piece the moment it is complete and appends only verified
+//!    pieces to the partial file; a bad piece ends the attempt with
+//!    [`TransferDone::Corrupt`]. After the last piece the file moves into place under its hash
+//!    and the receiver answers [`TransferDone::Complete`].
+//!
+//! A lost connection ends the attempt; the sender waits for the session to reconnect and starts
+//! again at step 1 with the manifest it already has, so only the piece that was in flight is
+//! sent again.
+
+use std::future::{Future, IntoFuture};
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::session::{Inbound, Inner, ReceivedFile};
+use super::{read_frame, varint, write_frame};
+use crate::error::TransferError;
+use crate::frame::MAX_FRAME_SIZE;
+use crate::manifest::{read_full, Manifest, ManifestError};
+use crate::wire::{
+    close_code, StreamOpen, TransferDone, TransferOffer, TransferReply, MAX_OFFER_FRAME,
+};
+
+/// Where the bytes come from.
+pub(crate) enum Source {
+    File(PathBuf),
+    Bytes(Bytes),
+}
+
+/// Progress of an outgoing transfer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TransferProgress {
+    /// BLAKE3 of the content, hex (empty while hashing).
+    pub hash: String,
+    pub total: u64,
+    /// Bytes of the content known to be at the receiver or handed to QUIC for it.
+    pub position: u64,
+    /// Bytes handed to QUIC over all attempts.
+    pub bytes_sent: u64,
+    /// Send rate of the current attempt, bytes per second.
+    pub rate: f64,
+    pub attempts: u32,
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferOutcome {
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+    pub size: u64,
+    /// The receiver already had it.
+    pub skipped: bool,
+    /// Where the last attempt started (bytes the receiver had verified before it).
+    pub resumed_from: u64,
+    /// Bytes handed to QUIC over all attempts.
+    pub bytes_sent: u64,
+    pub attempts: u32,
+}
+
+/// An outgoing transfer. Await it (or [`Transfer::finish`]) for the outcome.
+pub struct Transfer {
+    progress: watch::Receiver<TransferProgress>,
+    task: JoinHandle<Result<TransferOutcome, TransferError>>,
+}
+
+impl std::fmt::Debug for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfer")
+            .field("progress", &*self.progress.borrow())
+            .finish()
+    }
+}
+
+impl Transfer {
+    /// Watch progress.
+    pub fn progress(&self) -> watch::Receiver<TransferProgress> {
+        self.progress.clone()
+    }
+
+    /// Wait for the outcome.
+    pub async fn finish(self) -> Result<TransferOutcome, TransferError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(TransferError::Closed(format!("transfer task failed: {e}"))),
+        }
+    }
+}
+
+impl IntoFuture for Transfer {
+    type Output = Result<TransferOutcome, TransferError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.finish())
+    }
+}
+
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn new(inner: Arc<Inner>) -> Self {
+        inner.transfers_in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(inner)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.transfers_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.transfers_done.notify_waiters();
+    }
+}
+
+pub(crate) fn start(inner: Arc<Inner>, source: Source, name: String) -> Transfer {
+    let (tx, rx) = watch::channel(TransferProgress::default());
+    let task = tokio::spawn(async move {
+        let _in_flight = InFlight::new(inner.clone());
+        run(inner, source, name, tx).await
+    });
+    Transfer { progress: rx, task }
+}
+
+fn io_err(path: &std::path::Path, source: std::io::Error) -> TransferError {
+    TransferError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+async fn manifest_of(source: &Source) -> Result<Manifest, TransferError> {
+    match source {
+        Source::Bytes(b) => {
+            let b = b.clone();
+            Ok(
+                tokio::task::spawn_blocking(move || Manifest::from_bytes(&b))
+                    .await
+                    .expect("hashing task"),
+            )
+        }
+        Source::File(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
+                let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+                Manifest::from_reader(std::io::BufReader::with_capacity(1 << 20, file), len)
+                    .map_err(|e| io_err(&path, e))
+            })
+            .await
+            .expect("hashing task")
+        }
+    }
+}
+
+enum AttemptError {
+    /// The connection went away: try again after a reconnect.
+    Lost(String),
+    Fatal(TransferError),
+}
+
+async fn run(
+    inner: Arc<Inner>,
+    source: Source,
+    name: String,
+    progress: watch::Sender<TransferProgress>,
+) -> Result<TransferOutcome, TransferError> {
+    let manifest = manifest_of(&source).await?;
+    if manifest.size > inner.config.max_file_size {
+        return Err(TransferError::Rejected(format!(
+            "{} bytes is over this side's max_file_size of {}",
+            manifest.size, inner.config.max_file_size
+        )));
+    }
+    let mut outcome = TransferOutcome {
+        hash: manifest.hash_hex(),
+        size: manifest.size,
+        skipped: false,
+        resumed_from: 0,
+        bytes_sent: 0,
+        attempts: 0,
+    };
+    progress.send_modify(|p| {
+        p.hash = outcome.hash.clone();
+        p.total = manifest.size;
+    });
+    loop {
+        let live = inner
+            .wait_live(inner.config.transfer_reconnect_wait)
+            .await?;
+        outcome.attempts += 1;
+        progress.send_modify(|p| p.attempts = outcome.attempts);
+        match attempt(
+            &live.conn,
+            &manifest,
+            &source,
+            &name,
+            &mut outcome,
+            &progress,
+        )
+        .await
+        {
+            Ok(()) => return Ok(outcome),
+            Err(AttemptError::Fatal(e)) => return Err(e),
+            Err(AttemptError::Lost(why)) => {
+                tracing::info!(hash = %outcome.hash, %why, "transfer interrupted; will resume after reconnect");
+                // Wait for this connection to be replaced before trying again.
+                let mut rx = inner.current.subscribe();
+                let gen = live.generation;
+                let _ = tokio::time::timeout(
+                    inner.config.transfer_reconnect_wait,
+                    rx.wait_for(|c| c.as_ref().map(|l| l.generation) != Some(gen)),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn attempt(
+    conn: &quinn::Connection,
+    manifest: &Manifest,
+    source: &Source,
+    name: &str,
+    outcome: &mut TransferOutcome,
+    progress: &watch::Sender<TransferProgress>,
+) -> Result<(), AttemptError> {
+    let lost = |e: &dyn std::fmt::Display| AttemptError::Lost(e.to_string());
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    let _ = send.set_priority(super::BULK_PRIORITY);
+    let offer = StreamOpen::Transfer(TransferOffer {
+        name: name.to_string(),
+        manifest: manifest.clone(),
+    });
+    write_frame(&mut send, &offer, MAX_OFFER_FRAME)
+        .await
+        .map_err(|e| lost(&e))?;
+    let reply: TransferReply = read_frame(&mut recv, MAX_FRAME_SIZE)
+        .await
+        .map_err(|e| lost(&e))?;
+    let from = match reply {
+        TransferReply::Have => {
+            outcome.skipped = true;
+            outcome.resumed_from = manifest.size;
+            let _ = send.finish();
+            return Ok(());
+        }
+        TransferReply::Reject { message } => {
+            return Err(AttemptError::Fatal(TransferError::Rejected(message)))
+        }
+        TransferReply::SendFrom { piece } if piece <= manifest.piece_count() => piece,
+        TransferReply::SendFrom { piece } => {
+            return Err(AttemptError::Fatal(TransferError::Protocol(format!(
+                "receiver asked for piece {piece} of {}",
+                manifest.piece_count()
+            ))))
+        }
+    };
+    let offset = (from * manifest.piece_size).min(manifest.size);
+    outcome.resumed_from = offset;
+    let started = Instant::now();
+    let mut position = offset;
+    let mut chunks = chunk_source(source, offset, manifest.piece_size as usize);
+    let mut stopped = false;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.map_err(AttemptError::Fatal)?;
+        let len = chunk.len() as u64;
+        if let Err(e) = send.write_chunk(chunk).await {
+            match e {
+                quinn::WriteError::Stopped(_) => {
+                    stopped = true;
+                    break;
+                }
+                other => return Err(lost(&other)),
+            }
+        }
+        position += len;
+        outcome.bytes_sent += len;
+        let secs = started.elapsed().as_secs_f64().max(1e-6);
+        progress.send_modify(|p| {
+            p.position = position;
+            p.bytes_sent = outcome.bytes_sent;
+            p.rate = (position - offset) as f64 / secs;
+        });
+    }
+    if !stopped {
+        if position != manifest.size {
+            return Err(AttemptError::Fatal(TransferError::Io {
+                path: source_path(source),
+                source: std::io::Error::other(format!(
+                    "source ended at {position} bytes, expected {}",
+                    manifest.size
+                )),
+            }));
+        }
+        let _ = send.finish();
+    }
+    let done: TransferDone = read_frame(&mut recv, MAX_FRAME_SIZE)
+        .await
+        .map_err(|e| lost(&e))?;
+    match done {
+        TransferDone::Complete => Ok(()),
+        TransferDone::Corrupt { piece } => {
+            Err(AttemptError::Fatal(TransferError::Corrupted { piece }))
+        }
+        TransferDone::Failed { message } => {
+            Err(AttemptError::Fatal(TransferError::ReceiverFailed(message)))
+        }
+    }
+}
+
+fn source_path(source: &Source) -> PathBuf {
+    match source {
+        Source::File(p) => p.clone(),
+        Source::Bytes(_) => PathBuf::from("<memory>"),
+    }
+}
+
+/// Read the source from `offset` in pieces on a blocking thread, a few pieces ahead.
+fn chunk_source(
+    source: &Source,
+    offset: u64,
+    piece: usize,
+) -> mpsc::Receiver<Result<Bytes, TransferError>> {
+    let (tx, rx) = mpsc::channel(4);
+    match source {
+        Source::Bytes(b) => {
+            let b = b.slice(offset as usize..);
+            tokio::spawn(async move {
+                let mut at = 0;
+                while at < b.len() {
+                    let end = (at + piece).min(b.len());
+                    if tx.send(Ok(b.slice(at..end))).await.is_err() {
+                        return;
+                    }
+                    at = end;
+                }
+            });
+        }
+        Source::File(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let open = || -> std::io::Result<std::fs::File> {
+                    let mut f = std::fs::File::open(&path)?;
+                    f.seek(SeekFrom::Start(offset))?;
+                    Ok(f)
+                };
+                let mut f = match open() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(io_err(&path, e)));
+                        return;
+                    }
+                };
+                loop {
+                    let mut buf = BytesMut::zeroed(piece);
+                    match read_full(&mut f, &mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(io_err(&path, e)));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    rx
+}
+
+/// Receive an offered transfer. Runs in its own task; never panics on peer input.
+pub(crate) async fn receive(
+    inner: Arc<Inner>,
+    offer: TransferOffer,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let m = offer.manifest;
+    let hash = m.hash_hex();
+    let span = tracing::info_span!("recv_transfer", hash = %hash, size = m.size);
+    let _e = span.enter();
+    let reject = |message: String| TransferReply::Reject { message };
+    let refusal = if m.size > inner.config.max_file_size {
+        Some(reject(format!(
+            "file of {} bytes is over the limit of {} bytes",
+            m.size, inner.config.max_file_size
+        )))
+    } else if let Err(e) = m.validate() {
+        Some(reject(format!("invalid manifest: {e}")))
+    } else {
+        None
+    };
+    if let Some(r) = refusal {
+        tracing::warn!(reply = ?r, "refused transfer");
+        let _ = write_frame(&mut send, &r, MAX_FRAME_SIZE).await;
+        let _ = send.finish();
+        return;
+    }
+    let lock = inner.store.lock(m.hash);
+    let Ok(_guard) = tokio::time::timeout(Duration::from_secs(10), lock.lock()).await else {
+        let _ = write_frame(
+            &mut send,
+            &reject("busy receiving the same content".into()),
+            MAX_FRAME_SIZE,
+        )
+        .await;
+        let _ = send.finish();
+        return;
+    };
+    let store = inner.store.clone();
+    if store.has(&m) {
+        tracing::info!("already held; skipping");
+        let _ = write_frame(&mut send, &TransferReply::Have, MAX_FRAME_SIZE).await;
+        let _ = send.finish();
+        let file = ReceivedFile {
+            hash,
+            name: offer.name,
+            size: m.size,
+            path: store.final_path(&m),
+            skipped: true,
+            resumed_from: m.size,
+        };
+        let _ = inner.inbound_tx.send(Inbound::File(file)).await;
+        return;
+    }
+    let (m, resume) = {
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.resume_point(&m).map(|r| (m, r))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot open partial file");
+                let msg = TransferReply::Reject {
+                    message: format!("receiver storage error: {e}"),
+                };
+                let _ = write_frame(&mut send, &msg, MAX_FRAME_SIZE).await;
+                let _ = send.finish();
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "resume check failed");
+                return;
+            }
+        }
+    };
+    if write_frame(
+        &mut send,
+        &TransferReply::SendFrom { piece: resume },
+        MAX_FRAME_SIZE,
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+    let resumed_from = (resume * m.piece_size).min(m.size);
+    tracing::info!(resume_piece = resume, "receiving");
+    let m = Arc::new(m);
+    let (tx, rx) = mpsc::channel::<(u64, Bytes)>(2);
+    let writer = {
+        let (store, m) = (store.clone(), m.clone());
+        tokio::task::spawn_blocking(move || write_pieces(&store, &m, rx))
+    };
+    let mut index = resume;
+    let mut piece = BytesMut::with_capacity(m.piece_len(index) as usize);
+    let mut writer_gone = false;
+    let mut overflow = false;
+    'read: loop {
+        let chunk = match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(c)) => c.bytes,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::info!(error = %e, pieces = index, "transfer cut; keeping verified pieces");
+                break;
+            }
+        };
+        let mut data = chunk;
+        while !data.is_empty() {
+            if index >= m.piece_count() {
+                overflow = true;
+                break 'read;
+            }
+            let want = m.piece_len(index) as usize - piece.len();
+            let take = want.min(data.len());
+            piece.extend_from_slice(&data.split_to(take));
+            if piece.len() as u64 == m.piece_len(index) {
+                let full = std::mem::replace(
+                    &mut piece,
+                    BytesMut::with_capacity(m.piece_len(index + 1) as usize),
+                );
+                if tx.send((index, full.freeze())).await.is_err() {
+                    writer_gone = true;
+                    break 'read;
+                }
+                index += 1;
+            }
+        }
+    }
+    drop(tx);
+    let written = writer
+        .await
+        .unwrap_or_else(|e| Err(WriteError::Io(std::io::Error::other(e.to_string()))));
+    let done = match written {
+        Err(WriteError::Corrupt(piece)) => {
+            tracing::warn!(piece, "piece failed verification; transfer refused");
+            let _ = recv.stop(varint(close_code::PROTOCOL_ERROR));
+            TransferDone::Corrupt { piece }
+        }
+        Err(WriteError::Io(e)) => {
+            tracing::error!(error = %e, "cannot store piece");
+            let _ = recv.stop(varint(close_code::PROTOCOL_ERROR));
+            TransferDone::Failed {
+                message: format!("receiver storage error: {e}"),
+            }
+        }
+        Ok(_) if overflow => {
+            let _ = recv.stop(varint(close_code::PROTOCOL_ERROR));
+            TransferDone::Failed {
+                message: "sender sent more bytes than the manifest lists".into(),
+            }
+        }
+        Ok(n) if n == m.piece_count() => match store.complete(&m) {
+            Ok(path) => {
+                tracing::info!(path = %path.display(), "transfer complete and verified");
+                let _ = write_frame(&mut send, &TransferDone::Complete, MAX_FRAME_SIZE).await;
+                let _ = send.finish();
+                let file = ReceivedFile {
+                    hash,
+                    name: offer.name,
+                    size: m.size,
+                    path,
+                    skipped: false,
+                    resumed_from,
+                };
+                let _ = inner.inbound_tx.send(Inbound::File(file)).await;
+                return;
+            }
+            Err(e) => TransferDone::Failed {
+                message: format!("receiver cannot store file: {e}"),
+            },
+        },
+        // Cut before the end: the partial file keeps the verified pieces for a resume.
+        Ok(_) => {
+            debug_assert!(!writer_gone);
+            return;
+        }
+    };
+    let _ = write_frame(&mut send, &done, MAX_FRAME_SIZE).await;
+    let _ = send.finish();
+}
+
+enum WriteError {
+    Corrupt(u64),
+    Io(std::io::Error),
+}
+
+/// Verify pieces as they come and append the good ones. Returns how many pieces the partial
+/// file holds when the channel closes.
+fn write_pieces(
+    store: &super::store::Store,
+    m: &Manifest,
+    mut rx: mpsc::Receiver<(u64, Bytes)>,
+) -> Result<u64, WriteError> {
+    use std::io::Write;
+    let mut file = store.open_partial(m).map_err(WriteError::Io)?;
+    let mut held = file
+        .metadata()
+        .map_err(WriteError::Io)?
+        .len()
+        .div_ceil(m.piece_size);
+    while let Some((index, data)) = rx.blocking_recv() {
+        match m.verify_piece(index, &data) {
+            Ok(()) => {}
+            Err(ManifestError::PieceMismatch(i)) => return Err(WriteError::Corrupt(i)),
+            Err(_) => return Err(WriteError::Corrupt(index)),
+        }
+        file.write_all(&data).map_err(WriteError::Io)?;
+        held = index + 1;
+    }
+    file.sync_data().map_err(WriteError::Io)?;
+    Ok(held)
+}

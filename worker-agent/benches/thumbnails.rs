@@ -1,0 +1,2 @@
+//! Thumbnail benchmark (filled in below).
+fn main() {}

@@ -1,0 +1,230 @@
+//! The device layer: frame operations on the CPU or on a CUDA GPU, behind one [`Engine`].
+//!
+//! [`select`] returns [`Engine::Cuda`] when a CUDA driver and device are present and the
+//! configuration allows it, else [`Engine::Cpu`]; it logs which. The agent starts and works
+//! without an NVIDIA driver. Every CUDA operation that fails (pool limit reached, NVRTC
+//! missing, driver error) falls back to the CPU implementation in [`crate::media::frames`],
+//! with one warning per engine.
+//!
+//! # Layout
+//! - `cuda.rs`: the CUDA engine (context, NVRTC-compiled kernels, launches).
+//! - `kernels.rs`: the CUDA C source of the kernels.
+//! - `pool.rs`: device buffers reused by size class under a memory limit.
+
+pub mod cuda;
+pub mod kernels;
+pub mod pool;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::frames::{self, FrameError, LumaImage, RgbImage, YuvFrame};
+
+/// GPU settings from the agent's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuConfig {
+    /// Use a CUDA GPU for frame work when one is present.
+    pub enabled: bool,
+    /// CUDA device ordinal.
+    pub device: usize,
+    /// Most device memory the frame pool may hold, in bytes.
+    pub memory_limit_bytes: u64,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            device: 0,
+            memory_limit_bytes: 512 << 20,
+        }
+    }
+}
+
+/// Where frame operations run.
+#[derive(Debug, Clone)]
+pub enum Engine {
+    Cpu,
+    Cuda(Arc<CudaHandle>),
+}
+
+/// A CUDA engine plus its "already warned about falling back" flag.
+#[derive(Debug)]
+pub struct CudaHandle {
+    pub engine: cuda::CudaEngine,
+    warned: AtomicBool,
+}
+
+/// Whether a CUDA driver can be loaded on this machine.
+pub fn cuda_driver_present() -> bool {
+    cuda::driver_present()
+}
+
+/// Pick the engine for this machine and configuration, logging the choice.
+pub fn select(config: &GpuConfig) -> Engine {
+    if !config.enabled {
+        tracing::info!(engine = "cpu", reason = "disabled in config", "frame engine selected");
+        return Engine::Cpu;
+    }
+    let limit = usize::try_from(config.memory_limit_bytes).unwrap_or(usize::MAX);
+    match cuda::CudaEngine::try_new(config.device, limit) {
+        Ok(engine) => {
+            tracing::info!(
+                engine = "cuda",
+                device = engine.device_name(),
+                pool_limit = engine.pool_stats().limit,
+                "frame engine selected"
+            );
+            Engine::Cuda(Arc::new(CudaHandle {
+                engine,
+                warned: AtomicBool::new(false),
+            }))
+        }
+        Err(e) => {
+            tracing::info!(engine = "cpu", reason = %e, "frame engine selected");
+            Engine::Cpu
+        }
+    }
+}
+
+impl Engine {
+    /// "cpu" or "cuda".
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda(_) => "cuda",
+        }
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        matches!(self, Self::Cuda(_))
+    }
+
+    fn fallback<T>(
+        h: &CudaHandle,
+        r: Result<T, cuda::CudaError>,
+        cpu: impl FnOnce() -> Result<T, FrameError>,
+    ) -> Result<T, FrameError> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(cuda::CudaError::Frame(e)) => Err(e),
+            Err(e) => {
+                if !h.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cuda frame op failed; using the CPU");
+                }
+                cpu()
+            }
+        }
+    }
+
+    /// YUV 4:2:0 -> RGB24 at the frame's size.
+    pub fn yuv420_to_rgb(&self, f: &YuvFrame<'_>) -> Result<RgbImage, FrameError> {
+        match self {
+            Self::Cpu => frames::yuv420_to_rgb(f),
+            Self::Cuda(h) => Self::fallback(h, h.engine.yuv420_to_rgb(f, None), || {
+                frames::yuv420_to_rgb(f)
+            }),
+        }
+    }
+
+    /// YUV 4:2:0 -> RGB24 resized to `w` x `h` (one upload, one small download on a GPU).
+    pub fn yuv420_to_rgb_resized(
+        &self,
+        f: &YuvFrame<'_>,
+        w: u32,
+        h: u32,
+    ) -> Result<RgbImage, FrameError> {
+        let cpu = || frames::resize_rgb(&frames::yuv420_to_rgb(f)?, w, h);
+        match self {
+            Self::Cpu => cpu(),
+            Self::Cuda(hd) => Self::fallback(hd, hd.engine.yuv420_to_rgb(f, Some((w, h))), cpu),
+        }
+    }
+
+    pub fn resize_rgb(&self, img: &RgbImage, w: u32, h: u32) -> Result<RgbImage, FrameError> {
+        match self {
+            Self::Cpu => frames::resize_rgb(img, w, h),
+            Self::Cuda(hd) => {
+                let r = hd
+                    .engine
+                    .resize(&img.data, (img.width, img.height, 3), (w, h))
+                    .map(|data| RgbImage {
+                        width: w,
+                        height: h,
+                        data,
+                    });
+                Self::fallback(hd, r, || frames::resize_rgb(img, w, h))
+            }
+        }
+    }
+
+    pub fn resize_luma(&self, img: &LumaImage, w: u32, h: u32) -> Result<LumaImage, FrameError> {
+        match self {
+            Self::Cpu => frames::resize_luma(img, w, h),
+            Self::Cuda(hd) => {
+                let r = hd
+                    .engine
+                    .resize(&img.data, (img.width, img.height, 1), (w, h))
+                    .map(|data| LumaImage {
+                        width: w,
+                        height: h,
+                        data,
+                    });
+                Self::fallback(hd, r, || frames::resize_luma(img, w, h))
+            }
+        }
+    }
+
+    /// Scene-change score of two equally sized luma frames (see [`frames::scene_score`]).
+    pub fn scene_score(&self, a: &LumaImage, b: &LumaImage) -> Result<f64, FrameError> {
+        match self {
+            Self::Cpu => frames::scene_score(a, b),
+            Self::Cuda(hd) => {
+                let r = hd.engine.scene_parts(a, b).map(|(ha, hb, sum)| {
+                    let mad = sum as f64 / (a.data.len().max(1) as f64 * 255.0);
+                    frames::scene_score_from(frames::scene_correlation(&ha, &hb), mad)
+                });
+                Self::fallback(hd, r, || frames::scene_score(a, b))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_config_selects_cpu() {
+        let cfg = GpuConfig {
+            enabled: false,
+            ..GpuConfig::default()
+        };
+        assert!(matches!(select(&cfg), Engine::Cpu));
+    }
+
+    #[test]
+    fn config_defaults_fill_missing_fields() {
+        let cfg: GpuConfig = serde_json::from_str(r#"{"enabled": false}"#).unwrap();
+        assert_eq!(cfg.memory_limit_bytes, 512 << 20);
+        assert!(!cfg.enabled);
+    }
+
+    #[test]
+    fn cpu_engine_matches_frames_module() {
+        let img = RgbImage {
+            width: 40,
+            height: 30,
+            data: (0..40 * 30 * 3).map(|i| (i * 7 % 256) as u8).collect(),
+        };
+        let e = Engine::Cpu;
+        assert_eq!(
+            e.resize_rgb(&img, 17, 9).unwrap(),
+            frames::resize_rgb(&img, 17, 9).unwrap()
+        );
+        assert_eq!(e.name(), "cpu");
+    }
+}

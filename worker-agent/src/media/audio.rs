@@ -1,0 +1,438 @@
+//! Audio transcription with whisper.cpp (through whisper-rs), producing MoRAG's audio result.
+//!
+//! A [`Transcriber`] holds the loaded model and is reused across jobs (loading tiny.en takes
+//! ~100 ms, large models seconds). Each job creates its own whisper state, so one
+//! `Transcriber` can serve several threads.
+//!
+//! Cancellation: whisper.cpp polls an abort callback between graph computations. The callback
+//! reads an `AtomicBool` that a small watcher thread sets from the job's [`Cancel`] token; a
+//! cancelled job stops within one encoder or decoder pass (well under a second on CPU).
+//! whisper-rs' `set_abort_callback_safe` installs the wrong trampoline, so the raw callback is
+//! used.
+
+use std::ffi::{c_int, c_void};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+
+use super::decode::{decode_audio, DecodedAudio};
+use super::morag::{
+    build_audio_result, file_facts, write_audio_artifacts, Segment, TranscriptParts,
+};
+use super::{Cancel, MediaKind, ProcessError, ProcessOutput, Progress, ProgressSink};
+
+/// How often the watcher thread copies the cancel token into the abort flag.
+const CANCEL_POLL: Duration = Duration::from_millis(10);
+
+/// Options for one transcription job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioOptions {
+    /// ggml model file.
+    pub model: PathBuf,
+    /// CPU threads for whisper.cpp.
+    pub threads: usize,
+    /// ISO 639-1 code (`en`, `de`, ...) or `None` to detect.
+    pub language: Option<String>,
+    /// Translate to English instead of transcribing.
+    pub translate: bool,
+    /// Beam width; 1 means greedy decoding (fastest).
+    pub beam_size: usize,
+}
+
+impl Default for AudioOptions {
+    fn default() -> Self {
+        Self {
+            model: crate::models::default_model_path(None),
+            threads: default_threads(),
+            language: None,
+            translate: false,
+            beam_size: 1,
+        }
+    }
+}
+
+/// Available cores, capped at 8 (whisper.cpp gains little beyond that).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
+
+/// Parse a `--language` value: `auto` (or empty) means detect.
+pub fn parse_language(s: &str) -> Result<Option<String>, String> {
+    let s = s.trim().to_lowercase();
+    if s.is_empty() || s == "auto" {
+        return Ok(None);
+    }
+    if whisper_rs::get_lang_id(&s).is_none() {
+        return Err(format!(
+            "unknown language {s:?}: use a Whisper language code such as en, de, fr, or auto"
+        ));
+    }
+    Ok(Some(s))
+}
+
+/// The result of running Whisper over samples.
+#[derive(Debug, Clone)]
+pub struct Transcription {
+    pub segments: Vec<Segment>,
+    /// Language code used or detected.
+    pub language: String,
+    /// Seconds spent inside whisper.cpp's `full()`.
+    pub whisper_seconds: f64,
+}
+
+/// A loaded Whisper model, kept between jobs.
+pub struct Transcriber {
+    ctx: WhisperContext,
+    model_path: PathBuf,
+}
+
+impl std::fmt::Debug for Transcriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transcriber")
+            .field("model_path", &self.model_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Send whisper.cpp's and ggml's log lines to `tracing` (targets `whisper_rs::*`).
+pub fn route_whisper_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(whisper_rs::install_logging_hooks);
+}
+
+struct ProgressCtx<'a> {
+    sink: &'a dyn ProgressSink,
+    /// Overall percent at whisper's 0 % and 100 %.
+    from: f32,
+    to: f32,
+}
+
+/// Whisper's progress callback: maps its 0..100 onto the job's range.
+///
+/// # Safety
+/// `user_data` points at a live `ProgressCtx` (set in [`Transcriber::transcribe`]).
+unsafe extern "C" fn on_progress(
+    _ctx: *mut whisper_rs::WhisperSysContext,
+    _state: *mut whisper_rs::WhisperSysState,
+    progress: c_int,
+    user_data: *mut c_void,
+) {
+    // SAFETY: see the function's contract; the pointee outlives the `full()` call.
+    let p = unsafe { &*(user_data as *const ProgressCtx<'_>) };
+    let frac = (progress.clamp(0, 100) as f32) / 100.0;
+    p.sink.report(Progress {
+        percent: p.from + (p.to - p.from) * frac,
+        stage: "transcribe".into(),
+        message: None,
+    });
+}
+
+/// whisper.cpp's abort callback: true stops the computation.
+///
+/// # Safety
+/// `user_data` points at a live `AtomicBool` (set in [`Transcriber::transcribe`]).
+unsafe extern "C" fn should_abort(user_data: *mut c_void) -> bool {
+    // SAFETY: see the function's contract; the flag outlives the `full()` call.
+    unsafe { &*(user_data as *const AtomicBool) }.load(Ordering::Relaxed)
+}
+
+impl Transcriber {
+    /// Load a ggml model.
+    pub fn load(model: &Path) -> Result<Self, ProcessError> {
+        route_whisper_logs();
+        let model_err = |reason: String| ProcessError::Model {
+            path: model.to_path_buf(),
+            reason,
+        };
+        let meta = std::fs::metadata(model).map_err(|e| {
+            model_err(format!(
+                "{e}; run scripts/setup-test-model.sh, `morag-agent model fetch tiny.en`, or pass --model"
+            ))
+        })?;
+        if !meta.is_file() {
+            return Err(model_err("not a file".into()));
+        }
+        let mut magic = [0u8; 4];
+        {
+            use std::io::Read;
+            let mut f = std::fs::File::open(model).map_err(|e| model_err(e.to_string()))?;
+            f.read_exact(&mut magic)
+                .map_err(|_| model_err("too short to be a ggml model".into()))?;
+        }
+        if i32::from_le_bytes(magic) != crate::models::convert::GGML_MAGIC {
+            return Err(model_err(
+                "not a whisper.cpp ggml model (bad magic); convert CTranslate2 models with `morag-agent model import-ct2`".into(),
+            ));
+        }
+        let started = Instant::now();
+        let ctx = WhisperContext::new_with_params(model, WhisperContextParameters::default())
+            .map_err(|e| model_err(format!("whisper.cpp could not load it: {e}")))?;
+        tracing::info!(model = %model.display(), load_ms = started.elapsed().as_millis() as u64, "whisper model loaded");
+        Ok(Self {
+            ctx,
+            model_path: model.to_path_buf(),
+        })
+    }
+
+    /// The model file this transcriber loaded.
+    pub fn model_path(&self) -> &Path {
+        &self.model_path
+    }
+
+    /// Whether the model handles languages other than English.
+    pub fn is_multilingual(&self) -> bool {
+        self.ctx.is_multilingual()
+    }
+
+    /// Transcribe 16 kHz mono samples. Progress is reported from `from` to `to` percent.
+    pub fn transcribe(
+        &self,
+        samples: &[f32],
+        opts: &AudioOptions,
+        progress: &dyn ProgressSink,
+        (from, to): (f32, f32),
+        cancel: &Cancel,
+    ) -> Result<Transcription, ProcessError> {
+        let failed = |what: &str, e: whisper_rs::WhisperError| {
+            ProcessError::Failed(format!("whisper {what} failed: {e}"))
+        };
+        if cancel.is_cancelled() {
+            return Err(ProcessError::Cancelled);
+        }
+        if samples.is_empty() {
+            return Ok(Transcription {
+                segments: Vec::new(),
+                language: opts.language.clone().unwrap_or_else(|| "unknown".into()),
+                whisper_seconds: 0.0,
+            });
+        }
+        let mut state = self.ctx.create_state().map_err(|e| failed("state", e))?;
+        let strategy = if opts.beam_size > 1 {
+            SamplingStrategy::BeamSearch {
+                beam_size: opts.beam_size as c_int,
+                patience: -1.0,
+            }
+        } else {
+            SamplingStrategy::Greedy { best_of: 1 }
+        };
+        let mut params = FullParams::new(strategy);
+        params.set_n_threads(opts.threads.max(1) as c_int);
+        params.set_translate(opts.translate);
+        let language = if self.ctx.is_multilingual() {
+            opts.language.as_deref()
+        } else {
+            Some("en")
+        };
+        params.set_language(language.or(Some("auto")));
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_special(false);
+        params.set_print_timestamps(false);
+
+        let abort = AtomicBool::new(false);
+        let done = AtomicBool::new(false);
+        let pctx = ProgressCtx {
+            sink: progress,
+            from,
+            to,
+        };
+        // SAFETY: both callbacks are plain functions; their user data (`pctx`, `abort`) live on
+        // this stack frame until after `full()` returns, and `params` is consumed by `full()`.
+        unsafe {
+            params.set_progress_callback(Some(on_progress));
+            params.set_progress_callback_user_data(&pctx as *const ProgressCtx<'_> as *mut c_void);
+            params.set_abort_callback(Some(should_abort));
+            params.set_abort_callback_user_data(&abort as *const AtomicBool as *mut c_void);
+        }
+
+        let started = Instant::now();
+        let outcome = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Acquire) {
+                    if cancel.is_cancelled() {
+                        abort.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    std::thread::sleep(CANCEL_POLL);
+                }
+            });
+            let r = state.full(params, samples);
+            done.store(true, Ordering::Release);
+            r
+        });
+        let whisper_seconds = started.elapsed().as_secs_f64();
+        if abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
+            return Err(ProcessError::Cancelled);
+        }
+        outcome.map_err(|e| failed("transcription", e))?;
+
+        let eot = self.ctx.token_eot();
+        let n = state.full_n_segments();
+        let mut segments = Vec::with_capacity(n.max(0) as usize);
+        for i in 0..n {
+            let Some(seg) = state.get_segment(i) else {
+                continue;
+            };
+            let text = seg
+                .to_str_lossy()
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
+            let (mut sum, mut count) = (0.0f64, 0usize);
+            for j in 0..seg.n_tokens() {
+                if let Some(tok) = seg.get_token(j) {
+                    if tok.token_id() < eot {
+                        sum += f64::from(tok.token_data().plog);
+                        count += 1;
+                    }
+                }
+            }
+            segments.push(Segment {
+                start: seg.start_timestamp() as f64 / 100.0,
+                end: seg.end_timestamp() as f64 / 100.0,
+                text,
+                speaker: None,
+                confidence: if count > 0 { sum / count as f64 } else { 0.0 },
+                topic_id: None,
+                topic_label: None,
+            });
+        }
+        let lang_id = state.full_lang_id_from_state();
+        let language = whisper_rs::get_lang_str(lang_id)
+            .map(str::to_string)
+            .or_else(|| language.map(str::to_string))
+            .unwrap_or_else(|| "unknown".into());
+        Ok(Transcription {
+            segments,
+            language,
+            whisper_seconds,
+        })
+    }
+}
+
+fn report(sink: &dyn ProgressSink, percent: f32, stage: &str) {
+    sink.report(Progress {
+        percent,
+        stage: stage.into(),
+        message: None,
+    });
+}
+
+/// Timings of one [`transcribe_decoded`] run, for benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AudioTimings {
+    pub whisper_seconds: f64,
+    pub total_seconds: f64,
+}
+
+/// Transcribe already-decoded audio of `path` (an audio file, or a video's audio track) and
+/// write MoRAG's four files into `out_dir`. `started` is when the job began (for
+/// `processing_time`). The video processor calls this for a video's soundtrack.
+#[allow(clippy::too_many_arguments)]
+pub fn transcribe_decoded(
+    path: &Path,
+    audio: &DecodedAudio,
+    opts: &AudioOptions,
+    transcriber: &Transcriber,
+    progress: &dyn ProgressSink,
+    cancel: &Cancel,
+    out_dir: &Path,
+    started: Instant,
+) -> Result<(ProcessOutput, AudioTimings), ProcessError> {
+    let facts = file_facts(path)?;
+    let t = transcriber.transcribe(&audio.samples, opts, progress, (10.0, 95.0), cancel)?;
+    report(progress, 95.0, "write");
+    let model = transcriber
+        .model_path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parts = TranscriptParts {
+        segments: t.segments,
+        language: t.language,
+        model: &model,
+        processing_time: started.elapsed().as_secs_f64(),
+    };
+    let result = build_audio_result(&facts, &audio.info, parts);
+    let artifacts = write_audio_artifacts(&result, &facts.stem, out_dir)?;
+    let value = serde_json::to_value(&result)
+        .map_err(|e| ProcessError::Failed(format!("cannot serialise the result: {e}")))?;
+    report(progress, 100.0, "done");
+    Ok((
+        ProcessOutput {
+            kind: MediaKind::Audio,
+            result: value,
+            artifacts,
+        },
+        AudioTimings {
+            whisper_seconds: t.whisper_seconds,
+            total_seconds: started.elapsed().as_secs_f64(),
+        },
+    ))
+}
+
+/// Decode `path` (any audio FFmpeg reads, or a video's audio track), transcribe it, and write
+/// `{name}_transcript.txt`, `{name}_segments.json`, `{name}.md` and `{name}_metadata.json`
+/// into `out_dir`. Runs synchronously: call it from `spawn_blocking`.
+pub fn transcribe_file(
+    path: &Path,
+    opts: &AudioOptions,
+    transcriber: &Transcriber,
+    progress: &dyn ProgressSink,
+    cancel: &Cancel,
+    out_dir: &Path,
+) -> Result<ProcessOutput, ProcessError> {
+    transcribe_file_timed(path, opts, transcriber, progress, cancel, out_dir).map(|(o, _)| o)
+}
+
+/// [`transcribe_file`], also returning where the time went.
+pub fn transcribe_file_timed(
+    path: &Path,
+    opts: &AudioOptions,
+    transcriber: &Transcriber,
+    progress: &dyn ProgressSink,
+    cancel: &Cancel,
+    out_dir: &Path,
+) -> Result<(ProcessOutput, AudioTimings), ProcessError> {
+    let started = Instant::now();
+    report(progress, 0.0, "decode");
+    let audio = decode_audio(path, MediaKind::Audio, cancel)?;
+    report(progress, 10.0, "transcribe");
+    transcribe_decoded(
+        path,
+        &audio,
+        opts,
+        transcriber,
+        progress,
+        cancel,
+        out_dir,
+        started,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn languages_parse() {
+        assert_eq!(parse_language("auto").unwrap(), None);
+        assert_eq!(parse_language(" EN ").unwrap(), Some("en".into()));
+        assert!(parse_language("klingon").is_err());
+    }
+
+    #[test]
+    fn missing_or_wrong_models_are_model_errors() {
+        let err = Transcriber::load(Path::new("/nonexistent/ggml.bin")).unwrap_err();
+        assert!(matches!(err, ProcessError::Model { .. }), "{err}");
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), b"not a model at all").unwrap();
+        let err = Transcriber::load(f.path()).unwrap_err();
+        assert!(err.to_string().contains("bad magic"), "{err}");
+    }
+}
