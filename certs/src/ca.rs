@@ -120,8 +120,8 @@ impl CertificateAuthority {
 
         let cert_pem = String::from_utf8(files::read_file(&cert_path)?)
             .map_err(|_| bad(&cert_path, "not a PEM text file".into()))?;
-        let cert_der = cert_der_from_pem(cert_pem.as_bytes())
-            .map_err(|e| bad(&cert_path, e.to_string()))?;
+        let cert_der =
+            cert_der_from_pem(cert_pem.as_bytes()).map_err(|e| bad(&cert_path, e.to_string()))?;
         let (_, cert) = X509Certificate::from_der(&cert_der)
             .map_err(|e| bad(&cert_path, format!("not a valid certificate: {e}")))?;
         if !cert.is_ca() {
@@ -153,10 +153,12 @@ impl CertificateAuthority {
         // would write; make sure they match what is in ca.pem byte for byte.
         let params = ca_params(&name);
         let expected_ski = params.key_identifier(&key);
-        let actual_ski = cert.iter_extensions().find_map(|ext| match ext.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
-            _ => None,
-        });
+        let actual_ski = cert
+            .iter_extensions()
+            .find_map(|ext| match ext.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                _ => None,
+            });
         let probe = params.self_signed(&key)?;
         let (_, probe) = X509Certificate::from_der(probe.der())
             .map_err(|e| bad(&cert_path, format!("cannot re-parse CA subject: {e}")))?;
@@ -293,13 +295,11 @@ impl CertificateAuthority {
     /// `<id>.agent.morag`, EKU server and client auth.
     pub fn issue_agent(&self, id: &str, validity: Validity) -> Result<IssuedCert, CaError> {
         validate_id(id)?;
-        let san = SanType::DnsName(
-            agent_dns_name(id)
-                .try_into()
-                .map_err(|_| CaError::InvalidDnsName {
-                    name: agent_dns_name(id),
-                })?,
-        );
+        let san = SanType::DnsName(agent_dns_name(id).try_into().map_err(|_| {
+            CaError::InvalidDnsName {
+                name: agent_dns_name(id),
+            }
+        })?);
         self.issue(Role::Agent, id, vec![san], validity)
     }
 
@@ -469,7 +469,10 @@ fn dns_san(name: &str) -> Result<SanType, CaError> {
 }
 
 fn set_validity(params: &mut CertificateParams, validity: Validity) -> Result<(), CaError> {
-    let (not_before, not_after) = (unix_secs(validity.not_before), unix_secs(validity.not_after));
+    let (not_before, not_after) = (
+        unix_secs(validity.not_before),
+        unix_secs(validity.not_after),
+    );
     if not_after <= not_before {
         return Err(CaError::EmptyValidity);
     }
@@ -498,7 +501,8 @@ fn unix_secs(t: SystemTime) -> i64 {
 }
 
 fn offset_time(unix_secs: i64) -> Result<OffsetDateTime, CaError> {
-    OffsetDateTime::from_unix_timestamp(unix_secs).map_err(|e| CaError::ValidityRange(e.to_string()))
+    OffsetDateTime::from_unix_timestamp(unix_secs)
+        .map_err(|e| CaError::ValidityRange(e.to_string()))
 }
 
 #[cfg(test)]
@@ -561,7 +565,12 @@ mod tests {
 
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let hub = ca
-            .issue_hub("hub1", &["hub.example.org".into()], &[ip], Validity::days(1))
+            .issue_hub(
+                "hub1",
+                &["hub.example.org".into()],
+                &[ip],
+                Validity::days(1),
+            )
             .unwrap();
         let der = hub.cert_der();
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
@@ -640,8 +649,15 @@ mod tests {
         let pem = ca.crl_pem().unwrap();
         assert_eq!(RevocationList::from_pem(pem.as_bytes()).unwrap().len(), 2);
 
-        assert!(matches!(ca.revoke(&[vec![0, 0]]), Err(CaError::BadSerial(_))));
-        assert_eq!(ca.crl_number(), 3, "a failed revoke must not bump the number");
+        assert!(matches!(
+            ca.revoke(&[vec![0, 0]]),
+            Err(CaError::BadSerial(_))
+        ));
+        assert_eq!(
+            ca.crl_number(),
+            3,
+            "a failed revoke must not bump the number"
+        );
     }
 
     #[test]

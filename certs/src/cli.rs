@@ -158,18 +158,27 @@ pub fn run(cli: Cli, stdout: &mut impl Write) -> Result<()> {
 }
 
 fn init(dir: &Path, name: &str, days: u32, force: bool, stdout: &mut impl Write) -> Result<()> {
-    let ca = CertificateAuthority::generate(name, validity(days)?)
-        .context("cannot create the CA")?;
+    let ca =
+        CertificateAuthority::generate(name, validity(days)?).context("cannot create the CA")?;
     ca.save(dir, force)?;
     let (crl, _) = ca.write_crl(dir)?;
-    for file in [morag_certs::CA_CERT_FILE, morag_certs::CA_KEY_FILE, morag_certs::REVOKED_FILE] {
+    for file in [
+        morag_certs::CA_CERT_FILE,
+        morag_certs::CA_KEY_FILE,
+        morag_certs::REVOKED_FILE,
+    ] {
         writeln!(stdout, "wrote {}", dir.join(file).display())?;
     }
     writeln!(stdout, "wrote {}", crl.display())?;
     Ok(())
 }
 
-fn revoke(dir: &Path, certs: &[PathBuf], serials: &[String], stdout: &mut impl Write) -> Result<()> {
+fn revoke(
+    dir: &Path,
+    certs: &[PathBuf],
+    serials: &[String],
+    stdout: &mut impl Write,
+) -> Result<()> {
     let mut ca = load(dir)?;
     let mut to_revoke = Vec::new();
     for path in certs {
@@ -187,9 +196,17 @@ fn revoke(dir: &Path, certs: &[PathBuf], serials: &[String], stdout: &mut impl W
     ca.save_revocation_state(dir)?;
     let (crl, _) = ca.write_crl(dir)?;
     for serial in &to_revoke {
-        writeln!(stdout, "revoked {}", hex::encode(morag_certs::normalize_serial(serial)))?;
+        writeln!(
+            stdout,
+            "revoked {}",
+            hex::encode(morag_certs::normalize_serial(serial))
+        )?;
     }
-    writeln!(stdout, "wrote {}", dir.join(morag_certs::REVOKED_FILE).display())?;
+    writeln!(
+        stdout,
+        "wrote {}",
+        dir.join(morag_certs::REVOKED_FILE).display()
+    )?;
     writeln!(
         stdout,
         "wrote {} (crl number {}, {} revoked)",
@@ -210,7 +227,10 @@ fn show(file: &Path, stdout: &mut impl Write) -> Result<()> {
     };
     let when = time::OffsetDateTime::from_unix_timestamp(not_after)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| format!("unix {not_after}"));
     let expired = if id.not_after < SystemTime::now() {
         " (expired)"

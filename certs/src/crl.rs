@@ -19,7 +19,9 @@ pub enum CrlError {
     #[error("malformed PEM in CRL file: {0}")]
     Pem(String),
     /// The PEM text holds no `X509 CRL` block.
-    #[error("no \"X509 CRL\" block in PEM input; pass the crl.pem written by `morag-certs revoke`")]
+    #[error(
+        "no \"X509 CRL\" block in PEM input; pass the crl.pem written by `morag-certs revoke`"
+    )]
     NoCrlBlock,
     /// The bytes are not a DER X.509 CRL.
     #[error("not a valid X.509 CRL: {0}")]
@@ -108,10 +110,7 @@ impl RevocationList {
 
 /// A serial without its leading zero bytes (DER adds one when the top bit is set).
 pub fn normalize_serial(serial: &[u8]) -> &[u8] {
-    let start = serial
-        .iter()
-        .position(|&b| b != 0)
-        .unwrap_or(serial.len());
+    let start = serial.iter().position(|&b| b != 0).unwrap_or(serial.len());
     &serial[start..]
 }
 

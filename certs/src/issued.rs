@@ -97,7 +97,12 @@ impl IssuedCert {
     /// Write `<dir>/<stem>.pem` (certificate) and `<dir>/<stem>.key` (key, mode
     /// 0600), creating `dir` if needed. Refuses to replace either file unless
     /// `force`. Returns both paths.
-    pub fn write(&self, dir: &Path, stem: &str, force: bool) -> Result<(PathBuf, PathBuf), CaError> {
+    pub fn write(
+        &self,
+        dir: &Path,
+        stem: &str,
+        force: bool,
+    ) -> Result<(PathBuf, PathBuf), CaError> {
         if stem.is_empty()
             || stem.starts_with('.')
             || stem.contains(['/', '\\'])

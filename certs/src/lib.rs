@@ -7,7 +7,7 @@
 //!
 //! Keys are ECDSA P-256; serials are 16 random bytes, positive.
 //!
-//! ```no_run
+//! ```
 //! use morag_certs::{CertificateAuthority, Validity};
 //! # fn main() -> Result<(), morag_certs::CaError> {
 //! let mut ca = CertificateAuthority::generate("morag-ca", Validity::days(3650))?;

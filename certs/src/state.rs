@@ -91,8 +91,9 @@ pub fn parse_serial_hex(text: &str) -> Result<Vec<u8>, String> {
     } else {
         cleaned
     };
-    let bytes = hex::decode(&cleaned)
-        .map_err(|e| format!("serial {text:?} is not hex ({e}); copy it from `morag-certs show`"))?;
+    let bytes = hex::decode(&cleaned).map_err(|e| {
+        format!("serial {text:?} is not hex ({e}); copy it from `morag-certs show`")
+    })?;
     check_serial(&bytes).map_err(|e| format!("serial {text:?}: {e}"))?;
     Ok(normalize_serial(&bytes).to_vec())
 }

@@ -65,11 +65,23 @@ fn init_issue_show_revoke() {
 
     // Hub certificate, written next to the CA by default.
     let out = ok(&[
-        "issue-hub", "--dir", ca_s, "--name", "hub1", "--dns", "hub.example.org", "--ip",
-        "127.0.0.1", "--days", "10",
+        "issue-hub",
+        "--dir",
+        ca_s,
+        "--name",
+        "hub1",
+        "--dns",
+        "hub.example.org",
+        "--ip",
+        "127.0.0.1",
+        "--days",
+        "10",
     ]);
     let hub_pem = ca.join("hub-hub1.pem");
-    assert!(out.contains("hub-hub1.pem") && out.contains("hub-hub1.key"), "{out}");
+    assert!(
+        out.contains("hub-hub1.pem") && out.contains("hub-hub1.key"),
+        "{out}"
+    );
     #[cfg(unix)]
     assert_eq!(mode(&ca.join("hub-hub1.key")), 0o600);
     let hub = peer_identity(&cert_der(&hub_pem)).unwrap();
@@ -78,7 +90,17 @@ fn init_issue_show_revoke() {
     // Agent certificate into another directory.
     let agents = tmp.path().join("agents");
     let agents_s = agents.to_str().unwrap();
-    ok(&["issue-agent", "--dir", ca_s, "--id", "gpu-01", "--out", agents_s, "--days", "10"]);
+    ok(&[
+        "issue-agent",
+        "--dir",
+        ca_s,
+        "--id",
+        "gpu-01",
+        "--out",
+        agents_s,
+        "--days",
+        "10",
+    ]);
     let agent_pem = agents.join("agent-gpu-01.pem");
     #[cfg(unix)]
     assert_eq!(mode(&agents.join("agent-gpu-01.key")), 0o600);
@@ -87,33 +109,81 @@ fn init_issue_show_revoke() {
 
     // Overwriting needs --force.
     let old = std::fs::read(&agent_pem).unwrap();
-    let err = fails(&["issue-agent", "--dir", ca_s, "--id", "gpu-01", "--out", agents_s, "--days", "10"]);
+    let err = fails(&[
+        "issue-agent",
+        "--dir",
+        ca_s,
+        "--id",
+        "gpu-01",
+        "--out",
+        agents_s,
+        "--days",
+        "10",
+    ]);
     assert!(err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read(&agent_pem).unwrap(), old, "file changed on refusal");
-    ok(&["issue-agent", "--dir", ca_s, "--id", "gpu-01", "--out", agents_s, "--days", "10", "--force"]);
+    assert_eq!(
+        std::fs::read(&agent_pem).unwrap(),
+        old,
+        "file changed on refusal"
+    );
+    ok(&[
+        "issue-agent",
+        "--dir",
+        ca_s,
+        "--id",
+        "gpu-01",
+        "--out",
+        agents_s,
+        "--days",
+        "10",
+        "--force",
+    ]);
     assert_ne!(std::fs::read(&agent_pem).unwrap(), old);
     let agent = peer_identity(&cert_der(&agent_pem)).unwrap();
 
     // A certificate may not outlive the CA.
-    let err = fails(&["issue-agent", "--dir", ca_s, "--id", "long", "--days", "365"]);
+    let err = fails(&[
+        "issue-agent",
+        "--dir",
+        ca_s,
+        "--id",
+        "long",
+        "--days",
+        "365",
+    ]);
     assert!(err.contains("outlive the CA"), "{err}");
 
     // show prints role, id, serial.
     let out = ok(&["show", agent_pem.to_str().unwrap()]);
     assert!(out.contains("role: agent"), "{out}");
     assert!(out.contains("id: gpu-01"), "{out}");
-    assert!(out.contains(&format!("serial: {}", hex::encode(&agent.serial))), "{out}");
+    assert!(
+        out.contains(&format!("serial: {}", hex::encode(&agent.serial))),
+        "{out}"
+    );
     assert!(out.contains("not_after: "), "{out}");
 
     // Revoke by file and by serial; the CRL lists both, numbers increase.
-    let out = ok(&["revoke", "--dir", ca_s, "--cert", agent_pem.to_str().unwrap()]);
+    let out = ok(&[
+        "revoke",
+        "--dir",
+        ca_s,
+        "--cert",
+        agent_pem.to_str().unwrap(),
+    ]);
     assert!(out.contains("crl.pem"), "{out}");
     let crl = RevocationList::from_pem(&std::fs::read(ca.join("crl.pem")).unwrap()).unwrap();
     assert!(crl.is_revoked(&agent.serial));
     assert!(!crl.is_revoked(&hub.serial));
     assert_eq!(crl.crl_number(), Some(&[2u8][..]));
 
-    ok(&["revoke", "--dir", ca_s, "--serial", &hex::encode(&hub.serial)]);
+    ok(&[
+        "revoke",
+        "--dir",
+        ca_s,
+        "--serial",
+        &hex::encode(&hub.serial),
+    ]);
     let crl = RevocationList::from_pem(&std::fs::read(ca.join("crl.pem")).unwrap()).unwrap();
     assert_eq!(crl.len(), 2);
     assert!(crl.is_revoked(&agent.serial) && crl.is_revoked(&hub.serial));
@@ -158,7 +228,11 @@ fn bad_input_fails_clearly() {
     ok(&["init", "--dir", other_s]);
     ok(&["issue-agent", "--dir", other_s, "--id", "stranger"]);
     let err = fails(&[
-        "revoke", "--dir", ca_s, "--cert", other.join("agent-stranger.pem").to_str().unwrap(),
+        "revoke",
+        "--dir",
+        ca_s,
+        "--cert",
+        other.join("agent-stranger.pem").to_str().unwrap(),
     ]);
     assert!(err.contains("not issued by this CA"), "{err}");
 

@@ -85,6 +85,9 @@ pub struct SessionConfig {
     pub protocol_versions: (u16, u16),
     /// ALPN protocol id offered. Change only for tests.
     pub alpn: Vec<u8>,
+    /// Claim this id in the hello instead of our certificate's (tests of the identity check).
+    #[doc(hidden)]
+    pub claimed_id: Option<String>,
 }
 
 impl SessionConfig {
@@ -107,6 +110,7 @@ impl SessionConfig {
             software: concat!("morag-transport/", env!("CARGO_PKG_VERSION")).to_string(),
             protocol_versions: (crate::wire::MIN_VERSION, crate::wire::MAX_VERSION),
             alpn: crate::wire::ALPN.to_vec(),
+            claimed_id: None,
         }
     }
 

@@ -50,6 +50,7 @@ pub use net::{
     Client, Inbound, Listener, PathStats, ReceivedFile, Session, SessionEvent, Transfer,
     TransferOutcome, TransferProgress,
 };
+pub use net::raw;
 pub use wire::close_code;
 
 /// The ALPN protocol id, as text.

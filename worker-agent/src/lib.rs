@@ -5,7 +5,9 @@
 //! - `gpu/`: the frame engine (CPU reference ops or CUDA kernels) and GPU selection.
 //! - `hardware.rs`: the hardware fingerprint (CPU, memory, OS, NVIDIA GPUs).
 //! - `models/`: Whisper model import (CTranslate2 -> ggml) and download.
+//! - `cli`: the `morag-agent` command line (`process`, `model import-ct2`, `model fetch`).
 pub mod media;
 pub mod models;
 pub mod gpu;
 pub mod hardware;
+pub mod cli;

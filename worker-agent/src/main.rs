@@ -1,1 +1,5 @@
-fn main() {}
+//! `morag-agent`: see [`morag_agent::cli`].
+
+fn main() -> std::process::ExitCode {
+    morag_agent::cli::main()
+}

@@ -123,7 +123,7 @@ impl Impairer {
         let bucket_floor = now
             .checked_sub(bytes_to_time(self.burst, rate))
             .unwrap_or(now);
-        let free_at = self.link_free_at.unwrap_or(now).max(bucket_floor);
+        let free_at = self.link_free_at.unwrap_or(bucket_floor).max(bucket_floor);
         if free_at.saturating_duration_since(now) >= MAX_HOLD {
             return None;
         }

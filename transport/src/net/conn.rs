@@ -44,6 +44,7 @@ pub(crate) fn attach(
     let live = Live {
         conn: conn.clone(),
         generation,
+        zero_rtt,
         detector: detector.clone(),
         cancel: cancel.clone(),
     };

@@ -254,7 +254,7 @@ async fn dial(
     let hello = StreamOpen::Control(Hello {
         min_version: cfg.protocol_versions.0,
         max_version: cfg.protocol_versions.1,
-        peer_id: shared.own.id.clone(),
+        peer_id: cfg.claimed_id.clone().unwrap_or_else(|| shared.own.id.clone()),
         software: cfg.software.clone(),
     });
     let max = cfg.max_frame_size;
@@ -493,26 +493,22 @@ impl Listener {
             .count()
     }
 
-    /// Replace the revocation list: new handshakes and resumed sessions are checked against
-    /// it, and open sessions of peers it revokes are closed now.
-    pub fn set_revocations(&self, crl: RevocationList) -> Result<(), ConfigError> {
-        let mut cfg = (*self.shared.config).clone();
-        cfg.revocations = crl.clone();
-        self.shared
-            .endpoint
-            .set_server_config(Some(tls::server_config(&cfg)?));
+    /// Replace the revocation list. Every new connection, full or resumed, is checked against
+    /// it after the handshake, and open sessions of peers it revokes are closed now. (The TLS
+    /// configuration keeps the list it started with, so that session tickets stay valid and the
+    /// check of resumed sessions is the one that refuses them.)
+    pub fn set_revocations(&self, crl: RevocationList) {
+        *self.shared.revocations.write().unwrap() = crl.clone();
         for s in self.sessions() {
             if crl.is_revoked(&s.peer().serial) {
                 tracing::warn!(peer = %s.peer_id(), "closing session: certificate revoked");
+                s.inner.closing.store(true, std::sync::atomic::Ordering::Release);
                 if let Some(live) = s.inner.live() {
-                    live.conn
-                        .close(varint(close_code::REVOKED), b"certificate revoked");
+                    live.conn.close(varint(close_code::REVOKED), b"certificate revoked");
                 }
                 super::conn::finish(&s.inner);
             }
         }
-        *self.shared.revocations.write().unwrap() = crl;
-        Ok(())
     }
 
     /// Close every session gracefully (in parallel), then the endpoint.

@@ -15,6 +15,23 @@ mod tls;
 mod transfer;
 
 pub use endpoint::{Client, Listener};
+
+/// Plain quinn configurations with exactly the TLS and transport settings sessions use. For
+/// benchmarks that compare against raw quinn, and for tests that speak the wire by hand.
+#[doc(hidden)]
+pub mod raw {
+    use crate::config::SessionConfig;
+    use crate::error::ConfigError;
+    pub use quinn;
+
+    pub fn server_config(cfg: &SessionConfig) -> Result<quinn::ServerConfig, ConfigError> {
+        super::tls::server_config(cfg)
+    }
+
+    pub fn client_config(cfg: &SessionConfig) -> Result<quinn::ClientConfig, ConfigError> {
+        super::tls::client_config(cfg, super::tls::ticket_store(), &cfg.alpn)
+    }
+}
 pub use session::{Inbound, PathStats, ReceivedFile, Session, SessionEvent};
 pub use transfer::{Transfer, TransferOutcome, TransferProgress};
 

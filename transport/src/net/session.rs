@@ -85,6 +85,7 @@ pub(crate) enum Side {
 pub(crate) struct Live {
     pub conn: quinn::Connection,
     pub generation: u64,
+    pub zero_rtt: bool,
     pub detector: Arc<Mutex<FailureDetector>>,
     pub cancel: CancellationToken,
 }
@@ -331,6 +332,16 @@ impl Session {
     /// Whether a connection is up right now.
     pub fn is_connected(&self) -> bool {
         self.inner.live().is_some()
+    }
+
+    /// Whether the current connection's 0-RTT early data was accepted (dialing side).
+    pub fn zero_rtt(&self) -> bool {
+        self.inner.live().is_some_and(|l| l.zero_rtt)
+    }
+
+    /// How many connections this session has had.
+    pub fn generation(&self) -> u64 {
+        self.inner.live().map_or(0, |l| l.generation)
     }
 
     /// Whether the session is over.

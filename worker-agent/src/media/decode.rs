@@ -190,7 +190,7 @@ fn push_mono(out: &mut Vec<f32>, f: &frame::Audio) {
 impl Resampler {
     fn convert(
         slot: &mut Option<Resampler>,
-        input: &frame::Audio,
+        input: &mut frame::Audio,
         out: &mut Vec<f32>,
     ) -> Result<(), ffmpeg::Error> {
         let layout = frame_layout(input);
@@ -210,12 +210,12 @@ impl Resampler {
             *slot = Some(Resampler { ctx, key });
         }
         let r = slot.as_mut().expect("set above");
-        let mut input = input.clone();
+        // Decoders may leave the layout unset; swresample wants it to match its input config.
         input.set_channel_layout(layout);
         let rate = input.rate().max(1) as usize;
         let capacity = input.samples() * SAMPLE_RATE as usize / rate + 64;
         let mut o = out_frame(capacity);
-        r.ctx.run(&input, &mut o)?;
+        r.ctx.run(input, &mut o)?;
         push_mono(out, &o);
         Ok(())
     }
@@ -284,7 +284,7 @@ pub fn decode_audio(
                        resampler: &mut Option<Resampler>|
      -> Result<(), ProcessError> {
         while decoder.receive_frame(&mut decoded).is_ok() {
-            Resampler::convert(resampler, &decoded, samples).map_err(resample_err)?;
+            Resampler::convert(resampler, &mut decoded, samples).map_err(resample_err)?;
             if samples.len() > max_samples {
                 return Err(invalid(
                     path,
@@ -376,5 +376,46 @@ pub fn decode_audio(
             codec,
             container,
         },
+    })
+}
+
+/// Guess what a file holds by opening it with FFmpeg: a still image (image container or a
+/// single-frame picture codec), a video (a moving video stream), or audio.
+pub fn sniff_kind(path: &Path) -> Result<MediaKind, ProcessError> {
+    check_input(path)?;
+    init_ffmpeg();
+    let ictx = ffmpeg::format::input(path).map_err(|e| ProcessError::Unsupported {
+        path: path.to_path_buf(),
+        reason: format!("not a media file FFmpeg recognises ({e}); pass --type"),
+    })?;
+    let container = ictx.format().name().to_string();
+    let mut has_audio = false;
+    let mut has_video = false;
+    for s in ictx.streams() {
+        let params = s.parameters();
+        match params.medium() {
+            ffmpeg::media::Type::Audio => has_audio = true,
+            ffmpeg::media::Type::Video => {
+                // Cover art in audio files is an attached picture, not video.
+                let attached = s.disposition().contains(ffmpeg::format::stream::Disposition::ATTACHED_PIC);
+                if !attached {
+                    has_video = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    if container.ends_with("_pipe") || container == "image2" || (container == "gif" && !has_audio) {
+        return Ok(MediaKind::Image);
+    }
+    if has_video {
+        return Ok(MediaKind::Video);
+    }
+    if has_audio {
+        return Ok(MediaKind::Audio);
+    }
+    Err(ProcessError::Unsupported {
+        path: path.to_path_buf(),
+        reason: format!("no audio or video stream (container {container})"),
     })
 }

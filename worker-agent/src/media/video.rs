@@ -197,7 +197,7 @@ impl Reader {
     /// Seek to the keyframe at or before `secs`.
     fn seek(&mut self, secs: f64) -> Result<(), ffmpeg::Error> {
         let ts = ((secs + self.start) * f64::from(ffmpeg::ffi::AV_TIME_BASE)) as i64;
-        self.ictx.seek(ts, ..=ts)?;
+        self.ictx.seek(ts, ..ts + 1)?;
         self.decoder.flush();
         self.eof_sent = false;
         Ok(())

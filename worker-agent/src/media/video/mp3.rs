@@ -93,10 +93,8 @@ pub fn extract_mp3(
         .map(|cls| cls.best(in_channels.max(1)))
         .unwrap_or(ChannelLayout::STEREO);
     let rate = decoder.rate() as i32;
-    let rate = match lame.rates() {
-        Some(mut rates) if !rates.any(|r| r == rate) => 44_100,
-        _ => rate,
-    };
+    let supported = lame.rates().is_none_or(|mut rates| rates.any(|r| r == rate));
+    let rate = if supported { rate } else { 44_100 };
     let sample_format = lame
         .formats()
         .and_then(|mut f| f.next())
