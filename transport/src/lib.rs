@@ -46,11 +46,11 @@ pub use detector::{DetectorConfig, Liveness};
 pub use error::{ConfigError, ConnectError, RequestError, SendError, TransferError};
 pub use message::*;
 pub use morag_certs::{PeerIdentity, RevocationList, Role};
+pub use net::raw;
 pub use net::{
     Client, Inbound, Listener, PathStats, ReceivedFile, Session, SessionEvent, Transfer,
     TransferOutcome, TransferProgress,
 };
-pub use net::raw;
 pub use wire::close_code;
 
 /// The ALPN protocol id, as text.

@@ -254,7 +254,10 @@ async fn dial(
     let hello = StreamOpen::Control(Hello {
         min_version: cfg.protocol_versions.0,
         max_version: cfg.protocol_versions.1,
-        peer_id: cfg.claimed_id.clone().unwrap_or_else(|| shared.own.id.clone()),
+        peer_id: cfg
+            .claimed_id
+            .clone()
+            .unwrap_or_else(|| shared.own.id.clone()),
         software: cfg.software.clone(),
     });
     let max = cfg.max_frame_size;
@@ -502,9 +505,12 @@ impl Listener {
         for s in self.sessions() {
             if crl.is_revoked(&s.peer().serial) {
                 tracing::warn!(peer = %s.peer_id(), "closing session: certificate revoked");
-                s.inner.closing.store(true, std::sync::atomic::Ordering::Release);
+                s.inner
+                    .closing
+                    .store(true, std::sync::atomic::Ordering::Release);
                 if let Some(live) = s.inner.live() {
-                    live.conn.close(varint(close_code::REVOKED), b"certificate revoked");
+                    live.conn
+                        .close(varint(close_code::REVOKED), b"certificate revoked");
                 }
                 super::conn::finish(&s.inner);
             }
@@ -577,7 +583,17 @@ async fn accept_one(
     // On the server `into_0rtt` always succeeds: we may answer the (idempotent) hello before
     // the handshake completes, but act on nothing else until it has.
     match connecting.into_0rtt() {
-        Ok((conn, established)) => accept_greeting(shared, conn, established).await,
+        Ok((conn, established)) => {
+            // Resolves when the handshake completes (its value says whether 0-RTT was
+            // accepted, which is not what we need); the connection is confirmed if it is
+            // still open then.
+            let c = conn.clone();
+            let confirmed = async move {
+                let _ = established.await;
+                c.close_reason().is_none()
+            };
+            accept_greeting(shared, conn, confirmed).await
+        }
         Err(connecting) => {
             let conn = connecting.await.map_err(|e| handshake_error(&e))?;
             accept_greeting(shared, conn, std::future::ready(true)).await

@@ -596,7 +596,7 @@ mod tests {
             height: 1,
             data: vec![255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255, 0],
         };
-        assert_eq!(rgb_to_luma(&img).data, vec![255, 0, 77, 150]);
+        assert_eq!(rgb_to_luma(&img).data, vec![255, 0, 77, 149]);
     }
 
     #[test]

@@ -185,6 +185,9 @@ pub fn process_image(
 ) -> Result<ProcessOutput, ProcessError> {
     let started = Instant::now();
     super::decode::init_ffmpeg();
+    if cancel.is_cancelled() {
+        return Err(ProcessError::Cancelled);
+    }
     let file_size = super::decode::check_input(path)?;
     progress.report(Progress {
         percent: 0.0,
