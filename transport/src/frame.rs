@@ -107,7 +107,7 @@ impl FrameDecoder {
     }
 
     /// The next whole frame decoded as `T`.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_value<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         match self.next_body()? {
             Some(body) => decode_body(&body).map(Some),
             None => Ok(None),
@@ -154,7 +154,7 @@ mod tests {
         let mut d = FrameDecoder::new(64);
         d.extend(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
         assert!(matches!(
-            d.next::<(u64, String)>(),
+            d.next_value::<(u64, String)>(),
             Err(FrameError::Malformed(_))
         ));
     }
@@ -170,7 +170,7 @@ mod tests {
             let mut got: Vec<(u64, String)> = Vec::new();
             for piece in wire.chunks(split) {
                 d.extend(piece);
-                while let Some(v) = d.next().unwrap() {
+                while let Some(v) = d.next_value().unwrap() {
                     got.push(v);
                 }
             }
@@ -183,7 +183,7 @@ mod tests {
             let mut d = FrameDecoder::new(128);
             d.extend(&bytes);
             for _ in 0..8 {
-                match d.next::<crate::wire::ControlFrame>() {
+                match d.next_value::<crate::wire::ControlFrame>() {
                     Ok(Some(_)) => continue,
                     _ => break,
                 }

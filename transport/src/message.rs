@@ -13,18 +13,15 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Delivery priority. Higher priorities leave the send queue first; every priority is ahead of
 /// bulk file bytes, which travel on streams of their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Priority {
     Low,
+    #[default]
     Normal,
     High,
     Urgent,
-}
-
-impl Default for Priority {
-    fn default() -> Self {
-        Self::Normal
-    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -247,7 +247,7 @@ mod tests {
                 d.extend(&encode(f, MAX_FRAME_SIZE).unwrap());
             }
             for f in &frames {
-                let back: ControlFrame = d.next().unwrap().unwrap();
+                let back: ControlFrame = d.next_value().unwrap().unwrap();
                 prop_assert_eq!(postcard::to_stdvec(&back).unwrap(), postcard::to_stdvec(f).unwrap());
             }
         }

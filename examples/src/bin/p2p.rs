@@ -42,9 +42,8 @@ async fn main() -> anyhow::Result<()> {
     log.line("alice", format!("listening on {addr}"));
 
     let bob_client = Client::new(bob_cfg).context("bob: client")?;
-    let (bob, alice) = tokio::join!(bob_client.connect(addr, &agent_name("alice")), async {
-        listener.accept().await
-    });
+    let alice_name = agent_name("alice");
+    let (bob, alice) = tokio::join!(bob_client.connect(addr, &alice_name), listener.accept());
     let bob = bob.context("bob: connect")?;
     let alice = alice.context("alice: listener closed")?;
     log.line("bob", format!("connected to {} (0-RTT: {})", bob.peer_id(), bob.zero_rtt()));
@@ -98,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     // Alice's receive loop ends once the session is closed.
     tokio::time::timeout(Duration::from_secs(5), alice_answers)
         .await
-        .context("alice did not see the close")??;
+        .context("alice did not see the close")???;
     bob_answers.await??;
     listener.close(close_code::NORMAL, "done").await;
     bob_client.close().await;
