@@ -56,5 +56,6 @@ head -c 20 "$tmp/speech.wav" > "$tmp/truncated_header.wav"
 python3 -c 'import random,sys; r=random.Random(7); sys.stdout.buffer.write(bytes(r.randrange(256) for _ in range(65536)))' \
     > "$tmp/corrupt.mp3" 2>/dev/null || head -c 65536 /dev/zero | tr '\0' '\125' > "$tmp/corrupt.mp3"
 
+rm -f "$tmp/raw.wav"
 mv "$tmp"/* "$DIR"/
 touch "$STAMP"

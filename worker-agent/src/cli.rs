@@ -89,9 +89,7 @@ const AUDIO_EXT: &[&str] = &[
 const VIDEO_EXT: &[&str] = &[
     "mp4", "m4v", "mkv", "mov", "avi", "webm", "wmv", "flv", "mpg", "mpeg", "ts", "3gp",
 ];
-const IMAGE_EXT: &[&str] = &[
-    "jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff",
-];
+const IMAGE_EXT: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff"];
 
 /// The media kind of `path`: from its extension, else from what FFmpeg finds inside.
 pub fn guess_kind(path: &Path) -> Result<MediaKind, ProcessError> {
@@ -133,10 +131,26 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("morag-agent: error: {e:#}");
+            eprintln!("morag-agent: error: {}", one_line(&e));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes a message already repeats.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
 }
 
 /// sysexits-style codes for the errors a user can act on.
@@ -200,14 +214,29 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
     tracing::info!(file = %file.display(), kind = ?kind, out = %out_dir.display(), "processing");
     let output: ProcessOutput = match kind {
         MediaKind::Audio => {
+            // Decode first: a bad file is reported before the model is loaded.
+            let started = std::time::Instant::now();
+            let decoded = media::decode::decode_audio(file, MediaKind::Audio, &cancel)?;
             let transcriber = Transcriber::load(&opts.model)?;
-            audio::transcribe_file(file, &opts, &transcriber, &progress, &cancel, &out_dir)?
+            let (output, _) = audio::transcribe_decoded(
+                file,
+                &decoded,
+                &opts,
+                &transcriber,
+                &progress,
+                &cancel,
+                &out_dir,
+                started,
+            )?;
+            output
         }
         MediaKind::Video | MediaKind::Image => dispatch_other(kind, file, &opts, &out_dir)?,
     };
     let mut stdout = std::io::stdout().lock();
     if args.summary {
-        let words = output.result["metadata"]["word_count"].as_u64().unwrap_or(0);
+        let words = output.result["metadata"]["word_count"]
+            .as_u64()
+            .unwrap_or(0);
         writeln!(
             stdout,
             "{:?} {}: {} artifacts in {} ({} words)",
@@ -266,9 +295,18 @@ fn fetch(name: &str, dir: &Path) -> anyhow::Result<()> {
     }
     let s = summary?;
     if s.already_present {
-        println!("{} already present (sha1 {} verified)", s.path.display(), s.sha1);
+        println!(
+            "{} already present (sha1 {} verified)",
+            s.path.display(),
+            s.sha1
+        );
     } else if s.verified {
-        println!("wrote {} ({} bytes, sha1 {} verified)", s.path.display(), s.bytes, s.sha1);
+        println!(
+            "wrote {} ({} bytes, sha1 {} verified)",
+            s.path.display(),
+            s.bytes,
+            s.sha1
+        );
     } else {
         println!(
             "wrote {} ({} bytes); no published checksum for {name}: sha256 {} sha1 {}",

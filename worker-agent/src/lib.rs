@@ -6,8 +6,8 @@
 //! - `hardware.rs`: the hardware fingerprint (CPU, memory, OS, NVIDIA GPUs).
 //! - `models/`: Whisper model import (CTranslate2 -> ggml) and download.
 //! - `cli`: the `morag-agent` command line (`process`, `model import-ct2`, `model fetch`).
-pub mod media;
-pub mod models;
+pub mod cli;
 pub mod gpu;
 pub mod hardware;
-pub mod cli;
+pub mod media;
+pub mod models;

@@ -9,7 +9,10 @@ use morag_agent::media::video::{process_video, VideoOptions};
 use morag_agent::media::{Cancel, NoProgress, ProcessError, ProcessOutput};
 use video_common as media;
 
-fn run(path: &Path, opts: &VideoOptions) -> (Result<ProcessOutput, ProcessError>, tempfile::TempDir) {
+fn run(
+    path: &Path,
+    opts: &VideoOptions,
+) -> (Result<ProcessOutput, ProcessError>, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let r = process_video(path, opts, &NoProgress, &Cancel::new(), out.path());
     (r, out)
@@ -52,7 +55,10 @@ fn metadata_thumbnails_and_audio_match_morag_defaults() {
     let res = &r.result;
     let m = &res["metadata"];
     assert!((m["duration"].as_f64().unwrap() - 6.0).abs() < 0.1, "{m}");
-    assert_eq!((m["width"].as_u64(), m["height"].as_u64()), (Some(640), Some(480)));
+    assert_eq!(
+        (m["width"].as_u64(), m["height"].as_u64()),
+        (Some(640), Some(480))
+    );
     assert_eq!(m["fps"].as_f64(), Some(25.0));
     assert_eq!(m["codec"], "h264");
     assert_eq!(m["format"], "mov,mp4,m4a,3gp,3g2,mj2");
@@ -63,13 +69,26 @@ fn metadata_thumbnails_and_audio_match_morag_defaults() {
         Some(std::fs::metadata(&video).unwrap().len())
     );
     assert!(m["bitrate"].as_i64().unwrap() > 100_000);
-    assert!(m["creation_time"].as_str().unwrap().starts_with("2024-05-06T07:08:09"));
+    assert!(m["creation_time"]
+        .as_str()
+        .unwrap()
+        .starts_with("2024-05-06T07:08:09"));
     // MoRAG's result fields.
-    for key in ["audio_path", "thumbnails", "keyframes", "processing_time", "success", "error_message"] {
+    for key in [
+        "audio_path",
+        "thumbnails",
+        "keyframes",
+        "processing_time",
+        "success",
+        "error_message",
+    ] {
         assert!(res.get(key).is_some(), "missing {key}");
     }
     assert_eq!(res["success"], true);
-    assert!(res["keyframes"].as_array().unwrap().is_empty(), "keyframes are off by default");
+    assert!(
+        res["keyframes"].as_array().unwrap().is_empty(),
+        "keyframes are off by default"
+    );
 
     // 5 thumbnails, 320x240, at MoRAG's times (0, 1.5, 3, 4.5, 5) within a frame.
     let thumbs = paths(&res["thumbnails"]);
@@ -86,7 +105,10 @@ fn metadata_thumbnails_and_audio_match_morag_defaults() {
     // Audio: MP3 at 128 kbit/s (the AAC track is re-encoded).
     let audio = PathBuf::from(res["audio_path"].as_str().unwrap());
     let ictx = ffmpeg_next::format::input(&audio).unwrap();
-    let stream = ictx.streams().best(ffmpeg_next::media::Type::Audio).unwrap();
+    let stream = ictx
+        .streams()
+        .best(ffmpeg_next::media::Type::Audio)
+        .unwrap();
     assert_eq!(stream.parameters().id(), ffmpeg_next::codec::Id::MP3);
     let kbps = ictx.bit_rate() as f64 / 1000.0;
     assert!((120.0..=136.0).contains(&kbps), "{kbps} kbit/s");
@@ -188,7 +210,10 @@ fn transcription_without_a_model_is_skipped_cleanly() {
 fn bad_inputs_give_clear_errors() {
     let opts = VideoOptions::default();
     let missing = media::dir().join("missing.mp4");
-    assert!(matches!(run(&missing, &opts).0, Err(ProcessError::Input { .. })));
+    assert!(matches!(
+        run(&missing, &opts).0,
+        Err(ProcessError::Input { .. })
+    ));
 
     let empty = media::dir().join("empty.mp4");
     std::fs::write(&empty, b"").unwrap();
@@ -244,7 +269,13 @@ fn cancelled_job_stops() {
     let cancel = Cancel::new();
     cancel.cancel();
     let out = tempfile::tempdir().unwrap();
-    let r = process_video(&media::cut_video(), &VideoOptions::default(), &NoProgress, &cancel, out.path());
+    let r = process_video(
+        &media::cut_video(),
+        &VideoOptions::default(),
+        &NoProgress,
+        &cancel,
+        out.path(),
+    );
     assert!(matches!(r, Err(ProcessError::Cancelled)));
 }
 
@@ -253,7 +284,14 @@ fn progress_reaches_100() {
     let seen = std::sync::Mutex::new(Vec::new());
     let sink = |p: morag_agent::media::Progress| seen.lock().unwrap().push(p.percent);
     let out = tempfile::tempdir().unwrap();
-    process_video(&media::cut_video(), &VideoOptions::default(), &sink, &Cancel::new(), out.path()).unwrap();
+    process_video(
+        &media::cut_video(),
+        &VideoOptions::default(),
+        &sink,
+        &Cancel::new(),
+        out.path(),
+    )
+    .unwrap();
     let seen = seen.into_inner().unwrap();
     assert_eq!(seen.last(), Some(&100.0));
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");

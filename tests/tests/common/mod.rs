@@ -49,7 +49,7 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
-        let ca = CertificateAuthority::generate("morag-test-ca", Validity::days(30)).expect("CA");
+        let ca = CertificateAuthority::generate("morag-test-ca", Validity::days(3650)).expect("CA");
         let hub = ca
             .issue_hub(
                 HUB_ID,
@@ -144,7 +144,11 @@ pub async fn accept(listener: &Listener) -> Session {
 }
 
 /// Await `fut`, panicking with `what` after `limit`.
-pub async fn with_deadline<F: std::future::Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+pub async fn with_deadline<F: std::future::Future>(
+    limit: Duration,
+    what: &str,
+    fut: F,
+) -> F::Output {
     match tokio::time::timeout(limit, fut).await {
         Ok(v) => v,
         Err(_) => panic!("{what}: nothing within {limit:?}"),
@@ -159,17 +163,17 @@ pub async fn recv_message(session: &Session, limit: Duration) -> Envelope {
             Ok(Some(Inbound::Message(m))) => return m,
             Ok(Some(Inbound::File(_))) => continue,
             Ok(None) => panic!("session with {} closed", session.peer_id()),
-            Err(_) => panic!(
-                "no message from {} within {limit:?}",
-                session.peer_id()
-            ),
+            Err(_) => panic!("no message from {} within {limit:?}", session.peer_id()),
         }
     }
 }
 
 /// Whatever arrives within `limit`, or `None`.
 pub async fn try_recv(session: &Session, limit: Duration) -> Option<Inbound> {
-    tokio::time::timeout(limit, session.recv()).await.ok().flatten()
+    tokio::time::timeout(limit, session.recv())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// A recognisable message.
@@ -281,7 +285,9 @@ pub fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
 /// BLAKE3 of a file's content, hex.
 pub fn file_hash(path: &Path) -> String {
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path).expect("open")).expect("read");
+    hasher
+        .update_reader(std::fs::File::open(path).expect("open"))
+        .expect("read");
     hasher.finalize().to_hex().to_string()
 }
 

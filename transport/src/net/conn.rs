@@ -45,6 +45,7 @@ pub(crate) fn attach(
         conn: conn.clone(),
         generation,
         zero_rtt,
+        local_close: Arc::default(),
         detector: detector.clone(),
         cancel: cancel.clone(),
     };
@@ -144,8 +145,14 @@ async fn control_reader(inner: Arc<Inner>, live: Live, mut recv: quinn::RecvStre
             Ok(ControlFrame::Message(env)) => inner.deliver(env).await,
             Ok(ControlFrame::Goodbye { code, reason }) => {
                 tracing::info!(code, %reason, "peer said goodbye");
-                inner.closing.store(true, Ordering::Release);
-                *inner.peer_goodbye.lock().unwrap() = Some((code, reason));
+                if matches!(inner.side, Side::Dialer) && code == close_code::SHUTDOWN {
+                    // The accepting side is restarting: keep the session and reconnect.
+                    *live.local_close.lock().unwrap() =
+                        Some(format!("peer shutting down: {reason}"));
+                } else {
+                    inner.closing.store(true, Ordering::Release);
+                    *inner.peer_goodbye.lock().unwrap() = Some((code, reason));
+                }
             }
             Ok(other) => {
                 protocol_error(&live, &format!("unexpected control frame {other:?}"));
@@ -201,6 +208,7 @@ async fn heartbeats(inner: Arc<Inner>, live: Live) {
                     Liveness::Dead => {
                         let msg = format!("no heartbeat for {:?}", cfg.dead_after);
                         tracing::warn!(%msg, "peer dead; closing connection");
+                        *live.local_close.lock().unwrap() = Some(format!("peer declared dead: {msg}"));
                         live.conn.close(varint(close_code::PEER_DEAD), msg.as_bytes());
                         return;
                     }
@@ -329,7 +337,8 @@ async fn watch_end(inner: Arc<Inner>, live: Live) {
     if inner.closed.is_cancelled() || inner.closing.load(Ordering::Acquire) {
         return;
     }
-    let text = super::tls::describe_connection_error(&reason);
+    let local = live.local_close.lock().unwrap().take();
+    let text = local.unwrap_or_else(|| super::tls::describe_connection_error(&reason));
     tracing::warn!(reason = %text, "connection lost");
     inner.record_error(text.clone());
     inner.emit(SessionEvent::Lost { reason: text });

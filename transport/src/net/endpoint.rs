@@ -64,6 +64,8 @@ struct ClientShared {
     tickets: Arc<ClientSessionMemoryCache>,
     client_config: Mutex<quinn::ClientConfig>,
     revocations: RwLock<RevocationList>,
+    /// Cancelled by `Client::close`: sessions stop reconnecting and end.
+    cancel: CancellationToken,
 }
 
 /// The dialing side. One `Client` (one UDP socket, one session-ticket cache) can hold sessions
@@ -103,6 +105,7 @@ impl Client {
                 tickets,
                 client_config: Mutex::new(client_config),
                 revocations,
+                cancel: CancellationToken::new(),
             }),
         })
     }
@@ -173,9 +176,10 @@ impl Client {
         Ok(Session { inner })
     }
 
-    /// Close the endpoint: every session's connection closes at once. Use
-    /// [`Session::close`] first for a graceful close.
+    /// Close the endpoint: every session's connection closes at once and the sessions end.
+    /// Use [`Session::close`] first for a graceful close.
     pub async fn close(&self) {
+        self.shared.cancel.cancel();
         self.shared
             .endpoint
             .close(varint(close_code::SHUTDOWN), b"client shutting down");
@@ -349,6 +353,10 @@ async fn supervise(
         tokio::select! {
             biased;
             _ = inner.closed.cancelled() => return,
+            _ = shared.cancel.cancelled() => {
+                super::conn::finish(&inner);
+                return;
+            }
             _ = inner.reconnect_needed.notified() => {}
         }
         let mut attempt = 0u32;
@@ -365,6 +373,10 @@ async fn supervise(
             tokio::select! {
                 biased;
                 _ = inner.closed.cancelled() => return,
+                _ = shared.cancel.cancelled() => {
+                    super::conn::finish(&inner);
+                    return;
+                }
                 _ = tokio::time::sleep(delay) => {}
             }
             match dial(&shared, addr, &server_name).await {
@@ -652,49 +664,55 @@ async fn accept_greeting(
         }
     };
     // rustls does not re-check revocation on resumption: this check covers both cases.
-    if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
-        return Err(refuse(
-            &conn,
-            &mut send,
+    let refusal = if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
+        Some((
             RefuseReason::Revoked,
             format!(
                 "certificate of {} (serial {}) is revoked",
                 peer.id,
                 hex::encode(&peer.serial)
             ),
-        )
-        .await);
-    }
-    if !role_allowed(cfg, peer.role) {
-        return Err(refuse(
-            &conn,
-            &mut send,
+        ))
+    } else if !role_allowed(cfg, peer.role) {
+        Some((
             RefuseReason::NotAllowed,
             format!("peers with role {} may not connect here", peer.role),
-        )
-        .await);
-    }
-    if hello.peer_id != peer.id {
-        return Err(refuse(
-            &conn,
-            &mut send,
+        ))
+    } else if hello.peer_id != peer.id {
+        Some((
             RefuseReason::IdentityMismatch,
             format!(
                 "hello claims id {:?} but the certificate is for {:?}",
                 hello.peer_id, peer.id
             ),
-        )
-        .await);
-    }
-    let Some(version) = negotiate(
+        ))
+    } else {
+        None
+    };
+    let version = negotiate(
         cfg.protocol_versions,
         (hello.min_version, hello.max_version),
-    ) else {
-        return Err(refuse(&conn, &mut send, RefuseReason::VersionMismatch, format!(
-            "peer speaks protocol versions {}..={}, this side speaks {}..={}; upgrade the older side",
-            hello.min_version, hello.max_version, cfg.protocol_versions.0, cfg.protocol_versions.1
-        )).await);
-    };
+    );
+    let refusal = refusal.or_else(|| {
+        version.is_none().then(|| {
+            (
+                RefuseReason::VersionMismatch,
+                format!(
+                    "peer speaks protocol versions {}..={}, this side speaks {}..={}; upgrade the older side",
+                    hello.min_version, hello.max_version, cfg.protocol_versions.0, cfg.protocol_versions.1
+                ),
+            )
+        })
+    });
+    if let Some((reason, message)) = refusal {
+        // A close during the handshake loses its code and reason (RFC 9000 10.2.3): let the
+        // handshake finish first so the peer learns why it was refused.
+        if !confirmed {
+            let _ = tokio::time::timeout(HELLO_TIMEOUT, &mut established).await;
+        }
+        return Err(refuse(&conn, &mut send, reason, message).await);
+    }
+    let version = version.expect("checked above");
     let welcome = ControlFrame::Welcome {
         version,
         peer_id: shared.own.id.clone(),

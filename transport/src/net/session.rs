@@ -86,6 +86,8 @@ pub(crate) struct Live {
     pub conn: quinn::Connection,
     pub generation: u64,
     pub zero_rtt: bool,
+    /// Why this side closed the connection, when it did (the peer-dead verdict, say).
+    pub local_close: Arc<Mutex<Option<String>>>,
     pub detector: Arc<Mutex<FailureDetector>>,
     pub cancel: CancellationToken,
 }
@@ -494,7 +496,9 @@ impl Session {
 
     /// Close the session gracefully: wait (up to the configured grace period) for queued
     /// messages and running transfers, tell the peer with a goodbye, then close the
-    /// connection with `code`. The peer does not reconnect after a goodbye.
+    /// connection with `code`. The peer does not reconnect after a goodbye, except that a
+    /// dialing peer told [`crate::close_code::SHUTDOWN`] by the accepting side keeps
+    /// reconnecting (the server is restarting).
     pub async fn close(&self, code: u32, reason: &str) {
         super::conn::close_session(&self.inner, code, reason).await
     }

@@ -17,7 +17,9 @@ use cudarc::driver::{
 
 use super::kernels;
 use super::pool::{Pool, PoolError, PoolStats};
-use crate::media::frames::{self, ChromaLayout, ColorRange, FrameError, LumaImage, RgbImage, YuvFrame};
+use crate::media::frames::{
+    self, ChromaLayout, ColorRange, FrameError, LumaImage, Plane, RgbImage, YuvFrame,
+};
 
 /// Why a CUDA operation failed (the caller then runs the CPU twin).
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,7 @@ struct Kernels {
     bilinear: CudaFunction,
     hist: CudaFunction,
     diff: CudaFunction,
+    area: CudaFunction,
 }
 
 struct State {
@@ -120,7 +123,9 @@ impl CudaEngine {
     /// Open device `ordinal` with a pool of at most `memory_limit` bytes.
     pub fn try_new(ordinal: usize, memory_limit: usize) -> Result<Self, CudaError> {
         if !driver_present() {
-            return Err(CudaError::Unavailable("no CUDA driver (libcuda not found)".into()));
+            return Err(CudaError::Unavailable(
+                "no CUDA driver (libcuda not found)".into(),
+            ));
         }
         let ctx = catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|p| CudaError::Unavailable(format!("cuda init panicked: {}", panic_text(p))))?
@@ -176,13 +181,18 @@ impl CudaEngine {
             .map_err(panic_text)?
             .map_err(|e| e.to_string())?;
         let module = self.ctx.load_module(ptx).map_err(|e| e.to_string())?;
-        let f = |name: &str| module.load_function(name).map_err(|e| format!("{name}: {e}"));
+        let f = |name: &str| {
+            module
+                .load_function(name)
+                .map_err(|e| format!("{name}: {e}"))
+        };
         let k = Kernels {
             yuv: f(kernels::NAMES[0])?,
             halve: f(kernels::NAMES[1])?,
             bilinear: f(kernels::NAMES[2])?,
             hist: f(kernels::NAMES[3])?,
             diff: f(kernels::NAMES[4])?,
+            area: f(kernels::NAMES[5])?,
         };
         tracing::info!(device = %self.device_name, ms = started.elapsed().as_millis() as u64, "cuda kernels compiled");
         Ok(Arc::new(k))
@@ -209,7 +219,10 @@ impl CudaEngine {
     }
 
     fn download(st: &State, lease: &Lease, len: usize) -> Result<Vec<u8>, CudaError> {
-        let out = st.stream.clone_dtoh(&lease.0.slice(0..len)).map_err(driver)?;
+        let out = st
+            .stream
+            .clone_dtoh(&lease.0.slice(0..len))
+            .map_err(driver)?;
         st.stream.synchronize().map_err(driver)?;
         Ok(out)
     }
@@ -226,9 +239,21 @@ impl CudaEngine {
         let (mut cw, mut chh) = (w, h);
         for (nw, nh) in frames::halving_steps(w, h, dst_w, dst_h) {
             let mut next = Self::take(st, nw as usize * nh as usize * ch)?;
-            let (iw, ih, ic, ow, oh) = (int(cw as usize), int(chh as usize), int(ch), int(nw as usize), int(nh as usize));
+            let (iw, ih, ic, ow, oh) = (
+                int(cw as usize),
+                int(chh as usize),
+                int(ch),
+                int(nw as usize),
+                int(nh as usize),
+            );
             let mut b = st.stream.launch_builder(&k.halve);
-            b.arg(&cur.0).arg(&iw).arg(&ih).arg(&ic).arg(&mut next.0).arg(&ow).arg(&oh);
+            b.arg(&cur.0)
+                .arg(&iw)
+                .arg(&ih)
+                .arg(&ic)
+                .arg(&mut next.0)
+                .arg(&ow)
+                .arg(&oh);
             // SAFETY: the kernel reads cw*chh*ch bytes of `cur` and writes nw*nh*ch bytes of
             // `next`; both buffers are at least that large (pool classes round up).
             unsafe { b.launch(grid_2d(nw, nh)) }.map_err(driver)?;
@@ -240,9 +265,21 @@ impl CudaEngine {
             return Ok(cur);
         }
         let mut out = Self::take(st, dst_w as usize * dst_h as usize * ch)?;
-        let (iw, ih, ic, ow, oh) = (int(cw as usize), int(chh as usize), int(ch), int(dst_w as usize), int(dst_h as usize));
+        let (iw, ih, ic, ow, oh) = (
+            int(cw as usize),
+            int(chh as usize),
+            int(ch),
+            int(dst_w as usize),
+            int(dst_h as usize),
+        );
         let mut b = st.stream.launch_builder(&k.bilinear);
-        b.arg(&cur.0).arg(&iw).arg(&ih).arg(&ic).arg(&mut out.0).arg(&ow).arg(&oh);
+        b.arg(&cur.0)
+            .arg(&iw)
+            .arg(&ih)
+            .arg(&ic)
+            .arg(&mut out.0)
+            .arg(&ow)
+            .arg(&oh);
         // SAFETY: reads cw*chh*ch bytes of `cur`, writes dst_w*dst_h*ch bytes of `out`; both
         // buffers are at least that large.
         unsafe { b.launch(grid_2d(dst_w, dst_h)) }.map_err(driver)?;
@@ -270,7 +307,10 @@ impl CudaEngine {
             };
         let u = Self::upload(st, &f.u.data[..u_len])?;
         let v = match f.layout {
-            ChromaLayout::Planar => Some(Self::upload(st, &f.v.data[..f.v.stride * (ch - 1) + w.div_ceil(2)])?),
+            ChromaLayout::Planar => Some(Self::upload(
+                st,
+                &f.v.data[..f.v.stride * (ch - 1) + w.div_ceil(2)],
+            )?),
             ChromaLayout::Interleaved => None,
         };
         let mut rgb = Self::take(st, w * h * 3)?;
@@ -300,7 +340,11 @@ impl CudaEngine {
         };
         let data = Self::download(st, &out, dw as usize * dh as usize * 3);
         Self::give(st, out);
-        Ok(RgbImage { width: dw, height: dh, data: data? })
+        Ok(RgbImage {
+            width: dw,
+            height: dh,
+            data: data?,
+        })
     }
 
     /// Resize an interleaved 8-bit image with `channels` bytes per pixel.
@@ -311,7 +355,12 @@ impl CudaEngine {
         (dw, dh): (u32, u32),
     ) -> Result<Vec<u8>, CudaError> {
         if dw == 0 || dh == 0 || data.len() < w as usize * h as usize * channels {
-            return Err(FrameError::Dimensions { width: dw, height: dh, reason: "bad resize" }.into());
+            return Err(FrameError::Dimensions {
+                width: dw,
+                height: dh,
+                reason: "bad resize",
+            }
+            .into());
         }
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -325,6 +374,38 @@ impl CudaEngine {
         let res = Self::download(st, &out, dw as usize * dh as usize * channels);
         Self::give(st, out);
         res
+    }
+
+    /// Area-average downscale of one 8-bit plane (see [`frames::luma_area`]); `dw <= w`,
+    /// `dh <= h`.
+    pub fn luma_area(
+        &self,
+        plane: Plane<'_>,
+        (w, h): (u32, u32),
+        (dw, dh): (u32, u32),
+    ) -> Result<LumaImage, CudaError> {
+        if dw == 0 || dh == 0 || dw > w || dh > h || plane.stride < w as usize {
+            return Err(FrameError::Dimensions { width: dw, height: dh, reason: "bad area downscale" }.into());
+        }
+        let len = plane.stride * (h as usize - 1) + w as usize;
+        if plane.data.len() < len {
+            return Err(FrameError::ShortPlane { plane: "y", len: plane.data.len(), needed: len, width: w, height: h }.into());
+        }
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let k = self.kernels(st)?;
+        let src = Self::upload(st, &plane.data[..len])?;
+        let mut out = Self::take(st, dw as usize * dh as usize)?;
+        let (s, wi, hi, dwi, dhi) = (int(plane.stride), int(w as usize), int(h as usize), int(dw as usize), int(dh as usize));
+        let mut b = st.stream.launch_builder(&k.area);
+        b.arg(&src.0).arg(&s).arg(&wi).arg(&hi).arg(&mut out.0).arg(&dwi).arg(&dhi);
+        // SAFETY: reads inside the uploaded plane (stride*(h-1)+w bytes, checked above) and
+        // writes dw*dh bytes of `out`, which is at least that large.
+        unsafe { b.launch(grid_2d(dw, dh)) }.map_err(driver)?;
+        Self::give(st, src);
+        let data = Self::download(st, &out, dw as usize * dh as usize);
+        Self::give(st, out);
+        Ok(LumaImage { width: dw, height: dh, data: data? })
     }
 
     /// Histogram of both frames and their summed absolute difference, on the device.
@@ -349,7 +430,12 @@ impl CudaEngine {
         let ni = int(n);
         let mut hists = [[0u32; 256]; 2];
         for (img, out) in [&da, &db].into_iter().zip(hists.iter_mut()) {
-            let (stream, hist) = (st.stream.clone(), st.hist.as_mut().ok_or_else(|| driver("no histogram buffer"))?);
+            let (stream, hist) = (
+                st.stream.clone(),
+                st.hist
+                    .as_mut()
+                    .ok_or_else(|| driver("no histogram buffer"))?,
+            );
             stream.memset_zeros(hist).map_err(driver)?;
             let mut l = stream.launch_builder(&k.hist);
             l.arg(&img.0).arg(&ni).arg(&mut *hist);
@@ -358,7 +444,10 @@ impl CudaEngine {
             let v = stream.clone_dtoh(&*hist).map_err(driver)?;
             out.copy_from_slice(&v[..256]);
         }
-        let (stream, sum) = (st.stream.clone(), st.sum.as_mut().ok_or_else(|| driver("no sum buffer"))?);
+        let (stream, sum) = (
+            st.stream.clone(),
+            st.sum.as_mut().ok_or_else(|| driver("no sum buffer"))?,
+        );
         stream.memset_zeros(sum).map_err(driver)?;
         let mut l = stream.launch_builder(&k.diff);
         l.arg(&da.0).arg(&db.0).arg(&ni).arg(&mut *sum);

@@ -4,12 +4,13 @@
 //! integer formulas), so GPU and CPU results are compared for equality.
 
 /// Names of the kernels in [`SOURCE`], loaded after compilation.
-pub const NAMES: [&str; 5] = [
+pub const NAMES: [&str; 6] = [
     "yuv420_to_rgb",
     "box_halve",
     "bilinear",
     "histogram256",
     "abs_diff_sum",
+    "area_mean",
 ];
 
 /// The kernels. Threads map to output pixels; 2-D launches use 16x16 blocks.
@@ -105,6 +106,25 @@ extern "C" __global__ void bilinear(
         dst[((size_t)dy * dw + dx) * ch + c] =
             (unsigned char)((top * (256 - fy) + bottom * fy + 32768) >> 16);
     }
+}
+
+extern "C" __global__ void area_mean(
+    const unsigned char* src, int stride, int w, int h,
+    unsigned char* dst, int dw, int dh)
+{
+    int dx = blockIdx.x * blockDim.x + threadIdx.x;
+    int dy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (dx >= dw || dy >= dh) return;
+    int x0 = (int)((long long)dx * w / dw), x1 = (int)((long long)(dx + 1) * w / dw);
+    int y0 = (int)((long long)dy * h / dh), y1 = (int)((long long)(dy + 1) * h / dh);
+    if (x1 <= x0) x1 = x0 + 1;
+    if (y1 <= y0) y1 = y0 + 1;
+    unsigned int sum = 0;
+    for (int y = y0; y < y1; y++)
+        for (int x = x0; x < x1; x++)
+            sum += src[(size_t)y * stride + x];
+    unsigned int n = (unsigned int)((x1 - x0) * (y1 - y0));
+    dst[(size_t)dy * dw + dx] = (unsigned char)((sum + n / 2) / n);
 }
 
 extern "C" __global__ void histogram256(const unsigned char* img, int n, unsigned int* hist) {

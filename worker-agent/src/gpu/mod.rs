@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::media::frames::{self, FrameError, LumaImage, RgbImage, YuvFrame};
+use crate::media::frames::{self, FrameError, LumaImage, Plane, RgbImage, YuvFrame};
 
 /// GPU settings from the agent's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +66,11 @@ pub fn cuda_driver_present() -> bool {
 /// Pick the engine for this machine and configuration, logging the choice.
 pub fn select(config: &GpuConfig) -> Engine {
     if !config.enabled {
-        tracing::info!(engine = "cpu", reason = "disabled in config", "frame engine selected");
+        tracing::info!(
+            engine = "cpu",
+            reason = "disabled in config",
+            "frame engine selected"
+        );
         return Engine::Cpu;
     }
     let limit = usize::try_from(config.memory_limit_bytes).unwrap_or(usize::MAX);
@@ -175,6 +179,25 @@ impl Engine {
                     });
                 Self::fallback(hd, r, || frames::resize_luma(img, w, h))
             }
+        }
+    }
+
+    /// Area-average downscale of an 8-bit plane (scene analysis; see [`frames::luma_area`]).
+    pub fn luma_area(
+        &self,
+        plane: Plane<'_>,
+        w: u32,
+        h: u32,
+        dw: u32,
+        dh: u32,
+    ) -> Result<LumaImage, FrameError> {
+        match self {
+            Self::Cuda(hd) if dw <= w && dh <= h => Self::fallback(
+                hd,
+                hd.engine.luma_area(plane, (w, h), (dw, dh)),
+                || frames::luma_area(plane, w, h, dw, dh),
+            ),
+            _ => frames::luma_area(plane, w, h, dw, dh),
         }
     }
 

@@ -4,9 +4,11 @@
 //! ~100 ms, large models seconds). Each job creates its own whisper state, so one
 //! `Transcriber` can serve several threads.
 //!
-//! Cancellation: whisper.cpp polls an abort callback between graph computations. The callback
-//! reads an `AtomicBool` that a small watcher thread sets from the job's [`Cancel`] token; a
-//! cancelled job stops within one encoder or decoder pass (well under a second on CPU).
+//! Cancellation: whisper.cpp calls an abort callback after every encoder pass (one 30 s window)
+//! and every decoder step. The callback reads an `AtomicBool` that a small watcher thread sets
+//! from the job's [`Cancel`] token, so a cancelled job stops after at most one encoder pass:
+//! about 0.5-1 s for tiny.en on 2 idle cores, more for larger models. (whisper.cpp 1.8.3 does not
+//! forward the callback into ggml's per-node check, so a pass cannot be cut short.)
 //! whisper-rs' `set_abort_callback_safe` installs the wrong trampoline, so the raw callback is
 //! used.
 

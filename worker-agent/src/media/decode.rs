@@ -9,10 +9,10 @@
 use std::path::Path;
 use std::sync::Once;
 
-use ffmpeg_next as ffmpeg;
 use ffmpeg::format::sample::Type as SampleType;
 use ffmpeg::format::Sample;
 use ffmpeg::{frame, ChannelLayout};
+use ffmpeg_next as ffmpeg;
 
 use super::{Cancel, MediaKind, ProcessError};
 
@@ -32,7 +32,7 @@ pub struct SourceInfo {
     pub channels: u16,
     /// Sample rate of the source stream, Hz.
     pub sample_rate: u32,
-    /// FFmpeg's codec name (`pcm_s16le`, `mp3`, `aac`, `opus`, `flac`, ...).
+    /// FFmpeg's codec id name (`pcm_s16le`, `mp3`, `aac`, `opus`, `flac`, ...).
     pub codec: String,
     /// FFmpeg's container name (`wav`, `mp3`, `mov,mp4,m4a,3gp,3g2,mj2`, ...).
     pub container: String,
@@ -250,7 +250,13 @@ pub fn decode_audio(
     let stream = ictx
         .streams()
         .best(ffmpeg::media::Type::Audio)
-        .ok_or_else(|| invalid(path, kind, format!("no audio stream (container {container})")))?;
+        .ok_or_else(|| {
+            invalid(
+                path,
+                kind,
+                format!("no audio stream (container {container})"),
+            )
+        })?;
     let stream_index = stream.index();
     let declared = {
         // Container duration in AV_TIME_BASE units, when FFmpeg did not guess it from the bitrate.
@@ -262,13 +268,11 @@ pub fn decode_audio(
     };
     let codec_ctx = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
         .map_err(|e| invalid(path, kind, format!("bad audio stream parameters ({e})")))?;
-    let mut decoder = codec_ctx.decoder().audio().map_err(|e| {
-        invalid(path, kind, format!("no decoder for the audio stream ({e})"))
-    })?;
-    let codec = decoder
-        .codec()
-        .map(|c| c.name().to_string())
-        .unwrap_or_else(|| decoder.id().name().to_string());
+    let mut decoder = codec_ctx
+        .decoder()
+        .audio()
+        .map_err(|e| invalid(path, kind, format!("no decoder for the audio stream ({e})")))?;
+    let codec = decoder.id().name().to_string();
     let (channels, sample_rate) = (decoder.channels(), decoder.rate());
 
     let max_samples = (MAX_AUDIO_SECONDS * u64::from(SAMPLE_RATE)) as usize;
@@ -351,7 +355,11 @@ pub fn decode_audio(
         return Err(invalid(
             path,
             kind,
-            format!("corrupt: {bad_packets} of {} packets failed to decode{}", packets + bad_packets, why()),
+            format!(
+                "corrupt: {bad_packets} of {} packets failed to decode{}",
+                packets + bad_packets,
+                why()
+            ),
         ));
     }
     let duration = samples.len() as f64 / f64::from(SAMPLE_RATE);
@@ -360,7 +368,9 @@ pub fn decode_audio(
             return Err(invalid(
                 path,
                 kind,
-                format!("truncated: decoded {duration:.2} s of the {declared:.2} s the file declares"),
+                format!(
+                    "truncated: decoded {duration:.2} s of the {declared:.2} s the file declares"
+                ),
             ));
         }
     }
@@ -397,7 +407,9 @@ pub fn sniff_kind(path: &Path) -> Result<MediaKind, ProcessError> {
             ffmpeg::media::Type::Audio => has_audio = true,
             ffmpeg::media::Type::Video => {
                 // Cover art in audio files is an attached picture, not video.
-                let attached = s.disposition().contains(ffmpeg::format::stream::Disposition::ATTACHED_PIC);
+                let attached = s
+                    .disposition()
+                    .contains(ffmpeg::format::stream::Disposition::ATTACHED_PIC);
                 if !attached {
                     has_video = true;
                 }

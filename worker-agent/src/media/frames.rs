@@ -239,11 +239,7 @@ pub fn rgb_from_plane(width: u32, height: u32, plane: Plane<'_>) -> Result<RgbIm
 }
 
 /// Copy an 8-bit plane with row padding (the Y plane of a YUV frame) into a [`LumaImage`].
-pub fn luma_from_plane(
-    width: u32,
-    height: u32,
-    plane: Plane<'_>,
-) -> Result<LumaImage, FrameError> {
+pub fn luma_from_plane(width: u32, height: u32, plane: Plane<'_>) -> Result<LumaImage, FrameError> {
     check_dims(width, height)?;
     check_plane("y", plane, width as usize, height as usize, width, height)?;
     let mut data = Vec::with_capacity(width as usize * height as usize);
@@ -397,6 +393,54 @@ pub fn resize_luma(img: &LumaImage, dst_w: u32, dst_h: u32) -> Result<LumaImage,
     })
 }
 
+/// Source span `[start, end)` of output index `d` when `src` pixels shrink to `dst`.
+#[inline]
+pub fn area_span(d: u32, src: u32, dst: u32) -> (usize, usize) {
+    let start = (u64::from(d) * u64::from(src) / u64::from(dst)) as usize;
+    let end = (u64::from(d + 1) * u64::from(src) / u64::from(dst)) as usize;
+    (start, end.max(start + 1))
+}
+
+/// Area-average downscale of an 8-bit plane straight from the decoder's buffer: each output
+/// pixel is the rounded mean of its source block. Cheaper than [`resize_luma`] for the large
+/// shrink factors of scene analysis; upscales (`dw > width`) fall back to [`resize_luma`].
+pub fn luma_area(
+    plane: Plane<'_>,
+    width: u32,
+    height: u32,
+    dw: u32,
+    dh: u32,
+) -> Result<LumaImage, FrameError> {
+    check_dims(width, height)?;
+    check_dims(dw, dh)?;
+    check_plane("y", plane, width as usize, height as usize, width, height)?;
+    if dw > width || dh > height {
+        return resize_luma(&luma_from_plane(width, height, plane)?, dw, dh);
+    }
+    let xs: Vec<(usize, usize)> = (0..dw).map(|d| area_span(d, width, dw)).collect();
+    let mut data = vec![0u8; dw as usize * dh as usize];
+    let mut sums = vec![0u32; dw as usize];
+    for (dy, out_row) in data.chunks_exact_mut(dw as usize).enumerate() {
+        let (y0, y1) = area_span(dy as u32, height, dh);
+        sums.iter_mut().for_each(|s| *s = 0);
+        for y in y0..y1 {
+            let row = &plane.data[y * plane.stride..][..width as usize];
+            for (sum, &(x0, x1)) in sums.iter_mut().zip(&xs) {
+                *sum += row[x0..x1].iter().map(|&p| u32::from(p)).sum::<u32>();
+            }
+        }
+        for ((o, &sum), &(x0, x1)) in out_row.iter_mut().zip(&sums).zip(&xs) {
+            let n = ((x1 - x0) * (y1 - y0)) as u32;
+            *o = ((sum + n / 2) / n) as u8;
+        }
+    }
+    Ok(LumaImage {
+        width: dw,
+        height: dh,
+        data,
+    })
+}
+
 /// The largest size with the source's aspect ratio that fits in `max_w` x `max_h`, never
 /// larger than the source.
 pub fn fit_within(width: u32, height: u32, max_w: u32, max_h: u32) -> (u32, u32) {
@@ -462,7 +506,9 @@ pub fn scene_correlation(a: &[u32; 256], b: &[u32; 256]) -> f64 {
 /// Mean absolute difference of two equally sized luma images, over 255 (0.0 ..= 1.0).
 pub fn mean_abs_diff(a: &LumaImage, b: &LumaImage) -> Result<f64, FrameError> {
     if (a.width, a.height) != (b.width, b.height) {
-        return Err(FrameError::SizeMismatch(a.width, a.height, b.width, b.height));
+        return Err(FrameError::SizeMismatch(
+            a.width, a.height, b.width, b.height,
+        ));
     }
     let sum: u64 = a
         .data
@@ -521,7 +567,10 @@ mod tests {
     #[test]
     fn limited_range_primaries_convert_to_rgb() {
         // BT.601 limited-range codes of black, white, red, green and blue.
-        assert_eq!(yuv_to_rgb_pixel(16, 128, 128, ColorRange::Limited), [0, 0, 0]);
+        assert_eq!(
+            yuv_to_rgb_pixel(16, 128, 128, ColorRange::Limited),
+            [0, 0, 0]
+        );
         assert_eq!(
             yuv_to_rgb_pixel(235, 128, 128, ColorRange::Limited),
             [255, 255, 255]
@@ -529,7 +578,10 @@ mod tests {
         let red = yuv_to_rgb_pixel(81, 90, 240, ColorRange::Limited);
         assert!(red[0] >= 253 && red[1] <= 2 && red[2] <= 2, "{red:?}");
         let green = yuv_to_rgb_pixel(145, 54, 34, ColorRange::Limited);
-        assert!(green[0] <= 2 && green[1] >= 253 && green[2] <= 2, "{green:?}");
+        assert!(
+            green[0] <= 2 && green[1] >= 253 && green[2] <= 2,
+            "{green:?}"
+        );
         let blue = yuv_to_rgb_pixel(41, 240, 110, ColorRange::Limited);
         assert!(blue[0] <= 2 && blue[1] <= 2 && blue[2] >= 253, "{blue:?}");
     }
@@ -634,7 +686,11 @@ mod tests {
             data,
         };
         let small = resize_luma(&img, 8, 8).unwrap();
-        assert!(small.data.iter().all(|&p| (120..=135).contains(&p)), "{:?}", small.data);
+        assert!(
+            small.data.iter().all(|&p| (120..=135).contains(&p)),
+            "{:?}",
+            small.data
+        );
     }
 
     #[test]
@@ -644,6 +700,19 @@ mod tests {
             vec![(960, 540), (480, 270)]
         );
         assert!(halving_steps(320, 240, 320, 240).is_empty());
+    }
+
+    #[test]
+    fn area_downscale_averages_blocks() {
+        // 4x2 -> 2x1: blocks [0,10,20,30] and [40,50,60,70] (stride 5 with padding).
+        let data = [0, 10, 40, 50, 99, 20, 30, 60, 70, 99];
+        let out = luma_area(plane(&data, 5), 4, 2, 2, 1).unwrap();
+        assert_eq!(out.data, vec![15, 55]);
+        // Uneven blocks still cover every pixel once.
+        let grad: Vec<u8> = (0..=255).collect();
+        let out = luma_area(plane(&grad, 16), 16, 16, 5, 3).unwrap();
+        assert_eq!((out.width, out.height), (5, 3));
+        assert!(out.data.windows(2).take(4).all(|w| w[0] < w[1]));
     }
 
     #[test]

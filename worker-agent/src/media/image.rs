@@ -109,14 +109,31 @@ fn ascii_or_display(f: &exif::Field) -> String {
     match &f.value {
         exif::Value::Ascii(parts) => parts
             .iter()
-            .map(|p| String::from_utf8_lossy(p).trim_end_matches('\0').trim().to_string())
+            .map(|p| {
+                String::from_utf8_lossy(p)
+                    .trim_end_matches('\0')
+                    .trim()
+                    .to_string()
+            })
             .collect::<Vec<_>>()
             .join(", "),
         _ => f.display_value().to_string(),
     }
 }
 
-/// EXIF fields of the primary image (IFD0 and its Exif/GPS sub-IFDs), by tag name.
+/// TIFF tags that describe the pixel layout rather than the picture (a TIFF's IFD0 always
+/// has them; they are not what MoRAG means by EXIF).
+const STRUCTURE_TAGS: [u16; 27] = [
+    254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 317, 320, 322,
+    323, 324, 325, 338, 339, 513, 514, 530,
+];
+
+fn is_structure(f: &exif::Field) -> bool {
+    f.tag.context() == exif::Context::Tiff && STRUCTURE_TAGS.contains(&f.tag.number())
+}
+
+/// EXIF fields of the primary image (IFD0 and its Exif/GPS sub-IFDs), by tag name, without
+/// the TIFF pixel-layout tags.
 fn read_exif(path: &Path) -> BTreeMap<String, String> {
     let Ok(file) = std::fs::File::open(path) else {
         return BTreeMap::new();
@@ -125,7 +142,7 @@ fn read_exif(path: &Path) -> BTreeMap<String, String> {
     match exif::Reader::new().read_from_container(&mut reader) {
         Ok(ex) => ex
             .fields()
-            .filter(|f| f.ifd_num == exif::In::PRIMARY)
+            .filter(|f| f.ifd_num == exif::In::PRIMARY && !is_structure(f))
             .map(|f| (f.tag.to_string(), ascii_or_display(f)))
             .collect(),
         Err(e) => {

@@ -161,7 +161,11 @@ pub struct TranscriptParts<'a> {
 }
 
 /// Assemble MoRAG's result for an input whose audio was decoded to `info`.
-pub fn build_audio_result(facts: &FileFacts, info: &SourceInfo, parts: TranscriptParts<'_>) -> AudioResult {
+pub fn build_audio_result(
+    facts: &FileFacts,
+    info: &SourceInfo,
+    parts: TranscriptParts<'_>,
+) -> AudioResult {
     // MoRAG: `full_transcript += text + " "`, then strip.
     let mut transcript = String::new();
     for s in &parts.segments {
@@ -264,7 +268,12 @@ pub fn render_markdown(r: &AudioResult) -> String {
     out
 }
 
-fn write_file(dir: &Path, name: &str, bytes: &[u8], media_type: &str) -> Result<Artifact, ProcessError> {
+fn write_file(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    media_type: &str,
+) -> Result<Artifact, ProcessError> {
     let path = dir.join(name);
     let out_err = |source| ProcessError::Output {
         path: path.clone(),
@@ -387,7 +396,11 @@ mod tests {
         assert!(md.contains("## Detailed Transcript\n\n[00:01] Hello there.\n[01:01:40] Bye.\n"));
         let v = serde_json::to_value(&r).unwrap();
         let seg0 = &v["segments"][0];
-        assert!(seg0["speaker"].is_null() && seg0["topic_id"].is_null() && seg0["topic_label"].is_null());
+        assert!(
+            seg0["speaker"].is_null()
+                && seg0["topic_id"].is_null()
+                && seg0["topic_label"].is_null()
+        );
         assert!(v["error_message"].is_null());
     }
 }

@@ -89,7 +89,11 @@ pub fn thumbnail_times(duration: f64, count: usize) -> Vec<f64> {
         0 => Vec::new(),
         1 => vec![duration / 2.0],
         n => (0..n)
-            .map(|i| (i as f64 * duration / (n - 1) as f64).min(duration - 1.0).max(0.0))
+            .map(|i| {
+                (i as f64 * duration / (n - 1) as f64)
+                    .min(duration - 1.0)
+                    .max(0.0)
+            })
             .collect(),
     }
 }
@@ -225,12 +229,13 @@ impl Writer<'_> {
                 source: std::io::Error::other(e),
             }
         })?;
-        self.artifacts.push(
-            Artifact::from_file(&path, "image/jpeg").map_err(|source| ProcessError::Output {
-                path: path.clone(),
-                source,
-            })?,
-        );
+        self.artifacts
+            .push(Artifact::from_file(&path, "image/jpeg").map_err(|source| {
+                ProcessError::Output {
+                    path: path.clone(),
+                    source,
+                }
+            })?);
         Ok(path)
     }
 }
@@ -270,7 +275,11 @@ fn thumbnails_by_seek(
         let Some(ft) = got else { continue };
         let p = w.jpeg(&frame, &format!("thumb_{i:03}.jpg"))?;
         out.push((ft, p));
-        report(progress, 20.0 + 40.0 * (i + 1) as f32 / times.len() as f32, "thumbnails");
+        report(
+            progress,
+            20.0 + 40.0 * (i + 1) as f32 / times.len() as f32,
+            "thumbnails",
+        );
     }
     Ok(Some(out))
 }
@@ -291,7 +300,9 @@ fn sequential_pass(
         keyframes: Vec::new(),
     };
     let mut frame = frame::Video::empty();
-    let mut last: Option<(frame::Video, f64)> = None;
+    // The previous frame, kept by swapping buffers (the decoder unrefs what it fills).
+    let mut last = frame::Video::empty();
+    let mut last_time = None;
     let mut n = 0usize;
     let max_keyframes = w.opts.max_keyframes;
     while reader.next(&mut frame) {
@@ -301,7 +312,11 @@ fn sequential_pass(
                 return Err(ProcessError::Cancelled);
             }
             let done = reader.time_of(&frame).unwrap_or(0.0) / duration.max(1e-3);
-            report(progress, 20.0 + 40.0 * done.clamp(0.0, 1.0) as f32, "frames");
+            report(
+                progress,
+                20.0 + 40.0 * done.clamp(0.0, 1.0) as f32,
+                "frames",
+            );
         }
         let ft = reader.time_of(&frame).unwrap_or(0.0);
         while out.thumbnails.len() < times.len() && ft + 1e-3 >= times[out.thumbnails.len()] {
@@ -309,7 +324,10 @@ fn sequential_pass(
             let p = w.jpeg(&frame, &format!("thumb_{i:03}.jpg"))?;
             out.thumbnails.push((ft, p));
         }
-        if let Some(det) = scenes.as_mut().filter(|_| out.keyframes.len() < max_keyframes) {
+        if let Some(det) = scenes
+            .as_mut()
+            .filter(|_| out.keyframes.len() < max_keyframes)
+        {
             let luma = w
                 .scalers
                 .to_luma(&w.opts.engine, &frame, scenes::ANALYSIS_SIZE)
@@ -328,18 +346,22 @@ fn sequential_pass(
         if out.thumbnails.len() == times.len() && keyframes_done {
             return Ok(out);
         }
-        last = Some((frame.clone(), ft));
+        std::mem::swap(&mut frame, &mut last);
+        last_time = Some(ft);
     }
     // Times past the last frame (a duration longer than the stream): use the last frame.
-    if let Some((f, ft)) = last {
+    if let Some(ft) = last_time {
         while out.thumbnails.len() < times.len() {
             let i = out.thumbnails.len();
-            let p = w.jpeg(&f, &format!("thumb_{i:03}.jpg"))?;
+            let p = w.jpeg(&last, &format!("thumb_{i:03}.jpg"))?;
             out.thumbnails.push((ft, p));
         }
     }
     if n == 0 {
-        return Err(probe::invalid(path, "no decodable video frame (truncated or corrupt?)"));
+        return Err(probe::invalid(
+            path,
+            "no decodable video frame (truncated or corrupt?)",
+        ));
     }
     Ok(out)
 }
@@ -349,7 +371,9 @@ fn path_strings(v: &[(f64, PathBuf)]) -> Vec<String> {
 }
 
 fn times(v: &[(f64, PathBuf)]) -> Vec<f64> {
-    v.iter().map(|(t, _)| (t * 1000.0).round() / 1000.0).collect()
+    v.iter()
+        .map(|(t, _)| (t * 1000.0).round() / 1000.0)
+        .collect()
 }
 
 /// Process a video: metadata, audio as MP3, thumbnails, keyframes, transcript (per `opts`),
@@ -414,7 +438,15 @@ pub fn process_video(
     };
     let frames = if opts.extract_keyframes && opts.max_keyframes > 0 {
         let det = scenes::SceneDetector::new(opts.keyframe_threshold, opts.min_scene_seconds);
-        sequential_pass(path, &times_wanted, Some(det), metadata.duration, &mut w, progress, cancel)?
+        sequential_pass(
+            path,
+            &times_wanted,
+            Some(det),
+            metadata.duration,
+            &mut w,
+            progress,
+            cancel,
+        )?
     } else if times_wanted.is_empty() {
         Frames {
             thumbnails: Vec::new(),
@@ -428,7 +460,15 @@ pub fn process_video(
             },
             _ => {
                 w.artifacts.retain(|a| !a.name.starts_with("thumb_"));
-                sequential_pass(path, &times_wanted, None, metadata.duration, &mut w, progress, cancel)?
+                sequential_pass(
+                    path,
+                    &times_wanted,
+                    None,
+                    metadata.duration,
+                    &mut w,
+                    progress,
+                    cancel,
+                )?
             }
         }
     };
@@ -466,7 +506,14 @@ pub fn process_video(
                         lo: 65.0,
                         hi: 99.0,
                     };
-                    let out = super::audio::transcribe_file(path, &opts.audio, t, &sink, cancel, out_dir)?;
+                    let out = super::audio::transcribe_file(
+                        path,
+                        &opts.audio,
+                        t,
+                        &sink,
+                        cancel,
+                        out_dir,
+                    )?;
                     transcript = out.result.get("transcript").cloned().unwrap_or_default();
                     segments = out.result.get("segments").cloned().unwrap_or_default();
                     audio_result = out.result;

@@ -61,7 +61,8 @@ pub fn convert_ct2_dir(src: &Path, dst: &Path) -> Result<ConvertSummary, Convert
             vocab_path.display()
         )));
     }
-    let vocab = std::fs::read_to_string(&vocab_path).map_err(|e| ConvertError::io(&vocab_path, e))?;
+    let vocab =
+        std::fs::read_to_string(&vocab_path).map_err(|e| ConvertError::io(&vocab_path, e))?;
     let tokens = decode_vocabulary(&vocab)?;
 
     let (hparams, tensors) = whisper_tensors(&model)?;
@@ -105,7 +106,9 @@ pub fn decode_vocabulary(text: &str) -> Result<Vec<Vec<u8>>, ConvertError> {
             w.chars()
                 .map(|ch| {
                     decoder.get(&ch).copied().ok_or_else(|| {
-                        ConvertError::Format(format!("vocabulary token {w:?} has unmapped char {ch:?}"))
+                        ConvertError::Format(format!(
+                            "vocabulary token {w:?} has unmapped char {ch:?}"
+                        ))
                     })
                 })
                 .collect()
@@ -189,28 +192,61 @@ pub fn whisper_tensors(
     put("encoder.conv2.bias".into(), get("encoder/conv2/bias")?);
 
     // Self-attention with fused q/k/v and the feed-forward block, shared by both stacks.
-    let self_attn_and_mlp =
-        |put: &mut dyn FnMut(String, Tensor), p: &str, o: &str, d: usize| -> Result<(), ConvertError> {
-            let qkv_w = get(&format!("{p}/self_attention/linear_0/weight"))?;
-            let qkv_b = get(&format!("{p}/self_attention/linear_0/bias"))?;
-            put(format!("{o}.attn.query.weight"), qkv_w.rows(0, d)?);
-            put(format!("{o}.attn.query.bias"), qkv_b.rows(0, d)?);
-            put(format!("{o}.attn.key.weight"), qkv_w.rows(d, 2 * d)?);
-            put(format!("{o}.attn.value.weight"), qkv_w.rows(2 * d, 3 * d)?);
-            put(format!("{o}.attn.value.bias"), qkv_b.rows(2 * d, 3 * d)?);
-            put(format!("{o}.attn.out.weight"), get(&format!("{p}/self_attention/linear_1/weight"))?);
-            put(format!("{o}.attn.out.bias"), get(&format!("{p}/self_attention/linear_1/bias"))?);
-            put(format!("{o}.attn_ln.weight"), get(&format!("{p}/self_attention/layer_norm/gamma"))?);
-            put(format!("{o}.attn_ln.bias"), get(&format!("{p}/self_attention/layer_norm/beta"))?);
-            Ok(())
-        };
+    let self_attn_and_mlp = |put: &mut dyn FnMut(String, Tensor),
+                             p: &str,
+                             o: &str,
+                             d: usize|
+     -> Result<(), ConvertError> {
+        let qkv_w = get(&format!("{p}/self_attention/linear_0/weight"))?;
+        let qkv_b = get(&format!("{p}/self_attention/linear_0/bias"))?;
+        put(format!("{o}.attn.query.weight"), qkv_w.rows(0, d)?);
+        put(format!("{o}.attn.query.bias"), qkv_b.rows(0, d)?);
+        put(format!("{o}.attn.key.weight"), qkv_w.rows(d, 2 * d)?);
+        put(format!("{o}.attn.value.weight"), qkv_w.rows(2 * d, 3 * d)?);
+        put(format!("{o}.attn.value.bias"), qkv_b.rows(2 * d, 3 * d)?);
+        put(
+            format!("{o}.attn.out.weight"),
+            get(&format!("{p}/self_attention/linear_1/weight"))?,
+        );
+        put(
+            format!("{o}.attn.out.bias"),
+            get(&format!("{p}/self_attention/linear_1/bias"))?,
+        );
+        put(
+            format!("{o}.attn_ln.weight"),
+            get(&format!("{p}/self_attention/layer_norm/gamma"))?,
+        );
+        put(
+            format!("{o}.attn_ln.bias"),
+            get(&format!("{p}/self_attention/layer_norm/beta"))?,
+        );
+        Ok(())
+    };
     let mlp = |put: &mut dyn FnMut(String, Tensor), p: &str, o: &str| -> Result<(), ConvertError> {
-        put(format!("{o}.mlp.0.weight"), get(&format!("{p}/ffn/linear_0/weight"))?);
-        put(format!("{o}.mlp.0.bias"), get(&format!("{p}/ffn/linear_0/bias"))?);
-        put(format!("{o}.mlp.2.weight"), get(&format!("{p}/ffn/linear_1/weight"))?);
-        put(format!("{o}.mlp.2.bias"), get(&format!("{p}/ffn/linear_1/bias"))?);
-        put(format!("{o}.mlp_ln.weight"), get(&format!("{p}/ffn/layer_norm/gamma"))?);
-        put(format!("{o}.mlp_ln.bias"), get(&format!("{p}/ffn/layer_norm/beta"))?);
+        put(
+            format!("{o}.mlp.0.weight"),
+            get(&format!("{p}/ffn/linear_0/weight"))?,
+        );
+        put(
+            format!("{o}.mlp.0.bias"),
+            get(&format!("{p}/ffn/linear_0/bias"))?,
+        );
+        put(
+            format!("{o}.mlp.2.weight"),
+            get(&format!("{p}/ffn/linear_1/weight"))?,
+        );
+        put(
+            format!("{o}.mlp.2.bias"),
+            get(&format!("{p}/ffn/linear_1/bias"))?,
+        );
+        put(
+            format!("{o}.mlp_ln.weight"),
+            get(&format!("{p}/ffn/layer_norm/gamma"))?,
+        );
+        put(
+            format!("{o}.mlp_ln.bias"),
+            get(&format!("{p}/ffn/layer_norm/beta"))?,
+        );
         Ok(())
     };
 
@@ -219,8 +255,14 @@ pub fn whisper_tensors(
         self_attn_and_mlp(&mut put, &p, &o, n_audio_state)?;
         mlp(&mut put, &p, &o)?;
     }
-    put("encoder.ln_post.weight".into(), get("encoder/layer_norm/gamma")?);
-    put("encoder.ln_post.bias".into(), get("encoder/layer_norm/beta")?);
+    put(
+        "encoder.ln_post.weight".into(),
+        get("encoder/layer_norm/gamma")?,
+    );
+    put(
+        "encoder.ln_post.bias".into(),
+        get("encoder/layer_norm/beta")?,
+    );
 
     put("decoder.positional_embedding".into(), dec_pos);
     put("decoder.token_embedding.weight".into(), emb);
@@ -228,17 +270,35 @@ pub fn whisper_tensors(
     for i in 0..n_text_layer {
         let (p, o) = (format!("decoder/layer_{i}"), format!("decoder.blocks.{i}"));
         self_attn_and_mlp(&mut put, &p, &o, d)?;
-        put(format!("{o}.cross_attn.query.weight"), get(&format!("{p}/attention/linear_0/weight"))?);
-        put(format!("{o}.cross_attn.query.bias"), get(&format!("{p}/attention/linear_0/bias"))?);
+        put(
+            format!("{o}.cross_attn.query.weight"),
+            get(&format!("{p}/attention/linear_0/weight"))?,
+        );
+        put(
+            format!("{o}.cross_attn.query.bias"),
+            get(&format!("{p}/attention/linear_0/bias"))?,
+        );
         let kv_w = get(&format!("{p}/attention/linear_1/weight"))?;
         let kv_b = get(&format!("{p}/attention/linear_1/bias"))?;
         put(format!("{o}.cross_attn.key.weight"), kv_w.rows(0, d)?);
         put(format!("{o}.cross_attn.value.weight"), kv_w.rows(d, 2 * d)?);
         put(format!("{o}.cross_attn.value.bias"), kv_b.rows(d, 2 * d)?);
-        put(format!("{o}.cross_attn.out.weight"), get(&format!("{p}/attention/linear_2/weight"))?);
-        put(format!("{o}.cross_attn.out.bias"), get(&format!("{p}/attention/linear_2/bias"))?);
-        put(format!("{o}.cross_attn_ln.weight"), get(&format!("{p}/attention/layer_norm/gamma"))?);
-        put(format!("{o}.cross_attn_ln.bias"), get(&format!("{p}/attention/layer_norm/beta"))?);
+        put(
+            format!("{o}.cross_attn.out.weight"),
+            get(&format!("{p}/attention/linear_2/weight"))?,
+        );
+        put(
+            format!("{o}.cross_attn.out.bias"),
+            get(&format!("{p}/attention/linear_2/bias"))?,
+        );
+        put(
+            format!("{o}.cross_attn_ln.weight"),
+            get(&format!("{p}/attention/layer_norm/gamma"))?,
+        );
+        put(
+            format!("{o}.cross_attn_ln.bias"),
+            get(&format!("{p}/attention/layer_norm/beta"))?,
+        );
         mlp(&mut put, &p, &o)?;
     }
     put("decoder.ln.weight".into(), get("decoder/layer_norm/gamma")?);

@@ -156,10 +156,13 @@ pub fn fetch_model(
         .http_status_as_error(false)
         .build()
         .into();
-    let response = agent.get(&url).call().map_err(|e| FetchError::Unreachable {
-        url: url.clone(),
-        reason: e.to_string(),
-    })?;
+    let response = agent
+        .get(&url)
+        .call()
+        .map_err(|e| FetchError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
         return Err(FetchError::Status { url, status });

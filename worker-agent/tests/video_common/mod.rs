@@ -24,7 +24,8 @@ pub fn ffmpeg(args: &[&str]) {
 /// The folder holding this binary's fixtures.
 pub fn dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path()
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
 }
 
 fn once(cell: &'static OnceLock<PathBuf>, name: &str, make: impl FnOnce(&Path)) -> PathBuf {

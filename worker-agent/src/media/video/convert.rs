@@ -147,26 +147,22 @@ impl Scalers {
         })
     }
 
-    /// The frame's luma resized to `w` x `h` (the Y plane itself for YUV frames).
+    /// The frame's luma shrunk to `w` x `h` by area averaging (the Y plane itself for YUV
+    /// frames, read in place).
     pub fn to_luma(
         &mut self,
         engine: &Engine,
         f: &frame::Video,
         (w, h): (u32, u32),
     ) -> Result<LumaImage, ConvertError> {
-        let luma = if let Some(view) = yuv_view(f) {
-            frames::luma_from_plane(view.width, view.height, view.y)?
-        } else {
-            let grey = self.convert(f, Pixel::GRAY8)?;
-            frames::luma_from_plane(
-                grey.width(),
-                grey.height(),
-                Plane {
-                    data: grey.data(0),
-                    stride: grey.stride(0),
-                },
-            )?
+        if let Some(view) = yuv_view(f) {
+            return Ok(engine.luma_area(view.y, view.width, view.height, w, h)?);
+        }
+        let grey = self.convert(f, Pixel::GRAY8)?;
+        let plane = Plane {
+            data: grey.data(0),
+            stride: grey.stride(0),
         };
-        Ok(engine.resize_luma(&luma, w, h)?)
+        Ok(engine.luma_area(plane, grey.width(), grey.height(), w, h)?)
     }
 }

@@ -71,7 +71,8 @@ pub fn extract_mp3(
                 .write_interleaved(&mut octx)
                 .map_err(|e| failed("write packet", e))?;
         }
-        octx.write_trailer().map_err(|e| failed("write trailer", e))?;
+        octx.write_trailer()
+            .map_err(|e| failed("write trailer", e))?;
         return Ok(Mp3Mode::Copy);
     }
 
@@ -87,13 +88,18 @@ pub fn extract_mp3(
     let mut enc = codec::context::Context::from_parameters(ost.parameters())
         .and_then(|c| c.encoder().audio())
         .map_err(|e| failed("encoder context", e))?;
-    let in_channels = decoder.channel_layout().channels().max(i32::from(decoder.channels()));
+    let in_channels = decoder
+        .channel_layout()
+        .channels()
+        .max(i32::from(decoder.channels()));
     let layout = lame
         .channel_layouts()
         .map(|cls| cls.best(in_channels.max(1)))
         .unwrap_or(ChannelLayout::STEREO);
     let rate = decoder.rate() as i32;
-    let supported = lame.rates().is_none_or(|mut rates| rates.any(|r| r == rate));
+    let supported = lame
+        .rates()
+        .is_none_or(|mut rates| rates.any(|r| r == rate));
     let rate = if supported { rate } else { 44_100 };
     let sample_format = lame
         .formats()
@@ -106,11 +112,16 @@ pub fn extract_mp3(
     enc.set_bit_rate(bit_rate);
     enc.set_time_base((1, rate));
     ost.set_time_base((1, rate));
-    let mut enc = enc.open_as(lame).map_err(|e| failed("open libmp3lame", e))?;
+    let mut enc = enc
+        .open_as(lame)
+        .map_err(|e| failed("open libmp3lame", e))?;
     ost.set_parameters(&enc);
     let mut graph = build_filter(&decoder, in_tb, &enc).map_err(|e| failed("filter graph", e))?;
     octx.write_header().map_err(|e| failed("write header", e))?;
-    let out_tb = octx.stream(0).map(|s| s.time_base()).unwrap_or((1, rate).into());
+    let out_tb = octx
+        .stream(0)
+        .map(|s| s.time_base())
+        .unwrap_or((1, rate).into());
     let tbs = (ffmpeg::Rational(1, rate), out_tb);
 
     let mut next_pts = 0i64;
@@ -148,7 +159,8 @@ pub fn extract_mp3(
         .flush()
         .map_err(|e| failed("filter flush", e))?;
     pump(&mut graph, &mut enc, &mut octx, tbs, &mut next_pts, true)?;
-    octx.write_trailer().map_err(|e| failed("write trailer", e))?;
+    octx.write_trailer()
+        .map_err(|e| failed("write trailer", e))?;
     Ok(Mp3Mode::Encode)
 }
 

@@ -39,7 +39,10 @@ pub(crate) fn invalid(path: &Path, reason: impl Into<String>) -> ProcessError {
 }
 
 /// Open `path` with FFmpeg, mapping failures to a [`ProcessError`] that says what is wrong.
-pub(crate) fn open(path: &Path, kind: MediaKind) -> Result<ffmpeg::format::context::Input, ProcessError> {
+pub(crate) fn open(
+    path: &Path,
+    kind: MediaKind,
+) -> Result<ffmpeg::format::context::Input, ProcessError> {
     ffmpeg::format::input(path).map_err(|e| ProcessError::InvalidMedia {
         path: path.to_path_buf(),
         kind,
