@@ -162,3 +162,77 @@ async fn verified_file_transfer() {
     };
     assert_eq!(std::fs::read(&f.path).unwrap(), b"result");
 }
+
+/// A hub that shuts down on purpose (goodbye with SHUTDOWN) is expected back: its agents keep
+/// their sessions and reconnect when it returns on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialers_reconnect_after_a_shutdown_goodbye() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate("test-ca", Validity::days(1)).unwrap();
+    let hub = ca
+        .issue_hub("hub1", &["hub.test".to_string()], &[], Validity::days(1))
+        .unwrap();
+    let agent = ca.issue_agent("agent-1", Validity::days(1)).unwrap();
+    let hub_cfg = config(&ca, hub, &dir.path().join("hub"));
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), hub_cfg.clone()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = Client::new(config(&ca, agent, &dir.path().join("agent"))).unwrap();
+    let session = client.connect(addr, "hub.test").await.unwrap();
+    listener.accept().await.unwrap();
+    let mut events = session.events();
+
+    listener
+        .close(morag_transport::close_code::SHUTDOWN, "restarting")
+        .await;
+    drop(listener);
+    let lost = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await.unwrap() {
+                SessionEvent::Lost { reason } => return reason,
+                SessionEvent::Closed { .. } => panic!("session closed instead of waiting"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(lost.contains("shutting down"), "{lost}");
+
+    // The old endpoint lets go of its socket once its tasks have wound down.
+    let listener = {
+        let mut tries = 0;
+        loop {
+            match Listener::bind(addr, hub_cfg.clone()) {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "port still held; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot rebind {addr}: {e}"),
+            }
+        }
+    };
+    let back = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Ok(SessionEvent::Connected { generation, .. }) = events.recv().await {
+                return generation;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(back, 2);
+    let server = listener.accept().await.unwrap();
+    session
+        .send_body(Body::Reply(Reply {
+            ok: true,
+            message: "back".into(),
+        }))
+        .unwrap();
+    let Some(Inbound::Message(m)) = server.recv().await else {
+        panic!("expected a message")
+    };
+    assert!(matches!(m.body, Body::Reply(Reply { ref message, .. }) if message == "back"));
+}

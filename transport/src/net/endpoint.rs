@@ -535,6 +535,7 @@ impl Listener {
         let closes = sessions.iter().map(|s| s.close(code, reason));
         futures_join_all(closes).await;
         self.shared.cancel.cancel();
+        self.shared.sessions.lock().unwrap().clear();
         self.shared.endpoint.close(varint(code), reason.as_bytes());
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;

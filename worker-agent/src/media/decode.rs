@@ -322,7 +322,7 @@ pub fn decode_audio(
             continue;
         }
         packets += 1;
-        if packets % CANCEL_POLL_PACKETS == 0 && cancel.is_cancelled() {
+        if packets.is_multiple_of(CANCEL_POLL_PACKETS) && cancel.is_cancelled() {
             return Err(ProcessError::Cancelled);
         }
         if let Err(e) = decoder.send_packet(&packet) {

@@ -178,7 +178,7 @@ impl Ct2Model {
                 len,
             };
             let expected: usize = var.dims.iter().product();
-            if var.count() != expected || len % dtype.size() != 0 {
+            if var.count() != expected || !len.is_multiple_of(dtype.size()) {
                 return Err(ConvertError::Format(format!(
                     "variable {name}: {len} bytes do not hold shape {:?} of {dtype:?}",
                     var.dims
