@@ -19,10 +19,7 @@ fn run(bin: &str, args: &[&str]) -> String {
 
 fn assert_lines(stdout: &str, expected: &[&str]) {
     for e in expected {
-        assert!(
-            stdout.contains(e),
-            "missing {e:?} in output:\n{stdout}"
-        );
+        assert!(stdout.contains(e), "missing {e:?} in output:\n{stdout}");
     }
 }
 
@@ -46,7 +43,10 @@ fn fanout_delivers_the_same_verified_file_to_three_receivers() {
     let out = run(env!("CARGO_BIN_EXE_fanout"), &["8"]);
     assert_eq!(out.matches("matches the source").count(), 3, "{out}");
     assert_eq!(out.matches("verified by receiver").count(), 3, "{out}");
-    assert_lines(&out, &["fanout: ok: all 3 receivers hold the verified file"]);
+    assert_lines(
+        &out,
+        &["fanout: ok: all 3 receivers hold the verified file"],
+    );
 }
 
 #[test]

@@ -96,9 +96,7 @@ async fn run() -> anyhow::Result<()> {
         s.runs
     );
     println!();
-    println!(
-        "(a) throughput                                         MiB/s      time  CPU s/GiB"
-    );
+    println!("(a) throughput                                         MiB/s      time  CPU s/GiB");
     let row = |name: &str, t: f64, d: Duration, cpu: Option<Duration>| {
         let cpu = cpu.map_or("".into(), |c| format!("{:.2}", cpu_per_gib(c, s.bytes)));
         println!("  {name:<50} {t:>7.0} {:>9} {cpu:>10}", format!("{d:.3?}"))
@@ -115,8 +113,18 @@ async fn run() -> anyhow::Result<()> {
         ours.transfer,
         None,
     );
-    row("plain quinn, 1 stream, from memory", quinn_t, quinn.time, Some(quinn.cpu));
-    row("TLS 1.3 over TCP, tokio-rustls, from memory", tcp_t, tcp.time, Some(tcp.cpu));
+    row(
+        "plain quinn, 1 stream, from memory",
+        quinn_t,
+        quinn.time,
+        Some(quinn.cpu),
+    );
+    row(
+        "TLS 1.3 over TCP, tokio-rustls, from memory",
+        tcp_t,
+        tcp.time,
+        Some(tcp.cpu),
+    );
     println!("  (TLS/TCP cipher suite: {suite}; CPU = both ends, whole process)");
     let r_quinn = ours_t / quinn_t;
     println!(

@@ -359,3 +359,74 @@ async fn held_oversize_and_concurrent() {
         assert_eq!(file_hash(&r.path), *hash);
     }
 }
+
+/// A bad but working link: delay, jitter, loss, reordering and duplication all at once. The
+/// session stays up, requests are answered, and a transfer arrives verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_link() {
+    let _serial = serial().await;
+    init_tracing();
+    let pki = Pki::new();
+    let hub_side = pki.hub_config();
+    let listener = listen(hub_side.config.clone());
+    let proxy = FaultProxy::start(localhost(), listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    proxy.set_faults(Faults {
+        delay: Duration::from_millis(10),
+        jitter: Duration::from_millis(5),
+        loss: 0.01,
+        reorder: 0.02,
+        duplicate: 0.02,
+        ..Faults::default()
+    });
+    let agent_side = pki.agent_config("lossy");
+    let (_client, agent, hub) =
+        connect_pair(&listener, proxy.local_addr(), agent_side.config.clone()).await;
+    let mut agent_events = EventLog::new(&agent);
+
+    let responder = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            while let Some(Inbound::Message(req)) = hub.recv().await {
+                let _ = hub.respond(
+                    &req,
+                    morag_transport::Body::Reply(morag_transport::Reply {
+                        ok: true,
+                        message: label(&req),
+                    }),
+                );
+            }
+        })
+    };
+    let t = Instant::now();
+    for i in 0..20u32 {
+        let req = morag_transport::Envelope::user("probe", &i).unwrap();
+        agent.request(req).await.expect("request over a lossy link");
+    }
+    eprintln!("20 requests over the lossy link: {:?}", t.elapsed());
+    responder.abort();
+    let t = Instant::now();
+
+    const SIZE: usize = 2 << 20;
+    let (path, hash) = random_file(agent_side.store_dir(), "lossy.bin", SIZE, 5);
+    let outcome = with_deadline(
+        Duration::from_secs(60),
+        "transfer",
+        agent.send_file(&path, "lossy.bin").finish(),
+    )
+    .await
+    .expect("transfer over a lossy link");
+    assert_eq!(outcome.hash, hash);
+    assert_eq!(outcome.attempts, 1);
+    eprintln!("{SIZE} bytes over the lossy link: {:?}", t.elapsed());
+    let received = recv_file(&hub, Duration::from_secs(5)).await;
+    assert_eq!(file_hash(&received.path), hash);
+    let stats = proxy.stats();
+    eprintln!("proxy: {stats:?}; agent status {:?}", agent.status());
+    assert!(stats.dropped > 0 && stats.duplicated > 0 && stats.reordered > 0);
+    assert!(
+        !agent_events.any(is_lost),
+        "the session must survive a lossy link"
+    );
+}

@@ -66,6 +66,8 @@ pub struct SessionConfig {
     pub max_frame_size: usize,
     /// Largest file accepted (default 10 GB).
     pub max_file_size: u64,
+    /// Incoming transfers handled at once per session; more wait their turn.
+    pub max_concurrent_transfers: usize,
     /// Where received files are stored (by hash), with partial transfers under `partial/`.
     pub store_dir: PathBuf,
     /// How long a transfer waits for a lost peer to come back before failing.
@@ -101,6 +103,7 @@ impl SessionConfig {
             request_timeout: Duration::from_secs(10),
             max_frame_size: crate::frame::MAX_FRAME_SIZE,
             max_file_size: 10_000_000_000,
+            max_concurrent_transfers: 8,
             store_dir: std::env::temp_dir().join("morag-transport-store"),
             transfer_reconnect_wait: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(10),
@@ -126,6 +129,12 @@ impl SessionConfig {
             return Err(ConfigError::Invalid(
                 "max_frame_size",
                 "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.max_concurrent_transfers == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_transfers",
+                "must be at least 1".into(),
             ));
         }
         if self.idle_timeout <= self.heartbeat.dead_after {

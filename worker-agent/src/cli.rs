@@ -230,7 +230,9 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
             )?;
             output
         }
-        MediaKind::Video | MediaKind::Image => dispatch_other(kind, file, &opts, &out_dir)?,
+        MediaKind::Video | MediaKind::Image => {
+            dispatch_other(kind, file, &opts, &out_dir, &progress, &cancel)?
+        }
     };
     let mut stdout = std::io::stdout().lock();
     if args.summary {
@@ -253,17 +255,40 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Video and image processing live in `media::video` / `media::image`.
+/// Video and image processing live in `media::video` / `media::image`; frame work runs on the
+/// GPU engine `gpu::select` picks (CUDA when present, else CPU).
 fn dispatch_other(
     kind: MediaKind,
     file: &Path,
-    _opts: &AudioOptions,
-    _out_dir: &Path,
+    opts: &AudioOptions,
+    out_dir: &Path,
+    progress: &dyn media::ProgressSink,
+    cancel: &Cancel,
 ) -> Result<ProcessOutput, ProcessError> {
-    Err(ProcessError::Unsupported {
-        path: file.to_path_buf(),
-        reason: format!("{kind:?} processing is not available in this build yet"),
-    })
+    let engine = crate::gpu::select(&crate::gpu::GpuConfig::default());
+    match kind {
+        MediaKind::Video => {
+            let vopts = media::video::VideoOptions {
+                // Transcribe the soundtrack when a model is at hand (MoRAG does by default).
+                transcribe: opts.model.is_file(),
+                audio: opts.clone(),
+                engine,
+                ..Default::default()
+            };
+            media::video::process_video(file, &vopts, progress, cancel, out_dir)
+        }
+        MediaKind::Image => {
+            let iopts = media::image::ImageOptions {
+                engine,
+                ..Default::default()
+            };
+            media::image::process_image(file, &iopts, progress, cancel, out_dir)
+        }
+        MediaKind::Audio => Err(ProcessError::Unsupported {
+            path: file.to_path_buf(),
+            reason: "audio is processed by the transcriber".into(),
+        }),
+    }
 }
 
 fn fetch(name: &str, dir: &Path) -> anyhow::Result<()> {

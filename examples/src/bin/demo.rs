@@ -10,8 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use morag_examples::{file_hash, init_tracing, Log, Pki};
 use morag_transport::{
-    close_code, Body, Client, Envelope, Inbound, Listener, Reply, Session, TaskCancel,
-    TaskProgress,
+    close_code, Body, Client, Envelope, Inbound, Listener, Reply, Session, TaskCancel, TaskProgress,
 };
 
 const TASK: &str = "task-42";
@@ -21,7 +20,10 @@ async fn main() -> anyhow::Result<()> {
     init_tracing();
     let log = Log::new();
     let pki = Pki::new()?;
-    log.line("demo", format!("generated a CA and certificates in {}", pki.dir().display()));
+    log.line(
+        "demo",
+        format!("generated a CA and certificates in {}", pki.dir().display()),
+    );
 
     let hub = Listener::bind("127.0.0.1:0".parse()?, pki.hub("hub")?).context("hub: bind")?;
     let addr = hub.local_addr()?;
@@ -130,7 +132,10 @@ async fn run_worker(
     artifact: std::path::PathBuf,
     log: Log,
 ) -> anyhow::Result<()> {
-    let session = client.connect(hub, "hub").await.context("worker: connect")?;
+    let session = client
+        .connect(hub, "hub")
+        .await
+        .context("worker: connect")?;
     log.line("gpu-01", format!("connected to {}", session.peer_id()));
     let mut percent = 0.0;
     for (p, stage) in [(10.0, "decode"), (55.0, "transcribe")] {

@@ -26,7 +26,10 @@ async fn main() -> anyhow::Result<()> {
 
     let source = write_test_file(&pki.dir().join("payload.bin"), size_mib << 20, 0x5eed)?;
     let source_hash = file_hash(&source)?;
-    log.line("sender", format!("source {size_mib} MiB, blake3 {source_hash}"));
+    log.line(
+        "sender",
+        format!("source {size_mib} MiB, blake3 {source_hash}"),
+    );
 
     // Three receivers, each waiting for one verified file.
     let mut listeners = Vec::new();
@@ -93,13 +96,20 @@ async fn main() -> anyhow::Result<()> {
                 file.name,
                 file.size,
                 file.path.display(),
-                if matches { "matches the source" } else { "DIFFERS" }
+                if matches {
+                    "matches the source"
+                } else {
+                    "DIFFERS"
+                }
             ),
         );
         ensure!(matches, "{id}: stored file does not match the source");
         stored.push((id, file.path));
     }
-    ensure!(stored.len() == RECEIVERS.len(), "not every receiver got the file");
+    ensure!(
+        stored.len() == RECEIVERS.len(),
+        "not every receiver got the file"
+    );
     let total = (size_mib << 20) as f64 * RECEIVERS.len() as f64;
     log.line(
         "sender",

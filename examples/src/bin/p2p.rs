@@ -46,15 +46,32 @@ async fn main() -> anyhow::Result<()> {
     let (bob, alice) = tokio::join!(bob_client.connect(addr, &alice_name), listener.accept());
     let bob = bob.context("bob: connect")?;
     let alice = alice.context("alice: listener closed")?;
-    log.line("bob", format!("connected to {} (0-RTT: {})", bob.peer_id(), bob.zero_rtt()));
+    log.line(
+        "bob",
+        format!("connected to {} (0-RTT: {})", bob.peer_id(), bob.zero_rtt()),
+    );
     log.line("alice", format!("accepted {}", alice.peer_id()));
 
     // Each side answers the other's questions in the background.
     let alice_answers = tokio::spawn(answer_questions(alice.clone(), "alice", log));
     let bob_answers = tokio::spawn(answer_questions(bob.clone(), "bob", log));
 
-    ask(&bob, "bob", "alice", "how many heartbeats fit in a second?", log).await?;
-    ask(&alice, "alice", "bob", "is the link healthy on your side?", log).await?;
+    ask(
+        &bob,
+        "bob",
+        "alice",
+        "how many heartbeats fit in a second?",
+        log,
+    )
+    .await?;
+    ask(
+        &alice,
+        "alice",
+        "bob",
+        "is the link healthy on your side?",
+        log,
+    )
+    .await?;
 
     // Let heartbeats run for a while (every 50 ms), then report what each side measured.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -106,13 +123,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Send a question and print the typed answer.
-async fn ask(
-    session: &Session,
-    me: &str,
-    peer: &str,
-    text: &str,
-    log: Log,
-) -> anyhow::Result<()> {
+async fn ask(session: &Session, me: &str, peer: &str, text: &str, log: Log) -> anyhow::Result<()> {
     let question = Question {
         from: me.into(),
         text: text.into(),

@@ -175,6 +175,8 @@ pub(crate) struct Inner {
     pub closing: AtomicBool,
     pub store: Arc<Store>,
     pub transfers_in_flight: AtomicUsize,
+    /// Bounds the incoming transfers handled at once.
+    pub receive_slots: Arc<tokio::sync::Semaphore>,
     pub transfers_done: Notify,
     /// Origin of heartbeat timestamps.
     pub epoch: Instant,
@@ -194,6 +196,7 @@ impl Inner {
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(256);
         let store = Arc::new(Store::new(config.store_dir.clone()));
+        let receive_slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_transfers));
         Arc::new(Self {
             config,
             peer,
@@ -211,6 +214,7 @@ impl Inner {
             closing: AtomicBool::new(false),
             store,
             transfers_in_flight: AtomicUsize::new(0),
+            receive_slots,
             transfers_done: Notify::new(),
             epoch: Instant::now(),
             goodbye: Mutex::new(None),

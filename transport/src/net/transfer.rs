@@ -417,6 +417,9 @@ pub(crate) async fn receive(
         let _ = send.finish();
         return;
     }
+    let Ok(_slot) = inner.receive_slots.clone().acquire_owned().await else {
+        return;
+    };
     let lock = inner.store.lock(m.hash);
     let Ok(_guard) = tokio::time::timeout(Duration::from_secs(10), lock.lock()).await else {
         let _ = write_frame(

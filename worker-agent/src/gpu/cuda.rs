@@ -385,27 +385,55 @@ impl CudaEngine {
         (dw, dh): (u32, u32),
     ) -> Result<LumaImage, CudaError> {
         if dw == 0 || dh == 0 || dw > w || dh > h || plane.stride < w as usize {
-            return Err(FrameError::Dimensions { width: dw, height: dh, reason: "bad area downscale" }.into());
+            return Err(FrameError::Dimensions {
+                width: dw,
+                height: dh,
+                reason: "bad area downscale",
+            }
+            .into());
         }
         let len = plane.stride * (h as usize - 1) + w as usize;
         if plane.data.len() < len {
-            return Err(FrameError::ShortPlane { plane: "y", len: plane.data.len(), needed: len, width: w, height: h }.into());
+            return Err(FrameError::ShortPlane {
+                plane: "y",
+                len: plane.data.len(),
+                needed: len,
+                width: w,
+                height: h,
+            }
+            .into());
         }
         let mut guard = self.lock();
         let st = &mut *guard;
         let k = self.kernels(st)?;
         let src = Self::upload(st, &plane.data[..len])?;
         let mut out = Self::take(st, dw as usize * dh as usize)?;
-        let (s, wi, hi, dwi, dhi) = (int(plane.stride), int(w as usize), int(h as usize), int(dw as usize), int(dh as usize));
+        let (s, wi, hi, dwi, dhi) = (
+            int(plane.stride),
+            int(w as usize),
+            int(h as usize),
+            int(dw as usize),
+            int(dh as usize),
+        );
         let mut b = st.stream.launch_builder(&k.area);
-        b.arg(&src.0).arg(&s).arg(&wi).arg(&hi).arg(&mut out.0).arg(&dwi).arg(&dhi);
+        b.arg(&src.0)
+            .arg(&s)
+            .arg(&wi)
+            .arg(&hi)
+            .arg(&mut out.0)
+            .arg(&dwi)
+            .arg(&dhi);
         // SAFETY: reads inside the uploaded plane (stride*(h-1)+w bytes, checked above) and
         // writes dw*dh bytes of `out`, which is at least that large.
         unsafe { b.launch(grid_2d(dw, dh)) }.map_err(driver)?;
         Self::give(st, src);
         let data = Self::download(st, &out, dw as usize * dh as usize);
         Self::give(st, out);
-        Ok(LumaImage { width: dw, height: dh, data: data? })
+        Ok(LumaImage {
+            width: dw,
+            height: dh,
+            data: data?,
+        })
     }
 
     /// Histogram of both frames and their summed absolute difference, on the device.

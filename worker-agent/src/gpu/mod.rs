@@ -192,11 +192,11 @@ impl Engine {
         dh: u32,
     ) -> Result<LumaImage, FrameError> {
         match self {
-            Self::Cuda(hd) if dw <= w && dh <= h => Self::fallback(
-                hd,
-                hd.engine.luma_area(plane, (w, h), (dw, dh)),
-                || frames::luma_area(plane, w, h, dw, dh),
-            ),
+            Self::Cuda(hd) if dw <= w && dh <= h => {
+                Self::fallback(hd, hd.engine.luma_area(plane, (w, h), (dw, dh)), || {
+                    frames::luma_area(plane, w, h, dw, dh)
+                })
+            }
             _ => frames::luma_area(plane, w, h, dw, dh),
         }
     }

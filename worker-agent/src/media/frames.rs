@@ -17,7 +17,14 @@
 //!   its threshold of 0.3 means the same here; `mad` adds cuts between frames whose histograms
 //!   look alike (a pattern replaced by its mirror image).
 
-use std::path::Path;
+mod jpeg;
+mod score;
+
+pub use jpeg::encode_jpeg;
+pub use score::{
+    fold_histogram, histogram_correlation, luma_histogram, mean_abs_diff, scene_correlation,
+    scene_score, scene_score_from, SCENE_BINS,
+};
 
 /// Why a frame operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -456,106 +463,6 @@ pub fn fit_within(width: u32, height: u32, max_w: u32, max_h: u32) -> (u32, u32)
     (w.min(max_w), h.min(max_h))
 }
 
-/// 256-bin histogram of a luma image.
-pub fn luma_histogram(img: &LumaImage) -> [u32; 256] {
-    let mut hist = [0u32; 256];
-    for &p in &img.data {
-        hist[p as usize] += 1;
-    }
-    hist
-}
-
-/// Bins of the histograms the scene score correlates (256 levels folded 8 to a bin, so a
-/// one-level brightness drift does not read as a new scene).
-pub const SCENE_BINS: usize = 32;
-
-/// Fold a 256-bin histogram into [`SCENE_BINS`] bins.
-pub fn fold_histogram(h: &[u32; 256]) -> [u32; SCENE_BINS] {
-    let mut out = [0u32; SCENE_BINS];
-    for (i, &v) in h.iter().enumerate() {
-        out[i / (256 / SCENE_BINS)] += v;
-    }
-    out
-}
-
-/// OpenCV's `HISTCMP_CORREL`: Pearson correlation of two histograms, 1.0 when either is flat.
-pub fn histogram_correlation(a: &[u32], b: &[u32]) -> f64 {
-    let n = a.len().min(b.len()).max(1) as f64;
-    let mean_a = a.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let mean_b = b.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let (mut num, mut da, mut db) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b.iter()) {
-        let (x, y) = (f64::from(x) - mean_a, f64::from(y) - mean_b);
-        num += x * y;
-        da += x * x;
-        db += y * y;
-    }
-    let denom = da * db;
-    if denom.abs() > f64::EPSILON {
-        num / denom.sqrt()
-    } else {
-        1.0
-    }
-}
-
-/// Correlation of two 256-bin luma histograms as the scene score uses it (folded).
-pub fn scene_correlation(a: &[u32; 256], b: &[u32; 256]) -> f64 {
-    histogram_correlation(&fold_histogram(a), &fold_histogram(b))
-}
-
-/// Mean absolute difference of two equally sized luma images, over 255 (0.0 ..= 1.0).
-pub fn mean_abs_diff(a: &LumaImage, b: &LumaImage) -> Result<f64, FrameError> {
-    if (a.width, a.height) != (b.width, b.height) {
-        return Err(FrameError::SizeMismatch(
-            a.width, a.height, b.width, b.height,
-        ));
-    }
-    let sum: u64 = a
-        .data
-        .iter()
-        .zip(b.data.iter())
-        .map(|(&x, &y)| u64::from(x.abs_diff(y)))
-        .sum();
-    Ok(sum as f64 / (a.data.len().max(1) as f64 * 255.0))
-}
-
-/// Combine the two measures into the scene score (see the module docs).
-pub fn scene_score_from(correlation: f64, mad: f64) -> f64 {
-    (1.0 - correlation).max(mad).clamp(0.0, 1.0)
-}
-
-/// Scene-change score of two equally sized luma frames, 0.0 (same) ..= 1.0 (unrelated).
-pub fn scene_score(a: &LumaImage, b: &LumaImage) -> Result<f64, FrameError> {
-    let mad = mean_abs_diff(a, b)?;
-    let corr = scene_correlation(&luma_histogram(a), &luma_histogram(b));
-    Ok(scene_score_from(corr, mad))
-}
-
-/// Encode an RGB image as a baseline JPEG file with the IJG quality scale (1..=100).
-///
-/// Uses the pure-Rust `jpeg-encoder` crate with 4:2:0 chroma subsampling, as libjpeg and PIL
-/// do by default.
-pub fn encode_jpeg(img: &RgbImage, quality: u8, path: &Path) -> Result<(), FrameError> {
-    let (w, h) = (
-        u16::try_from(img.width).map_err(|_| FrameError::Dimensions {
-            width: img.width,
-            height: img.height,
-            reason: "wider than JPEG allows",
-        })?,
-        u16::try_from(img.height).map_err(|_| FrameError::Dimensions {
-            width: img.width,
-            height: img.height,
-            reason: "taller than JPEG allows",
-        })?,
-    );
-    let mut encoder = jpeg_encoder::Encoder::new_file(path, quality.clamp(1, 100))
-        .map_err(|e| FrameError::Jpeg(e.to_string()))?;
-    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
-    encoder
-        .encode(&img.data, w, h, jpeg_encoder::ColorType::Rgb)
-        .map_err(|e| FrameError::Jpeg(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,75 +627,5 @@ mod tests {
         assert_eq!(fit_within(1920, 1080, 320, 240), (320, 180));
         assert_eq!(fit_within(100, 50, 320, 240), (100, 50));
         assert_eq!(fit_within(1000, 4000, 320, 240), (60, 240));
-    }
-
-    #[test]
-    fn scene_score_is_zero_for_same_and_high_for_cuts() {
-        let grad = LumaImage {
-            width: 16,
-            height: 16,
-            data: (0..256).map(|i| i as u8).collect(),
-        };
-        assert_eq!(scene_score(&grad, &grad).unwrap(), 0.0);
-        // Same histogram, mirrored content: correlation 1, but pixels differ a lot.
-        let mirrored = LumaImage {
-            data: grad.data.iter().rev().copied().collect(),
-            ..grad.clone()
-        };
-        assert!(scene_score(&grad, &mirrored).unwrap() > 0.3);
-        // Black -> white: histograms unrelated.
-        let black = LumaImage {
-            width: 16,
-            height: 16,
-            data: vec![0; 256],
-        };
-        let white = LumaImage {
-            data: vec![255; 256],
-            ..black.clone()
-        };
-        assert!(scene_score(&black, &white).unwrap() > 0.99);
-        // Slight brightness change: well under the 0.3 threshold.
-        let grey = LumaImage {
-            data: vec![100; 256],
-            ..black.clone()
-        };
-        let grey2 = LumaImage {
-            data: vec![101; 256],
-            ..black
-        };
-        assert!(mean_abs_diff(&grey, &grey2).unwrap() < 0.01);
-    }
-
-    #[test]
-    fn size_mismatch_is_an_error() {
-        let a = LumaImage {
-            width: 2,
-            height: 2,
-            data: vec![0; 4],
-        };
-        let b = LumaImage {
-            width: 1,
-            height: 4,
-            data: vec![0; 4],
-        };
-        assert!(matches!(
-            mean_abs_diff(&a, &b),
-            Err(FrameError::SizeMismatch(..))
-        ));
-    }
-
-    #[test]
-    fn jpeg_round_trip_writes_a_jpeg() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.jpg");
-        let img = RgbImage {
-            width: 33,
-            height: 17,
-            data: vec![200; 33 * 17 * 3],
-        };
-        encode_jpeg(&img, 85, &path).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[..2], &[0xFF, 0xD8]);
-        assert_eq!(&bytes[bytes.len() - 2..], &[0xFF, 0xD9]);
     }
 }

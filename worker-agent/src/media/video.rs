@@ -307,7 +307,7 @@ fn sequential_pass(
     let max_keyframes = w.opts.max_keyframes;
     while reader.next(&mut frame) {
         n += 1;
-        if n % 16 == 0 {
+        if n.is_multiple_of(16) {
             if cancel.is_cancelled() {
                 return Err(ProcessError::Cancelled);
             }

@@ -58,7 +58,7 @@ pub fn extract_mp3(
         let mut n = 0usize;
         while let Some(mut packet) = super::probe::read_packet(&mut ictx) {
             n += 1;
-            if n % CANCEL_POLL_PACKETS == 0 && cancel.is_cancelled() {
+            if n.is_multiple_of(CANCEL_POLL_PACKETS) && cancel.is_cancelled() {
                 return Err(ProcessError::Cancelled);
             }
             if packet.stream() != index {
@@ -129,7 +129,7 @@ pub fn extract_mp3(
     let mut n = 0usize;
     while let Some(packet) = super::probe::read_packet(&mut ictx) {
         n += 1;
-        if n % CANCEL_POLL_PACKETS == 0 && cancel.is_cancelled() {
+        if n.is_multiple_of(CANCEL_POLL_PACKETS) && cancel.is_cancelled() {
             return Err(ProcessError::Cancelled);
         }
         if packet.stream() != index {
