@@ -23,8 +23,15 @@ fn config(
     c
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_round_trip() {
+/// A CA, a hub listener and an agent client, each side with its own store under `dir`.
+struct Setup {
+    dir: tempfile::TempDir,
+    hub_config: SessionConfig,
+    listener: Listener,
+    client: Client,
+}
+
+fn setup() -> Setup {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
     let ca = CertificateAuthority::generate("test-ca", Validity::days(1)).unwrap();
@@ -32,13 +39,26 @@ async fn session_round_trip() {
         .issue_hub("hub1", &["hub.test".to_string()], &[], Validity::days(1))
         .unwrap();
     let agent = ca.issue_agent("agent-1", Validity::days(1)).unwrap();
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        config(&ca, hub, &dir.path().join("hub")),
-    )
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
+    let hub_config = config(&ca, hub, &dir.path().join("hub"));
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), hub_config.clone()).unwrap();
     let client = Client::new(config(&ca, agent, &dir.path().join("agent"))).unwrap();
+    Setup {
+        dir,
+        hub_config,
+        listener,
+        client,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_round_trip() {
+    let Setup {
+        dir: _dir,
+        listener,
+        client,
+        ..
+    } = setup();
+    let addr = listener.local_addr().unwrap();
 
     let session = client.connect(addr, "hub.test").await.unwrap();
     assert_eq!(session.peer_id(), "hub1");
@@ -114,19 +134,12 @@ async fn session_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_file_transfer() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::generate("test-ca", Validity::days(1)).unwrap();
-    let hub = ca
-        .issue_hub("hub1", &["hub.test".to_string()], &[], Validity::days(1))
-        .unwrap();
-    let agent = ca.issue_agent("agent-1", Validity::days(1)).unwrap();
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        config(&ca, hub, &dir.path().join("hub")),
-    )
-    .unwrap();
-    let client = Client::new(config(&ca, agent, &dir.path().join("agent"))).unwrap();
+    let Setup {
+        dir,
+        listener,
+        client,
+        ..
+    } = setup();
     let session = client
         .connect(listener.local_addr().unwrap(), "hub.test")
         .await
@@ -167,17 +180,13 @@ async fn verified_file_transfer() {
 /// their sessions and reconnect when it returns on the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialers_reconnect_after_a_shutdown_goodbye() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::generate("test-ca", Validity::days(1)).unwrap();
-    let hub = ca
-        .issue_hub("hub1", &["hub.test".to_string()], &[], Validity::days(1))
-        .unwrap();
-    let agent = ca.issue_agent("agent-1", Validity::days(1)).unwrap();
-    let hub_cfg = config(&ca, hub, &dir.path().join("hub"));
-    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), hub_cfg.clone()).unwrap();
+    let Setup {
+        dir: _dir,
+        hub_config: hub_cfg,
+        listener,
+        client,
+    } = setup();
     let addr = listener.local_addr().unwrap();
-    let client = Client::new(config(&ca, agent, &dir.path().join("agent"))).unwrap();
     let session = client.connect(addr, "hub.test").await.unwrap();
     listener.accept().await.unwrap();
     let mut events = session.events();
