@@ -136,6 +136,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "thumbnails: a benchmark; run it with `cargo bench -p morag-agent --bench thumbnails`"
+        );
+        return;
+    }
     let work = tempfile::tempdir().expect("tempdir");
     let video = std::env::args()
         .skip(1)

@@ -238,15 +238,15 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
     if args.summary {
         let words = output.result["metadata"]["word_count"]
             .as_u64()
-            .unwrap_or(0);
+            .map(|w| format!(" ({w} words)"))
+            .unwrap_or_default();
         writeln!(
             stdout,
-            "{:?} {}: {} artifacts in {} ({} words)",
+            "{:?} {}: {} artifacts in {}{words}",
             output.kind,
             file.display(),
             output.artifacts.len(),
             out_dir.display(),
-            words
         )?;
     } else {
         serde_json::to_writer_pretty(&mut stdout, &output)?;

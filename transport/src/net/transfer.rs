@@ -19,7 +19,7 @@
 //! sent again.
 
 use std::future::{Future, IntoFuture};
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -34,7 +34,7 @@ use super::session::{Inbound, Inner, ReceivedFile};
 use super::{read_frame, varint, write_frame};
 use crate::error::TransferError;
 use crate::frame::MAX_FRAME_SIZE;
-use crate::manifest::{read_full, Manifest, ManifestError};
+use crate::manifest::{Manifest, ManifestError};
 use crate::wire::{
     close_code, StreamOpen, TransferDone, TransferOffer, TransferReply, MAX_OFFER_FRAME,
 };
@@ -368,12 +368,12 @@ fn chunk_source(
                     }
                 };
                 loop {
-                    let mut buf = BytesMut::zeroed(piece);
-                    match read_full(&mut f, &mut buf) {
+                    // Read into fresh capacity without zero-filling it first.
+                    let mut buf = Vec::with_capacity(piece);
+                    match (&mut f).take(piece as u64).read_to_end(&mut buf) {
                         Ok(0) => return,
-                        Ok(n) => {
-                            buf.truncate(n);
-                            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                        Ok(_) => {
+                            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                                 return;
                             }
                         }
