@@ -26,11 +26,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::session::{Inbound, Inner, ReceivedFile};
+use super::store::{PieceBuf, Store};
 use super::{read_frame, varint, write_frame};
 use crate::error::TransferError;
 use crate::frame::MAX_FRAME_SIZE;
@@ -479,13 +480,16 @@ pub(crate) async fn receive(
     let resumed_from = (resume * m.piece_size).min(m.size);
     tracing::info!(resume_piece = resume, "receiving");
     let m = Arc::new(m);
-    let (tx, rx) = mpsc::channel::<(u64, Bytes)>(2);
+    let (tx, rx) = mpsc::channel::<(u64, PieceBuf)>(2);
+    // Buffers come back from the writer for reuse, so steady state allocates nothing.
+    let (spare_tx, mut spare_rx) = mpsc::unbounded_channel::<PieceBuf>();
     let writer = {
         let (store, m) = (store.clone(), m.clone());
-        tokio::task::spawn_blocking(move || write_pieces(&store, &m, rx))
+        tokio::task::spawn_blocking(move || write_pieces(&store, &m, rx, spare_tx))
     };
+    let piece_size = m.piece_size as usize;
     let mut index = resume;
-    let mut piece = BytesMut::with_capacity(m.piece_len(index) as usize);
+    let mut piece = PieceBuf::new(piece_size);
     let mut writer_gone = false;
     let mut overflow = false;
     'read: loop {
@@ -497,7 +501,7 @@ pub(crate) async fn receive(
                 break;
             }
         };
-        let mut data = chunk;
+        let mut data: &[u8] = &chunk;
         while !data.is_empty() {
             if index >= m.piece_count() {
                 overflow = true;
@@ -505,13 +509,15 @@ pub(crate) async fn receive(
             }
             let want = m.piece_len(index) as usize - piece.len();
             let take = want.min(data.len());
-            piece.extend_from_slice(&data.split_to(take));
+            piece.extend(&data[..take]);
+            data = &data[take..];
             if piece.len() as u64 == m.piece_len(index) {
-                let full = std::mem::replace(
-                    &mut piece,
-                    BytesMut::with_capacity(m.piece_len(index + 1) as usize),
-                );
-                if tx.send((index, full.freeze())).await.is_err() {
+                let mut next = spare_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| PieceBuf::new(piece_size));
+                next.reset(piece_size);
+                let full = std::mem::replace(&mut piece, next);
+                if tx.send((index, full)).await.is_err() {
                     writer_gone = true;
                     break 'read;
                 }
@@ -577,29 +583,34 @@ enum WriteError {
     Io(std::io::Error),
 }
 
-/// Verify pieces as they come and append the good ones. Returns how many pieces the partial
+/// Verify pieces as they come and write the good ones. Returns how many pieces the partial
 /// file holds when the channel closes.
 fn write_pieces(
-    store: &super::store::Store,
+    store: &Store,
     m: &Manifest,
-    mut rx: mpsc::Receiver<(u64, Bytes)>,
+    mut rx: mpsc::Receiver<(u64, PieceBuf)>,
+    spare: mpsc::UnboundedSender<PieceBuf>,
 ) -> Result<u64, WriteError> {
-    use std::io::Write;
-    let mut file = store.open_partial(m).map_err(WriteError::Io)?;
-    let mut held = file
-        .metadata()
-        .map_err(WriteError::Io)?
-        .len()
-        .div_ceil(m.piece_size);
-    while let Some((index, data)) = rx.blocking_recv() {
-        match m.verify_piece(index, &data) {
+    let mut file = store.piece_writer(m).map_err(WriteError::Io)?;
+    let mut held = None;
+    while let Some((index, piece)) = rx.blocking_recv() {
+        match m.verify_piece(index, piece.as_slice()) {
             Ok(()) => {}
             Err(ManifestError::PieceMismatch(i)) => return Err(WriteError::Corrupt(i)),
             Err(_) => return Err(WriteError::Corrupt(index)),
         }
-        file.write_all(&data).map_err(WriteError::Io)?;
-        held = index + 1;
+        file.write_at(piece.as_slice(), index * m.piece_size)
+            .map_err(WriteError::Io)?;
+        held = Some(index + 1);
+        let _ = spare.send(piece);
     }
-    file.sync_data().map_err(WriteError::Io)?;
-    Ok(held)
+    file.sync().map_err(WriteError::Io)?;
+    match held {
+        Some(n) => Ok(n),
+        // Nothing new arrived: what the partial file held before.
+        None => Ok(std::fs::metadata(store.partial_path(m))
+            .map_err(WriteError::Io)?
+            .len()
+            .div_ceil(m.piece_size)),
+    }
 }
