@@ -99,41 +99,19 @@ fn root_of(pieces: &[[u8; 32]], size: u64, piece_size: u64) -> [u8; 32] {
 impl Manifest {
     /// Build the manifest of everything `reader` yields, hashing it once.
     pub fn from_reader(mut reader: impl Read, size_hint: u64) -> std::io::Result<Self> {
-        let piece_size = piece_size_for(size_hint);
-        let mut pieces = Vec::new();
-        let mut buf = vec![0u8; piece_size as usize];
-        let mut size = 0u64;
+        let mut builder = ManifestBuilder::new(size_hint);
+        let mut buf = vec![0u8; builder.piece_size() as usize];
         loop {
             let n = read_full(&mut reader, &mut buf)?;
             if n == 0 {
                 break;
             }
-            pieces.push((
-                n,
-                piece_cv(&buf[..n], pieces.len() as u64, piece_size, false),
-            ));
-            size += n as u64;
+            builder.push(&buf[..n])?;
             if n < buf.len() {
                 break;
             }
         }
-        if size > size_hint && piece_size_for(size) != piece_size {
-            // The source grew past what the hint allowed; hash again with the right piece size.
-            return Err(std::io::Error::other(
-                "source changed size while being hashed",
-            ));
-        }
-        let mut cvs: Vec<[u8; 32]> = pieces.iter().map(|p| p.1).collect();
-        if cvs.len() == 1 {
-            cvs[0] = *blake3::hash(&buf[..pieces[0].0]).as_bytes();
-        }
-        let hash = root_of(&cvs, size, piece_size);
-        Ok(Self {
-            hash,
-            size,
-            piece_size,
-            pieces: cvs,
-        })
+        builder.finish()
     }
 
     /// Build the manifest of a byte slice.
@@ -189,6 +167,74 @@ impl Manifest {
         } else {
             Err(ManifestError::PieceMismatch(index))
         }
+    }
+}
+
+/// Builds a manifest from a file's consecutive pieces, so the caller chooses how to read them.
+#[derive(Debug)]
+pub struct ManifestBuilder {
+    piece_size: u64,
+    size: u64,
+    cvs: Vec<[u8; 32]>,
+    /// The first piece hashed as a whole file, for the one-piece case.
+    first_as_root: Option<[u8; 32]>,
+    ended: bool,
+}
+
+impl ManifestBuilder {
+    /// A builder for a source of about `size_hint` bytes (which fixes the piece size).
+    pub fn new(size_hint: u64) -> Self {
+        Self {
+            piece_size: piece_size_for(size_hint),
+            size: 0,
+            cvs: Vec::new(),
+            first_as_root: None,
+            ended: false,
+        }
+    }
+
+    /// Bytes each piece must have (all but the last).
+    pub fn piece_size(&self) -> u64 {
+        self.piece_size
+    }
+
+    /// Add the next piece: exactly [`Self::piece_size`] bytes, except the last.
+    pub fn push(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.ended || data.len() as u64 > self.piece_size {
+            return Err(std::io::Error::other(
+                "source changed size while being hashed",
+            ));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.cvs.is_empty() {
+            self.first_as_root = Some(*blake3::hash(data).as_bytes());
+        }
+        let index = self.cvs.len() as u64;
+        self.cvs.push(piece_cv(data, index, self.piece_size, false));
+        self.size += data.len() as u64;
+        self.ended = (data.len() as u64) < self.piece_size;
+        Ok(())
+    }
+
+    /// The manifest of everything pushed.
+    pub fn finish(mut self) -> std::io::Result<Manifest> {
+        if piece_count(self.size, self.piece_size) > MAX_PIECES {
+            // The source grew past what the size hint allowed.
+            return Err(std::io::Error::other(
+                "source changed size while being hashed",
+            ));
+        }
+        if self.cvs.len() == 1 {
+            self.cvs[0] = self.first_as_root.expect("first piece");
+        }
+        Ok(Manifest {
+            hash: root_of(&self.cvs, self.size, self.piece_size),
+            size: self.size,
+            piece_size: self.piece_size,
+            pieces: self.cvs,
+        })
     }
 }
 

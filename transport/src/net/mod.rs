@@ -8,6 +8,7 @@
 //! - `transfer` and `store`: verified, resumable file transfer.
 
 mod conn;
+mod direct;
 mod endpoint;
 mod session;
 mod store;

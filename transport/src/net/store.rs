@@ -8,6 +8,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::direct::PieceWriter;
 use crate::manifest::{read_full, Manifest};
 
 pub(crate) struct Store {
@@ -105,119 +106,6 @@ impl Store {
     }
 }
 
-/// Alignment of buffers, offsets and lengths for direct I/O.
-pub(crate) const DIRECT_ALIGN: usize = 4096;
-
-/// A piece-sized buffer whose start is aligned for direct I/O.
-pub(crate) struct PieceBuf {
-    raw: Vec<u8>,
-    off: usize,
-    len: usize,
-    cap: usize,
-}
-
-impl PieceBuf {
-    pub fn new(cap: usize) -> Self {
-        let raw = vec![0u8; cap + DIRECT_ALIGN];
-        let off = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        Self {
-            raw,
-            off,
-            len: 0,
-            cap,
-        }
-    }
-
-    /// Room for at least `cap` bytes, emptied.
-    pub fn reset(&mut self, cap: usize) {
-        if cap > self.cap {
-            *self = Self::new(cap);
-        }
-        self.len = 0;
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Append `data`; the caller keeps within the capacity.
-    pub fn extend(&mut self, data: &[u8]) {
-        let at = self.off + self.len;
-        self.raw[at..at + data.len()].copy_from_slice(data);
-        self.len += data.len();
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        &self.raw[self.off..self.off + self.len]
-    }
-}
-
-/// Writes verified pieces at their offsets. Whole aligned pieces go around the page cache
-/// (`O_DIRECT`) where the file system allows it: on a machine whose cores are busy with QUIC's
-/// crypto, the kernel's copy into the page cache was the largest single cost of receiving.
-/// Anything else (the short last piece, file systems without direct I/O) is written normally.
-pub(crate) struct PieceWriter {
-    buffered: File,
-    direct: Option<File>,
-}
-
-impl PieceWriter {
-    fn open(path: &std::path::Path) -> std::io::Result<Self> {
-        let buffered = OpenOptions::new().write(true).open(path)?;
-        Ok(Self {
-            buffered,
-            direct: open_direct(path),
-        })
-    }
-
-    /// Write `data` at `offset`.
-    pub fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let aligned = data.len() % DIRECT_ALIGN == 0
-            && offset % DIRECT_ALIGN as u64 == 0
-            && (data.as_ptr() as usize) % DIRECT_ALIGN == 0;
-        if let (true, Some(direct)) = (aligned, &self.direct) {
-            match direct.write_all_at(data, offset) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(EINVAL) => {
-                    tracing::debug!("direct I/O refused; writing through the page cache");
-                    self.direct = None;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.buffered.write_all_at(data, offset)
-    }
-
-    /// Make everything written durable.
-    pub fn sync(&self) -> std::io::Result<()> {
-        if let Some(direct) = &self.direct {
-            direct.sync_data()?;
-        }
-        self.buffered.sync_data()
-    }
-}
-
-#[cfg(target_os = "linux")]
-const EINVAL: i32 = libc::EINVAL;
-#[cfg(not(target_os = "linux"))]
-const EINVAL: i32 = 22;
-
-#[cfg(target_os = "linux")]
-fn open_direct(path: &std::path::Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &std::path::Path) -> Option<File> {
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +144,7 @@ mod tests {
 
     #[test]
     fn piece_writer_writes_aligned_and_short_pieces() {
+        use crate::net::direct::{PieceBuf, DIRECT_ALIGN};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().to_path_buf());
         let p = MIN_PIECE_SIZE as usize;

@@ -19,7 +19,6 @@
 //! sent again.
 
 use std::future::{Future, IntoFuture};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -30,12 +29,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::direct::{PieceBuf, PieceReader};
 use super::session::{Inbound, Inner, ReceivedFile};
-use super::store::{PieceBuf, Store};
+use super::store::Store;
 use super::{read_frame, varint, write_frame};
 use crate::error::TransferError;
 use crate::frame::MAX_FRAME_SIZE;
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::{Manifest, ManifestBuilder, ManifestError};
 use crate::wire::{
     close_code, StreamOpen, TransferDone, TransferOffer, TransferReply, MAX_OFFER_FRAME,
 };
@@ -158,10 +158,16 @@ async fn manifest_of(source: &Source) -> Result<Manifest, TransferError> {
         Source::File(path) => {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
-                let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
-                let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
-                Manifest::from_reader(std::io::BufReader::with_capacity(1 << 20, file), len)
-                    .map_err(|e| io_err(&path, e))
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| io_err(&path, e))?
+                    .len();
+                let mut builder = ManifestBuilder::new(len);
+                let mut reader = PieceReader::open(&path, 0, builder.piece_size() as usize)
+                    .map_err(|e| io_err(&path, e))?;
+                while let Some(piece) = reader.next_piece().map_err(|e| io_err(&path, e))? {
+                    builder.push(&piece).map_err(|e| io_err(&path, e))?;
+                }
+                builder.finish().map_err(|e| io_err(&path, e))
             })
             .await
             .expect("hashing task")
@@ -356,25 +362,18 @@ fn chunk_source(
         Source::File(path) => {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
-                let open = || -> std::io::Result<std::fs::File> {
-                    let mut f = std::fs::File::open(&path)?;
-                    f.seek(SeekFrom::Start(offset))?;
-                    Ok(f)
-                };
-                let mut f = match open() {
-                    Ok(f) => f,
+                let mut reader = match PieceReader::open(&path, offset, piece) {
+                    Ok(r) => r,
                     Err(e) => {
                         let _ = tx.blocking_send(Err(io_err(&path, e)));
                         return;
                     }
                 };
                 loop {
-                    // Read into fresh capacity without zero-filling it first.
-                    let mut buf = Vec::with_capacity(piece);
-                    match (&mut f).take(piece as u64).read_to_end(&mut buf) {
-                        Ok(0) => return,
-                        Ok(_) => {
-                            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    match reader.next_piece() {
+                        Ok(None) => return,
+                        Ok(Some(bytes)) => {
+                            if tx.blocking_send(Ok(bytes)).is_err() {
                                 return;
                             }
                         }
