@@ -1,6 +1,6 @@
-//! Direct I/O for file transfer: piece buffers aligned for `O_DIRECT`, a writer of received
-//! pieces and a reader of pieces to send, both going around the page cache where the file system
-//! allows it and through it otherwise.
+//! File I/O for transfers: piece buffers aligned for `O_DIRECT`, a writer of received pieces
+//! that goes around the page cache where the file system allows it (and through it otherwise),
+//! and a reader of pieces to send.
 //!
 //! On the 2-core machines this was measured on, the kernel's copies between the page cache and
 //! user memory cost more CPU than QUIC's encryption; with direct I/O the storage device moves
@@ -72,7 +72,7 @@ impl PieceWriter {
         let buffered = OpenOptions::new().write(true).open(path)?;
         Ok(Self {
             buffered,
-            direct: open_direct(path, true),
+            direct: open_direct(path),
         })
     }
 
@@ -110,84 +110,47 @@ const EINVAL: i32 = libc::EINVAL;
 const EINVAL: i32 = 22;
 
 #[cfg(target_os = "linux")]
-fn open_direct(path: &Path, write: bool) -> Option<File> {
+fn open_direct(path: &Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
-        .read(!write)
-        .write(write)
+        .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &Path, _write: bool) -> Option<File> {
+fn open_direct(_path: &Path) -> Option<File> {
     None
 }
 
-/// Reads a file in pieces from an offset, each piece a [`Bytes`] that owns its (aligned)
-/// buffer, so it can be handed to QUIC without a copy.
+/// Reads a file in pieces from an offset, each piece a [`Bytes`] that owns its buffer, so it
+/// can be handed to QUIC without a copy. (Reads go through the page cache: a file about to be
+/// sent was usually just written or hashed, and direct reads from the device measured slower.)
 pub(crate) struct PieceReader {
-    buffered: File,
-    direct: Option<File>,
-    offset: u64,
+    file: File,
     piece: usize,
 }
 
 impl PieceReader {
     /// Read `path` from `offset` in pieces of `piece` bytes (the last may be shorter).
     pub fn open(path: &Path, offset: u64, piece: usize) -> std::io::Result<Self> {
-        let buffered = File::open(path)?;
-        let direct = if piece % DIRECT_ALIGN == 0 && offset % DIRECT_ALIGN as u64 == 0 {
-            open_direct(path, false)
-        } else {
-            None
-        };
-        Ok(Self {
-            buffered,
-            direct,
-            offset,
-            piece,
-        })
+        use std::io::{Seek, SeekFrom};
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(Self { file, piece })
     }
 
     /// The next piece; `None` at the end of the file.
     pub fn next_piece(&mut self) -> std::io::Result<Option<Bytes>> {
-        let mut raw = vec![0u8; self.piece + DIRECT_ALIGN];
-        let off = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        let buf = &mut raw[off..off + self.piece];
-        let n = match &self.direct {
-            Some(direct) => match read_full_at(direct, buf, self.offset) {
-                Ok(n) => n,
-                Err(e) if e.raw_os_error() == Some(EINVAL) => {
-                    tracing::debug!("direct I/O refused; reading through the page cache");
-                    self.direct = None;
-                    read_full_at(&self.buffered, buf, self.offset)?
-                }
-                Err(e) => return Err(e),
-            },
-            None => read_full_at(&self.buffered, buf, self.offset)?,
-        };
-        if n == 0 {
-            return Ok(None);
-        }
-        self.offset += n as u64;
-        Ok(Some(Bytes::from(raw).slice(off..off + n)))
+        use std::io::Read;
+        // `read_to_end` fills spare capacity without zeroing it first.
+        let mut buf = Vec::with_capacity(self.piece);
+        (&mut self.file)
+            .take(self.piece as u64)
+            .read_to_end(&mut buf)?;
+        Ok((!buf.is_empty()).then(|| Bytes::from(buf)))
     }
-}
-
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
