@@ -79,9 +79,9 @@ impl PieceWriter {
     /// Write `data` at `offset`.
     pub fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let aligned = data.len() % DIRECT_ALIGN == 0
-            && offset % DIRECT_ALIGN as u64 == 0
-            && (data.as_ptr() as usize) % DIRECT_ALIGN == 0;
+        let aligned = data.len().is_multiple_of(DIRECT_ALIGN)
+            && offset.is_multiple_of(DIRECT_ALIGN as u64)
+            && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
         if let (true, Some(direct)) = (aligned, &self.direct) {
             match direct.write_all_at(data, offset) {
                 Ok(()) => return Ok(()),
