@@ -739,7 +739,14 @@ async fn accept_greeting(
     let (session, is_new) = {
         let mut sessions = shared.sessions.lock().unwrap();
         match sessions.get(&peer.id) {
-            Some(s) if !s.is_closed() => (s.clone(), false),
+            // A session whose peer said goodbye (or that we are closing) is over even if its
+            // connection has not finished closing: a reconnect starts a new session.
+            Some(s)
+                if !s.is_closed()
+                    && !s.inner.closing.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                (s.clone(), false)
+            }
             _ => {
                 let session = Session {
                     inner: Inner::new(cfg.clone(), peer.clone(), Side::Acceptor),
