@@ -183,15 +183,16 @@ async fn dead_peer_killed() {
 async fn saturated_link() {
     let _serial = serial().await;
     init_tracing();
-    let pki = Pki::new();
-    let hub_side = pki.hub_config();
-    let listener = listen(hub_side.config.clone());
-    let proxy = FaultProxy::start(localhost(), listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let agent_side = pki.agent_config("busy");
-    let (_client, agent, hub) =
-        connect_pair(&listener, proxy.local_addr(), agent_side.config.clone()).await;
+    let Proxied {
+        pki: _pki,
+        hub_side,
+        listener: _listener,
+        proxy,
+        agent_side: _agent_side,
+        client: _client,
+        agent,
+        hub,
+    } = proxied("busy").await;
     let mut hub_events = EventLog::new(&hub);
     let mut agent_events = EventLog::new(&agent);
 

@@ -481,15 +481,16 @@ async fn zero_rtt_rejected_on_fresh_connect_falls_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nat_rebinding() {
     init_tracing();
-    let pki = Pki::new();
-    let hub_side = pki.hub_config();
-    let listener = listen(hub_side.config.clone());
-    let proxy = FaultProxy::start(localhost(), listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let agent_side = pki.agent_config("roamer");
-    let (_client, agent, hub) =
-        connect_pair(&listener, proxy.local_addr(), agent_side.config.clone()).await;
+    let Proxied {
+        pki: _pki,
+        hub_side: _hub_side,
+        listener: _listener,
+        proxy,
+        agent_side: _agent_side,
+        client: _client,
+        agent,
+        hub,
+    } = proxied("roamer").await;
     let mut agent_events = EventLog::new(&agent);
     let mut hub_events = EventLog::new(&hub);
     agent.send_body(progress("before", 0.0)).unwrap();

@@ -57,15 +57,16 @@ async fn settled_len(path: &Path) -> u64 {
 async fn resume_after_cut() {
     let _serial = serial().await;
     init_tracing();
-    let pki = Pki::new();
-    let hub_side = pki.hub_config();
-    let listener = listen(hub_side.config.clone());
-    let proxy = FaultProxy::start(localhost(), listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let agent_side = pki.agent_config("uploader");
-    let (_client, agent, hub) =
-        connect_pair(&listener, proxy.local_addr(), agent_side.config.clone()).await;
+    let Proxied {
+        pki: _pki,
+        hub_side,
+        listener: _listener,
+        proxy,
+        agent_side,
+        client: _client,
+        agent,
+        hub,
+    } = proxied("uploader").await;
     let mut hub_events = EventLog::new(&hub);
     let mut agent_events = EventLog::new(&agent);
 
@@ -187,15 +188,16 @@ async fn resume_after_cut() {
 async fn corruption_detected() {
     let _serial = serial().await;
     init_tracing();
-    let pki = Pki::new();
-    let hub_side = pki.hub_config();
-    let listener = listen(hub_side.config.clone());
-    let proxy = FaultProxy::start(localhost(), listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let agent_side = pki.agent_config("flaky-disk");
-    let (_client, agent, hub) =
-        connect_pair(&listener, proxy.local_addr(), agent_side.config.clone()).await;
+    let Proxied {
+        pki: _pki,
+        hub_side,
+        listener: _listener,
+        proxy,
+        agent_side,
+        client: _client,
+        agent,
+        hub,
+    } = proxied("flaky-disk").await;
 
     const SIZE: u64 = 32 * MIB;
     const FLIP_AT: u64 = SIZE - 1000;

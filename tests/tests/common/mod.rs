@@ -136,6 +136,43 @@ pub async fn connect_pair(
     (client, agent, hub)
 }
 
+/// A hub listener, a fault proxy in front of it, and an agent connected through the proxy.
+pub struct Proxied {
+    pub pki: Pki,
+    pub hub_side: Side,
+    pub listener: Listener,
+    pub proxy: morag_tests::FaultProxy,
+    pub agent_side: Side,
+    pub client: Client,
+    /// The agent's session (dialed through the proxy).
+    pub agent: Session,
+    /// The hub's session with the agent.
+    pub hub: Session,
+}
+
+/// Set up [`Proxied`] for an agent named `id`.
+pub async fn proxied(id: &str) -> Proxied {
+    let pki = Pki::new();
+    let hub_side = pki.hub_config();
+    let listener = listen(hub_side.config.clone());
+    let proxy = morag_tests::FaultProxy::start(localhost(), listener.local_addr().unwrap())
+        .await
+        .expect("start the fault proxy");
+    let agent_side = pki.agent_config(id);
+    let (client, agent, hub) =
+        connect_pair(&listener, proxy.local_addr(), agent_side.config.clone()).await;
+    Proxied {
+        pki,
+        hub_side,
+        listener,
+        proxy,
+        agent_side,
+        client,
+        agent,
+        hub,
+    }
+}
+
 /// The listener's next new session, within 10 s.
 pub async fn accept(listener: &Listener) -> Session {
     with_deadline(Duration::from_secs(10), "accept", listener.accept())
