@@ -129,8 +129,9 @@ impl Client {
             .map_err(|e| ConfigError::Bind { addr, source: e })
     }
 
-    /// Replace the revocation list (new connections check against it; sessions whose peer it
-    /// revokes are closed).
+    /// Replace the revocation list. Every later connection, reconnects of existing sessions
+    /// included, checks the peer against it; connections already up are left as they are (the
+    /// accepting side's [`Listener::set_revocations`] closes those).
     pub fn set_revocations(&self, crl: RevocationList) -> Result<(), ConfigError> {
         let mut cfg = (*self.shared.config).clone();
         cfg.revocations = crl.clone();
