@@ -61,7 +61,7 @@ fn bad_inputs_exit_non_zero_with_one_clear_line() {
     let media = fixture_or_skip!("cli_bad_inputs", audio_common::media());
     let out = tempfile::tempdir().unwrap();
     let cases: [(&str, i32, &str); 4] = [
-        ("notmedia.wav", 65, "not valid Audio media"),
+        ("notmedia.wav", 65, "not valid audio media"),
         ("empty.wav", 65, "is empty"),
         ("truncated.flac", 65, "truncated"),
         ("missing.wav", 66, "cannot read input"),

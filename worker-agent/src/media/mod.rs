@@ -28,6 +28,16 @@ pub enum MediaKind {
     Image,
 }
 
+impl std::fmt::Display for MediaKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Audio => "audio",
+            Self::Video => "video",
+            Self::Image => "image",
+        })
+    }
+}
+
 impl std::str::FromStr for MediaKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -125,7 +135,7 @@ pub enum ProcessError {
     #[error("input {0} is empty")]
     Empty(PathBuf),
     /// The input is not media of the requested kind, or is truncated or corrupt.
-    #[error("input {path} is not valid {kind:?} media: {reason}")]
+    #[error("input {path} is not valid {kind} media: {reason}")]
     InvalidMedia {
         path: PathBuf,
         kind: MediaKind,
