@@ -491,36 +491,40 @@ pub(crate) async fn receive(
     let mut piece = PieceBuf::new(piece_size);
     let mut writer_gone = false;
     let mut overflow = false;
+    // Take whatever QUIC has buffered in one call: fewer wake-ups than a chunk at a time.
+    let mut chunks: Vec<Bytes> = vec![Bytes::new(); 64];
     'read: loop {
-        let chunk = match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(c)) => c.bytes,
+        let n = match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => n,
             Ok(None) => break,
             Err(e) => {
                 tracing::info!(error = %e, pieces = index, "transfer cut; keeping verified pieces");
                 break;
             }
         };
-        let mut data: &[u8] = &chunk;
-        while !data.is_empty() {
-            if index >= m.piece_count() {
-                overflow = true;
-                break 'read;
-            }
-            let want = m.piece_len(index) as usize - piece.len();
-            let take = want.min(data.len());
-            piece.extend(&data[..take]);
-            data = &data[take..];
-            if piece.len() as u64 == m.piece_len(index) {
-                let mut next = spare_rx
-                    .try_recv()
-                    .unwrap_or_else(|_| PieceBuf::new(piece_size));
-                next.reset(piece_size);
-                let full = std::mem::replace(&mut piece, next);
-                if tx.send((index, full)).await.is_err() {
-                    writer_gone = true;
+        for chunk in chunks[..n].iter_mut().map(std::mem::take) {
+            let mut data: &[u8] = &chunk;
+            while !data.is_empty() {
+                if index >= m.piece_count() {
+                    overflow = true;
                     break 'read;
                 }
-                index += 1;
+                let want = m.piece_len(index) as usize - piece.len();
+                let take = want.min(data.len());
+                piece.extend(&data[..take]);
+                data = &data[take..];
+                if piece.len() as u64 == m.piece_len(index) {
+                    let mut next = spare_rx
+                        .try_recv()
+                        .unwrap_or_else(|_| PieceBuf::new(piece_size));
+                    next.reset(piece_size);
+                    let full = std::mem::replace(&mut piece, next);
+                    if tx.send((index, full)).await.is_err() {
+                        writer_gone = true;
+                        break 'read;
+                    }
+                    index += 1;
+                }
             }
         }
     }
