@@ -210,6 +210,7 @@ async fn saturated_link() {
     let progress_rx = transfer.progress();
     let transfer = tokio::spawn(transfer.finish());
     let mut latencies = Vec::new();
+    let mut seen_verified = 0u64;
     let mut received = None;
     let mut k = 0;
     while !transfer.is_finished() {
@@ -240,6 +241,14 @@ async fn saturated_link() {
             p.rate / 1e6
         );
         latencies.push(latency);
+        // The receiving side sees the transfer arrive.
+        for t in agent.incoming_transfers() {
+            assert_eq!(t.hash, hash);
+            assert_eq!(t.total, SIZE as u64);
+            assert!(t.verified <= t.total);
+            assert!(t.verified % (1 << 20) == 0, "verified counts whole pieces");
+            seen_verified = seen_verified.max(t.verified);
+        }
         k += 1;
     }
     let outcome: TransferOutcome = transfer.await.unwrap().expect("transfer completes");
@@ -258,6 +267,14 @@ async fn saturated_link() {
     };
     assert_eq!(outcome.hash, hash);
     assert_eq!(outcome.attempts, 1);
+    assert!(
+        seen_verified > 0,
+        "incoming_transfers() showed verified progress during the transfer"
+    );
+    assert!(
+        agent.incoming_transfers().is_empty(),
+        "a finished transfer is no longer listed"
+    );
     assert_eq!(received.hash, hash);
     assert_eq!(file_hash(&received.path), hash);
 

@@ -48,8 +48,8 @@ pub use message::*;
 pub use morag_certs::{PeerIdentity, RevocationList, Role};
 pub use net::raw;
 pub use net::{
-    Client, Inbound, Listener, PathStats, ReceivedFile, Session, SessionEvent, Transfer,
-    TransferOutcome, TransferProgress,
+    Client, Inbound, IncomingTransfer, Listener, PathStats, ReceivedFile, Session, SessionEvent,
+    Transfer, TransferOutcome, TransferProgress,
 };
 pub use wire::close_code;
 

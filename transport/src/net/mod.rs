@@ -33,7 +33,7 @@ pub mod raw {
         super::tls::client_config(cfg, super::tls::ticket_store(), &cfg.alpn)
     }
 }
-pub use session::{Inbound, PathStats, ReceivedFile, Session, SessionEvent};
+pub use session::{Inbound, IncomingTransfer, PathStats, ReceivedFile, Session, SessionEvent};
 pub use transfer::{Transfer, TransferOutcome, TransferProgress};
 
 use serde::{de::DeserializeOwned, Serialize};

@@ -49,6 +49,21 @@ pub struct ReceivedFile {
     pub resumed_from: u64,
 }
 
+/// An incoming transfer under way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingTransfer {
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+    pub name: String,
+    pub total: u64,
+    /// Bytes here and verified (including what an earlier attempt left).
+    pub verified: u64,
+    /// Bytes received by this attempt, verified or not.
+    pub received: u64,
+    /// Receive rate of this attempt, bytes per second.
+    pub rate: f64,
+}
+
 /// Changes in the state of a session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionEvent {
@@ -177,6 +192,8 @@ pub(crate) struct Inner {
     pub transfers_in_flight: AtomicUsize,
     /// Bounds the incoming transfers handled at once.
     pub receive_slots: Arc<tokio::sync::Semaphore>,
+    /// Progress of incoming transfers, by hash.
+    pub incoming: Mutex<HashMap<String, IncomingTransfer>>,
     pub transfers_done: Notify,
     /// Origin of heartbeat timestamps.
     pub epoch: Instant,
@@ -215,6 +232,7 @@ impl Inner {
             store,
             transfers_in_flight: AtomicUsize::new(0),
             receive_slots,
+            incoming: Mutex::new(HashMap::new()),
             transfers_done: Notify::new(),
             epoch: Instant::now(),
             goodbye: Mutex::new(None),
@@ -480,6 +498,20 @@ impl Session {
                 congestion_window: s.path.cwnd,
             }
         })
+    }
+
+    /// Incoming transfers under way, with how much of each has arrived verified.
+    pub fn incoming_transfers(&self) -> Vec<IncomingTransfer> {
+        let mut v: Vec<_> = self
+            .inner
+            .incoming
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.hash.cmp(&b.hash));
+        v
     }
 
     /// Messages dropped on receipt because they had expired.

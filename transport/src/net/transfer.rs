@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::direct::{PieceBuf, PieceReader};
-use super::session::{Inbound, Inner, ReceivedFile};
+use super::session::{Inbound, IncomingTransfer, Inner, ReceivedFile};
 use super::store::Store;
 use super::{read_frame, varint, write_frame};
 use crate::error::TransferError;
@@ -482,11 +482,18 @@ pub(crate) async fn receive(
     let (tx, rx) = mpsc::channel::<(u64, PieceBuf)>(2);
     // Buffers come back from the writer for reuse, so steady state allocates nothing.
     let (spare_tx, mut spare_rx) = mpsc::unbounded_channel::<PieceBuf>();
-    let writer = {
-        let (store, m) = (store.clone(), m.clone());
-        tokio::task::spawn_blocking(move || write_pieces(&store, &m, rx, spare_tx))
-    };
     let piece_size = m.piece_size as usize;
+    let progress = Arc::new(IncomingProgress::new(
+        inner.clone(),
+        &hash,
+        &offer.name,
+        m.size,
+        resumed_from,
+    ));
+    let writer = {
+        let (store, m, progress) = (store.clone(), m.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || write_pieces(&store, &m, rx, spare_tx, &progress))
+    };
     let mut index = resume;
     let mut piece = PieceBuf::new(piece_size);
     let mut writer_gone = false;
@@ -502,6 +509,7 @@ pub(crate) async fn receive(
                 break;
             }
         };
+        progress.received(chunks[..n].iter().map(|c| c.len() as u64).sum());
         for chunk in chunks[..n].iter_mut().map(std::mem::take) {
             let mut data: &[u8] = &chunk;
             while !data.is_empty() {
@@ -532,6 +540,8 @@ pub(crate) async fn receive(
     let written = writer
         .await
         .unwrap_or_else(|e| Err(WriteError::Io(std::io::Error::other(e.to_string()))));
+    // No longer "under way", whatever the outcome, before the application hears of it.
+    drop(progress);
     let done = match written {
         Err(WriteError::Corrupt(piece)) => {
             tracing::warn!(piece, "piece failed verification; transfer refused");
@@ -581,6 +591,58 @@ pub(crate) async fn receive(
     let _ = send.finish();
 }
 
+/// Keeps the session's view of one incoming transfer up to date; removes it when dropped.
+struct IncomingProgress {
+    inner: Arc<Inner>,
+    hash: String,
+    started: Instant,
+}
+
+impl IncomingProgress {
+    fn new(inner: Arc<Inner>, hash: &str, name: &str, total: u64, verified: u64) -> Self {
+        inner.incoming.lock().unwrap().insert(
+            hash.to_string(),
+            IncomingTransfer {
+                hash: hash.to_string(),
+                name: name.to_string(),
+                total,
+                verified,
+                received: 0,
+                rate: 0.0,
+            },
+        );
+        Self {
+            inner,
+            hash: hash.to_string(),
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut IncomingTransfer)) {
+        if let Some(t) = self.inner.incoming.lock().unwrap().get_mut(&self.hash) {
+            f(t);
+        }
+    }
+
+    fn received(&self, bytes: u64) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-6);
+        self.update(|t| {
+            t.received += bytes;
+            t.rate = t.received as f64 / secs;
+        });
+    }
+
+    fn verified(&self, upto: u64) {
+        self.update(|t| t.verified = upto);
+    }
+}
+
+impl Drop for IncomingProgress {
+    fn drop(&mut self) {
+        self.inner.incoming.lock().unwrap().remove(&self.hash);
+    }
+}
+
 enum WriteError {
     Corrupt(u64),
     Io(std::io::Error),
@@ -593,6 +655,7 @@ fn write_pieces(
     m: &Manifest,
     mut rx: mpsc::Receiver<(u64, PieceBuf)>,
     spare: mpsc::UnboundedSender<PieceBuf>,
+    progress: &IncomingProgress,
 ) -> Result<u64, WriteError> {
     let mut file = store.piece_writer(m).map_err(WriteError::Io)?;
     let mut held = None;
@@ -605,6 +668,7 @@ fn write_pieces(
         file.write_at(piece.as_slice(), index * m.piece_size)
             .map_err(WriteError::Io)?;
         held = Some(index + 1);
+        progress.verified(((index + 1) * m.piece_size).min(m.size));
         let _ = spare.send(piece);
     }
     file.sync().map_err(WriteError::Io)?;
