@@ -34,7 +34,7 @@ pub struct Manifest {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ManifestError {
-    /// Piece size is not a power of two of at least [`MIN_PIECE_SIZE`].
+    /// Piece size is not the one [`piece_size_for`] gives for the file's size.
     #[error("invalid piece size {0}")]
     PieceSize(u64),
     /// The piece count does not fit the size.
@@ -138,7 +138,8 @@ impl Manifest {
     /// Check the manifest is well-formed and its pieces combine to its hash. Cheap: one
     /// compression per piece.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        if !self.piece_size.is_power_of_two() || self.piece_size < MIN_PIECE_SIZE {
+        // The piece size follows from the size, so a peer cannot make us hold a huge piece.
+        if self.piece_size != piece_size_for(self.size) {
             return Err(ManifestError::PieceSize(self.piece_size));
         }
         let expected = piece_count(self.size, self.piece_size);
@@ -220,8 +221,8 @@ impl ManifestBuilder {
 
     /// The manifest of everything pushed.
     pub fn finish(mut self) -> std::io::Result<Manifest> {
-        if piece_count(self.size, self.piece_size) > MAX_PIECES {
-            // The source grew past what the size hint allowed.
+        if piece_size_for(self.size) != self.piece_size {
+            // The source changed size enough to change the piece size.
             return Err(std::io::Error::other(
                 "source changed size while being hashed",
             ));
@@ -307,6 +308,11 @@ mod tests {
         let mut m = Manifest::from_bytes(&d);
         m.piece_size = 3 << 20;
         assert_eq!(m.validate(), Err(ManifestError::PieceSize(3 << 20)));
+        // A hostile, huge piece size (one piece for the whole file) is refused too.
+        let mut m = Manifest::from_bytes(&d);
+        m.piece_size = 1 << 62;
+        m.pieces = vec![m.hash];
+        assert_eq!(m.validate(), Err(ManifestError::PieceSize(1 << 62)));
     }
 
     #[test]
