@@ -158,7 +158,10 @@ impl CudaEngine {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // No buffer outlives one locked call, so none is on loan now.
+        guard.pool.reclaim_lost();
+        guard
     }
 
     fn kernels(&self, st: &mut State) -> Result<Arc<Kernels>, CudaError> {
@@ -294,6 +297,9 @@ impl CudaEngine {
         size: Option<(u32, u32)>,
     ) -> Result<RgbImage, CudaError> {
         f.validate()?;
+        if let Some((dw, dh)) = size {
+            frames::check_dims(dw, dh)?;
+        }
         let mut guard = self.lock();
         let st = &mut *guard;
         let k = self.kernels(st)?;
@@ -354,7 +360,9 @@ impl CudaEngine {
         (w, h, channels): (u32, u32, usize),
         (dw, dh): (u32, u32),
     ) -> Result<Vec<u8>, CudaError> {
-        if dw == 0 || dh == 0 || data.len() < w as usize * h as usize * channels {
+        frames::check_dims(w, h)?;
+        frames::check_dims(dw, dh)?;
+        if data.len() < w as usize * h as usize * channels {
             return Err(FrameError::Dimensions {
                 width: dw,
                 height: dh,
@@ -384,7 +392,9 @@ impl CudaEngine {
         (w, h): (u32, u32),
         (dw, dh): (u32, u32),
     ) -> Result<LumaImage, CudaError> {
-        if dw == 0 || dh == 0 || dw > w || dh > h || plane.stride < w as usize {
+        frames::check_dims(w, h)?;
+        frames::check_dims(dw, dh)?;
+        if dw > w || dh > h || plane.stride < w as usize {
             return Err(FrameError::Dimensions {
                 width: dw,
                 height: dh,
@@ -450,14 +460,18 @@ impl CudaEngine {
         let k = self.kernels(st)?;
         if st.hist.is_none() {
             st.hist = Some(st.stream.alloc_zeros::<u32>(256).map_err(driver)?);
+        }
+        if st.sum.is_none() {
             st.sum = Some(st.stream.alloc_zeros::<u64>(1).map_err(driver)?);
         }
-        let n = a.data.len();
+        // As on the CPU: each histogram over its own image, the difference over the shorter.
+        let (na, nb) = (a.data.len(), b.data.len());
+        let n = na.min(nb);
         let da = Self::upload(st, &a.data)?;
         let db = Self::upload(st, &b.data)?;
         let ni = int(n);
         let mut hists = [[0u32; 256]; 2];
-        for (img, out) in [&da, &db].into_iter().zip(hists.iter_mut()) {
+        for ((img, len), out) in [(&da, na), (&db, nb)].into_iter().zip(hists.iter_mut()) {
             let (stream, hist) = (
                 st.stream.clone(),
                 st.hist
@@ -466,9 +480,11 @@ impl CudaEngine {
             );
             stream.memset_zeros(hist).map_err(driver)?;
             let mut l = stream.launch_builder(&k.hist);
-            l.arg(&img.0).arg(&ni).arg(&mut *hist);
-            // SAFETY: reads n bytes of `img` (uploaded, at least n long); writes 256 counters.
-            unsafe { l.launch(grid_1d(n)) }.map_err(driver)?;
+            let li = int(len);
+            l.arg(&img.0).arg(&li).arg(&mut *hist);
+            // SAFETY: reads `len` bytes of `img`, which was uploaded from exactly `len` bytes;
+            // writes 256 counters.
+            unsafe { l.launch(grid_1d(len)) }.map_err(driver)?;
             let v = stream.clone_dtoh(&*hist).map_err(driver)?;
             out.copy_from_slice(&v[..256]);
         }
@@ -479,8 +495,8 @@ impl CudaEngine {
         stream.memset_zeros(sum).map_err(driver)?;
         let mut l = stream.launch_builder(&k.diff);
         l.arg(&da.0).arg(&db.0).arg(&ni).arg(&mut *sum);
-        // SAFETY: reads n bytes of both uploads; writes one u64; block size is 256 as the
-        // kernel's shared array requires.
+        // SAFETY: reads n = min(len a, len b) bytes of both uploads; writes one u64; block
+        // size is 256 as the kernel's shared array requires.
         unsafe { l.launch(grid_1d(n)) }.map_err(driver)?;
         let total = stream.clone_dtoh(&*sum).map_err(driver)?;
         stream.synchronize().map_err(driver)?;

@@ -29,16 +29,16 @@ extern "C" __global__ void yuv420_to_rgb(
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int row = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= width || row >= height) return;
-    int Y = y[row * y_stride + x];
+    int Y = y[(unsigned long long)row * y_stride + x];
     int cr = row / 2;
     int U, V;
     if (interleaved) {
-        int b = cr * u_stride + (x / 2) * 2;
+        unsigned long long b = (unsigned long long)cr * u_stride + (x / 2) * 2;
         U = u[b];
         V = u[b + 1];
     } else {
-        U = u[cr * u_stride + x / 2];
-        V = v[cr * v_stride + x / 2];
+        U = u[(unsigned long long)cr * u_stride + x / 2];
+        V = v[(unsigned long long)cr * v_stride + x / 2];
     }
     int d = U - 128, e = V - 128;
     int r, g, b;
@@ -131,7 +131,9 @@ extern "C" __global__ void histogram256(const unsigned char* img, int n, unsigne
     __shared__ unsigned int local[256];
     for (int i = threadIdx.x; i < 256; i += blockDim.x) local[i] = 0;
     __syncthreads();
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < (unsigned long long)n;
+         i += (unsigned long long)gridDim.x * blockDim.x) {
         atomicAdd(&local[img[i]], 1u);
     }
     __syncthreads();
@@ -145,7 +147,9 @@ extern "C" __global__ void abs_diff_sum(
 {
     __shared__ unsigned long long partial[256];
     unsigned long long s = 0;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < (unsigned long long)n;
+         i += (unsigned long long)gridDim.x * blockDim.x) {
         int d = (int)a[i] - (int)b[i];
         s += (unsigned long long)(d < 0 ? -d : d);
     }

@@ -31,7 +31,11 @@ pub enum PoolError {
 
 /// The size class a request of `bytes` falls in.
 pub fn size_class(bytes: usize) -> usize {
-    bytes.max(MIN_CLASS).next_power_of_two()
+    // Past the largest power of two: a class no limit admits.
+    bytes
+        .max(MIN_CLASS)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX)
 }
 
 /// Counts and caches buffers of type `B`.
@@ -55,6 +59,12 @@ pub struct PoolStats {
 }
 
 impl<B> Pool<B> {
+    /// Re-derive the count from the cache. Call only when no buffer is on loan: a lease
+    /// dropped on an error path is freed by its own drop but was never given back here.
+    pub fn reclaim_lost(&mut self) {
+        self.allocated = self.free.iter().map(|(c, v)| c * v.len()).sum();
+    }
+
     /// A pool that never holds more than `limit` bytes.
     pub fn new(limit: usize) -> Self {
         Self {

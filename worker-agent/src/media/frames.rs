@@ -127,7 +127,7 @@ impl YuvFrame<'_> {
 /// Largest side any operation accepts (JPEG's own limit is 65,535).
 pub const MAX_SIDE: u32 = 16_384;
 
-fn check_dims(width: u32, height: u32) -> Result<(), FrameError> {
+pub(crate) fn check_dims(width: u32, height: u32) -> Result<(), FrameError> {
     if width == 0 || height == 0 {
         return Err(FrameError::Dimensions {
             width,
