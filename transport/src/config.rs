@@ -131,6 +131,15 @@ impl SessionConfig {
                 "must be at least 1024 bytes".into(),
             ));
         }
+        if self.max_file_size > crate::manifest::MAX_FILE_SIZE {
+            return Err(ConfigError::Invalid(
+                "max_file_size",
+                format!(
+                    "must be at most {} bytes (4 TiB)",
+                    crate::manifest::MAX_FILE_SIZE
+                ),
+            ));
+        }
         if self.max_concurrent_transfers == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent_transfers",

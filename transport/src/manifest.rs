@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 pub const MIN_PIECE_SIZE: u64 = 1 << 20;
 /// Most pieces in one manifest; bigger files get bigger pieces.
 pub const MAX_PIECES: u64 = 1 << 16;
+/// Largest piece (64 MiB): a receiver holds a few pieces in memory per transfer.
+pub const MAX_PIECE_SIZE: u64 = 64 << 20;
+/// Largest file a manifest can describe (4 TiB).
+pub const MAX_FILE_SIZE: u64 = MAX_PIECES * MAX_PIECE_SIZE;
 
 /// A file's hash, size, piece size and per-piece chaining values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +143,7 @@ impl Manifest {
     /// compression per piece.
     pub fn validate(&self) -> Result<(), ManifestError> {
         // The piece size follows from the size, so a peer cannot make us hold a huge piece.
-        if self.piece_size != piece_size_for(self.size) {
+        if self.size > MAX_FILE_SIZE || self.piece_size != piece_size_for(self.size) {
             return Err(ManifestError::PieceSize(self.piece_size));
         }
         let expected = piece_count(self.size, self.piece_size);

@@ -60,6 +60,9 @@ pub mod close_code {
     pub const NOT_ALLOWED: u32 = 7;
     /// The endpoint is shutting down.
     pub const SHUTDOWN: u32 = 8;
+    /// The peer's certificate has expired (caught on resumed sessions, which TLS does not
+    /// re-verify).
+    pub const EXPIRED: u32 = 9;
 
     /// Words for a close code, for logs and errors.
     pub fn describe(code: u32) -> &'static str {
@@ -73,6 +76,7 @@ pub mod close_code {
             SUPERSEDED => "replaced by a newer connection from the same peer",
             NOT_ALLOWED => "peer not allowed",
             SHUTDOWN => "endpoint shutting down",
+            EXPIRED => "certificate expired",
             _ => "unknown close code",
         }
     }
@@ -96,6 +100,7 @@ pub enum RefuseReason {
     IdentityMismatch,
     Revoked,
     NotAllowed,
+    Expired,
 }
 
 impl RefuseReason {
@@ -105,6 +110,7 @@ impl RefuseReason {
             RefuseReason::IdentityMismatch => close_code::IDENTITY_MISMATCH,
             RefuseReason::Revoked => close_code::REVOKED,
             RefuseReason::NotAllowed => close_code::NOT_ALLOWED,
+            RefuseReason::Expired => close_code::EXPIRED,
         }
     }
 }
@@ -168,6 +174,8 @@ pub enum TransferReply {
     SendFrom { piece: u64 },
     /// The receiver will not take it.
     Reject { message: String },
+    /// The receiver is taking the same content from elsewhere; offer again later.
+    Busy,
 }
 
 /// The receiver's verdict after the last byte.

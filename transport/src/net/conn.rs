@@ -27,14 +27,15 @@ use crate::wire::{close_code, ControlFrame, Datagram, StreamOpen, MAX_DATAGRAM, 
 /// How often liveness is checked.
 const LIVENESS_TICK: Duration = Duration::from_millis(100);
 
-/// Install `conn` as the session's current connection and start its tasks.
+/// Install `conn` as the session's current connection and start its tasks. Returns false
+/// (and closes `conn`) if the session is closed or closing.
 pub(crate) fn attach(
     inner: &Arc<Inner>,
     conn: quinn::Connection,
     control_send: quinn::SendStream,
     control_recv: quinn::RecvStream,
     zero_rtt: bool,
-) {
+) -> bool {
     let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
     let cancel = CancellationToken::new();
     let detector = Arc::new(Mutex::new(FailureDetector::new(
@@ -49,8 +50,23 @@ pub(crate) fn attach(
         detector: detector.clone(),
         cancel: cancel.clone(),
     };
-    // Replace (and close) whatever connection the session had.
-    if let Some(old) = inner.current.send_replace(Some(live.clone())) {
+    // Replace (and close) whatever connection the session had, unless the session is over:
+    // decided under the same lock `finish` takes, so a close and a reconnect cannot cross.
+    let mut refused = false;
+    let mut replaced = None;
+    inner.current.send_if_modified(|cur| {
+        if inner.closed.is_cancelled() || inner.closing.load(Ordering::Acquire) {
+            refused = true;
+            return false;
+        }
+        replaced = cur.replace(live.clone());
+        true
+    });
+    if refused {
+        conn.close(varint(close_code::NORMAL), b"session closed");
+        return false;
+    }
+    if let Some(old) = replaced {
         old.cancel.cancel();
         old.conn.close(
             varint(close_code::SUPERSEDED),
@@ -77,6 +93,7 @@ pub(crate) fn attach(
     tokio::spawn(datagrams(inner.clone(), live.clone()).instrument(span.clone()));
     tokio::spawn(accept_streams(inner.clone(), live.clone()).instrument(span.clone()));
     tokio::spawn(watch_end(inner.clone(), live).instrument(span));
+    true
 }
 
 async fn control_writer(inner: Arc<Inner>, live: Live, mut send: quinn::SendStream) {
@@ -101,6 +118,11 @@ async fn control_writer(inner: Arc<Inner>, live: Live, mut send: quinn::SendStre
                     };
                     inner.outbox.push_with_seq(env, seq);
                     tracing::debug!(error = %e, "control stream closed; message kept for the next connection");
+                    if live.conn.close_reason().is_none() {
+                        // The peer stopped the control stream but kept the connection: without
+                        // a control stream the session cannot work.
+                        protocol_error(&live, "control stream stopped");
+                    }
                     return;
                 }
             }
@@ -337,6 +359,17 @@ async fn watch_end(inner: Arc<Inner>, live: Live) {
     if inner.closed.is_cancelled() || inner.closing.load(Ordering::Acquire) {
         return;
     }
+    if matches!(inner.side, Side::Dialer) && is_superseded(&reason) {
+        // Another dialer with our identity took the session over: reconnecting would only
+        // knock it off again.
+        let msg =
+            "another connection with this identity replaced ours; not reconnecting".to_string();
+        tracing::error!(%msg);
+        inner.record_error(msg.clone());
+        inner.emit(SessionEvent::Refused { message: msg });
+        finish(&inner);
+        return;
+    }
     let local = live.local_close.lock().unwrap().take();
     let text = local.unwrap_or_else(|| super::tls::describe_connection_error(&reason));
     tracing::warn!(reason = %text, "connection lost");
@@ -347,10 +380,29 @@ async fn watch_end(inner: Arc<Inner>, live: Live) {
     }
 }
 
+fn is_superseded(reason: &quinn::ConnectionError) -> bool {
+    matches!(reason, quinn::ConnectionError::ApplicationClosed(c)
+        if c.error_code.into_inner() == u64::from(close_code::SUPERSEDED))
+}
+
 /// Mark the session over.
 pub(crate) fn finish(inner: &Inner) {
-    inner.closing.store(true, Ordering::Release);
-    inner.closed.cancel();
+    finish_with(inner, close_code::NORMAL, "session closed")
+}
+
+/// Mark the session over, closing its connection (if one is up) with `code`.
+pub(crate) fn finish_with(inner: &Inner, code: u32, reason: &str) {
+    let mut current = None;
+    inner.current.send_if_modified(|cur| {
+        inner.closing.store(true, Ordering::Release);
+        inner.closed.cancel();
+        current = cur.take();
+        current.is_some()
+    });
+    if let Some(live) = current {
+        live.cancel.cancel();
+        live.conn.close(varint(code), reason.as_bytes());
+    }
     // Wake anyone waiting for a reply.
     inner.pending.lock().unwrap().clear();
 }

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use morag_certs::{PeerIdentity, RevocationList, Role};
-use rustls::client::ClientSessionMemoryCache;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -61,8 +60,8 @@ struct ClientShared {
     endpoint: quinn::Endpoint,
     config: Arc<SessionConfig>,
     own: PeerIdentity,
-    tickets: Arc<ClientSessionMemoryCache>,
-    client_config: Mutex<quinn::ClientConfig>,
+    /// Built once: its session cache holds the tickets 0-RTT reconnects need.
+    client_config: quinn::ClientConfig,
     revocations: RwLock<RevocationList>,
     /// Cancelled by `Client::close`: sessions stop reconnecting and end.
     cancel: CancellationToken,
@@ -93,8 +92,7 @@ impl Client {
     pub fn bind(addr: SocketAddr, config: SessionConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let own = own_identity(&config)?;
-        let tickets = tls::ticket_store();
-        let client_config = tls::client_config(&config, tickets.clone(), &config.alpn)?;
+        let client_config = tls::client_config(&config, tls::ticket_store(), &config.alpn)?;
         let endpoint = bind_endpoint(addr, None)?;
         let revocations = RwLock::new(config.revocations.clone());
         Ok(Self {
@@ -102,8 +100,7 @@ impl Client {
                 endpoint,
                 config: Arc::new(config),
                 own,
-                tickets,
-                client_config: Mutex::new(client_config),
+                client_config,
                 revocations,
                 cancel: CancellationToken::new(),
             }),
@@ -132,13 +129,11 @@ impl Client {
     /// Replace the revocation list. Every later connection, reconnects of existing sessions
     /// included, checks the peer against it; connections already up are left as they are (the
     /// accepting side's [`Listener::set_revocations`] closes those).
-    pub fn set_revocations(&self, crl: RevocationList) -> Result<(), ConfigError> {
-        let mut cfg = (*self.shared.config).clone();
-        cfg.revocations = crl.clone();
-        let cc = tls::client_config(&cfg, self.shared.tickets.clone(), &cfg.alpn)?;
-        *self.shared.client_config.lock().unwrap() = cc;
+    pub fn set_revocations(&self, crl: RevocationList) {
+        // The TLS configuration is left alone: a rebuilt one could not resume the cached
+        // sessions (rustls resumes only with the very same verifier), and `dial` checks every
+        // connection, full or resumed, against this list.
         *self.shared.revocations.write().unwrap() = crl;
-        Ok(())
     }
 
     /// Open a session with the peer at `addr` whose certificate is valid for `server_name`.
@@ -199,12 +194,13 @@ struct Dialed {
 
 fn handshake_error(e: &quinn::ConnectionError) -> ConnectError {
     if let quinn::ConnectionError::ApplicationClosed(c) = e {
-        let code = c.error_code.into_inner() as u32;
+        let code = u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX);
         let reason = match code {
             close_code::VERSION_MISMATCH => Some(RefuseReason::VersionMismatch),
             close_code::IDENTITY_MISMATCH => Some(RefuseReason::IdentityMismatch),
             close_code::REVOKED => Some(RefuseReason::Revoked),
             close_code::NOT_ALLOWED => Some(RefuseReason::NotAllowed),
+            close_code::EXPIRED => Some(RefuseReason::Expired),
             _ => None,
         };
         if let Some(reason) = reason {
@@ -251,7 +247,7 @@ async fn dial(
     server_name: &str,
 ) -> Result<Dialed, ConnectError> {
     let cfg = &shared.config;
-    let client_config = shared.client_config.lock().unwrap().clone();
+    let client_config = shared.client_config.clone();
     let connecting = shared
         .endpoint
         .connect_with(client_config, addr, server_name)
@@ -306,6 +302,13 @@ async fn dial(
                     ),
                 });
             }
+            if peer.not_after <= std::time::SystemTime::now() {
+                conn.close(varint(close_code::EXPIRED), b"certificate expired");
+                return Err(ConnectError::Refused {
+                    reason: RefuseReason::Expired,
+                    message: format!("peer {}'s certificate has expired", peer.id),
+                });
+            }
             if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
                 conn.close(varint(close_code::REVOKED), b"certificate revoked");
                 return Err(ConnectError::Refused {
@@ -355,7 +358,7 @@ async fn supervise(
             biased;
             _ = inner.closed.cancelled() => return,
             _ = shared.cancel.cancelled() => {
-                super::conn::finish(&inner);
+                super::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down");
                 return;
             }
             _ = inner.reconnect_needed.notified() => {}
@@ -375,12 +378,21 @@ async fn supervise(
                 biased;
                 _ = inner.closed.cancelled() => return,
                 _ = shared.cancel.cancelled() => {
-                    super::conn::finish(&inner);
+                    super::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down");
                     return;
                 }
                 _ = tokio::time::sleep(delay) => {}
             }
-            match dial(&shared, addr, &server_name).await {
+            let dialed = tokio::select! {
+                biased;
+                _ = inner.closed.cancelled() => return,
+                _ = shared.cancel.cancelled() => {
+                    super::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down");
+                    return;
+                }
+                d = dial(&shared, addr, &server_name) => d,
+            };
+            match dialed {
                 Ok(d) if d.peer.id != inner.peer.id => {
                     d.conn
                         .close(varint(close_code::IDENTITY_MISMATCH), b"unexpected peer");
@@ -389,7 +401,9 @@ async fn supervise(
                     inner.record_error(msg);
                 }
                 Ok(d) => {
-                    super::conn::attach(&inner, d.conn, d.send, d.recv, d.zero_rtt);
+                    if !super::conn::attach(&inner, d.conn, d.send, d.recv, d.zero_rtt) {
+                        return; // closed while dialing
+                    }
                     break;
                 }
                 Err(ConnectError::Refused { reason, message }) => {
@@ -428,6 +442,22 @@ struct ListenerShared {
 pub struct Listener {
     shared: Arc<ListenerShared>,
     incoming: tokio::sync::Mutex<mpsc::Receiver<Session>>,
+}
+
+impl Drop for Listener {
+    /// Dropping the listener stops accepting and closes its connections at once; use
+    /// [`Listener::close`] first for a graceful close.
+    fn drop(&mut self) {
+        if !self.shared.cancel.is_cancelled() {
+            self.shared.cancel.cancel();
+            for s in self.shared.sessions.lock().unwrap().drain() {
+                super::conn::finish_with(&s.1.inner, close_code::SHUTDOWN, "listener dropped");
+            }
+            self.shared
+                .endpoint
+                .close(varint(close_code::SHUTDOWN), b"listener dropped");
+        }
+    }
 }
 
 impl std::fmt::Debug for Listener {
@@ -532,24 +562,17 @@ impl Listener {
 
     /// Close every session gracefully (in parallel), then the endpoint.
     pub async fn close(&self, code: u32, reason: &str) {
-        let sessions = self.sessions();
-        let closes = sessions.iter().map(|s| s.close(code, reason));
-        futures_join_all(closes).await;
+        let mut closing = tokio::task::JoinSet::new();
+        for s in self.sessions() {
+            let reason = reason.to_string();
+            closing.spawn(async move { s.close(code, &reason).await });
+        }
+        while closing.join_next().await.is_some() {}
         self.shared.cancel.cancel();
         self.shared.sessions.lock().unwrap().clear();
         self.shared.endpoint.close(varint(code), reason.as_bytes());
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
-    }
-}
-
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    for f in set {
-        f.await;
     }
 }
 
@@ -666,7 +689,12 @@ async fn accept_greeting(
         }
     };
     // rustls does not re-check revocation on resumption: this check covers both cases.
-    let refusal = if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
+    let refusal = if peer.not_after <= std::time::SystemTime::now() {
+        Some((
+            RefuseReason::Expired,
+            format!("certificate of {} has expired", peer.id),
+        ))
+    } else if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
         Some((
             RefuseReason::Revoked,
             format!(
@@ -739,7 +767,21 @@ async fn accept_greeting(
     tracing::info!(peer = %peer.id, role = %peer.role, version, software = %hello.software, remote = %conn.remote_address(), "session accepted");
     let (session, is_new) = {
         let mut sessions = shared.sessions.lock().unwrap();
-        match sessions.get(&peer.id) {
+        sessions.retain(|_, s| !s.is_closed());
+        // Checked again under the registry lock: `set_revocations` may have run while the
+        // handshake was being confirmed.
+        if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
+            drop(sessions);
+            conn.close(varint(close_code::REVOKED), b"certificate revoked");
+            return Err(ConnectError::Refused {
+                reason: RefuseReason::Revoked,
+                message: format!(
+                    "certificate of {} was revoked during the handshake",
+                    peer.id
+                ),
+            });
+        }
+        let (session, is_new) = match sessions.get(&peer.id) {
             // A session whose peer said goodbye (or that we are closing) is over even if its
             // connection has not finished closing: a reconnect starts a new session.
             Some(s)
@@ -755,9 +797,14 @@ async fn accept_greeting(
                 sessions.insert(peer.id.clone(), session.clone());
                 (session, true)
             }
+        };
+        if !super::conn::attach(&session.inner, conn, send, recv, false) {
+            return Err(ConnectError::Protocol(
+                "session closed while attaching".into(),
+            ));
         }
+        (session, is_new)
     };
-    super::conn::attach(&session.inner, conn, send, recv, false);
     if is_new {
         let _ = shared.new_sessions.send(session).await;
     }

@@ -212,7 +212,7 @@ impl Inner {
     pub fn new(config: Arc<SessionConfig>, peer: PeerIdentity, side: Side) -> Arc<Self> {
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(256);
-        let store = Arc::new(Store::new(config.store_dir.clone()));
+        let store = Store::shared(config.store_dir.clone());
         let receive_slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_transfers));
         Arc::new(Self {
             config,
@@ -296,7 +296,17 @@ impl Inner {
                 return;
             }
         }
-        let _ = self.inbound_tx.send(Inbound::Message(env)).await;
+        self.hand_over(Inbound::Message(env)).await;
+    }
+
+    /// Give something received to the application, unless the session ends first (then it
+    /// is dropped: delivery is at most once).
+    pub async fn hand_over(&self, inbound: Inbound) {
+        tokio::select! {
+            biased;
+            _ = self.inbound_tx.send(inbound) => {}
+            _ = self.closed.cancelled() => {}
+        }
     }
 
     fn stamp(&self, mut env: Envelope) -> Envelope {
@@ -306,10 +316,14 @@ impl Inner {
     }
 
     pub fn enqueue(&self, env: Envelope) -> Result<u64, SendError> {
+        self.enqueue_stamped(self.stamp(env))
+    }
+
+    /// Queue a message that already has its id and timestamp.
+    pub fn enqueue_stamped(&self, env: Envelope) -> Result<u64, SendError> {
         if self.closed.is_cancelled() || self.closing.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
-        let env = self.stamp(env);
         // Refuse what the peer would refuse, here and now rather than on its side.
         let len = postcard::experimental::serialized_size(&crate::wire::ControlFrame::Message(
             env.clone(),
@@ -324,6 +338,14 @@ impl Inner {
         let id = env.id;
         self.outbox.push(env);
         Ok(id)
+    }
+}
+
+struct PendingGuard<'a>(&'a Inner, u64);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().unwrap().remove(&self.1);
     }
 }
 
@@ -365,7 +387,7 @@ impl Session {
 
     /// How many connections this session has had.
     pub fn generation(&self) -> u64 {
-        self.inner.live().map_or(0, |l| l.generation)
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// Whether the session is over.
@@ -406,11 +428,9 @@ impl Session {
         let env = self.inner.stamp(env);
         let id = env.id;
         self.inner.pending.lock().unwrap().insert(id, tx);
-        let sent = self.send_stamped(env);
-        if let Err(e) = sent {
-            self.inner.pending.lock().unwrap().remove(&id);
-            return Err(e.into());
-        }
+        // Removes the entry however this future ends, dropped by the caller included.
+        let _pending = PendingGuard(&self.inner, id);
+        self.inner.enqueue_stamped(env)?;
         let result = tokio::select! {
             biased;
             _ = self.inner.closed.cancelled() => Err(RequestError::Closed),
@@ -420,17 +440,7 @@ impl Session {
                 Err(_) => Err(RequestError::Timeout(timeout)),
             },
         };
-        self.inner.pending.lock().unwrap().remove(&id);
         result
-    }
-
-    fn send_stamped(&self, env: Envelope) -> Result<u64, SendError> {
-        if self.inner.closed.is_cancelled() || self.inner.closing.load(Ordering::Acquire) {
-            return Err(SendError::Closed);
-        }
-        let id = env.id;
-        self.inner.outbox.push(env);
-        Ok(id)
     }
 
     /// Answer `request` with `body`.

@@ -17,6 +17,21 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// The store of `dir`, shared by every session of this process that uses that directory,
+    /// so that two transfers of the same content never write one partial file at once.
+    pub fn shared(dir: PathBuf) -> Arc<Self> {
+        static STORES: std::sync::OnceLock<Mutex<HashMap<PathBuf, std::sync::Weak<Store>>>> =
+            std::sync::OnceLock::new();
+        let mut stores = STORES.get_or_init(Default::default).lock().unwrap();
+        stores.retain(|_, s| s.strong_count() > 0);
+        if let Some(store) = stores.get(&dir).and_then(|s| s.upgrade()) {
+            return store;
+        }
+        let store = Arc::new(Self::new(dir.clone()));
+        stores.insert(dir, Arc::downgrade(&store));
+        store
+    }
+
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,

@@ -99,8 +99,7 @@ pub(crate) fn server_config(cfg: &SessionConfig) -> Result<quinn::ServerConfig, 
     Ok(server)
 }
 
-/// Session-ticket store shared by every client config an endpoint builds, so 0-RTT survives
-/// a rebuild (a new CRL, say).
+/// A session-ticket store for one client configuration.
 pub(crate) fn ticket_store() -> Arc<ClientSessionMemoryCache> {
     Arc::new(ClientSessionMemoryCache::new(64))
 }
@@ -138,7 +137,7 @@ pub(crate) fn describe_connection_error(e: &quinn::ConnectionError) -> String {
     use quinn::ConnectionError as E;
     match e {
         E::ApplicationClosed(c) => {
-            let code = c.error_code.into_inner() as u32;
+            let code = u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX);
             format!(
                 "peer closed the connection: {} ({})",
                 crate::wire::close_code::describe(code),

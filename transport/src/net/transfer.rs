@@ -178,6 +178,8 @@ async fn manifest_of(source: &Source) -> Result<Manifest, TransferError> {
 enum AttemptError {
     /// The connection went away: try again after a reconnect.
     Lost(String),
+    /// The receiver is taking the same content from elsewhere: try again shortly.
+    Busy,
     Fatal(TransferError),
 }
 
@@ -206,6 +208,7 @@ async fn run(
         p.hash = outcome.hash.clone();
         p.total = manifest.size;
     });
+    let mut busy_since: Option<Instant> = None;
     loop {
         let live = inner
             .wait_live(inner.config.transfer_reconnect_wait)
@@ -224,6 +227,16 @@ async fn run(
         {
             Ok(()) => return Ok(outcome),
             Err(AttemptError::Fatal(e)) => return Err(e),
+            Err(AttemptError::Busy) => {
+                if busy_since.get_or_insert_with(Instant::now).elapsed()
+                    > inner.config.transfer_reconnect_wait
+                {
+                    return Err(TransferError::Rejected(
+                        "receiver stayed busy with the same content".into(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             Err(AttemptError::Lost(why)) => {
                 tracing::info!(hash = %outcome.hash, %why, "transfer interrupted; will resume after reconnect");
                 // Wait for this connection to be replaced before trying again.
@@ -269,6 +282,10 @@ async fn attempt(
         }
         TransferReply::Reject { message } => {
             return Err(AttemptError::Fatal(TransferError::Rejected(message)))
+        }
+        TransferReply::Busy => {
+            let _ = send.finish();
+            return Err(AttemptError::Busy);
         }
         TransferReply::SendFrom { piece } if piece <= manifest.piece_count() => piece,
         TransferReply::SendFrom { piece } => {
@@ -393,13 +410,28 @@ fn chunk_source(
 pub(crate) async fn receive(
     inner: Arc<Inner>,
     offer: TransferOffer,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "recv_transfer",
+        hash = %offer.manifest.hash_hex(),
+        size = offer.manifest.size
+    );
+    receive_inner(inner, offer, send, recv)
+        .instrument(span)
+        .await
+}
+
+async fn receive_inner(
+    inner: Arc<Inner>,
+    offer: TransferOffer,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let m = offer.manifest;
     let hash = m.hash_hex();
-    let span = tracing::info_span!("recv_transfer", hash = %hash, size = m.size);
-    let _e = span.enter();
     let reject = |message: String| TransferReply::Reject { message };
     let refusal = if m.size > inner.config.max_file_size {
         Some(reject(format!(
@@ -422,12 +454,7 @@ pub(crate) async fn receive(
     };
     let lock = inner.store.lock(m.hash);
     let Ok(_guard) = tokio::time::timeout(Duration::from_secs(10), lock.lock()).await else {
-        let _ = write_frame(
-            &mut send,
-            &reject("busy receiving the same content".into()),
-            MAX_FRAME_SIZE,
-        )
-        .await;
+        let _ = write_frame(&mut send, &TransferReply::Busy, MAX_FRAME_SIZE).await;
         let _ = send.finish();
         return;
     };
@@ -444,7 +471,7 @@ pub(crate) async fn receive(
             skipped: true,
             resumed_from: m.size,
         };
-        let _ = inner.inbound_tx.send(Inbound::File(file)).await;
+        inner.hand_over(Inbound::File(file)).await;
         return;
     }
     let (m, resume) = {
@@ -574,7 +601,7 @@ pub(crate) async fn receive(
                     skipped: false,
                     resumed_from,
                 };
-                let _ = inner.inbound_tx.send(Inbound::File(file)).await;
+                inner.hand_over(Inbound::File(file)).await;
                 return;
             }
             Err(e) => TransferDone::Failed {
