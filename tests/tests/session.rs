@@ -713,3 +713,51 @@ async fn malformed_input() {
     drop(hub_session);
     still_serving(&pki, &listener, addr, "good-c").await;
 }
+
+/// TLS does not re-verify a certificate on a resumed session, so a peer whose certificate
+/// expired could come back on its ticket; the accepting side's own check refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_certificate_refused_on_resumed_session() {
+    init_tracing();
+    let pki = Pki::new();
+    let listener = listen(pki.hub_config().config);
+    let addr = listener.local_addr().unwrap();
+    let now = std::time::SystemTime::now();
+    let short = pki
+        .ca
+        .issue_agent(
+            "short-lived",
+            morag_certs::Validity {
+                not_before: now - Duration::from_secs(3600),
+                not_after: now + Duration::from_secs(3),
+            },
+        )
+        .unwrap();
+    let agent_side = Side::new(pki.credentials(&short));
+    let client = Client::new(agent_side.config.clone()).unwrap();
+    let s1 = client.connect(addr, HUB_NAME).await.unwrap();
+    accept(&listener).await;
+    s1.close(close_code::NORMAL, "come back later").await;
+
+    // Certificates hold whole seconds: wait until it has certainly expired.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let err = client
+        .connect(addr, HUB_NAME)
+        .await
+        .expect_err("an expired certificate must be refused");
+    eprintln!("reconnect with an expired certificate: {err}");
+    assert!(
+        matches!(
+            err,
+            morag_transport::ConnectError::Refused {
+                reason: morag_transport::wire::RefuseReason::Expired,
+                ..
+            }
+        ),
+        "refused by the resumed-session check: {err:?}"
+    );
+    assert!(err.to_string().contains("expired"), "{err}");
+    // The listener keeps serving good peers.
+    let good = pki.agent_config("still-good");
+    let (_c, _a, _h) = connect_pair(&listener, addr, good.config.clone()).await;
+}
