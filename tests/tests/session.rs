@@ -690,6 +690,7 @@ async fn malformed_input() {
         max_version: morag_transport::wire::MAX_VERSION,
         peer_id: "later".into(),
         software: "raw-test".into(),
+        session: 7,
     });
     let frame = morag_transport::frame::encode(&hello, 1 << 20).unwrap();
     send.write_all(&frame).await.unwrap();

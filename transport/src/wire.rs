@@ -91,6 +91,9 @@ pub struct Hello {
     pub peer_id: String,
     /// Free-form software name and version, for logs.
     pub software: String,
+    /// Random per dialing session, the same on each of its reconnects: a peer that restarts
+    /// (new nonce) gets a new session on the accepting side, not its predecessor's.
+    pub session: u64,
 }
 
 /// Why a hello was refused.
@@ -219,9 +222,10 @@ mod tests {
             max_version: 1,
             peer_id: "a1".into(),
             software: "t".into(),
+            session: 0x0102,
         });
         let bytes = encode(&f, MAX_FRAME_SIZE).unwrap();
-        assert_eq!(hex::encode(bytes), "000000080001010261310174");
+        assert_eq!(hex::encode(bytes), "0000000a00010102613101748202");
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn config(
 struct Setup {
     dir: tempfile::TempDir,
     hub_config: SessionConfig,
+    agent_config: SessionConfig,
     listener: Listener,
     client: Client,
 }
@@ -41,10 +42,12 @@ fn setup() -> Setup {
     let agent = ca.issue_agent("agent-1", Validity::days(1)).unwrap();
     let hub_config = config(&ca, hub, &dir.path().join("hub"));
     let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), hub_config.clone()).unwrap();
-    let client = Client::new(config(&ca, agent, &dir.path().join("agent"))).unwrap();
+    let agent_config = config(&ca, agent, &dir.path().join("agent"));
+    let client = Client::new(agent_config.clone()).unwrap();
     Setup {
         dir,
         hub_config,
+        agent_config,
         listener,
         client,
     }
@@ -185,6 +188,7 @@ async fn dialers_reconnect_after_a_shutdown_goodbye() {
         hub_config: hub_cfg,
         listener,
         client,
+        ..
     } = setup();
     let addr = listener.local_addr().unwrap();
     let session = client.connect(addr, "hub.test").await.unwrap();
@@ -244,4 +248,51 @@ async fn dialers_reconnect_after_a_shutdown_goodbye() {
         panic!("expected a message")
     };
     assert!(matches!(m.body, Body::Reply(Reply { ref message, .. }) if message == "back"));
+}
+
+/// An agent that restarts (a new process: new client, same certificate) gets a new session on
+/// the hub, which the hub's application is told about; the old session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_gets_a_new_session() {
+    let Setup {
+        dir: _dir,
+        agent_config,
+        listener,
+        client,
+        ..
+    } = setup();
+    let addr = listener.local_addr().unwrap();
+    let _first = client.connect(addr, "hub.test").await.unwrap();
+    let old = listener.accept().await.unwrap();
+    let mut old_events = old.events();
+
+    // The "restart": the old process vanishes without a goodbye, a new one dials.
+    drop(client);
+    let restarted = Client::new(agent_config).unwrap();
+    let second = restarted.connect(addr, "hub.test").await.unwrap();
+    let new = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .expect("the hub is told about the new session")
+        .unwrap();
+    assert_eq!(new.peer_id(), "agent-1");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(SessionEvent::Closed { .. }) = old_events.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the old session ends");
+    assert!(old.is_closed());
+    second
+        .send_body(Body::Reply(Reply {
+            ok: true,
+            message: "hello again".into(),
+        }))
+        .unwrap();
+    let Some(Inbound::Message(m)) = new.recv().await else {
+        panic!("expected a message")
+    };
+    assert!(matches!(m.body, Body::Reply(Reply { ref message, .. }) if message == "hello again"));
 }

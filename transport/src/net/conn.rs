@@ -348,12 +348,7 @@ async fn watch_end(inner: Arc<Inner>, live: Live) {
     }
     let goodbye = inner.peer_goodbye.lock().unwrap().take();
     if let Some((code, reason)) = goodbye {
-        inner.emit(SessionEvent::Closed {
-            by_peer: true,
-            code,
-            reason,
-        });
-        finish(&inner);
+        finish_with(&inner, code, &reason, true);
         return;
     }
     if inner.closed.is_cancelled() || inner.closing.load(Ordering::Acquire) {
@@ -387,18 +382,28 @@ fn is_superseded(reason: &quinn::ConnectionError) -> bool {
 
 /// Mark the session over.
 pub(crate) fn finish(inner: &Inner) {
-    finish_with(inner, close_code::NORMAL, "session closed")
+    finish_with(inner, close_code::NORMAL, "session closed", false)
 }
 
-/// Mark the session over, closing its connection (if one is up) with `code`.
-pub(crate) fn finish_with(inner: &Inner, code: u32, reason: &str) {
+/// Mark the session over, closing its connection (if one is up) with `code`; the first call
+/// emits [`SessionEvent::Closed`].
+pub(crate) fn finish_with(inner: &Inner, code: u32, reason: &str, by_peer: bool) {
     let mut current = None;
+    let mut first = false;
     inner.current.send_if_modified(|cur| {
         inner.closing.store(true, Ordering::Release);
+        first = !inner.closed.is_cancelled();
         inner.closed.cancel();
         current = cur.take();
         current.is_some()
     });
+    if first {
+        inner.emit(SessionEvent::Closed {
+            by_peer,
+            code,
+            reason: reason.to_string(),
+        });
+    }
     if let Some(live) = current {
         live.cancel.cancel();
         live.conn.close(varint(code), reason.as_bytes());
@@ -445,10 +450,5 @@ pub(crate) async fn close_session(inner: &Arc<Inner>, code: u32, reason: &str) {
         live.conn.close(varint(code), reason.as_bytes());
     }
     tracing::info!(peer = %inner.peer.id, code, %reason, "session closed");
-    inner.emit(SessionEvent::Closed {
-        by_peer: false,
-        code,
-        reason: reason.to_string(),
-    });
-    finish(inner);
+    finish_with(inner, code, reason, false);
 }

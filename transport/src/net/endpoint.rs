@@ -146,7 +146,8 @@ impl Client {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<Session, ConnectError> {
-        let dialed = dial(&self.shared, addr, server_name)
+        let nonce = rand::random::<u64>();
+        let dialed = dial(&self.shared, addr, server_name, nonce)
             .await
             .inspect_err(|e| {
                 tracing::warn!(%addr, server_name, error = %e, "connect failed");
@@ -155,6 +156,7 @@ impl Client {
             self.shared.config.clone(),
             dialed.peer.clone(),
             Side::Dialer,
+            nonce,
         );
         super::conn::attach(
             &inner,
@@ -245,6 +247,7 @@ async fn dial(
     shared: &ClientShared,
     addr: SocketAddr,
     server_name: &str,
+    session: u64,
 ) -> Result<Dialed, ConnectError> {
     let cfg = &shared.config;
     let client_config = shared.client_config.clone();
@@ -260,6 +263,7 @@ async fn dial(
             .clone()
             .unwrap_or_else(|| shared.own.id.clone()),
         software: cfg.software.clone(),
+        session,
     });
     let max = cfg.max_frame_size;
     let (conn, accepted) = match connecting.into_0rtt() {
@@ -358,7 +362,7 @@ async fn supervise(
             biased;
             _ = inner.closed.cancelled() => return,
             _ = shared.cancel.cancelled() => {
-                super::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down");
+                super::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down", false);
                 return;
             }
             _ = inner.reconnect_needed.notified() => {}
@@ -378,7 +382,7 @@ async fn supervise(
                 biased;
                 _ = inner.closed.cancelled() => return,
                 _ = shared.cancel.cancelled() => {
-                    super::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down");
+                    super::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down", false);
                     return;
                 }
                 _ = tokio::time::sleep(delay) => {}
@@ -387,10 +391,10 @@ async fn supervise(
                 biased;
                 _ = inner.closed.cancelled() => return,
                 _ = shared.cancel.cancelled() => {
-                    super::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down");
+                    super::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down", false);
                     return;
                 }
-                d = dial(&shared, addr, &server_name) => d,
+                d = dial(&shared, addr, &server_name, inner.session_nonce) => d,
             };
             match dialed {
                 Ok(d) if d.peer.id != inner.peer.id => {
@@ -451,7 +455,12 @@ impl Drop for Listener {
         if !self.shared.cancel.is_cancelled() {
             self.shared.cancel.cancel();
             for s in self.shared.sessions.lock().unwrap().drain() {
-                super::conn::finish_with(&s.1.inner, close_code::SHUTDOWN, "listener dropped");
+                super::conn::finish_with(
+                    &s.1.inner,
+                    close_code::SHUTDOWN,
+                    "listener dropped",
+                    false,
+                );
             }
             self.shared
                 .endpoint
@@ -555,7 +564,12 @@ impl Listener {
                     live.conn
                         .close(varint(close_code::REVOKED), b"certificate revoked");
                 }
-                super::conn::finish(&s.inner);
+                super::conn::finish_with(
+                    &s.inner,
+                    close_code::REVOKED,
+                    "certificate revoked",
+                    false,
+                );
             }
         }
     }
@@ -786,13 +800,24 @@ async fn accept_greeting(
             // connection has not finished closing: a reconnect starts a new session.
             Some(s)
                 if !s.is_closed()
-                    && !s.inner.closing.load(std::sync::atomic::Ordering::Acquire) =>
+                    && !s.inner.closing.load(std::sync::atomic::Ordering::Acquire)
+                    && s.inner.session_nonce == hello.session =>
             {
                 (s.clone(), false)
             }
-            _ => {
+            other => {
+                if let Some(old) = other {
+                    // The peer restarted: its old session is over.
+                    tracing::info!(peer = %peer.id, "peer restarted; replacing its session");
+                    super::conn::finish_with(
+                        &old.inner,
+                        close_code::SUPERSEDED,
+                        "peer started a new session",
+                        true,
+                    );
+                }
                 let session = Session {
-                    inner: Inner::new(cfg.clone(), peer.clone(), Side::Acceptor),
+                    inner: Inner::new(cfg.clone(), peer.clone(), Side::Acceptor, hello.session),
                 };
                 sessions.insert(peer.id.clone(), session.clone());
                 (session, true)

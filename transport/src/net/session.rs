@@ -197,6 +197,8 @@ pub(crate) struct Inner {
     pub transfers_done: Notify,
     /// Origin of heartbeat timestamps.
     pub epoch: Instant,
+    /// The dialing side's session nonce (ours when dialing, the peer's when accepting).
+    pub session_nonce: u64,
     /// A graceful close asks the control writer to send this goodbye.
     pub goodbye: Mutex<Option<GoodbyeRequest>>,
     pub goodbye_requested: Notify,
@@ -209,7 +211,12 @@ pub(crate) struct Inner {
 pub(crate) type GoodbyeRequest = (u32, String, oneshot::Sender<()>);
 
 impl Inner {
-    pub fn new(config: Arc<SessionConfig>, peer: PeerIdentity, side: Side) -> Arc<Self> {
+    pub fn new(
+        config: Arc<SessionConfig>,
+        peer: PeerIdentity,
+        side: Side,
+        session_nonce: u64,
+    ) -> Arc<Self> {
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(256);
         let store = Store::shared(config.store_dir.clone());
@@ -235,6 +242,7 @@ impl Inner {
             incoming: Mutex::new(HashMap::new()),
             transfers_done: Notify::new(),
             epoch: Instant::now(),
+            session_nonce,
             goodbye: Mutex::new(None),
             goodbye_requested: Notify::new(),
             peer_goodbye: Mutex::new(None),
