@@ -69,6 +69,9 @@ struct ClientShared {
 
 /// The dialing side. One `Client` (one UDP socket, one session-ticket cache) can hold sessions
 /// with many peers; keep it for the life of the process so reconnects can use 0-RTT.
+///
+/// Sessions keep themselves connected until they are closed: dropping the `Client` (or a
+/// `Session` handle) does not end them. End them with [`Session::close`] or [`Client::close`].
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<ClientShared>,

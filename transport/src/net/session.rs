@@ -549,7 +549,7 @@ impl Session {
     }
 
     /// Close the session gracefully: wait (up to the configured grace period) for queued
-    /// messages and running transfers, tell the peer with a goodbye, then close the
+    /// messages and the transfers this side is sending, tell the peer with a goodbye, then close the
     /// connection with `code`. The peer does not reconnect after a goodbye, except that a
     /// dialing peer told [`crate::close_code::SHUTDOWN`] by the accepting side keeps
     /// reconnecting (the server is restarting).
