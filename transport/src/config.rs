@@ -66,6 +66,9 @@ pub struct SessionConfig {
     pub max_frame_size: usize,
     /// Largest file accepted (default 10 GB).
     pub max_file_size: u64,
+    /// Messages a session queues for its peer (while it is away, say) before `send` refuses
+    /// with `SendError::QueueFull`.
+    pub max_queued_messages: usize,
     /// Incoming transfers handled at once per session; more wait their turn.
     pub max_concurrent_transfers: usize,
     /// Where received files are stored (by hash), with partial transfers under `partial/`.
@@ -104,6 +107,7 @@ impl SessionConfig {
             max_frame_size: crate::frame::MAX_FRAME_SIZE,
             max_file_size: 10_000_000_000,
             max_concurrent_transfers: 8,
+            max_queued_messages: 10_000,
             store_dir: std::env::temp_dir().join("morag-transport-store"),
             transfer_reconnect_wait: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(10),
@@ -138,6 +142,12 @@ impl SessionConfig {
                     "must be at most {} bytes (4 TiB)",
                     crate::manifest::MAX_FILE_SIZE
                 ),
+            ));
+        }
+        if self.max_queued_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "max_queued_messages",
+                "must be at least 1".into(),
             ));
         }
         if self.max_concurrent_transfers == 0 {

@@ -62,6 +62,9 @@ pub enum SendError {
     /// The message encodes to more than the frame limit.
     #[error(transparent)]
     Frame(#[from] crate::frame::FrameError),
+    /// `max_queued_messages` are waiting already (the peer is away or slow); try later.
+    #[error("{limit} messages are queued for the peer already")]
+    QueueFull { limit: usize },
 }
 
 /// A request got no reply.

@@ -160,6 +160,14 @@ impl Outbox {
     pub fn len(&self) -> usize {
         self.heap.lock().unwrap().len()
     }
+
+    /// Drop queued messages that have expired; returns how many.
+    pub fn purge_expired(&self, now_ms: u64) -> usize {
+        let mut heap = self.heap.lock().unwrap();
+        let before = heap.len();
+        heap.retain(|q| !q.env.is_expired(now_ms));
+        before - heap.len()
+    }
 }
 
 #[derive(Default)]
@@ -342,6 +350,14 @@ impl Inner {
                 len,
                 max: self.config.max_frame_size,
             }));
+        }
+        let limit = self.config.max_queued_messages;
+        if self.outbox.len() >= limit {
+            let purged = self.outbox.purge_expired(unix_ms());
+            self.stats.lock().unwrap().expired_dropped += purged as u64;
+            if self.outbox.len() >= limit {
+                return Err(SendError::QueueFull { limit });
+            }
         }
         let id = env.id;
         self.outbox.push(env);
@@ -571,6 +587,38 @@ pub struct PathStats {
 mod tests {
     use super::*;
     use crate::message::{Priority, Reply};
+
+    fn test_inner(max_queued: usize) -> Arc<Inner> {
+        let mut config = SessionConfig::new(crate::config::Credentials {
+            cert_chain_pem: String::new(),
+            key_pem: String::new(),
+            ca_pem: String::new(),
+        });
+        config.max_queued_messages = max_queued;
+        let peer = PeerIdentity {
+            role: morag_certs::Role::Agent,
+            id: "a".into(),
+            serial: vec![1],
+            not_after: std::time::SystemTime::now(),
+        };
+        Inner::new(Arc::new(config), peer, Side::Acceptor, 1)
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_but_makes_room_from_expired_messages() {
+        let inner = test_inner(2);
+        let msg = || Envelope::new(Body::Reply(Reply::default()));
+        inner.enqueue(msg().with_expiry_ms(1)).unwrap();
+        inner.enqueue(msg()).unwrap();
+        // Full, but one queued message has expired: it makes room.
+        inner.enqueue(msg()).unwrap();
+        assert_eq!(inner.stats.lock().unwrap().expired_dropped, 1);
+        assert!(matches!(
+            inner.enqueue(msg()),
+            Err(SendError::QueueFull { limit: 2 })
+        ));
+        assert_eq!(inner.outbox.len(), 2);
+    }
 
     #[test]
     fn outbox_orders_by_priority_then_age() {
