@@ -71,6 +71,8 @@ pub struct CudaEngine {
     ctx: Arc<CudaContext>,
     device_name: String,
     state: Mutex<State>,
+    /// A driver call failed: CUDA errors are mostly sticky, so stop trying.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CudaEngine {
@@ -139,6 +141,7 @@ impl CudaEngine {
         Ok(Self {
             ctx,
             device_name,
+            broken: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 stream,
                 kernels: None,
@@ -164,7 +167,18 @@ impl CudaEngine {
         guard
     }
 
+    /// Stop using the device: every later call fails at once, so callers use the CPU.
+    pub fn mark_broken(&self) {
+        self.broken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn kernels(&self, st: &mut State) -> Result<Arc<Kernels>, CudaError> {
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(CudaError::Unavailable(
+                "an earlier driver error disabled the device".into(),
+            ));
+        }
         if st.kernels.is_none() {
             st.kernels = Some(self.compile());
         }

@@ -116,6 +116,10 @@ impl Engine {
             Ok(v) => Ok(v),
             Err(cuda::CudaError::Frame(e)) => Err(e),
             Err(e) => {
+                if matches!(e, cuda::CudaError::Driver(_)) {
+                    // Driver errors are mostly sticky (a dead context): stop retrying.
+                    h.engine.mark_broken();
+                }
                 if !h.warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "cuda frame op failed; using the CPU");
                 }
