@@ -136,6 +136,16 @@ fn invalid(path: &Path, kind: MediaKind, reason: impl Into<String>) -> ProcessEr
     }
 }
 
+/// The start every processor shares: FFmpeg ready, the job not cancelled already, the input a
+/// readable, non-empty file. Returns its size.
+pub fn start_job(path: &Path, cancel: &super::Cancel) -> Result<u64, ProcessError> {
+    init_ffmpeg();
+    if cancel.is_cancelled() {
+        return Err(ProcessError::Cancelled);
+    }
+    check_input(path)
+}
+
 /// Check that `path` is a readable, non-empty file.
 pub fn check_input(path: &Path) -> Result<u64, ProcessError> {
     let meta = std::fs::metadata(path).map_err(|source| ProcessError::Input {

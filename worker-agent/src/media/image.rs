@@ -201,11 +201,7 @@ pub fn process_image(
     out_dir: &Path,
 ) -> Result<ProcessOutput, ProcessError> {
     let started = Instant::now();
-    super::decode::init_ffmpeg();
-    if cancel.is_cancelled() {
-        return Err(ProcessError::Cancelled);
-    }
-    let file_size = super::decode::check_input(path)?;
+    let file_size = super::decode::start_job(path, cancel)?;
     progress.report(Progress {
         percent: 0.0,
         stage: "decode".into(),

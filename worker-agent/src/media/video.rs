@@ -386,11 +386,7 @@ pub fn process_video(
     out_dir: &Path,
 ) -> Result<ProcessOutput, ProcessError> {
     let started = Instant::now();
-    super::decode::init_ffmpeg();
-    if cancel.is_cancelled() {
-        return Err(ProcessError::Cancelled);
-    }
-    let file_size = super::decode::check_input(path)?;
+    let file_size = super::decode::start_job(path, cancel)?;
     std::fs::create_dir_all(out_dir).map_err(|source| ProcessError::Output {
         path: out_dir.to_path_buf(),
         source,
