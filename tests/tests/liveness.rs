@@ -80,12 +80,16 @@ async fn dead_peer_partitioned() {
 async fn dead_peer_endpoint_closed() {
     let _serial = serial().await;
     init_tracing();
-    let pki = Pki::new();
-    let hub_side = pki.hub_config();
-    let listener = listen(hub_side.config.clone());
-    let addr = listener.local_addr().unwrap();
-    let agent_side = pki.agent_config("quitter");
-    let (client, agent, hub) = connect_pair(&listener, addr, agent_side.config.clone()).await;
+    let Direct {
+        pki: _pki,
+        hub_side: _hub_side,
+        listener: _listener,
+        addr: _addr,
+        agent_side: _agent_side,
+        client,
+        agent,
+        hub,
+    } = direct("quitter").await;
     let mut hub_events = EventLog::new(&hub);
     let mut agent_events = EventLog::new(&agent);
 
@@ -314,12 +318,16 @@ async fn saturated_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_close_ends_its_sessions() {
     init_tracing();
-    let pki = Pki::new();
-    let hub_side = pki.hub_config();
-    let listener = listen(hub_side.config.clone());
-    let addr = listener.local_addr().unwrap();
-    let agent_side = pki.agent_config("closer");
-    let (client, agent, _hub) = connect_pair(&listener, addr, agent_side.config.clone()).await;
+    let Direct {
+        pki: _pki,
+        hub_side: _hub_side,
+        listener: _listener,
+        addr: _addr,
+        agent_side: _agent_side,
+        client,
+        agent,
+        hub: _hub,
+    } = direct("closer").await;
     let mut agent_events = EventLog::new(&agent);
     client.close().await;
     tokio::time::sleep(Duration::from_millis(800)).await;

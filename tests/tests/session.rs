@@ -544,12 +544,16 @@ async fn nat_rebinding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_close() {
     init_tracing();
-    let pki = Pki::new();
-    let hub_side = pki.hub_config();
-    let listener = listen(hub_side.config.clone());
-    let addr = listener.local_addr().unwrap();
-    let agent_side = pki.agent_config("leaver");
-    let (client, agent, hub) = connect_pair(&listener, addr, agent_side.config.clone()).await;
+    let Direct {
+        pki: _pki,
+        hub_side: _hub_side,
+        listener,
+        addr: _addr,
+        agent_side: _agent_side,
+        client,
+        agent,
+        hub,
+    } = direct("leaver").await;
     let mut agent_events = EventLog::new(&agent);
     let mut hub_events = EventLog::new(&hub);
 

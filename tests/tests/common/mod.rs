@@ -136,6 +136,41 @@ pub async fn connect_pair(
     (client, agent, hub)
 }
 
+/// A hub listener and an agent connected to it directly.
+pub struct Direct {
+    pub pki: Pki,
+    pub hub_side: Side,
+    pub listener: Listener,
+    /// The listener's address.
+    pub addr: SocketAddr,
+    pub agent_side: Side,
+    pub client: Client,
+    /// The agent's session.
+    pub agent: Session,
+    /// The hub's session with the agent.
+    pub hub: Session,
+}
+
+/// Set up [`Direct`] for an agent named `id`.
+pub async fn direct(id: &str) -> Direct {
+    let pki = Pki::new();
+    let hub_side = pki.hub_config();
+    let listener = listen(hub_side.config.clone());
+    let addr = listener.local_addr().unwrap();
+    let agent_side = pki.agent_config(id);
+    let (client, agent, hub) = connect_pair(&listener, addr, agent_side.config.clone()).await;
+    Direct {
+        pki,
+        hub_side,
+        listener,
+        addr,
+        agent_side,
+        client,
+        agent,
+        hub,
+    }
+}
+
 /// A hub listener, a fault proxy in front of it, and an agent connected through the proxy.
 pub struct Proxied {
     pub pki: Pki,
