@@ -3,8 +3,8 @@
 //! so a transfer resumes from its length after re-checking it.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -96,7 +96,7 @@ impl Store {
 
     /// Open the partial file for appending verified pieces.
     #[cfg(test)]
-    pub fn open_partial(&self, m: &Manifest) -> std::io::Result<File> {
+    pub fn open_partial(&self, m: &Manifest) -> std::io::Result<std::fs::File> {
         OpenOptions::new().append(true).open(self.partial_path(m))
     }
 
@@ -112,12 +112,10 @@ impl Store {
         Ok(dst)
     }
 
-    /// Read a stored file (for tests and the sender's own checks).
-    #[allow(dead_code)]
+    /// Read a stored file.
+    #[cfg(test)]
     pub fn read(&self, m: &Manifest) -> std::io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        File::open(self.final_path(m))?.read_to_end(&mut v)?;
-        Ok(v)
+        std::fs::read(self.final_path(m))
     }
 }
 
