@@ -1,0 +1,106 @@
+//! `/api/v1/agents`: who is registered, their health and connection; drain; broadcast.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{parse_json, view, ApiError, ApiResult};
+use crate::hub::Hub;
+
+pub async fn list(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Value>> {
+    let stored = hub.store.agents().await?;
+    let live = hub.agents.lock().unwrap();
+    let attempts = hub.attempts.lock().unwrap();
+    let agents: Vec<_> = stored
+        .iter()
+        .map(|a| {
+            let l = live.get(&a.id);
+            let running: Vec<_> = attempts
+                .iter()
+                .filter(|(_, x)| x.agent_id == a.id)
+                .map(|(id, x)| json!({"attempt_id": id, "job_id": x.job_id}))
+                .collect();
+            let status = l.map(|l| l.session.status());
+            json!({
+                "id": a.id,
+                "name": a.name,
+                "capability": a.capability,
+                "queues": a.queues,
+                "content_types": a.content_types,
+                "max_concurrent_tasks": a.max_concurrent,
+                "hostname": a.hostname,
+                "address": a.address,
+                "version": a.version,
+                "incarnation": a.incarnation,
+                "hardware": a.hardware,
+                "drained": a.drained,
+                "draining": l.is_some_and(|l| l.registration.draining),
+                "connected": l.is_some_and(|l| l.connected),
+                "health": l.map(|l| json!({
+                    "healthy": l.health.healthy,
+                    "cpu_usage": l.health.cpu_usage,
+                    "memory_usage": l.health.memory_usage,
+                    "gpu_usage": l.health.gpu_usage,
+                    "active_tasks": l.health.active_tasks,
+                    "error_count": l.health.error_count,
+                    "warnings": l.health.warnings,
+                })),
+                "connection": status.map(|s| json!({
+                    "quality": s.quality,
+                    "latency_ms": s.latency_ms,
+                    "loss": s.loss,
+                    "reconnect_attempts": s.reconnect_attempts,
+                })),
+                "running": running,
+                "registered_at": l.map(|l| view::iso(l.registered_ms)),
+                "first_seen_at": view::iso(a.first_seen_ms),
+                "last_seen_at": view::iso(l.map(|l| l.last_seen_ms).unwrap_or(a.last_seen_ms)),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "agents": agents, "count": agents.len() })))
+}
+
+async fn set_drain(hub: &Hub, id: &str, drain: bool) -> ApiResult<Json<serde_json::Value>> {
+    if morag_certs::validate_id(id).is_err() {
+        return Err(ApiError::bad_request(format!("bad agent id {id:?}")));
+    }
+    if !hub.drain(id, drain).await? {
+        return Err(ApiError::not_found(format!("no agent {id}")));
+    }
+    tracing::info!(agent_id = id, drain, "operator changed drain");
+    Ok(Json(json!({ "id": id, "drained": drain })))
+}
+
+pub async fn drain(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    set_drain(&hub, &id, true).await
+}
+
+pub async fn undrain(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    set_drain(&hub, &id, false).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    command: String,
+    #[serde(default)]
+    args: BTreeMap<String, String>,
+}
+
+pub async fn broadcast(State(hub): State<Arc<Hub>>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+    let b: BroadcastBody = parse_json(&body)?;
+    if b.command.trim().is_empty() {
+        return Err(ApiError::bad_request("command must not be empty"));
+    }
+    let n = hub.broadcast_command(morag_transport::ServerCommand {
+        command: b.command.clone(),
+        args: b.args,
+    });
+    Ok(Json(json!({ "command": b.command, "delivered_to": n })))
+}

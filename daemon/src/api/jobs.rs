@@ -1,0 +1,592 @@
+//! `/api/v1/jobs`: submit (multipart upload streamed to disk, or JSON naming a file on the
+//! hub's host), read, list, events (SSE), result, artifacts, cancel.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::Stream;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use super::{parse_json, view, ApiError, ApiResult};
+use crate::hub::{new_id, Hub};
+use crate::model::{normalize_content_type, GpuNeed, JobState, NewJob, Priority};
+use crate::store::{CancelRequest, JobFilter};
+use morag_transport::unix_ms;
+
+/// What a submission says about the job, whichever way it came.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JobSpec {
+    #[serde(alias = "type")]
+    pub content_type: Option<String>,
+    pub source_file_path: Option<String>,
+    pub queue: Option<String>,
+    pub priority: Option<String>,
+    pub gpu: Option<String>,
+    #[serde(default, alias = "task_options")]
+    pub options: BTreeMap<String, serde_json::Value>,
+    #[serde(alias = "ingestion_task_id")]
+    pub external_ref: Option<String>,
+    /// RFC 3339 time, or a duration from now ("10m").
+    pub deadline: Option<String>,
+    pub max_attempts: Option<u32>,
+}
+
+/// The checked parts of a spec.
+pub(crate) struct Checked {
+    content_type: &'static str,
+    queue: String,
+    priority: Priority,
+    gpu: GpuNeed,
+    options: BTreeMap<String, String>,
+    deadline_ms: Option<u64>,
+    max_attempts: u32,
+}
+
+pub(crate) fn check_spec(hub: &Hub, spec: &JobSpec) -> ApiResult<Checked> {
+    let ct = spec
+        .content_type
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_request("missing content_type: audio, video or image"))?;
+    let content_type = normalize_content_type(ct).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown content type {ct:?}: expected audio, video or image"
+        ))
+    })?;
+    let priority = match &spec.priority {
+        Some(p) => p.parse().map_err(ApiError::bad_request)?,
+        None => Priority::Normal,
+    };
+    let gpu = match &spec.gpu {
+        Some(g) => g.parse().map_err(ApiError::bad_request)?,
+        None => GpuNeed::Preferred,
+    };
+    let queue = spec
+        .queue
+        .clone()
+        .filter(|q| !q.trim().is_empty())
+        .unwrap_or_else(|| hub.config.default_queue.clone());
+    if queue.len() > 64 || !queue.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return Err(ApiError::bad_request(format!(
+            "bad queue name {queue:?}: letters, digits, _ - . only, at most 64"
+        )));
+    }
+    let options = spec
+        .options
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let deadline_ms = match &spec.deadline {
+        None => None,
+        Some(d) => Some(parse_deadline(d).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "bad deadline {d:?}: expected an RFC 3339 time or a duration like 10m"
+            ))
+        })?),
+    };
+    let max_attempts = spec.max_attempts.unwrap_or(hub.config.max_attempts);
+    if max_attempts == 0 || max_attempts > 100 {
+        return Err(ApiError::bad_request("max_attempts must be 1..=100"));
+    }
+    Ok(Checked {
+        content_type,
+        queue,
+        priority,
+        gpu,
+        options,
+        deadline_ms,
+        max_attempts,
+    })
+}
+
+fn parse_deadline(s: &str) -> Option<u64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64);
+    }
+    humantime::parse_duration(s)
+        .ok()
+        .map(|d| unix_ms() + d.as_millis() as u64)
+}
+
+/// A file name safe to use on the agent: the last path component, printable.
+fn clean_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("").trim();
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
+        "input".into()
+    } else {
+        cleaned
+    }
+}
+
+/// Create the job row for stored input.
+pub(crate) async fn create_job(
+    hub: &Hub,
+    spec: &JobSpec,
+    checked: Checked,
+    input: (String, u64),
+    name: String,
+    source_path: Option<String>,
+) -> ApiResult<crate::model::Job> {
+    let id = new_id("job");
+    let job = NewJob {
+        id: id.clone(),
+        content_type: checked.content_type.to_string(),
+        queue: checked.queue,
+        priority: checked.priority,
+        gpu: checked.gpu,
+        input_hash: input.0,
+        input_name: name,
+        input_size: input.1,
+        source_path,
+        options: checked.options,
+        external_ref: spec.external_ref.clone(),
+        deadline_ms: checked.deadline_ms,
+        max_attempts: checked.max_attempts,
+        created_ms: unix_ms(),
+    };
+    let events = hub.store.insert_job(&job).await?;
+    hub.publish(events);
+    hub.metrics.jobs_submitted.inc();
+    hub.poke();
+    tracing::info!(job_id = %id, content_type = %job.content_type, queue = %job.queue, size = job.input_size, "job accepted");
+    hub.store
+        .job(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job vanished"))
+}
+
+/// Import a file on the hub's host (JSON submissions).
+pub(crate) async fn import_source(hub: &Hub, path: &str) -> ApiResult<(String, u64)> {
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "source_file_path {path:?} must be an absolute path on the hub's host"
+        )));
+    }
+    let content = hub.content.clone();
+    let max = hub.config.max_upload_bytes;
+    let result = tokio::task::spawn_blocking(move || content.import_path(&p, max))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    result.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            ApiError::bad_request(format!("source_file_path {path:?} does not exist"))
+        }
+        std::io::ErrorKind::FileTooLarge => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("source_file_path {path:?}: {e}"))
+        }
+        _ => ApiError::bad_request(format!("cannot read source_file_path {path:?}: {e}")),
+    })
+}
+
+pub(crate) fn refuse_when_stopping(hub: &Hub) -> ApiResult<()> {
+    if hub.accepting() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub is shutting down and accepts no new jobs",
+        ))
+    }
+}
+
+pub async fn submit(State(hub): State<Arc<Hub>>, headers: HeaderMap, request: axum::extract::Request) -> ApiResult<Response> {
+    refuse_when_stopping(&hub)?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let job = if ct.starts_with("multipart/form-data") {
+        use axum::extract::FromRequest;
+        let multipart = Multipart::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::bad_request(format!("bad multipart body: {e}")))?;
+        submit_multipart(&hub, multipart).await?
+    } else if ct.starts_with("application/json") {
+        let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+            .await
+            .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "JSON body over 1 MiB"))?;
+        let spec: JobSpec = parse_json(&body)?;
+        let checked = check_spec(&hub, &spec)?;
+        let path = spec.source_file_path.clone().ok_or_else(|| {
+            ApiError::bad_request("missing source_file_path (or upload the file as multipart/form-data)")
+        })?;
+        let input = import_source(&hub, &path).await?;
+        let name = clean_name(&path);
+        create_job(&hub, &spec, checked, input, name, Some(path)).await?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send multipart/form-data (a `file` part and fields) or application/json (with source_file_path)",
+        ));
+    };
+    Ok((StatusCode::CREATED, Json(view::job(&job))).into_response())
+}
+
+/// Removes a staged upload unless it was adopted into the store.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn submit_multipart(hub: &Arc<Hub>, mut multipart: Multipart) -> ApiResult<crate::model::Job> {
+    let mut spec = JobSpec::default();
+    let mut upload: Option<(Staged, String, u64, String)> = None;
+    let max = hub.config.max_upload_bytes;
+    loop {
+        let field = multipart
+            .next_field()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("bad multipart body: {e}")))?;
+        let Some(mut field) = field else { break };
+        let name = field.name().unwrap_or("").to_string();
+        if name == "file" {
+            if upload.is_some() {
+                return Err(ApiError::bad_request("more than one `file` part"));
+            }
+            let file_name = clean_name(field.file_name().unwrap_or("input"));
+            let (path, file) = hub
+                .content
+                .staging_file()
+                .map_err(|e| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot stage the upload: {e}")))?;
+            let staged = Staged(Some(path));
+            let mut out = tokio::fs::File::from_std(file);
+            let mut hasher = blake3::Hasher::new();
+            let mut size = 0u64;
+            while let Some(chunk) = field
+                .chunk()
+                .await
+                .map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?
+            {
+                size += chunk.len() as u64;
+                if size > max {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("upload over the limit of {max} bytes (max_upload_bytes)"),
+                    ));
+                }
+                hasher.update(&chunk);
+                out.write_all(&chunk).await.map_err(|e| {
+                    ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot store the upload: {e}"))
+                })?;
+            }
+            out.sync_all().await.map_err(|e| {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot store the upload: {e}"))
+            })?;
+            upload = Some((staged, hasher.finalize().to_hex().to_string(), size, file_name));
+            continue;
+        }
+        let text = field
+            .text()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("field {name:?}: {e}")))?;
+        if text.len() > 64 << 10 {
+            return Err(ApiError::bad_request(format!("field {name:?} over 64 KiB")));
+        }
+        match name.as_str() {
+            "type" | "content_type" => spec.content_type = Some(text),
+            "queue" => spec.queue = Some(text),
+            "priority" => spec.priority = Some(text),
+            "gpu" => spec.gpu = Some(text),
+            "external_ref" | "ingestion_task_id" => spec.external_ref = Some(text),
+            "deadline" => spec.deadline = Some(text),
+            "max_attempts" => {
+                spec.max_attempts = Some(text.trim().parse().map_err(|_| {
+                    ApiError::bad_request(format!("max_attempts: expected a number, got {text:?}"))
+                })?)
+            }
+            "option" => {
+                let (k, v) = text.split_once('=').ok_or_else(|| {
+                    ApiError::bad_request(format!("option {text:?}: expected key=value"))
+                })?;
+                spec.options
+                    .insert(k.trim().to_string(), serde_json::Value::String(v.to_string()));
+            }
+            "options" | "task_options" => {
+                let map: BTreeMap<String, serde_json::Value> = parse_json(text.as_bytes())?;
+                spec.options.extend(map);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown field {other:?}: expected file, type, queue, priority, gpu, option, options, external_ref, deadline, max_attempts"
+                )))
+            }
+        }
+    }
+    let checked = check_spec(hub, &spec)?;
+    let (mut staged, hash, size, name) =
+        upload.ok_or_else(|| ApiError::bad_request("missing the `file` part"))?;
+    if size == 0 {
+        return Err(ApiError::bad_request("the uploaded file is empty"));
+    }
+    let path = staged.0.take().expect("staged");
+    if let Err(e) = hub.content.adopt(&path, &hash) {
+        let _ = std::fs::remove_file(&path);
+        return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot store the upload: {e}")));
+    }
+    hub.metrics.bytes_uploaded.inc_by(size);
+    create_job(hub, &spec, checked, (hash, size), name, None).await
+}
+
+pub(crate) fn check_id(id: &str) -> ApiResult<()> {
+    let ok = id
+        .strip_prefix("job_")
+        .is_some_and(|rest| rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "bad job id {id:?}: expected job_ followed by 32 hex digits"
+        )))
+    }
+}
+
+pub(crate) async fn load(hub: &Hub, id: &str) -> ApiResult<crate::model::Job> {
+    check_id(id)?;
+    hub.store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+}
+
+pub async fn get_job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(view::job(&load(&hub, &id).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    queue: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(hub): State<Arc<Hub>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let state = match &q.state {
+        Some(s) => Some(s.parse::<JobState>().map_err(ApiError::bad_request)?),
+        None => None,
+    };
+    let jobs = hub
+        .store
+        .list_jobs(&JobFilter {
+            state,
+            queue: q.queue.clone(),
+            limit: q.limit.unwrap_or(100),
+        })
+        .await?;
+    Ok(Json(serde_json::json!({
+        "jobs": jobs.iter().map(view::job).collect::<Vec<_>>(),
+        "count": jobs.len(),
+    })))
+}
+
+pub async fn result(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let job = load(&hub, &id).await?;
+    if job.state != JobState::Completed {
+        let why = match &job.error {
+            Some(e) => format!("job {id} is {}: {e}", job.state),
+            None => format!("job {id} is {}; no result yet", job.state),
+        };
+        return Err(ApiError::new(StatusCode::CONFLICT, why));
+    }
+    let text = hub
+        .store
+        .job_result(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} has no result stored")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
+}
+
+pub async fn artifact(
+    State(hub): State<Arc<Hub>>,
+    Path((id, hash)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let job = load(&hub, &id).await?;
+    if !crate::hub::content::is_hash(&hash) {
+        return Err(ApiError::bad_request(format!(
+            "bad artifact hash {hash:?}: expected 64 lowercase hex digits (BLAKE3)"
+        )));
+    }
+    let art = job
+        .artifacts
+        .iter()
+        .find(|a| a.hash == hash)
+        .ok_or_else(|| ApiError::not_found(format!("job {id} has no artifact {hash}")))?;
+    let path = hub
+        .content
+        .path(&hash)
+        .ok_or_else(|| ApiError::not_found(format!("artifact {hash} is missing from the store")))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::not_found(format!("artifact {hash}: {e}")))?;
+    let stream = tokio_util::io::ReaderStream::new(file);
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        art.name.replace(['"', '\\'], "_")
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, art.media_type.clone()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::CONTENT_LENGTH, art.size.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+pub async fn cancel(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult<Response> {
+    check_id(&id)?;
+    let outcome = hub.cancel(&id).await?;
+    let (status, note) = match outcome {
+        CancelRequest::NotFound => return Err(ApiError::not_found(format!("no job {id}"))),
+        CancelRequest::AlreadyEnded(state) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("job {id} already ended ({state})"),
+            ))
+        }
+        CancelRequest::CancelledQueued => (StatusCode::OK, "cancelled while queued"),
+        CancelRequest::Requested { .. } | CancelRequest::AlreadyRequested { .. } => {
+            (StatusCode::ACCEPTED, "the agent is stopping the job")
+        }
+    };
+    let job = load(&hub, &id).await?;
+    let mut body = view::job(&job);
+    body["cancel"] = serde_json::json!(note);
+    Ok((status, Json(body)).into_response())
+}
+
+/// Server-sent events of one job: replayed from the database after `Last-Event-ID` (or
+/// `?after=`), then live; the stream ends after the job's final state.
+pub async fn events(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let job = load(&hub, &id).await?;
+    let after: i64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(q.get("after").map(String::as_str))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    // Subscribe before reading the backlog so nothing falls between the two.
+    let live = hub.subscribe();
+    struct St {
+        hub: Arc<Hub>,
+        id: String,
+        last: i64,
+        backlog: std::collections::VecDeque<crate::model::JobEvent>,
+        live: tokio::sync::broadcast::Receiver<crate::model::JobEvent>,
+        done: bool,
+        ended: bool,
+    }
+    let state = St {
+        hub,
+        id: job.id.clone(),
+        last: after,
+        backlog: Default::default(),
+        live,
+        done: false,
+        ended: job.state.is_terminal(),
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            if st.backlog.is_empty() {
+                // Refill from the database (first time, and after falling behind live).
+                if let Ok(evs) = st.hub.store.events_since(&st.id, st.last).await {
+                    st.backlog.extend(evs);
+                }
+            }
+            if let Some(ev) = st.backlog.pop_front() {
+                if ev.seq <= st.last {
+                    continue;
+                }
+                st.last = ev.seq;
+                let terminal = ev
+                    .kind
+                    .parse::<JobState>()
+                    .map(|s| s.is_terminal())
+                    .unwrap_or(false);
+                if terminal {
+                    st.done = true;
+                }
+                let event = Event::default()
+                    .id(ev.seq.to_string())
+                    .event(ev.kind.clone())
+                    .data(view::event(&ev).to_string());
+                return Some((Ok(event), st));
+            }
+            if st.ended {
+                return None;
+            }
+            match st.live.recv().await {
+                Ok(ev) if ev.job_id == st.id && ev.seq > st.last => st.backlog.push_back(ev),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_cleaned() {
+        assert_eq!(clean_name("/tmp/a/b/talk.mp3"), "talk.mp3");
+        assert_eq!(clean_name("..\\..\\x.wav"), "x.wav");
+        assert_eq!(clean_name(".."), "input");
+        assert_eq!(clean_name("a\nb.wav"), "ab.wav");
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("job_0123456789abcdef0123456789abcdef").is_ok());
+        assert!(check_id("../etc").is_err());
+        assert!(check_id("job_xyz").is_err());
+    }
+}

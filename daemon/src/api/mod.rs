@@ -1,0 +1,174 @@
+//! The HTTP API (axum): jobs, agents, MoRAG's remote-jobs shape, health and metrics.
+//! Documented with curl examples in `docs/api.md`.
+//!
+//! Every route but `/healthz` needs `Authorization: Bearer <DIR/api-token>`. Errors are
+//! `{"error": "..."}` with a 4xx status that says what was wrong.
+
+mod agents;
+mod jobs;
+mod morag;
+mod view;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::hub::Hub;
+use crate::store::StoreError;
+
+/// An error answer: status and a message for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure while serving a request");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("the hub's database failed: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/api/v1/jobs/{id}", get(jobs::get_job))
+        .route("/api/v1/jobs/{id}/events", get(jobs::events))
+        .route("/api/v1/jobs/{id}/result", get(jobs::result))
+        .route("/api/v1/jobs/{id}/artifacts/{hash}", get(jobs::artifact))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/agents", get(agents::list))
+        .route("/api/v1/agents/{id}/drain", post(agents::drain))
+        .route("/api/v1/agents/{id}/undrain", post(agents::undrain))
+        .route("/api/v1/agents/broadcast", post(agents::broadcast))
+        .route("/api/v1/remote-jobs", post(morag::create))
+        .route("/api/v1/remote-jobs/", post(morag::create))
+        .route("/api/v1/remote-jobs/{id}/status", get(morag::status))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(hub.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
+        // Uploads are limited by `max_upload_bytes` while they stream, not buffered.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(hub)
+}
+
+async fn require_token(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let Some(given) = given else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token: send Authorization: Bearer <token> (the hub's data directory holds it in api-token)",
+        )
+        .into_response();
+    };
+    let token = given
+        .strip_prefix("Bearer ")
+        .or_else(|| given.strip_prefix("bearer "))
+        .unwrap_or("");
+    if !crate::store::sqlite::constant_time_eq(token.trim().as_bytes(), hub.api_token.as_bytes()) {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response();
+    }
+    next.run(req).await
+}
+
+async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
+    let agents = hub.agents.lock().unwrap().values().filter(|a| a.connected).count();
+    let status = if hub.accepting() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({
+            "status": if hub.accepting() { "ok" } else { "shutting_down" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "agents_connected": agents,
+        })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> ApiResult<Response> {
+    let counts = hub.store.count_by_state().await?;
+    for st in crate::model::JobState::ALL {
+        let n = counts.iter().find(|(s, _)| *s == st).map(|(_, n)| *n).unwrap_or(0);
+        hub.metrics
+            .jobs
+            .get_or_create(&crate::metrics::StateLabel {
+                state: st.as_str().to_string(),
+            })
+            .set(n as i64);
+    }
+    let sessions: Vec<(String, Option<f32>)> = hub
+        .agents
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, a)| (id.clone(), a.session.status().latency_ms))
+        .collect();
+    for (agent, rtt) in sessions {
+        if let Some(ms) = rtt {
+            hub.metrics
+                .heartbeat_rtt
+                .get_or_create(&crate::metrics::AgentLabel { agent })
+                .set(ms as f64 / 1000.0);
+        }
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        hub.metrics.render(),
+    )
+        .into_response())
+}
+
+/// Parse a JSON body ourselves so a malformed one gets our error shape.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("empty body: expected a JSON document"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}

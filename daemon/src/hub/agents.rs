@@ -1,0 +1,585 @@
+//! The agent side of the hub: one task per agent session routes what the agent sends
+//! (registration, input requests, progress, results, failures, cancel acknowledgements, health)
+//! and tracks the connection.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use morag_protocol::{
+    kind, Ack, AckOutcome, AttemptRef, CancelAck, Completion, Failure, FetchInput, Registered,
+    Registration,
+};
+use morag_transport::{
+    unix_ms, Body, Envelope, Inbound, Reply, Session, SessionEvent, TaskCancel, TaskProgress,
+};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{AgentLive, Hub, LiveAttempt};
+use crate::model::{AgentRecord, ArtifactRow, JobProgress};
+use crate::store::{AfterFailure, Fenced};
+
+/// Largest result document accepted from an agent.
+const MAX_RESULT_BYTES: u64 = 256 << 20;
+
+impl Hub {
+    /// Accept agent sessions until shutdown.
+    pub(crate) async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let session = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                s = self.listener.accept() => match s {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            let hub = self.clone();
+            tokio::spawn(async move { hub.serve_session(session).await });
+        }
+    }
+
+    async fn serve_session(self: Arc<Self>, session: Session) {
+        let peer = session.peer_id().to_string();
+        let mut events = session.events();
+        tracing::info!(agent_id = %peer, remote = ?session.remote_address(), "agent session opened");
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                ev = events.recv() => match ev {
+                    Ok(SessionEvent::Connected { .. }) => self.set_connected(&peer, &session, true),
+                    Ok(SessionEvent::Lost { reason }) => {
+                        tracing::warn!(agent_id = %peer, %reason, "agent connection lost");
+                        self.set_connected(&peer, &session, false);
+                    }
+                    Ok(SessionEvent::Closed { code, reason, .. }) => {
+                        tracing::info!(agent_id = %peer, code, %reason, "agent session closed");
+                        self.set_connected(&peer, &session, false);
+                        return;
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => {
+                        self.set_connected(&peer, &session, false);
+                        return;
+                    }
+                },
+                inbound = session.recv() => match inbound {
+                    Some(Inbound::Message(env)) => self.handle(&peer, &session, env).await,
+                    Some(Inbound::File(f)) => {
+                        if !f.skipped {
+                            self.metrics.bytes_received.inc_by(f.size.saturating_sub(f.resumed_from));
+                        }
+                        tracing::debug!(agent_id = %peer, hash = %f.hash, name = %f.name, "file from agent");
+                    }
+                    None => {
+                        self.set_connected(&peer, &session, false);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn set_connected(&self, peer: &str, session: &Session, up: bool) {
+        let mut agents = self.agents.lock().unwrap();
+        if let Some(a) = agents.get_mut(peer) {
+            // An old session ended while a newer one (a restarted agent) is live: not ours.
+            if !up && session.is_closed() && !a.session.is_closed() {
+                return;
+            }
+            if a.connected != up {
+                a.connected = up;
+                a.lost_at = (!up).then(Instant::now);
+                self.metrics
+                    .agents_connected
+                    .set(agents.values().filter(|a| a.connected).count() as i64);
+            }
+        }
+        if up {
+            self.poke();
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, peer: &str, session: &Session, env: Envelope) {
+        if let Some(a) = self.agents.lock().unwrap().get_mut(peer) {
+            a.last_seen_ms = unix_ms();
+        }
+        match &env.body {
+            Body::User(u) => match u.kind.as_str() {
+                kind::REGISTER => match env.decode_user::<Registration>(kind::REGISTER) {
+                    Some(Ok(reg)) => {
+                        let reply = self.register(peer, session, reg).await;
+                        respond_user(session, &env, kind::REGISTERED, &reply);
+                    }
+                    _ => refuse(session, &env, "malformed registration"),
+                },
+                kind::FETCH_INPUT => match env.decode_user::<FetchInput>(kind::FETCH_INPUT) {
+                    Some(Ok(f)) => self.fetch_input(peer, session, &env, f).await,
+                    _ => refuse(session, &env, "malformed fetch_input"),
+                },
+                kind::COMPLETE => match env.decode_user::<Completion>(kind::COMPLETE) {
+                    Some(Ok(c)) => {
+                        let ack = self.complete(peer, c).await;
+                        respond_user(session, &env, kind::ACK, &ack);
+                    }
+                    _ => refuse(session, &env, "malformed completion"),
+                },
+                kind::FAIL => match env.decode_user::<Failure>(kind::FAIL) {
+                    Some(Ok(f)) => {
+                        let ack = self.fail(peer, f).await;
+                        respond_user(session, &env, kind::ACK, &ack);
+                    }
+                    _ => refuse(session, &env, "malformed failure"),
+                },
+                kind::CANCEL_ACK => match env.decode_user::<CancelAck>(kind::CANCEL_ACK) {
+                    Some(Ok(c)) => {
+                        let ack = self.cancel_acked(peer, c).await;
+                        respond_user(session, &env, kind::ACK, &ack);
+                    }
+                    _ => refuse(session, &env, "malformed cancel_ack"),
+                },
+                other => {
+                    tracing::debug!(agent_id = %peer, kind = other, "ignored message kind");
+                    if env.correlation_id.is_none() {
+                        refuse(session, &env, &format!("unknown message kind {other:?}"));
+                    }
+                }
+            },
+            Body::TaskProgress(p) => self.progress(peer, p).await,
+            Body::Heartbeat(h) => {
+                if let Some(a) = self.agents.lock().unwrap().get_mut(peer) {
+                    if a.health.healthy != h.healthy {
+                        tracing::info!(agent_id = %peer, healthy = h.healthy, "agent health changed");
+                    }
+                    a.health = h.clone();
+                }
+                if h.healthy {
+                    self.poke();
+                }
+            }
+            Body::StatusUpdate(s) => {
+                if let Some(a) = self.agents.lock().unwrap().get_mut(peer) {
+                    a.health = s.health.clone();
+                }
+            }
+            Body::WorkerShutdown(w) => {
+                tracing::info!(agent_id = %peer, reason = %w.reason, graceful = w.graceful, "agent shutting down");
+                if let Some(a) = self.agents.lock().unwrap().get_mut(peer) {
+                    a.registration.draining = true;
+                }
+            }
+            other => tracing::debug!(agent_id = %peer, kind = other.kind(), "ignored message"),
+        }
+    }
+
+    /// A (re)registration: record the agent, reconcile its attempts with ours.
+    async fn register(self: &Arc<Self>, peer: &str, session: &Session, reg: Registration) -> Registered {
+        let now = unix_ms();
+        let reported: HashSet<&str> = reg
+            .running
+            .iter()
+            .chain(&reg.undelivered)
+            .map(|a: &AttemptRef| a.attempt_id.as_str())
+            .collect();
+        let ours: Vec<(String, LiveAttempt)> = self
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, a)| a.agent_id == peer)
+            .map(|(id, a)| (id.clone(), a.clone()))
+            .collect();
+        let mut keep = Vec::new();
+        for (attempt_id, live) in &ours {
+            if reported.contains(attempt_id.as_str()) {
+                keep.push(attempt_id.clone());
+            } else {
+                // The agent no longer has it (it restarted, or never got the assignment).
+                self.lose_attempt(
+                    &live.job_id,
+                    attempt_id,
+                    &format!("agent {peer} registered without this attempt (restarted?)"),
+                )
+                .await;
+            }
+        }
+        let abandon: Vec<String> = reported
+            .iter()
+            .filter(|id| !keep.iter().any(|k| k == *id))
+            .map(|s| s.to_string())
+            .collect();
+        let stored = self
+            .store
+            .agents()
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|a| a.id == peer));
+        let drained = stored.as_ref().is_some_and(|a| a.drained);
+        let record = AgentRecord {
+            id: peer.to_string(),
+            name: reg.name.clone(),
+            capability: reg.capability.to_string(),
+            queues: reg.queues.clone(),
+            hardware: serde_json::from_str(&reg.hardware_json).unwrap_or(serde_json::Value::Null),
+            hostname: reg.hostname.clone(),
+            address: session.remote_address().map(|a| a.to_string()),
+            max_concurrent: reg.max_concurrent_tasks,
+            content_types: reg.content_types.clone(),
+            version: reg.software_version.clone(),
+            incarnation: reg.incarnation.clone(),
+            drained,
+            first_seen_ms: stored.as_ref().map(|a| a.first_seen_ms).unwrap_or(now),
+            last_seen_ms: now,
+        };
+        if let Err(e) = self.store.upsert_agent(&record).await {
+            tracing::error!(agent_id = %peer, error = %e, "could not record the agent");
+        }
+        tracing::info!(
+            agent_id = %peer,
+            name = %reg.name,
+            capability = %reg.capability,
+            incarnation = %reg.incarnation,
+            kept = keep.len(),
+            abandoned = abandon.len(),
+            "agent registered"
+        );
+        {
+            let mut agents = self.agents.lock().unwrap();
+            let health = reg.health.clone();
+            agents.insert(
+                peer.to_string(),
+                AgentLive {
+                    session: session.clone(),
+                    registration: reg,
+                    connected: true,
+                    lost_at: None,
+                    drained,
+                    health,
+                    registered_ms: now,
+                    last_seen_ms: now,
+                },
+            );
+            self.metrics
+                .agents_connected
+                .set(agents.values().filter(|a| a.connected).count() as i64);
+        }
+        // Cancels still waiting for this agent: ask again.
+        let pending: Vec<String> = {
+            let cancels = self.cancels.lock().unwrap();
+            keep.iter()
+                .filter(|a| cancels.values().any(|c| &c.attempt_id == *a))
+                .cloned()
+                .collect()
+        };
+        for attempt_id in pending {
+            let _ = session.send_body(Body::TaskCancel(TaskCancel {
+                task_id: attempt_id,
+                reason: "cancelled by the operator".into(),
+            }));
+        }
+        self.poke();
+        Registered {
+            agent_id: peer.to_string(),
+            keep,
+            abandon,
+            drained,
+        }
+    }
+
+    /// The agent's attempt is gone: fence it off and queue the job again (or end it).
+    pub(crate) async fn lose_attempt(&self, job_id: &str, attempt_id: &str, reason: &str) {
+        let now = unix_ms();
+        match self
+            .store
+            .fail_attempt(job_id, attempt_id, "lost", reason, true, now, now)
+            .await
+        {
+            Ok((_, after, events)) => {
+                self.publish(events);
+                self.forget_attempt(attempt_id);
+                self.cancels.lock().unwrap().remove(job_id);
+                match after {
+                    Some(AfterFailure::Requeued) => {
+                        tracing::warn!(job_id, attempt_id, reason, "attempt lost; job queued again")
+                    }
+                    Some(AfterFailure::Ended(state)) => {
+                        tracing::warn!(job_id, attempt_id, reason, %state, "attempt lost; job ended")
+                    }
+                    None => {}
+                }
+            }
+            Err(e) => tracing::error!(job_id, attempt_id, error = %e, "could not record a lost attempt"),
+        }
+    }
+
+    /// Whether `attempt_id` is out with `peer`; `Some(job_id)` if so.
+    fn attempt_of(&self, peer: &str, attempt_id: &str) -> Option<String> {
+        self.attempts
+            .lock()
+            .unwrap()
+            .get(attempt_id)
+            .filter(|a| a.agent_id == peer)
+            .map(|a| a.job_id.clone())
+    }
+
+    async fn stale(&self, peer: &str, job_id: &str, attempt_id: &str, what: &str) {
+        self.metrics.stale_reports.inc();
+        tracing::warn!(agent_id = %peer, job_id, attempt_id, what, "refused a report from a stale attempt");
+        if let Ok(events) = self
+            .store
+            .add_event(
+                job_id,
+                "stale_report",
+                serde_json::json!({"attempt_id": attempt_id, "agent_id": peer, "report": what}),
+                unix_ms(),
+            )
+            .await
+        {
+            self.publish(events);
+        }
+    }
+
+    async fn fetch_input(self: &Arc<Self>, peer: &str, session: &Session, env: &Envelope, f: FetchInput) {
+        let Some(job_id) = self.attempt_of(peer, &f.attempt_id) else {
+            return refuse(session, env, "not an attempt of yours (stale or unknown)");
+        };
+        let job = match self.store.job(&job_id).await {
+            Ok(Some(j)) => j,
+            _ => return refuse(session, env, "job not found"),
+        };
+        let Some(path) = self.content.path(&job.input_hash) else {
+            return refuse(session, env, "the input is missing from the hub's store");
+        };
+        let _ = session.respond(
+            env,
+            Body::Reply(Reply {
+                ok: true,
+                message: "sending".into(),
+            }),
+        );
+        let hub = self.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            match session.send_file(path, job.input_name.clone()).finish().await {
+                Ok(out) => {
+                    hub.metrics.bytes_sent.inc_by(out.bytes_sent);
+                    tracing::info!(job_id = %job.id, hash = %out.hash, skipped = out.skipped, "input sent");
+                }
+                Err(e) => tracing::warn!(job_id = %job.id, error = %e, "sending the input failed"),
+            }
+        });
+    }
+
+    async fn progress(&self, peer: &str, p: &TaskProgress) {
+        let Some(job_id) = self.attempt_of(peer, &p.task_id) else {
+            self.metrics.stale_reports.inc();
+            return;
+        };
+        let progress = JobProgress {
+            percent: p.percent.clamp(0.0, 100.0),
+            stage: p.stage.clone(),
+            message: p.message.clone(),
+            eta_ms: p.estimated_completion_ms,
+        };
+        match self
+            .store
+            .record_progress(&job_id, &p.task_id, &progress, unix_ms())
+            .await
+        {
+            Ok((Fenced::Applied, events)) => self.publish(events),
+            Ok(_) => {
+                self.metrics.stale_reports.inc();
+            }
+            Err(e) => tracing::warn!(job_id, error = %e, "could not record progress"),
+        }
+    }
+
+    async fn complete(&self, peer: &str, c: Completion) -> Ack {
+        let ack = |outcome| Ack {
+            attempt_id: c.attempt_id.clone(),
+            outcome,
+        };
+        let Some(job_id) = self.attempt_of(peer, &c.attempt_id) else {
+            // Not out with this agent: already recorded (duplicate) or fenced off (stale).
+            return ack(self.settled(peer, &c.job_id, &c.attempt_id, "completed", "complete").await);
+        };
+        let missing: Vec<String> = std::iter::once(&c.result_hash)
+            .chain(c.artifacts.iter().map(|a| &a.hash))
+            .filter(|h| self.content.path(h).is_none())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(job_id, attempt_id = %c.attempt_id, missing = missing.len(), "completion without its files; asked again");
+            return ack(AckOutcome::MissingFiles(missing));
+        }
+        let path = self.content.path(&c.result_hash).expect("checked above");
+        let result = match read_result(&path) {
+            Ok(r) => r,
+            Err(reason) => {
+                let f = Failure {
+                    job_id: job_id.clone(),
+                    attempt_id: c.attempt_id.clone(),
+                    error: format!("the agent's result is unusable: {reason}"),
+                    retryable: false,
+                    timed_out: false,
+                };
+                let _ = self.fail(peer, f).await;
+                return ack(AckOutcome::Accepted);
+            }
+        };
+        let mut artifacts: Vec<ArtifactRow> = c
+            .artifacts
+            .iter()
+            .map(|a| ArtifactRow {
+                name: a.name.clone(),
+                hash: a.hash.clone(),
+                size: a.size,
+                media_type: a.media_type.clone(),
+            })
+            .collect();
+        if !artifacts.iter().any(|a| a.hash == c.result_hash) {
+            artifacts.push(ArtifactRow {
+                name: "result.json".into(),
+                hash: c.result_hash.clone(),
+                size: result.len() as u64,
+                media_type: "application/json".into(),
+            });
+        }
+        match self
+            .store
+            .complete(&job_id, &c.attempt_id, &result, &artifacts, unix_ms())
+            .await
+        {
+            Ok((Fenced::Applied, events)) => {
+                self.publish(events);
+                self.forget_attempt(&c.attempt_id);
+                self.metrics.jobs_completed.inc();
+                tracing::info!(job_id, attempt_id = %c.attempt_id, artifacts = artifacts.len(), ms = c.processing_time_ms, "job completed");
+                ack(AckOutcome::Accepted)
+            }
+            Ok((Fenced::Duplicate, _)) => ack(AckOutcome::Duplicate),
+            Ok((Fenced::Stale, _)) => {
+                self.forget_attempt(&c.attempt_id);
+                self.stale(peer, &job_id, &c.attempt_id, "complete").await;
+                ack(AckOutcome::Stale)
+            }
+            Err(e) => ack(AckOutcome::Retry(e.to_string())),
+        }
+    }
+
+    /// A report about an attempt that is not out with the agent: tell a repeat from a stale one.
+    async fn settled(&self, peer: &str, job_id: &str, attempt_id: &str, outcome: &str, what: &str) -> AckOutcome {
+        let job = self.store.job(job_id).await.ok().flatten();
+        let repeated = job.as_ref().is_some_and(|j| {
+            j.attempts
+                .iter()
+                .any(|a| a.id == attempt_id && a.agent_id == peer && a.outcome == outcome)
+        });
+        if repeated {
+            AckOutcome::Duplicate
+        } else {
+            if job.is_some() {
+                self.stale(peer, job_id, attempt_id, what).await;
+            } else {
+                self.metrics.stale_reports.inc();
+            }
+            AckOutcome::Stale
+        }
+    }
+
+    async fn fail(&self, peer: &str, f: Failure) -> Ack {
+        let ack = |outcome| Ack {
+            attempt_id: f.attempt_id.clone(),
+            outcome,
+        };
+        let outcome = if f.timed_out { "timed_out" } else { "failed" };
+        let Some(job_id) = self.attempt_of(peer, &f.attempt_id) else {
+            return ack(self.settled(peer, &f.job_id, &f.attempt_id, outcome, "fail").await);
+        };
+        let now = unix_ms();
+        let requeue_at = now + self.config.retry_delay.as_millis() as u64;
+        match self
+            .store
+            .fail_attempt(&job_id, &f.attempt_id, outcome, &f.error, f.retryable, requeue_at, now)
+            .await
+        {
+            Ok((Fenced::Applied, after, events)) => {
+                self.publish(events);
+                self.forget_attempt(&f.attempt_id);
+                self.cancels.lock().unwrap().remove(&job_id);
+                tracing::warn!(job_id, attempt_id = %f.attempt_id, error = %f.error, retryable = f.retryable, ?after, "attempt failed");
+                ack(AckOutcome::Accepted)
+            }
+            Ok((Fenced::Duplicate, _, _)) => ack(AckOutcome::Duplicate),
+            Ok((Fenced::Stale, _, _)) => {
+                self.forget_attempt(&f.attempt_id);
+                self.stale(peer, &job_id, &f.attempt_id, "fail").await;
+                ack(AckOutcome::Stale)
+            }
+            Err(e) => ack(AckOutcome::Retry(e.to_string())),
+        }
+    }
+
+    async fn cancel_acked(&self, peer: &str, c: CancelAck) -> Ack {
+        let ack = |outcome| Ack {
+            attempt_id: c.attempt_id.clone(),
+            outcome,
+        };
+        let Some(job_id) = self.attempt_of(peer, &c.attempt_id) else {
+            return ack(AckOutcome::Duplicate);
+        };
+        match self
+            .store
+            .finish_cancel(&job_id, &c.attempt_id, true, unix_ms())
+            .await
+        {
+            Ok((Fenced::Applied, events)) => {
+                if let Some(latency) = events.first().and_then(|e| e.data["latency_ms"].as_u64()) {
+                    tracing::info!(job_id, attempt_id = %c.attempt_id, latency_ms = latency, "job cancelled");
+                    self.metrics.cancel_latency.observe(latency as f64 / 1000.0);
+                }
+                self.publish(events);
+                self.forget_attempt(&c.attempt_id);
+                self.cancels.lock().unwrap().remove(&job_id);
+                ack(AckOutcome::Accepted)
+            }
+            Ok((Fenced::Duplicate, _)) => ack(AckOutcome::Duplicate),
+            Ok((Fenced::Stale, _)) => ack(AckOutcome::Stale),
+            Err(e) => ack(AckOutcome::Retry(e.to_string())),
+        }
+    }
+}
+
+/// Read and check an agent's result document.
+fn read_result(path: &std::path::Path) -> Result<String, String> {
+    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if len > MAX_RESULT_BYTES {
+        return Err(format!("{len} bytes is over the limit of {MAX_RESULT_BYTES}"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("not UTF-8 text: {e}"))?;
+    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("not JSON: {e}"))?;
+    Ok(text)
+}
+
+fn respond_user<T: serde::Serialize>(session: &Session, request: &Envelope, kind: &str, value: &T) {
+    match Envelope::user(kind, value) {
+        Ok(env) => {
+            if let Err(e) = session.respond(request, env.body) {
+                tracing::warn!(error = %e, kind, "could not answer the agent");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, kind, "could not encode a reply"),
+    }
+}
+
+fn refuse(session: &Session, request: &Envelope, message: &str) {
+    tracing::warn!(peer = %session.peer_id(), kind = request.body.kind(), message, "refused a request");
+    let _ = session.respond(
+        request,
+        Body::Reply(Reply {
+            ok: false,
+            message: message.to_string(),
+        }),
+    );
+}

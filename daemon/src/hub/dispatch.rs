@@ -1,0 +1,349 @@
+//! The dispatcher (queued jobs -> agents) and the rescuer (lost agents, unacknowledged cancels,
+//! deadlines), plus the operator's actions that reach agents: cancel and drain.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use morag_protocol::{command, kind, Assignment, InputRef};
+use morag_transport::{unix_ms, Body, Envelope, ServerCommand, TaskCancel};
+
+use super::{new_id, Hub, LiveAttempt, PendingCancel};
+use crate::model::Job;
+use crate::scheduler::{self, Candidate, Policy, Want};
+use crate::store::{CancelRequest, Fenced, NewAttempt, StoreResult};
+
+/// Jobs looked at per dispatch round.
+const DISPATCH_BATCH: u32 = 256;
+/// How often the rescuer runs.
+const RESCUE_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Hub {
+    pub(crate) async fn dispatch_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.dispatch_interval) => {}
+            }
+            if !self.accepting() {
+                continue;
+            }
+            if let Err(e) = self.dispatch_round().await {
+                tracing::error!(error = %e, "dispatch round failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Agents that may take work now, with their free slots.
+    fn candidates(&self) -> Vec<Candidate> {
+        let agents = self.agents.lock().unwrap();
+        let attempts = self.attempts.lock().unwrap();
+        agents
+            .iter()
+            .filter(|(_, a)| {
+                a.connected
+                    && !a.drained
+                    && !a.registration.draining
+                    && a.health.healthy
+                    && !a.session.is_closed()
+            })
+            .map(|(id, a)| {
+                let r = &a.registration;
+                let gpu_ok = r.capability.has_gpu()
+                    && r
+                        .gpu_memory_free_bytes
+                        .is_none_or(|free| free >= self.config.min_gpu_free_bytes);
+                Candidate {
+                    id: id.clone(),
+                    gpu: gpu_ok,
+                    queues: r.queues.clone(),
+                    content_types: r.content_types.clone(),
+                    active: attempts.values().filter(|x| &x.agent_id == id).count() as u32,
+                    max: r.max_concurrent_tasks,
+                }
+            })
+            .collect()
+    }
+
+    /// One pass over the queue: claim what can be placed and send the assignments.
+    pub(crate) async fn dispatch_round(self: &Arc<Self>) -> StoreResult<usize> {
+        let mut candidates = self.candidates();
+        if candidates.iter().all(|c| c.free() == 0) {
+            return Ok(0);
+        }
+        let now = unix_ms();
+        let jobs = self.store.dispatchable(now, DISPATCH_BATCH).await?;
+        let policy = Policy {
+            gpu_wait_ms: self.config.gpu_wait.as_millis() as u64,
+            fallback_queues: &self.config.fallback_queues,
+        };
+        let mut placed = 0;
+        for job in jobs {
+            if candidates.iter().all(|c| c.free() == 0) {
+                break;
+            }
+            let queued_since = job.created_ms.max(job.not_before_ms);
+            let want = Want {
+                queue: &job.queue,
+                content_type: &job.content_type,
+                gpu: job.gpu,
+                waited_ms: now.saturating_sub(queued_since),
+            };
+            let Some(ix) = scheduler::pick(&want, &candidates, &policy) else {
+                continue;
+            };
+            let agent_id = candidates[ix].id.clone();
+            let attempt_id = new_id("att");
+            let claimed = self
+                .store
+                .claim(&NewAttempt {
+                    id: attempt_id.clone(),
+                    job_id: job.id.clone(),
+                    agent_id: agent_id.clone(),
+                    now_ms: now,
+                })
+                .await?;
+            let Some(events) = claimed else { continue };
+            self.publish(events);
+            candidates[ix].active += 1;
+            placed += 1;
+            self.attempts.lock().unwrap().insert(
+                attempt_id.clone(),
+                LiveAttempt {
+                    job_id: job.id.clone(),
+                    agent_id: agent_id.clone(),
+                },
+            );
+            self.metrics
+                .dispatch_latency
+                .observe(unix_ms().saturating_sub(queued_since) as f64 / 1000.0);
+            tracing::info!(job_id = %job.id, attempt_id, agent_id, "dispatched");
+            let hub = self.clone();
+            tokio::spawn(async move { hub.send_assignment(job, attempt_id, agent_id).await });
+        }
+        Ok(placed)
+    }
+
+    async fn send_assignment(self: Arc<Self>, job: Job, attempt_id: String, agent_id: String) {
+        let session = self
+            .agents
+            .lock()
+            .unwrap()
+            .get(&agent_id)
+            .map(|a| a.session.clone());
+        let assignment = Assignment {
+            job_id: job.id.clone(),
+            attempt_id: attempt_id.clone(),
+            content_type: job.content_type.clone(),
+            input: InputRef {
+                hash: job.input_hash.clone(),
+                name: job.input_name.clone(),
+                size: job.input_size,
+            },
+            options: job.options.clone(),
+            timeout_ms: job
+                .options
+                .get("timeout")
+                .and_then(|t| humantime::parse_duration(t).ok())
+                .map(|d| d.as_millis() as u64),
+            deadline_ms: job.deadline_ms,
+        };
+        let outcome = match (session, Envelope::user(kind::ASSIGN, &assignment)) {
+            (Some(session), Ok(env)) => {
+                match session.request_timeout(env, self.config.assign_timeout).await {
+                    Ok(reply) => match reply.body {
+                        Body::Reply(r) if r.ok => Ok(()),
+                        Body::Reply(r) => Err(format!("agent refused: {}", r.message)),
+                        other => Err(format!("unexpected answer {}", other.kind())),
+                    },
+                    Err(e) => {
+                        // It may have arrived: make sure that attempt does not run on.
+                        let _ = session.send_body(Body::TaskCancel(TaskCancel {
+                            task_id: attempt_id.clone(),
+                            reason: "assignment withdrawn".into(),
+                        }));
+                        Err(format!("no answer to the assignment: {e}"))
+                    }
+                }
+            }
+            (None, _) => Err("agent went away".to_string()),
+            (_, Err(e)) => Err(format!("cannot encode the assignment: {e}")),
+        };
+        let now = unix_ms();
+        match outcome {
+            Ok(()) => match self.store.mark_running(&job.id, &attempt_id, now).await {
+                Ok((_, events)) => self.publish(events),
+                Err(e) => tracing::error!(job_id = %job.id, error = %e, "could not record the start"),
+            },
+            Err(reason) => {
+                tracing::warn!(job_id = %job.id, attempt_id, agent_id, reason, "assignment not taken; job queued again");
+                match self.store.unclaim(&job.id, &attempt_id, &reason, now).await {
+                    Ok(events) => self.publish(events),
+                    Err(e) => tracing::error!(job_id = %job.id, error = %e, "could not requeue"),
+                }
+                self.forget_attempt(&attempt_id);
+            }
+        }
+    }
+
+    pub(crate) async fn rescue_loop(self: Arc<Self>) {
+        let mut last_deadlines = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RESCUE_INTERVAL) => {}
+            }
+            self.rescue_lost().await;
+            self.rescue_cancels().await;
+            if last_deadlines.elapsed() >= Duration::from_secs(1) {
+                last_deadlines = Instant::now();
+                match self.store.expire_deadlines(unix_ms()).await {
+                    Ok((attempts, events)) => {
+                        self.publish(events);
+                        for a in attempts {
+                            self.tell_cancel(&a.agent_id, &a.id, "job deadline passed");
+                            self.forget_attempt(&a.id);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "deadline check failed"),
+                }
+            }
+        }
+    }
+
+    /// Attempts whose agent has been away longer than the grace period are re-dispatched.
+    async fn rescue_lost(&self) {
+        let grace = self.config.lost_grace;
+        let lost: Vec<(String, String, String)> = {
+            let agents = self.agents.lock().unwrap();
+            let attempts = self.attempts.lock().unwrap();
+            attempts
+                .iter()
+                .filter_map(|(id, a)| {
+                    let away_since = match agents.get(&a.agent_id) {
+                        None => Some(self.started),
+                        Some(live) if !live.connected => {
+                            Some(live.lost_at.unwrap_or(self.started))
+                        }
+                        Some(_) => None,
+                    }?;
+                    (away_since.elapsed() >= grace).then(|| {
+                        (a.job_id.clone(), id.clone(), a.agent_id.clone())
+                    })
+                })
+                .collect()
+        };
+        for (job_id, attempt_id, agent_id) in lost {
+            self.lose_attempt(
+                &job_id,
+                &attempt_id,
+                &format!("agent {agent_id} lost (no connection for {grace:?})"),
+            )
+            .await;
+        }
+    }
+
+    /// Cancels without an acknowledgement past the timeout: fence the attempt off.
+    async fn rescue_cancels(&self) {
+        let timeout = self.config.cancel_timeout;
+        let due: Vec<(String, String)> = self
+            .cancels
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, c)| c.since.elapsed() >= timeout)
+            .map(|(job, c)| (job.clone(), c.attempt_id.clone()))
+            .collect();
+        for (job_id, attempt_id) in due {
+            self.cancels.lock().unwrap().remove(&job_id);
+            match self
+                .store
+                .finish_cancel(&job_id, &attempt_id, false, unix_ms())
+                .await
+            {
+                Ok((Fenced::Applied, events)) => {
+                    tracing::warn!(job_id, attempt_id, ?timeout, "cancel not acknowledged; attempt fenced off");
+                    self.publish(events);
+                    self.forget_attempt(&attempt_id);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(job_id, error = %e, "could not finish a cancel"),
+            }
+        }
+    }
+
+    fn tell_cancel(&self, agent_id: &str, attempt_id: &str, reason: &str) -> bool {
+        let session = self
+            .agents
+            .lock()
+            .unwrap()
+            .get(agent_id)
+            .map(|a| a.session.clone());
+        session.is_some_and(|s| {
+            s.send_body(Body::TaskCancel(TaskCancel {
+                task_id: attempt_id.to_string(),
+                reason: reason.to_string(),
+            }))
+            .is_ok()
+        })
+    }
+
+    /// The operator's cancel. Queued jobs end at once; running ones are stopped by their
+    /// agent (urgent message), or fenced off after `cancel_timeout` without an answer.
+    pub async fn cancel(&self, job_id: &str) -> StoreResult<CancelRequest> {
+        let (outcome, events) = self.store.request_cancel(job_id, unix_ms()).await?;
+        self.publish(events);
+        if let CancelRequest::Requested {
+            attempt_id,
+            agent_id,
+        }
+        | CancelRequest::AlreadyRequested {
+            attempt_id,
+            agent_id,
+        } = &outcome
+        {
+            self.cancels
+                .lock()
+                .unwrap()
+                .entry(job_id.to_string())
+                .or_insert(PendingCancel {
+                    attempt_id: attempt_id.clone(),
+                    since: Instant::now(),
+                });
+            let told = self.tell_cancel(agent_id, attempt_id, "cancelled by the operator");
+            tracing::info!(job_id, attempt_id, agent_id, told, "cancel sent to the agent");
+        }
+        Ok(outcome)
+    }
+
+    /// Stop (or resume) giving an agent new work; what runs there finishes.
+    pub async fn drain(&self, agent_id: &str, drain: bool) -> StoreResult<bool> {
+        let known = self.store.set_drained(agent_id, drain).await?;
+        let session = {
+            let mut agents = self.agents.lock().unwrap();
+            agents.get_mut(agent_id).map(|a| {
+                a.drained = drain;
+                a.session.clone()
+            })
+        };
+        if let Some(s) = &session {
+            let _ = s.send_body(Body::ServerCommand(ServerCommand {
+                command: if drain { command::DRAIN } else { command::UNDRAIN }.to_string(),
+                args: Default::default(),
+            }));
+        }
+        if !drain {
+            self.poke();
+        }
+        Ok(known || session.is_some())
+    }
+
+    /// Send a server command to every connected agent; how many got it.
+    pub fn broadcast_command(&self, command: ServerCommand) -> usize {
+        self.listener
+            .broadcast(&Envelope::new(Body::ServerCommand(command)), |_| true)
+    }
+}

@@ -1,0 +1,195 @@
+//! The hub's core: live agents, open attempts, the dispatcher and the rescuer, on top of the
+//! durable [`Store`].
+//!
+//! The database is the truth about jobs; memory holds what only makes sense while the process
+//! lives (sessions, health, which attempt runs where). On start the open attempts are loaded
+//! from the database and wait for their agents to register again; an attempt whose agent does
+//! not come back within `lost_grace` is re-dispatched (its id is fenced off for good).
+
+mod agents;
+pub mod content;
+mod dispatch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use morag_protocol::Registration;
+use morag_transport::{Listener, Session, WorkerHealth};
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HubConfig;
+use crate::metrics::Metrics;
+use crate::model::JobEvent;
+use crate::store::{Events, Store};
+pub use content::Content;
+
+/// An agent with a session to this hub process.
+pub(crate) struct AgentLive {
+    pub session: Session,
+    pub registration: Registration,
+    pub connected: bool,
+    /// When the connection was lost (None while connected).
+    pub lost_at: Option<Instant>,
+    pub drained: bool,
+    pub health: WorkerHealth,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+/// An attempt out with an agent, as the dispatcher tracks it.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveAttempt {
+    pub job_id: String,
+    pub agent_id: String,
+}
+
+/// A cancel waiting for the agent's acknowledgement.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingCancel {
+    pub attempt_id: String,
+    pub since: Instant,
+}
+
+/// The running hub. Shared (`Arc`) by the QUIC side, the dispatcher and the HTTP API.
+pub struct Hub {
+    pub config: HubConfig,
+    pub store: Arc<dyn Store>,
+    pub content: Content,
+    pub metrics: Metrics,
+    pub api_token: String,
+    pub ca_fingerprint: [u8; 32],
+    pub quic_addr: SocketAddr,
+    pub(crate) listener: Listener,
+    pub(crate) agents: Mutex<HashMap<String, AgentLive>>,
+    pub(crate) attempts: Mutex<HashMap<String, LiveAttempt>>,
+    pub(crate) cancels: Mutex<HashMap<String, PendingCancel>>,
+    events: broadcast::Sender<JobEvent>,
+    pub(crate) wake: Notify,
+    pub shutdown: CancellationToken,
+    accepting: AtomicBool,
+    pub(crate) started: Instant,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("quic_addr", &self.quic_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new id: time-ordered (UUIDv7) with a short prefix saying what it names.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+impl Hub {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: HubConfig,
+        store: Arc<dyn Store>,
+        listener: Listener,
+        api_token: String,
+        ca_fingerprint: [u8; 32],
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let quic_addr = listener.local_addr()?;
+        let content = Content::new(config.store_dir(), config.uploads_dir());
+        Ok(Arc::new(Self {
+            config,
+            store,
+            content,
+            metrics: Metrics::new(),
+            api_token,
+            ca_fingerprint,
+            quic_addr,
+            listener,
+            agents: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            events: broadcast::channel(4096).0,
+            wake: Notify::new(),
+            shutdown,
+            accepting: AtomicBool::new(true),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Load what was open when the hub last stopped: attempts out with agents and cancels not
+    /// yet acknowledged. Their agents get `lost_grace` from now to register again.
+    pub(crate) async fn recover(&self) -> anyhow::Result<()> {
+        let open = self.store.open_attempts().await?;
+        let n = open.len();
+        {
+            let mut attempts = self.attempts.lock().unwrap();
+            for a in open {
+                attempts.insert(
+                    a.id,
+                    LiveAttempt {
+                        job_id: a.job_id,
+                        agent_id: a.agent_id,
+                    },
+                );
+            }
+        }
+        let cancels = self.store.pending_cancels().await?;
+        {
+            let mut pending = self.cancels.lock().unwrap();
+            for job in cancels {
+                if let Some(attempt_id) = job.current_attempt {
+                    pending.insert(
+                        job.id,
+                        PendingCancel {
+                            attempt_id,
+                            since: Instant::now(),
+                        },
+                    );
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                open_attempts = n,
+                grace = ?self.config.lost_grace,
+                "recovered attempts that were running; waiting for their agents to register"
+            );
+        }
+        Ok(())
+    }
+
+    /// Hand events to live subscribers (SSE).
+    pub(crate) fn publish(&self, events: Events) {
+        for ev in events {
+            self.metrics.events.inc();
+            let _ = self.events.send(ev);
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether new jobs are accepted (false while shutting down).
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
+    }
+
+    /// Wake the dispatcher now (a job arrived, a slot freed).
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Drop an attempt from the live table (it ended).
+    pub(crate) fn forget_attempt(&self, attempt_id: &str) {
+        self.attempts.lock().unwrap().remove(attempt_id);
+        self.poke();
+    }
+}

@@ -1,0 +1,135 @@
+//! `morag-hub serve`: open the data directory and the database, bind QUIC (agents) and HTTP
+//! (clients), run until the shutdown token fires, then shut down gracefully: stop accepting
+//! jobs, tell agents `SHUTDOWN` (they reconnect to the next hub process), close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use morag_transport::{close_code, DetectorConfig, Listener, Role, SessionConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HubConfig;
+use crate::hub::Hub;
+use crate::init;
+use crate::store::sqlite::SqliteStore;
+
+/// A hub that is up: where it listens and what a client needs.
+#[derive(Debug)]
+pub struct Running {
+    pub hub: Arc<Hub>,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    /// `host:port` for join tokens.
+    pub advertised: String,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Wait until the hub has shut down (after its token fired).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        self.hub.listener_close().await;
+    }
+}
+
+/// Open everything and start serving.
+pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let data = init::prepare(&config)?;
+    let store = SqliteStore::open(&config.db_path(), config.sync)
+        .await
+        .with_context(|| format!("opening the database {}", config.db_path().display()))?;
+    let mut session = SessionConfig::new(data.credentials.clone());
+    session.revocations = data.revocations.clone();
+    session.store_dir = config.store_dir();
+    session.allowed_roles = Some(vec![Role::Agent]);
+    session.software = concat!("morag-hub/", env!("CARGO_PKG_VERSION")).to_string();
+    session.heartbeat = DetectorConfig {
+        interval: config.heartbeat_interval,
+        suspect_after: config.heartbeat_interval * 3,
+        dead_after: config.heartbeat_interval * 5,
+    };
+    session.close_grace = config.shutdown_grace;
+    let listener = Listener::bind(config.quic, session)
+        .with_context(|| format!("binding QUIC on {}", config.quic))?;
+    let quic = listener.local_addr()?;
+    let http_listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http))?;
+    let http = http_listener.local_addr()?;
+    let advertised = config.advertised(quic.port());
+    // For the command line on this host: where the API is, and what agents dial.
+    let local_http = if http.ip().is_unspecified() {
+        SocketAddr::new("127.0.0.1".parse().expect("ip"), http.port())
+    } else {
+        http
+    };
+    std::fs::write(
+        config.data.join(crate::cli::client::URL_FILE),
+        format!("http://{local_http}\n"),
+    )?;
+    std::fs::write(config.data.join(crate::enroll::ADVERTISE_FILE), format!("{advertised}\n"))?;
+    let hub = Hub::new(
+        config,
+        Arc::new(store),
+        listener,
+        data.api_token.clone(),
+        data.ca_fingerprint,
+        shutdown.clone(),
+    )?;
+    hub.recover().await?;
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(hub.clone().accept_loop());
+    tasks.spawn(hub.clone().dispatch_loop());
+    tasks.spawn(hub.clone().rescue_loop());
+    let app = crate::api::router(hub.clone());
+    let stop = shutdown.clone();
+    let h = hub.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(http_listener, app).with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            h.stop_accepting();
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%quic, %http, advertised, "hub up");
+    Ok(Running {
+        hub,
+        quic,
+        http,
+        advertised,
+        tasks,
+    })
+}
+
+impl Hub {
+    /// Tell every agent the hub is going away (they reconnect to the next one) and close.
+    pub(crate) async fn listener_close(&self) {
+        self.stop_accepting();
+        self.listener
+            .close(close_code::SHUTDOWN, "hub shutting down")
+            .await;
+    }
+}
+
+/// Serve until `shutdown` fires; print where to reach the hub first.
+pub async fn run(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let data_dir = config.data.clone();
+    let token_path = config.token_path();
+    let running = start(config, shutdown).await?;
+    let fp = init::fingerprint_text(&running.hub.ca_fingerprint);
+    println!("morag-hub {}", env!("CARGO_PKG_VERSION"));
+    println!("  data:      {}", data_dir.display());
+    println!("  quic:      {} (agents dial {})", running.quic, running.advertised);
+    println!("  http:      http://{}", running.http);
+    println!("  ca:        {fp}");
+    println!("  api token: {}", token_path.display());
+    println!("  join an agent: morag-hub token create --data {}", data_dir.display());
+    running.wait().await;
+    tracing::info!("hub stopped");
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! Durable state: jobs, attempts, artifacts, events, agents and join tokens.
+//!
+//! The hub talks to a [`Store`]; [`sqlite::SqliteStore`] is the embedded default (a file in the
+//! data directory, no server to install). The SQL is kept portable so that a PostgreSQL store
+//! can follow with its own migrations and claim query. Every state change is one transaction
+//! that also writes the job's event, and every report from an agent is fenced by its attempt id:
+//! `UPDATE ... WHERE id = $1 AND current_attempt = $2 AND state IN (...)` must hit one row.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::model::{AgentRecord, ArtifactRow, Attempt, Job, JobEvent, JobProgress, JobState, NewJob};
+
+/// A store operation failed (the database, not the caller).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read back.
+    #[error("corrupt stored value in {what}: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub queue: Option<String>,
+    pub limit: u32,
+}
+
+/// A new attempt the dispatcher wants to start.
+#[derive(Debug, Clone)]
+pub struct NewAttempt {
+    pub id: String,
+    pub job_id: String,
+    pub agent_id: String,
+    pub now_ms: u64,
+}
+
+/// How a fenced report was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fenced {
+    /// Recorded.
+    Applied,
+    /// The same attempt reported this before; nothing changed.
+    Duplicate,
+    /// Not the job's current attempt, or the job is past this: refused.
+    Stale,
+}
+
+/// What became of a job after its attempt failed or was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Queued again for another attempt.
+    Requeued,
+    /// Out of attempts (or not retryable): the job ended in this state.
+    Ended(JobState),
+}
+
+/// The outcome of an operator's cancel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelRequest {
+    /// It was still queued: cancelled at once.
+    CancelledQueued,
+    /// It is with an agent: the agent must stop it and acknowledge.
+    Requested { attempt_id: String, agent_id: String },
+    /// A cancel was already requested and is pending.
+    AlreadyRequested { attempt_id: String, agent_id: String },
+    /// It had already ended.
+    AlreadyEnded(JobState),
+    NotFound,
+}
+
+/// What happened to a join token on redemption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRedemption {
+    Redeemed,
+    Unknown,
+    WrongSecret,
+    AlreadyUsed,
+    Expired,
+}
+
+/// Every change to a job returns the events it wrote, for live subscribers.
+pub type Events = Vec<JobEvent>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Accept a job (state queued).
+    async fn insert_job(&self, job: &NewJob) -> StoreResult<Events>;
+    /// A job with its attempts and artifacts.
+    async fn job(&self, id: &str) -> StoreResult<Option<Job>>;
+    /// The result document of a completed job.
+    async fn job_result(&self, id: &str) -> StoreResult<Option<String>>;
+    /// The latest job with this external reference (MoRAG's ingestion task id).
+    async fn job_by_external_ref(&self, external_ref: &str) -> StoreResult<Option<Job>>;
+    /// Jobs, newest first.
+    async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
+    /// Queued jobs due for dispatch, priority first then age.
+    async fn dispatchable(&self, now_ms: u64, limit: u32) -> StoreResult<Vec<Job>>;
+    /// Claim a queued job for an attempt; `false` if it is no longer queued.
+    async fn claim(&self, attempt: &NewAttempt) -> StoreResult<Option<Events>>;
+    /// The agent took the attempt: assigned -> running.
+    async fn mark_running(&self, job_id: &str, attempt_id: &str, now_ms: u64)
+        -> StoreResult<(Fenced, Events)>;
+    /// The agent refused the attempt (or never answered): back to queued, the attempt does not
+    /// count.
+    async fn unclaim(&self, job_id: &str, attempt_id: &str, reason: &str, now_ms: u64)
+        -> StoreResult<Events>;
+    async fn record_progress(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        progress: &JobProgress,
+        now_ms: u64,
+    ) -> StoreResult<(Fenced, Events)>;
+    /// The attempt completed with this result and these artifacts.
+    async fn complete(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        result: &str,
+        artifacts: &[ArtifactRow],
+        now_ms: u64,
+    ) -> StoreResult<(Fenced, Events)>;
+    /// The attempt failed (`outcome`: failed, timed_out, lost). Requeued after `requeue_at_ms`
+    /// when `retryable` and attempts remain, else the job ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn fail_attempt(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        outcome: &str,
+        error: &str,
+        retryable: bool,
+        requeue_at_ms: u64,
+        now_ms: u64,
+    ) -> StoreResult<(Fenced, Option<AfterFailure>, Events)>;
+    async fn request_cancel(&self, job_id: &str, now_ms: u64) -> StoreResult<(CancelRequest, Events)>;
+    /// A requested cancel ended: acknowledged by the agent, or fenced off without an ack.
+    async fn finish_cancel(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        acknowledged: bool,
+        now_ms: u64,
+    ) -> StoreResult<(Fenced, Events)>;
+    /// Jobs past their deadline end as timed_out; returns the attempts that were running.
+    async fn expire_deadlines(&self, now_ms: u64) -> StoreResult<(Vec<Attempt>, Events)>;
+    /// Attempts whose outcome is still open (`running`).
+    async fn open_attempts(&self) -> StoreResult<Vec<Attempt>>;
+    /// Jobs with a cancel requested and not yet ended.
+    async fn pending_cancels(&self) -> StoreResult<Vec<Job>>;
+    /// A job's events after `after_seq`.
+    async fn events_since(&self, job_id: &str, after_seq: i64) -> StoreResult<Vec<JobEvent>>;
+    /// Add an event that changes no state (a refused report, say).
+    async fn add_event(&self, job_id: &str, kind: &str, data: serde_json::Value, now_ms: u64)
+        -> StoreResult<Events>;
+    async fn count_by_state(&self) -> StoreResult<Vec<(JobState, u64)>>;
+    /// Whether any job references this content (as input or artifact).
+    async fn content_referenced(&self, hash: &str) -> StoreResult<bool>;
+
+    async fn upsert_agent(&self, agent: &AgentRecord) -> StoreResult<()>;
+    async fn agents(&self) -> StoreResult<Vec<AgentRecord>>;
+    async fn set_drained(&self, agent_id: &str, drained: bool) -> StoreResult<bool>;
+
+    async fn insert_token(&self, id: &str, secret_hash: &str, now_ms: u64, expires_ms: u64)
+        -> StoreResult<()>;
+    /// Use a join token once.
+    async fn redeem_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        agent_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<TokenRedemption>;
+}
