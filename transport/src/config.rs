@@ -65,7 +65,10 @@ pub struct OfferInfo {
 /// Decides whether to accept an incoming transfer: `Ok(())` accepts, `Err(reason)` refuses
 /// and the reason reaches the sender. Called on the session's task: keep it quick.
 #[derive(Clone)]
-pub struct OfferFilter(pub Arc<dyn Fn(&OfferInfo) -> Result<(), String> + Send + Sync>);
+pub struct OfferFilter(pub Arc<OfferFilterFn>);
+
+/// The function an [`OfferFilter`] wraps.
+pub type OfferFilterFn = dyn Fn(&OfferInfo) -> Result<(), String> + Send + Sync;
 
 impl OfferFilter {
     pub fn new(f: impl Fn(&OfferInfo) -> Result<(), String> + Send + Sync + 'static) -> Self {
