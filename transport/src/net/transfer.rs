@@ -104,7 +104,8 @@ impl Transfer {
     /// Stop the transfer: the stream under way is reset at once and [`Transfer::finish`]
     /// returns [`TransferError::Cancelled`] (unless the transfer had already ended). The
     /// receiver keeps the pieces it verified, so sending the same content again resumes
-    /// after them.
+    /// after them. A hashing of the source under way runs to its end on its blocking thread
+    /// (and fills the manifest cache), but the transfer does not wait for it.
     pub fn cancel(&self) {
         self.cancel.cancel();
     }
@@ -328,8 +329,8 @@ async fn run_inner(
 }
 
 /// One attempt on its own stream. On `cancel` the stream is reset both ways at once, so the
-/// receiver stops reading and keeps what it verified.
-#[allow(clippy::too_many_arguments)]
+/// receiver stops reading and keeps what it verified. (The frame reads in `attempt_on` are not
+/// cancel-safe; a cancelled attempt abandons its stream, so nothing half-read is reused.)
 async fn attempt(
     conn: &quinn::Connection,
     manifest: &Manifest,
