@@ -293,6 +293,8 @@ mod tests {
         let path = store.path(&hash).unwrap();
         assert_eq!(path, store.dir().join(&hash));
         assert_eq!(std::fs::read(&path).unwrap(), data);
+        // Sending the stored copy will not hash it again.
+        assert_eq!(manifest_cache::get(&path).unwrap().hash_hex(), hash);
         assert_eq!(store.usage().unwrap(), data.len() as u64);
         // Importing again changes nothing.
         assert_eq!(store.import_file(&src).await.unwrap(), hash);
