@@ -1,6 +1,7 @@
 //! Session settings and the local identity.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use morag_certs::{RevocationList, Role};
@@ -49,6 +50,42 @@ impl Credentials {
     }
 }
 
+/// A file a peer offers to send, as [`OfferFilter`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferInfo {
+    /// The sending peer's id (its certificate's common name).
+    pub peer_id: String,
+    /// The name the sender gave the file.
+    pub name: String,
+    pub size: u64,
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+}
+
+/// Decides whether to accept an incoming transfer: `Ok(())` accepts, `Err(reason)` refuses
+/// and the reason reaches the sender. Called on the session's task: keep it quick.
+#[derive(Clone)]
+pub struct OfferFilter(pub Arc<OfferFilterFn>);
+
+/// The function an [`OfferFilter`] wraps.
+pub type OfferFilterFn = dyn Fn(&OfferInfo) -> Result<(), String> + Send + Sync;
+
+impl OfferFilter {
+    pub fn new(f: impl Fn(&OfferInfo) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn check(&self, offer: &OfferInfo) -> Result<(), String> {
+        (self.0)(offer)
+    }
+}
+
+impl std::fmt::Debug for OfferFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OfferFilter(..)")
+    }
+}
+
 /// Everything a [`crate::Client`] or [`crate::Listener`] needs.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -69,10 +106,21 @@ pub struct SessionConfig {
     /// Messages a session queues for its peer (while it is away, say) before `send` refuses
     /// with `SendError::QueueFull`.
     pub max_queued_messages: usize,
+    /// Messages received and waiting for `Session::recv` before low-ranking ones are dropped
+    /// (`High` and `Urgent` messages are never dropped; see `Session::inbound_dropped`).
+    pub max_inbound_messages: usize,
     /// Incoming transfers handled at once per session; more wait their turn.
     pub max_concurrent_transfers: usize,
     /// Where received files are stored (by hash), with partial transfers under `partial/`.
     pub store_dir: PathBuf,
+    /// Most bytes the store may hold (complete and partial content, see
+    /// `ContentStore::usage`). An incoming transfer that would go past it is refused; the
+    /// sender gets `TransferError::Rejected` saying so. `None`: no limit.
+    pub max_store_bytes: Option<u64>,
+    /// Asked before any incoming transfer is accepted (even of content the store holds);
+    /// an `Err` refuses it and the sender gets `TransferError::Rejected` with the reason.
+    /// `None`: every transfer within the limits is accepted.
+    pub accept_filter: Option<OfferFilter>,
     /// How long a transfer waits for a lost peer to come back before failing.
     pub transfer_reconnect_wait: Duration,
     /// QUIC idle timeout: a connection with no packets at all for this long is closed.
@@ -108,7 +156,10 @@ impl SessionConfig {
             max_file_size: 10_000_000_000,
             max_concurrent_transfers: 8,
             max_queued_messages: 10_000,
+            max_inbound_messages: 10_000,
             store_dir: std::env::temp_dir().join("morag-transport-store"),
+            max_store_bytes: None,
+            accept_filter: None,
             transfer_reconnect_wait: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(5),
@@ -147,6 +198,12 @@ impl SessionConfig {
         if self.max_queued_messages == 0 {
             return Err(ConfigError::Invalid(
                 "max_queued_messages",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_inbound_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "max_inbound_messages",
                 "must be at least 1".into(),
             ));
         }

@@ -50,6 +50,23 @@ pub enum ConnectError {
     /// No answer in time.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// Nothing answered: the peer is not running (yet), or the network is down. Transient:
+    /// trying again later may succeed.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The caller cancelled the connect.
+    #[error("connect cancelled")]
+    Cancelled,
+}
+
+impl ConnectError {
+    /// Whether trying again later may succeed: no answer, a timeout, a stateless reset.
+    /// Refusals (untrusted, revoked or expired certificate, identity, role or version
+    /// mismatch), TLS and protocol failures and bad settings are permanent: retrying the
+    /// same dial gets the same answer.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable(_) | Self::Timeout(_))
+    }
 }
 
 /// A message could not be queued.
@@ -108,4 +125,42 @@ pub enum TransferError {
     /// The peer broke the transfer protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The sender cancelled the transfer ([`crate::Transfer::cancel`]). The receiver keeps the
+    /// pieces it verified; sending the same content again resumes after them.
+    #[error("transfer cancelled")]
+    Cancelled,
+    /// The file's content does not have the hash the caller said it has.
+    #[error("the file's BLAKE3 is {actual}, not the expected {expected}")]
+    HashMismatch { expected: String, actual: String },
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The text is not a BLAKE3 hash in hex (64 hex digits).
+    #[error("not a BLAKE3 hash in hex: {0:?}")]
+    InvalidHash(String),
+    /// A file or directory of the store (or the file to import) could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// [`crate::Session::wait_for_file`] got no file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitFileError {
+    /// The text is not a BLAKE3 hash in hex (64 hex digits).
+    #[error("not a BLAKE3 hash in hex: {0:?}")]
+    InvalidHash(String),
+    /// The content did not arrive within the timeout (a transfer of it may still be under
+    /// way; see `Session::incoming_transfers`).
+    #[error("content {hash} did not arrive within {after:?}")]
+    Timeout {
+        hash: String,
+        after: std::time::Duration,
+    },
 }

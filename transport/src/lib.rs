@@ -41,15 +41,17 @@ mod net;
 pub mod wire;
 
 pub use backoff::BackoffConfig;
-pub use config::{Credentials, SessionConfig};
+pub use config::{Credentials, OfferFilter, OfferInfo, SessionConfig};
 pub use detector::{DetectorConfig, Liveness};
-pub use error::{ConfigError, ConnectError, RequestError, SendError, TransferError};
+pub use error::{
+    ConfigError, ConnectError, RequestError, SendError, StoreError, TransferError, WaitFileError,
+};
 pub use message::*;
 pub use morag_certs::{PeerIdentity, RevocationList, Role};
 pub use net::raw;
 pub use net::{
-    Client, Inbound, IncomingTransfer, Listener, PathStats, ReceivedFile, Session, SessionEvent,
-    Transfer, TransferOutcome, TransferProgress,
+    Client, ContentStore, GcReport, Inbound, IncomingTransfer, Listener, PathStats, ReceivedFile,
+    Session, SessionEvent, Transfer, TransferOutcome, TransferProgress,
 };
 pub use wire::close_code;
 

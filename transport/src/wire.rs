@@ -63,6 +63,8 @@ pub mod close_code {
     /// The peer's certificate has expired (caught on resumed sessions, which TLS does not
     /// re-verify).
     pub const EXPIRED: u32 = 9;
+    /// Stream reset code (not a connection close): the sender cancelled the transfer.
+    pub const TRANSFER_CANCELLED: u32 = 10;
 
     /// Words for a close code, for logs and errors.
     pub fn describe(code: u32) -> &'static str {
@@ -77,6 +79,7 @@ pub mod close_code {
             NOT_ALLOWED => "peer not allowed",
             SHUTDOWN => "endpoint shutting down",
             EXPIRED => "certificate expired",
+            TRANSFER_CANCELLED => "transfer cancelled by the sender",
             _ => "unknown close code",
         }
     }

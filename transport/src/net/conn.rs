@@ -164,7 +164,7 @@ async fn control_reader(inner: Arc<Inner>, live: Live, mut recv: quinn::RecvStre
             f = read_frame::<ControlFrame>(&mut recv, max) => f,
         };
         match frame {
-            Ok(ControlFrame::Message(env)) => inner.deliver(env).await,
+            Ok(ControlFrame::Message(env)) => inner.deliver(env),
             Ok(ControlFrame::Goodbye { code, reason }) => {
                 tracing::info!(code, %reason, "peer said goodbye");
                 if matches!(inner.side, Side::Dialer) && code == close_code::SHUTDOWN {

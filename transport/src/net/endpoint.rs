@@ -155,6 +155,67 @@ impl Client {
             .inspect_err(|e| {
                 tracing::warn!(%addr, server_name, error = %e, "connect failed");
             })?;
+        Ok(self.start_session(dialed, nonce, addr, server_name))
+    }
+
+    /// [`Client::connect`], retrying the first dial while the peer cannot be reached (it is
+    /// not running yet, the network is down): with the reconnect backoff
+    /// (`SessionConfig::reconnect`), each attempt bounded by the QUIC idle timeout, until it
+    /// succeeds, `cancel` is cancelled ([`ConnectError::Cancelled`]) or the client is
+    /// closed. Permanent failures (see [`ConnectError::is_transient`]: untrusted, revoked or
+    /// expired certificate, identity, role or version mismatch) return at once. Each failed
+    /// attempt is logged at warn level.
+    pub async fn connect_retrying(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        cancel: CancellationToken,
+    ) -> Result<Session, ConnectError> {
+        let nonce = rand::random::<u64>();
+        let mut attempt = 0u32;
+        loop {
+            let dialed = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(ConnectError::Cancelled),
+                _ = self.shared.cancel.cancelled() => return Err(ConnectError::Cancelled),
+                d = dial(&self.shared, addr, server_name, nonce) => d,
+            };
+            let e = match dialed {
+                Ok(dialed) => {
+                    if attempt > 0 {
+                        tracing::info!(%addr, server_name, attempts = attempt + 1, "connected");
+                    }
+                    return Ok(self.start_session(dialed, nonce, addr, server_name));
+                }
+                Err(e) if !e.is_transient() => {
+                    tracing::warn!(%addr, server_name, error = %e, "connect failed; not retrying");
+                    return Err(e);
+                }
+                Err(e) => e,
+            };
+            let delay = self
+                .shared
+                .config
+                .reconnect
+                .delay(attempt, rand::random::<f64>());
+            attempt = attempt.saturating_add(1);
+            tracing::warn!(%addr, server_name, attempt, error = %e, ?delay, "connect failed; retrying");
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(ConnectError::Cancelled),
+                _ = self.shared.cancel.cancelled() => return Err(ConnectError::Cancelled),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn start_session(
+        &self,
+        dialed: Dialed,
+        nonce: u64,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Session {
         let inner = Inner::new(
             self.shared.config.clone(),
             dialed.peer.clone(),
@@ -174,7 +235,7 @@ impl Client {
             addr,
             server_name.to_string(),
         ));
-        Ok(Session { inner })
+        Session { inner }
     }
 
     /// Close the endpoint: every session's connection closes at once and the sessions end.
@@ -215,7 +276,14 @@ fn handshake_error(e: &quinn::ConnectionError) -> ConnectError {
             };
         }
     }
-    ConnectError::Handshake(tls::describe_connection_error(e))
+    match e {
+        // Nothing answered, or the peer lost the connection's state (it restarted):
+        // worth trying again.
+        quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset => {
+            ConnectError::Unreachable(tls::describe_connection_error(e))
+        }
+        _ => ConnectError::Handshake(tls::describe_connection_error(e)),
+    }
 }
 
 fn stream_error(conn: &quinn::Connection, e: impl std::fmt::Display) -> ConnectError {

@@ -3,18 +3,25 @@
 //! - `tls`: rustls/quinn configuration (mTLS, CRLs, ALPN, 0-RTT).
 //! - `endpoint`: [`Client`] (dialing side, reconnects) and [`Listener`] (accepting side).
 //! - `session`: the [`Session`] handle and its state across reconnects.
+//! - `inbox`: the priority-ordered, bounded queue `Session::recv` takes from.
 //! - `conn`: the tasks that run one QUIC connection (control reader/writer, heartbeats,
 //!   incoming streams).
-//! - `transfer` and `store`: verified, resumable file transfer.
+//! - `transfer` and `store`: verified, resumable file transfer; `manifest_cache`: manifests of
+//!   files already hashed.
+//! - `content_store`: [`ContentStore`], the application's view of a store directory.
 
 mod conn;
+mod content_store;
 mod direct;
 mod endpoint;
+mod inbox;
+mod manifest_cache;
 mod session;
 mod store;
 mod tls;
 mod transfer;
 
+pub use content_store::{ContentStore, GcReport};
 pub use endpoint::{Client, Listener};
 
 /// Plain quinn configurations with exactly the TLS and transport settings sessions use. For

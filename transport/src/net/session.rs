@@ -15,14 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use morag_certs::PeerIdentity;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::sync::{broadcast, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::inbox::{Inbox, Pushed};
 use super::store::Store;
 use super::transfer::{self, Source, Transfer};
 use crate::config::SessionConfig;
 use crate::detector::FailureDetector;
-use crate::error::{RequestError, SendError, TransferError};
+use crate::error::{RequestError, SendError, TransferError, WaitFileError};
 use crate::message::{unix_ms, Body, ConnectionStatus, Envelope};
 
 /// Something the peer sent.
@@ -175,6 +176,8 @@ pub(crate) struct Stats {
     pub reconnect_attempts: u32,
     pub recent_errors: VecDeque<String>,
     pub expired_dropped: u64,
+    /// Inbound messages dropped because the inbox was over its bound.
+    pub inbound_dropped: u64,
 }
 
 const RECENT_ERRORS: usize = 8;
@@ -186,9 +189,12 @@ pub(crate) struct Inner {
     pub current: watch::Sender<Option<Live>>,
     pub generation: AtomicU64,
     pub outbox: Outbox,
-    pub inbound_tx: mpsc::Sender<Inbound>,
-    inbound_rx: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
+    /// What the peer sent, for `recv`: priority ordered, bounded, never blocks the reader.
+    pub inbox: Inbox,
     pub events: broadcast::Sender<SessionEvent>,
+    /// Subscribed before the first connection was attached, so it holds every event of the
+    /// session; handed out once by `Session::events_from_start`.
+    events_from_start: Mutex<Option<broadcast::Receiver<SessionEvent>>>,
     pub pending: Mutex<HashMap<u64, oneshot::Sender<Envelope>>>,
     next_id: AtomicU64,
     pub stats: Mutex<Stats>,
@@ -225,8 +231,8 @@ impl Inner {
         side: Side,
         session_nonce: u64,
     ) -> Arc<Self> {
-        let (inbound_tx, inbound_rx) = mpsc::channel(1024);
-        let (events, _) = broadcast::channel(256);
+        let (events, events_from_start) = broadcast::channel(256);
+        let inbox = Inbox::new(config.max_inbound_messages);
         let store = Store::shared(config.store_dir.clone());
         let receive_slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_transfers));
         Arc::new(Self {
@@ -236,9 +242,9 @@ impl Inner {
             current: watch::channel(None).0,
             generation: AtomicU64::new(0),
             outbox: Outbox::default(),
-            inbound_tx,
-            inbound_rx: tokio::sync::Mutex::new(inbound_rx),
+            inbox,
             events,
+            events_from_start: Mutex::new(Some(events_from_start)),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(rand::random::<u32>() as u64 + 1),
             stats: Mutex::new(Stats::default()),
@@ -298,8 +304,8 @@ impl Inner {
     }
 
     /// Deliver a message that arrived: drop it if expired, complete a pending request if it
-    /// is a reply, else hand it to the application.
-    pub async fn deliver(&self, env: Envelope) {
+    /// is a reply, else hand it to the application. Never waits.
+    pub fn deliver(&self, env: Envelope) {
         if env.is_expired(unix_ms()) {
             self.stats.lock().unwrap().expired_dropped += 1;
             tracing::debug!(peer = %self.peer.id, id = env.id, kind = env.body.kind(), "dropped expired message");
@@ -312,16 +318,22 @@ impl Inner {
                 return;
             }
         }
-        self.hand_over(Inbound::Message(env)).await;
+        self.hand_over(Inbound::Message(env));
     }
 
-    /// Give something received to the application, unless the session ends first (then it
-    /// is dropped: delivery is at most once).
-    pub async fn hand_over(&self, inbound: Inbound) {
-        tokio::select! {
-            biased;
-            _ = self.inbound_tx.send(inbound) => {}
-            _ = self.closed.cancelled() => {}
+    /// Give something received to the application through the inbox; never waits. Over the
+    /// inbox bound a low-ranking message may be dropped (counted in the stats).
+    pub fn hand_over(&self, inbound: Inbound) {
+        match self.inbox.push(inbound, unix_ms()) {
+            Pushed::Queued => {}
+            Pushed::QueuedAfterDropping(n) => {
+                self.stats.lock().unwrap().inbound_dropped += n as u64;
+                tracing::debug!(peer = %self.peer.id, dropped = n, "inbox full; dropped lower-priority messages");
+            }
+            Pushed::Dropped => {
+                self.stats.lock().unwrap().inbound_dropped += 1;
+                tracing::debug!(peer = %self.peer.id, "inbox full; dropped an arriving low-priority message");
+            }
         }
     }
 
@@ -477,18 +489,47 @@ impl Session {
 
     /// The next message or file from the peer; `None` once the session is closed and
     /// everything received has been taken.
+    ///
+    /// The most urgent item comes first (by [`crate::Priority`], oldest first within one; a
+    /// file ranks as `Normal`), whatever order they arrived in. Cancel-safe.
     pub async fn recv(&self) -> Option<Inbound> {
-        let mut rx = self.inner.inbound_rx.lock().await;
-        tokio::select! {
-            biased;
-            m = rx.recv() => m,
-            _ = self.inner.closed.cancelled() => rx.try_recv().ok(),
-        }
+        self.inner.inbox.recv(&self.inner.closed).await
+    }
+
+    /// Messages and files received and not yet taken with [`Session::recv`].
+    pub fn inbound_len(&self) -> usize {
+        self.inner.inbox.len()
+    }
+
+    /// Inbound messages dropped because more than `SessionConfig::max_inbound_messages`
+    /// were waiting for [`Session::recv`] (only `Low` and `Normal` ones are ever dropped).
+    pub fn inbound_dropped(&self) -> u64 {
+        self.inner.stats.lock().unwrap().inbound_dropped
     }
 
     /// Subscribe to session events from now on.
     pub fn events(&self) -> broadcast::Receiver<SessionEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Every event of the session since it was created, starting with the
+    /// [`SessionEvent::Connected`] of its first connection (which `Listener::accept` and
+    /// `Client::connect` emit before they return, so [`Session::events`] never sees it).
+    /// Only the first call gets the receiver; later calls get `None`. Until it is taken it
+    /// holds at most the channel's capacity (256 events), after which it reports a lag.
+    pub fn events_from_start(&self) -> Option<broadcast::Receiver<SessionEvent>> {
+        self.inner.events_from_start.lock().unwrap().take()
+    }
+
+    /// The peer's incarnation, on the accepting side: the session nonce the dialing peer
+    /// chose at start and sends in every hello. A reconnect carries the same nonce; a
+    /// restarted peer process a new one. `None` on the dialing side (the accepting peer sends
+    /// no nonce).
+    pub fn peer_nonce(&self) -> Option<u64> {
+        match self.inner.side {
+            Side::Acceptor => Some(self.inner.session_nonce),
+            Side::Dialer => None,
+        }
     }
 
     /// The connection's state as this side sees it.
@@ -554,14 +595,74 @@ impl Session {
     }
 
     /// Send a file. The transfer survives reconnects, resuming after the last piece the
-    /// receiver verified; await the returned [`Transfer`] for the outcome.
+    /// receiver verified; await the returned [`Transfer`] for the outcome, or
+    /// [`Transfer::cancel`] it.
+    ///
+    /// The file is hashed once per process while it is unchanged (same path, size and
+    /// modification time): a later send of it, or of content placed with
+    /// [`crate::ContentStore::import_file`], reuses the manifest.
     pub fn send_file(&self, path: impl Into<PathBuf>, name: impl Into<String>) -> Transfer {
-        transfer::start(self.inner.clone(), Source::File(path.into()), name.into())
+        transfer::start(
+            self.inner.clone(),
+            Source::File(path.into()),
+            name.into(),
+            None,
+        )
+    }
+
+    /// [`Session::send_file`] for a file whose BLAKE3 (hex) the caller knows already, such
+    /// as a stored file (`ContentStore::path(hash)`).
+    ///
+    /// A transfer needs the file's manifest (per-piece chaining values), which the hash alone
+    /// does not give: the manifest comes from the in-process cache when this process hashed
+    /// the unchanged file before (a send, or the import that stored it), else the file is
+    /// hashed once here. Either way the transfer fails with
+    /// [`TransferError::HashMismatch`] if the content's hash is not `hash_hex`.
+    pub fn send_file_known(
+        &self,
+        path: impl Into<PathBuf>,
+        name: impl Into<String>,
+        hash_hex: impl Into<String>,
+    ) -> Transfer {
+        transfer::start(
+            self.inner.clone(),
+            Source::File(path.into()),
+            name.into(),
+            Some(hash_hex.into()),
+        )
     }
 
     /// Send bytes held in memory, like [`Session::send_file`].
     pub fn send_bytes(&self, bytes: impl Into<bytes::Bytes>, name: impl Into<String>) -> Transfer {
-        transfer::start(self.inner.clone(), Source::Bytes(bytes.into()), name.into())
+        transfer::start(
+            self.inner.clone(),
+            Source::Bytes(bytes.into()),
+            name.into(),
+            None,
+        )
+    }
+
+    /// Wait until the store (`SessionConfig::store_dir`) holds the complete, verified
+    /// content of `hash_hex`, for at most `timeout`; returns its path. Returns at once if it
+    /// is there already; otherwise when a transfer on this or any other session of this
+    /// process using the same store directory (or a `ContentStore::import_file`) completes
+    /// it. For a message that overtook its file (a `TaskComplete` before its artifact).
+    /// Cancel-safe.
+    pub async fn wait_for_file(
+        &self,
+        hash_hex: &str,
+        timeout: Duration,
+    ) -> Result<PathBuf, WaitFileError> {
+        let hash = super::store::parse_hash(hash_hex)
+            .ok_or_else(|| WaitFileError::InvalidHash(hash_hex.to_string()))?;
+        self.inner
+            .store
+            .wait_for(&hash, timeout)
+            .await
+            .ok_or_else(|| WaitFileError::Timeout {
+                hash: hash_hex.to_string(),
+                after: timeout,
+            })
     }
 
     /// Close the session gracefully: wait (up to the configured grace period) for queued

@@ -14,6 +14,17 @@ use crate::manifest::{read_full, Manifest};
 pub(crate) struct Store {
     dir: PathBuf,
     locks: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    /// Woken whenever complete content lands in the store (a transfer or an import).
+    pub arrived: tokio::sync::Notify,
+}
+
+/// The 32 bytes of a lowercase or uppercase hex BLAKE3 hash, if it is one.
+pub(crate) fn parse_hash(hash_hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    (hash_hex.len() == 64)
+        .then(|| hex::decode_to_slice(hash_hex, &mut out).ok())
+        .flatten()
+        .map(|()| out)
 }
 
 impl Store {
@@ -36,6 +47,41 @@ impl Store {
         Self {
             dir,
             locks: Mutex::new(HashMap::new()),
+            arrived: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Where complete content of `hash` lives (whether it is there or not).
+    pub fn final_path_of(&self, hash: &[u8; 32]) -> PathBuf {
+        self.dir.join(hex::encode(hash))
+    }
+
+    /// The path of the complete, verified content of `hash`, if the store holds it.
+    pub fn path_of(&self, hash: &[u8; 32]) -> Option<PathBuf> {
+        let path = self.final_path_of(hash);
+        std::fs::metadata(&path)
+            .is_ok_and(|md| md.is_file())
+            .then_some(path)
+    }
+
+    /// Wait until the complete content of `hash` is in the store, for at most `limit`.
+    /// Cancel-safe.
+    pub async fn wait_for(&self, hash: &[u8; 32], limit: std::time::Duration) -> Option<PathBuf> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some(path) = self.path_of(hash) {
+                return Some(path);
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return self.path_of(hash);
+            }
         }
     }
 
@@ -109,6 +155,7 @@ impl Store {
     pub fn complete(&self, m: &Manifest) -> std::io::Result<PathBuf> {
         let dst = self.final_path(m);
         std::fs::rename(self.partial_path(m), &dst)?;
+        self.arrived.notify_waiters();
         Ok(dst)
     }
 

@@ -28,11 +28,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::direct::{PieceBuf, PieceReader};
 use super::session::{Inbound, IncomingTransfer, Inner, ReceivedFile};
 use super::store::Store;
 use super::{read_frame, varint, write_frame};
+use crate::config::OfferInfo;
 use crate::error::TransferError;
 use crate::frame::MAX_FRAME_SIZE;
 use crate::manifest::{Manifest, ManifestBuilder, ManifestError};
@@ -76,10 +79,12 @@ pub struct TransferOutcome {
     pub attempts: u32,
 }
 
-/// An outgoing transfer. Await it (or [`Transfer::finish`]) for the outcome.
+/// An outgoing transfer. Await it (or [`Transfer::finish`]) for the outcome; dropping it
+/// does not stop it (use [`Transfer::cancel`]).
 pub struct Transfer {
     progress: watch::Receiver<TransferProgress>,
     task: JoinHandle<Result<TransferOutcome, TransferError>>,
+    cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for Transfer {
@@ -94,6 +99,20 @@ impl Transfer {
     /// Watch progress.
     pub fn progress(&self) -> watch::Receiver<TransferProgress> {
         self.progress.clone()
+    }
+
+    /// Stop the transfer: the stream under way is reset at once and [`Transfer::finish`]
+    /// returns [`TransferError::Cancelled`] (unless the transfer had already ended). The
+    /// receiver keeps the pieces it verified, so sending the same content again resumes
+    /// after them. A hashing of the source under way runs to its end on its blocking thread
+    /// (and fills the manifest cache), but the transfer does not wait for it.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// The token [`Transfer::cancel`] cancels, to tie the transfer to a task's shutdown.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
     }
 
     /// Wait for the outcome.
@@ -129,13 +148,26 @@ impl Drop for InFlight {
     }
 }
 
-pub(crate) fn start(inner: Arc<Inner>, source: Source, name: String) -> Transfer {
+/// Start sending `source`. `expected_hash`: the BLAKE3 (hex) the caller says the content
+/// has; the transfer fails with [`TransferError::HashMismatch`] if it has another.
+pub(crate) fn start(
+    inner: Arc<Inner>,
+    source: Source,
+    name: String,
+    expected_hash: Option<String>,
+) -> Transfer {
     let (tx, rx) = watch::channel(TransferProgress::default());
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
     let task = tokio::spawn(async move {
         let _in_flight = InFlight::new(inner.clone());
-        run(inner, source, name, tx).await
+        run(inner, source, name, expected_hash, tx, token).await
     });
-    Transfer { progress: rx, task }
+    Transfer {
+        progress: rx,
+        task,
+        cancel,
+    }
 }
 
 fn io_err(path: &std::path::Path, source: std::io::Error) -> TransferError {
@@ -156,8 +188,13 @@ async fn manifest_of(source: &Source) -> Result<Manifest, TransferError> {
             )
         }
         Source::File(path) => {
+            if let Some(m) = super::manifest_cache::get(path) {
+                tracing::debug!(path = %path.display(), "manifest from the cache; not hashing again");
+                return Ok(m);
+            }
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
+                let key = super::manifest_cache::key_of(&path);
                 let len = std::fs::metadata(&path)
                     .map_err(|e| io_err(&path, e))?
                     .len();
@@ -167,7 +204,11 @@ async fn manifest_of(source: &Source) -> Result<Manifest, TransferError> {
                 while let Some(piece) = reader.next_piece().map_err(|e| io_err(&path, e))? {
                     builder.push(&piece).map_err(|e| io_err(&path, e))?;
                 }
-                builder.finish().map_err(|e| io_err(&path, e))
+                let m = builder.finish().map_err(|e| io_err(&path, e))?;
+                if let Some(key) = key {
+                    super::manifest_cache::put(key, &m);
+                }
+                Ok(m)
             })
             .await
             .expect("hashing task")
@@ -187,9 +228,43 @@ async fn run(
     inner: Arc<Inner>,
     source: Source,
     name: String,
+    expected_hash: Option<String>,
     progress: watch::Sender<TransferProgress>,
+    cancel: CancellationToken,
 ) -> Result<TransferOutcome, TransferError> {
-    let manifest = manifest_of(&source).await?;
+    let span = tracing::info_span!("send_transfer", %name);
+    let work = async {
+        tokio::select! {
+            // The work first: an attempt under way notices the cancel itself and resets its
+            // stream (dropping it would finish the stream instead); elsewhere (hashing,
+            // waiting for a reconnect) the cancel arm ends the work.
+            biased;
+            r = run_inner(&inner, &source, &name, expected_hash, &progress, &cancel) => r,
+            _ = cancel.cancelled() => Err(TransferError::Cancelled),
+        }
+    };
+    let result = work.instrument(span).await;
+    if matches!(result, Err(TransferError::Cancelled)) {
+        tracing::info!(%name, "transfer cancelled");
+    }
+    result
+}
+
+async fn run_inner(
+    inner: &Arc<Inner>,
+    source: &Source,
+    name: &str,
+    expected_hash: Option<String>,
+    progress: &watch::Sender<TransferProgress>,
+    cancel: &CancellationToken,
+) -> Result<TransferOutcome, TransferError> {
+    let manifest = manifest_of(source).await?;
+    if let Some(expected) = expected_hash {
+        let actual = manifest.hash_hex();
+        if !expected.eq_ignore_ascii_case(&actual) {
+            return Err(TransferError::HashMismatch { expected, actual });
+        }
+    }
     if manifest.size > inner.config.max_file_size {
         return Err(TransferError::Rejected(format!(
             "{} bytes is over this side's max_file_size of {}",
@@ -218,10 +293,11 @@ async fn run(
         match attempt(
             &live.conn,
             &manifest,
-            &source,
-            &name,
+            source,
+            name,
             &mut outcome,
-            &progress,
+            progress,
+            cancel,
         )
         .await
         {
@@ -252,6 +328,9 @@ async fn run(
     }
 }
 
+/// One attempt on its own stream. On `cancel` the stream is reset both ways at once, so the
+/// receiver stops reading and keeps what it verified. (The frame reads in `attempt_on` are not
+/// cancel-safe; a cancelled attempt abandons its stream, so nothing half-read is reused.)
 async fn attempt(
     conn: &quinn::Connection,
     manifest: &Manifest,
@@ -259,18 +338,51 @@ async fn attempt(
     name: &str,
     outcome: &mut TransferOutcome,
     progress: &watch::Sender<TransferProgress>,
+    cancel: &CancellationToken,
+) -> Result<(), AttemptError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| AttemptError::Lost(e.to_string()))?;
+    let result = {
+        let streams = attempt_on(
+            &mut send, &mut recv, manifest, source, name, outcome, progress,
+        );
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = streams => Some(r),
+        }
+    };
+    match result {
+        Some(r) => r,
+        None => {
+            let _ = send.reset(varint(close_code::TRANSFER_CANCELLED));
+            let _ = recv.stop(varint(close_code::TRANSFER_CANCELLED));
+            Err(AttemptError::Fatal(TransferError::Cancelled))
+        }
+    }
+}
+
+async fn attempt_on(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    manifest: &Manifest,
+    source: &Source,
+    name: &str,
+    outcome: &mut TransferOutcome,
+    progress: &watch::Sender<TransferProgress>,
 ) -> Result<(), AttemptError> {
     let lost = |e: &dyn std::fmt::Display| AttemptError::Lost(e.to_string());
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     let _ = send.set_priority(super::BULK_PRIORITY);
     let offer = StreamOpen::Transfer(TransferOffer {
         name: name.to_string(),
         manifest: manifest.clone(),
     });
-    write_frame(&mut send, &offer, MAX_OFFER_FRAME)
+    write_frame(send, &offer, MAX_OFFER_FRAME)
         .await
         .map_err(|e| lost(&e))?;
-    let reply: TransferReply = read_frame(&mut recv, MAX_FRAME_SIZE)
+    let reply: TransferReply = read_frame(recv, MAX_FRAME_SIZE)
         .await
         .map_err(|e| lost(&e))?;
     let from = match reply {
@@ -334,7 +446,7 @@ async fn attempt(
         }
         let _ = send.finish();
     }
-    let done: TransferDone = read_frame(&mut recv, MAX_FRAME_SIZE)
+    let done: TransferDone = read_frame(recv, MAX_FRAME_SIZE)
         .await
         .map_err(|e| lost(&e))?;
     match done {
@@ -440,6 +552,17 @@ async fn receive_inner(
         )))
     } else if let Err(e) = m.validate() {
         Some(reject(format!("invalid manifest: {e}")))
+    } else if let Some(Err(reason)) = inner.config.accept_filter.as_ref().map(|f| {
+        f.check(&OfferInfo {
+            peer_id: inner.peer.id.clone(),
+            name: offer.name.clone(),
+            size: m.size,
+            hash: hash.clone(),
+        })
+    }) {
+        Some(reject(format!(
+            "receiver's accept filter refused it: {reason}"
+        )))
     } else {
         None
     };
@@ -471,8 +594,32 @@ async fn receive_inner(
             skipped: true,
             resumed_from: m.size,
         };
-        inner.hand_over(Inbound::File(file)).await;
+        inner.hand_over(Inbound::File(file));
         return;
+    }
+    if let Some(quota) = inner.config.max_store_bytes {
+        let (dir, partial) = (store.dir().to_path_buf(), store.partial_path(&m));
+        let usage = tokio::task::spawn_blocking(move || {
+            let have = std::fs::metadata(partial).map(|md| md.len()).unwrap_or(0);
+            super::content_store::store_usage(&dir).map(|u| (u, have))
+        })
+        .await;
+        let refusal = match usage {
+            Ok(Ok((usage, have))) if usage + m.size.saturating_sub(have) > quota => Some(format!(
+                "receiver's store is full: {usage} of {quota} bytes (max_store_bytes) used, \
+                 {} more needed",
+                m.size.saturating_sub(have)
+            )),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("receiver storage error: {e}")),
+            Err(e) => Some(format!("receiver storage error: {e}")),
+        };
+        if let Some(message) = refusal {
+            tracing::warn!(%message, "refused transfer");
+            let _ = write_frame(&mut send, &reject(message), MAX_FRAME_SIZE).await;
+            let _ = send.finish();
+            return;
+        }
     }
     let (m, resume) = {
         let store = store.clone();
@@ -601,7 +748,7 @@ async fn receive_inner(
                     skipped: false,
                     resumed_from,
                 };
-                inner.hand_over(Inbound::File(file)).await;
+                inner.hand_over(Inbound::File(file));
                 return;
             }
             Err(e) => TransferDone::Failed {
