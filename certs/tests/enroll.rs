@@ -438,6 +438,14 @@ async fn garbage_and_oversize_requests_do_not_stop_the_server() {
     let response = raw_exchange(&hub, &wire::encode(&request).unwrap()).await;
     assert_eq!(bad_request_code(&response), "bad_request");
 
+    // A token id that cannot exist never reaches the authority either.
+    let request = EnrollRequest {
+        token_id: "../../etc".into(),
+        ..request
+    };
+    let response = raw_exchange(&hub, &wire::encode(&request).unwrap()).await;
+    assert_eq!(bad_request_code(&response), "unknown_token");
+
     // A client that says nothing and one that hangs up mid-frame.
     let _idle = TcpStream::connect(hub.addr).await.unwrap();
     let mut cut = raw_tls(&hub).await;
@@ -478,6 +486,21 @@ async fn csr_asking_for_the_hub_role_still_yields_an_agent_certificate() {
         (Role::Agent, "gpu-10")
     );
     hub.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drops_idle_connections_at_once() {
+    let hub = Hub::start().await;
+    let _idle_tcp = TcpStream::connect(hub.addr).await.unwrap();
+    let _idle_tls = raw_tls(&hub).await;
+    let started = std::time::Instant::now();
+    hub.stop().await;
+    // Well under READ_TIMEOUT: the connections were cancelled, not timed out.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

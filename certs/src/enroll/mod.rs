@@ -43,6 +43,6 @@ pub use client::{
 };
 pub use server::{serve, ServeError};
 pub use token::{
-    ca_fingerprint, fingerprint_string, parse_hub, secret_hash, HubAddr, HubAddrError, JoinToken,
-    TokenError, TokenParseError,
+    ca_fingerprint, fingerprint_string, is_token_id, is_token_secret, parse_hub, secret_hash,
+    HubAddr, HubAddrError, JoinToken, TokenError, TokenParseError,
 };

@@ -3,7 +3,9 @@
 //!
 //! Each connection: TLS handshake (hub certificate chain, no client
 //! certificate), one request frame, one response frame, close. The handshake
-//! and the request together must arrive within [`READ_TIMEOUT`]; at most
+//! and the request together must arrive within [`READ_TIMEOUT`], the
+//! authority decides within [`DECIDE_TIMEOUT`], the answer goes out within
+//! [`WRITE_TIMEOUT`]; at most
 //! [`MAX_CONNECTIONS`] connections are served at once (more wait in the
 //! listen backlog). A malformed request gets a `bad_request` answer when the
 //! stream still allows one; nothing a client sends ends the server.
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::authority::{EnrollAuthority, EnrollRefusal, EnrollRequest};
+use super::token::{is_token_id, is_token_secret};
 use super::wire::{self, EnrollResponse, FrameError, ALPN};
 use crate::csr::csr_public_key;
 use crate::validate_id;
@@ -33,8 +36,13 @@ use crate::validate_id;
 pub const MAX_CONNECTIONS: usize = 64;
 /// Bound on the TLS handshake plus the request frame.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on the authority's decision (a slow database); past it the agent is
+/// told the hub failed.
+pub const DECIDE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on writing the response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest agent `name` accepted, bytes.
+pub const MAX_NAME_LEN: usize = 255;
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -78,8 +86,10 @@ pub fn server_config(
 }
 
 /// Serve enrollment on `listener` until `shutdown` is cancelled, then wait
-/// for the connections in progress (each bounded by [`READ_TIMEOUT`] and
-/// [`WRITE_TIMEOUT`]; those still reading are dropped at once).
+/// for the connections in progress: those still in the handshake or the
+/// request are dropped at once; those the authority is deciding on finish
+/// (bounded by [`DECIDE_TIMEOUT`] and [`WRITE_TIMEOUT`]) so that a token
+/// spent is answered.
 ///
 /// `hub_cert_chain_pem` is the hub certificate followed by the CA
 /// certificate: agents find the CA in the chain by the fingerprint in their
@@ -204,6 +214,17 @@ async fn decide(authority: &Arc<dyn EnrollAuthority>, body: &[u8]) -> EnrollResp
         Ok(request) => request,
         Err(error) => return refuse(EnrollRefusal::BadRequest(error.to_string())),
     };
+    // A malformed id or secret cannot name a stored token.
+    if !is_token_id(&request.token_id) || !is_token_secret(&request.secret) {
+        return refuse(EnrollRefusal::UnknownToken);
+    }
+    if let Some(name) = &request.name {
+        if name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+            return refuse(EnrollRefusal::BadRequest(format!(
+                "name must be at most {MAX_NAME_LEN} bytes without control characters"
+            )));
+        }
+    }
     if let Err(error) = validate_id(&request.agent_id) {
         return refuse(EnrollRefusal::BadRequest(format!("agent id: {error}")));
     }
@@ -213,17 +234,25 @@ async fn decide(authority: &Arc<dyn EnrollAuthority>, body: &[u8]) -> EnrollResp
     let token_id = request.token_id.clone();
     let agent_id = request.agent_id.clone();
     let authority = authority.clone();
-    let decision = tokio::task::spawn_blocking(move || authority.enroll(&request)).await;
+    let decision = tokio::time::timeout(
+        DECIDE_TIMEOUT,
+        tokio::task::spawn_blocking(move || authority.enroll(&request)),
+    )
+    .await;
     match decision {
-        Ok(Ok(grant)) => {
+        Err(_elapsed) => {
+            warn!(%token_id, %agent_id, "enrollment authority did not decide in time");
+            EnrollResponse::refused(&EnrollRefusal::Internal)
+        }
+        Ok(Ok(Ok(grant))) => {
             info!(%token_id, %agent_id, "agent enrolled");
             EnrollResponse::Granted(grant)
         }
-        Ok(Err(refusal)) => {
+        Ok(Ok(Err(refusal))) => {
             info!(%token_id, %agent_id, code = refusal.code(), "enrollment refused");
             EnrollResponse::refused(&refusal)
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             warn!(%token_id, %agent_id, %error, "enrollment authority failed");
             EnrollResponse::refused(&EnrollRefusal::Internal)
         }

@@ -202,16 +202,10 @@ impl FromStr for JoinToken {
         let fingerprint = next("CA fingerprint")?;
         let hub = next("hub address")?;
 
-        let lower_alnum = |s: &str| {
-            s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        };
-        if id.len() != TOKEN_ID_LEN || !lower_alnum(id) {
+        if !is_token_id(id) {
             return Err(TokenParseError::BadId { id: id.to_owned() });
         }
-        if !(TOKEN_SECRET_LEN..=MAX_TOKEN_SECRET_LEN).contains(&secret.len())
-            || !lower_alnum(secret)
-        {
+        if !is_token_secret(secret) {
             return Err(TokenParseError::BadSecret);
         }
         let mut ca_fingerprint = [0u8; 32];
@@ -229,6 +223,21 @@ impl FromStr for JoinToken {
             secret: secret.to_owned(),
         })
     }
+}
+
+/// Whether `id` has the shape of a token id: [`TOKEN_ID_LEN`] characters `[a-z0-9]`.
+pub fn is_token_id(id: &str) -> bool {
+    id.len() == TOKEN_ID_LEN && lower_alnum(id)
+}
+
+/// Whether `secret` has the shape of a token secret: [`TOKEN_SECRET_LEN`] to
+/// [`MAX_TOKEN_SECRET_LEN`] characters `[a-z0-9]`.
+pub fn is_token_secret(secret: &str) -> bool {
+    (TOKEN_SECRET_LEN..=MAX_TOKEN_SECRET_LEN).contains(&secret.len()) && lower_alnum(secret)
+}
+
+fn lower_alnum(s: &str) -> bool {
+    s.bytes().all(|b| ALPHABET.contains(&b))
 }
 
 /// Why a hub address is not `host:port`.
@@ -370,6 +379,25 @@ mod tests {
         ] {
             let err = parse_hub(bad).unwrap_err().to_string();
             assert!(err.contains(what), "{bad}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_errs_without_panic(text in ".{0,200}") {
+            let _ = text.parse::<JoinToken>();
+        }
+
+        #[test]
+        fn tokens_round_trip(
+            id in "[a-z0-9]{6}",
+            secret in "[a-z0-9]{16,64}",
+            fingerprint in proptest::array::uniform32(proptest::num::u8::ANY),
+            hub in "([a-z]([a-z0-9-]{0,18}[a-z0-9])?(\\.[a-z]{2,5}){0,2}|\\[[0-9a-f]{1,4}::[0-9a-f]{1,4}\\]|10\\.[0-9]\\.[0-9]\\.[0-9]):[1-9][0-9]{0,3}",
+        ) {
+            let token = JoinToken { hub, ca_fingerprint: fingerprint, id, secret };
+            let back: JoinToken = token.to_string().parse().unwrap();
+            proptest::prop_assert_eq!(back, token);
         }
     }
 }

@@ -83,6 +83,11 @@ impl ServerCertVerifier for PinnedCaVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let unknown_issuer = || rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        if ca_fingerprint(end_entity) == self.fingerprint {
+            let error =
+                rustls::Error::General("the hub presents the CA certificate as its own".into());
+            return self.fail(PinFailure::Invalid(error.clone()), error);
+        }
         // The hub's own certificate cannot be the anchor: it must be issued by it.
         let Some(ca) = intermediates
             .iter()

@@ -210,4 +210,12 @@ mod tests {
             Err(FrameError::Io(_))
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_decodes_or_errs_without_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode_request(&body);
+            let _ = decode_response(&body);
+        }
+    }
 }
