@@ -78,6 +78,10 @@ impl Hub {
 
     async fn start_with(ca: CertificateAuthority, chain: &str, key: &str) -> Hub {
         let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        Self::serve_on(listener, ca, chain, key)
+    }
+
+    fn serve_on(listener: TcpListener, ca: CertificateAuthority, chain: &str, key: &str) -> Hub {
         let addr = listener.local_addr().unwrap();
         let authority = Arc::new(MemoryAuthority {
             ca,
@@ -217,6 +221,25 @@ async fn good_token_enrolls_once_and_the_files_work() {
     assert!(message.contains("already used"), "{message}");
     assert!(!again.exists());
     assert_eq!(hub.requests(), 2);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn enrolls_over_ipv6_loopback() {
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    let Ok(listener) = TcpListener::bind((v6, 0)).await else {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    };
+    let ca = CertificateAuthority::generate("test-ca", Validity::days(30)).unwrap();
+    let cert = ca.issue_hub("hub", &[], &[v6], Validity::days(2)).unwrap();
+    let chain = format!("{}{}", cert.cert_pem, ca.cert_pem());
+    let hub = Hub::serve_on(listener, ca, &chain, &cert.key_pem);
+    let token = hub.valid_token();
+    assert!(token.hub.starts_with("[::1]:"), "{}", token.hub);
+    let token: JoinToken = token.to_string().parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    enroll_in(&hub, &token, "gpu-v6", dir.path()).await.unwrap();
     hub.stop().await;
 }
 
