@@ -204,12 +204,24 @@ pub async fn enroll_with(
     // Another enrollment may have written meanwhile.
     ensure_absent(&paths, options.force)?;
     files::create_dir(dir, Access::Private).map_err(EnrollError::Files)?;
-    files::write_file(&key_path, csr.key_pem.as_bytes(), Access::Private)
-        .map_err(EnrollError::Files)?;
-    files::write_file(&cert_path, grant.cert_pem.as_bytes(), Access::Public)
-        .map_err(EnrollError::Files)?;
-    files::write_file(&ca_path, grant.ca_pem.as_bytes(), Access::Public)
-        .map_err(EnrollError::Files)?;
+    let writes = [
+        (&key_path, csr.key_pem.as_bytes(), Access::Private),
+        (&cert_path, grant.cert_pem.as_bytes(), Access::Public),
+        (&ca_path, grant.ca_pem.as_bytes(), Access::Public),
+    ];
+    let existed: Vec<bool> = writes.iter().map(|(path, ..)| path.exists()).collect();
+    for (done, (path, contents, access)) in writes.iter().enumerate() {
+        if let Err(error) = files::write_file(path, contents, *access) {
+            // Leave no half-enrolled directory behind: remove what this call
+            // created (files it replaced under `force` are gone either way).
+            for ((path, ..), existed) in writes.iter().zip(&existed).take(done) {
+                if !existed {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            return Err(EnrollError::Files(error));
+        }
+    }
     Ok(Enrolled {
         cert_path,
         key_path,
@@ -322,4 +334,58 @@ fn check_grant(
     cert.verify_signature(Some(ca.public_key()))
         .map_err(|_| bad("it is not signed by the token's CA".into()))?;
     Ok(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CertificateAuthority, Validity};
+
+    fn setup() -> (CertificateAuthority, JoinToken, AgentCsr) {
+        let ca = CertificateAuthority::generate("test-ca", Validity::days(30)).unwrap();
+        let token = JoinToken::generate("127.0.0.1:7443", ca_fingerprint(&ca.cert_der())).unwrap();
+        (ca, token, generate_agent_csr("gpu-1").unwrap())
+    }
+
+    fn grant(ca: &CertificateAuthority, csr_pem: &str, id: &str) -> EnrollGrant {
+        EnrollGrant {
+            cert_pem: ca
+                .sign_agent_csr(csr_pem, id, Validity::days(1))
+                .unwrap()
+                .cert_pem,
+            ca_pem: ca.cert_pem().to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_proper_grant_passes() {
+        let (ca, token, csr) = setup();
+        let identity =
+            check_grant(&grant(&ca, &csr.csr_pem, "gpu-1"), &token, "gpu-1", &csr).unwrap();
+        assert_eq!(
+            (identity.role, identity.id.as_str()),
+            (Role::Agent, "gpu-1")
+        );
+    }
+
+    #[test]
+    fn grants_for_another_id_key_or_ca_are_refused() {
+        let (ca, token, csr) = setup();
+        let expect_bad = |g: &EnrollGrant, what: &str| {
+            let err = check_grant(g, &token, "gpu-1", &csr).unwrap_err();
+            assert!(matches!(err, EnrollError::BadGrant(_)), "{err:?}");
+            assert!(err.to_string().contains(what), "{err}");
+        };
+        expect_bad(&grant(&ca, &csr.csr_pem, "gpu-2"), "expected agent");
+        let other_key = generate_agent_csr("gpu-1").unwrap();
+        expect_bad(&grant(&ca, &other_key.csr_pem, "gpu-1"), "another key");
+        let other_ca = CertificateAuthority::generate("test-ca", Validity::days(30)).unwrap();
+        expect_bad(&grant(&other_ca, &csr.csr_pem, "gpu-1"), "the token pins");
+        // The right CA certificate, but the agent certificate signed by another.
+        let forged = EnrollGrant {
+            ca_pem: ca.cert_pem().to_owned(),
+            ..grant(&other_ca, &csr.csr_pem, "gpu-1")
+        };
+        expect_bad(&forged, "not signed by the token's CA");
+    }
 }
