@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
@@ -295,11 +295,7 @@ impl CertificateAuthority {
     /// `<id>.agent.morag`, EKU server and client auth.
     pub fn issue_agent(&self, id: &str, validity: Validity) -> Result<IssuedCert, CaError> {
         validate_id(id)?;
-        let san = SanType::DnsName(agent_dns_name(id).try_into().map_err(|_| {
-            CaError::InvalidDnsName {
-                name: agent_dns_name(id),
-            }
-        })?);
+        let san = agent_san(id)?;
         self.issue(Role::Agent, id, vec![san], validity)
     }
 
@@ -402,12 +398,42 @@ impl CertificateAuthority {
         sans: Vec<SanType>,
         validity: Validity,
     ) -> Result<IssuedCert, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let (cert_pem, serial) = self.issue_for_key(role, id, sans, validity, &key)?;
+        Ok(IssuedCert {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            serial,
+        })
+    }
+
+    /// An agent certificate exactly as [`issue_agent`](Self::issue_agent)
+    /// issues it, for a public key the CA did not generate (from a CSR).
+    /// Returns the certificate PEM and its serial.
+    pub(crate) fn issue_agent_for_key(
+        &self,
+        id: &str,
+        validity: Validity,
+        public_key: &impl PublicKeyData,
+    ) -> Result<(String, Vec<u8>), CaError> {
+        validate_id(id)?;
+        let san = agent_san(id)?;
+        self.issue_for_key(Role::Agent, id, vec![san], validity, public_key)
+    }
+
+    fn issue_for_key(
+        &self,
+        role: Role,
+        id: &str,
+        sans: Vec<SanType>,
+        validity: Validity,
+        key: &impl PublicKeyData,
+    ) -> Result<(String, Vec<u8>), CaError> {
         if unix_secs(validity.not_after) > self.not_after {
             return Err(CaError::OutlivesCa {
                 ca_not_after: self.not_after,
             });
         }
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         set_validity(&mut params, validity)?;
         params.serial_number = Some(random_serial()?);
@@ -424,17 +450,13 @@ impl CertificateAuthority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.issuer())?;
+        let cert = params.signed_by(key, &self.issuer())?;
 
         // Read the identity back the way peers will, so a mistake here
         // cannot produce a certificate that peers misread.
         let identity = peer_identity(cert.der())?;
         debug_assert_eq!((identity.role, identity.id.as_str()), (role, id));
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            serial: identity.serial,
-        })
+        Ok((cert.pem(), identity.serial))
     }
 }
 
@@ -458,6 +480,15 @@ fn validate_ca_name(name: &str) -> Result<(), CaError> {
         });
     }
     Ok(())
+}
+
+/// The SAN of an agent certificate: DNS `<id>.agent.morag`.
+fn agent_san(id: &str) -> Result<SanType, CaError> {
+    Ok(SanType::DnsName(agent_dns_name(id).try_into().map_err(
+        |_| CaError::InvalidDnsName {
+            name: agent_dns_name(id),
+        },
+    )?))
 }
 
 fn dns_san(name: &str) -> Result<SanType, CaError> {

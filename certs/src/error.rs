@@ -98,6 +98,10 @@ pub enum CaError {
     /// The CRL just signed could not be parsed back (a bug).
     #[error("signed CRL does not parse: {0}")]
     Crl(#[from] CrlError),
+    /// A certificate signing request is malformed, not ECDSA P-256, or its
+    /// signature does not verify.
+    #[error("certificate signing request refused: {0}")]
+    BadCsr(String),
     /// The system's random number generator failed.
     #[error("the system random number generator failed; retry")]
     Random,

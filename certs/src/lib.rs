@@ -22,6 +22,9 @@
 //!
 //! - [`identity`]: roles, id rules, [`peer_identity`]: what the transport needs.
 //! - [`crl`]: [`RevocationList`], a parsed CRL.
+//! - [`csr`]: agent keys and CSRs, [`CertificateAuthority::sign_agent_csr`].
+//! - [`enroll`]: join tokens and the enrollment protocol (an agent trades a
+//!   single-use token for a certificate over TLS; no key is copied).
 //! - [`ca`]: [`CertificateAuthority`]: generate, load, save, issue, revoke.
 //! - `issued`: [`Validity`] and [`IssuedCert`] (certificate + key PEM).
 //! - `state`: `revoked.txt`, the persisted revocation state.
@@ -34,6 +37,8 @@
 
 pub mod ca;
 pub mod crl;
+pub mod csr;
+pub mod enroll;
 mod error;
 mod files;
 pub mod identity;
@@ -44,6 +49,7 @@ pub use ca::{
     CertificateAuthority, CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, DEFAULT_CA_NAME, REVOKED_FILE,
 };
 pub use crl::{normalize_serial, CrlError, RevocationList};
+pub use csr::{generate_agent_csr, AgentCsr, SignedCert};
 pub use error::CaError;
 pub use identity::{
     agent_dns_name, cert_der_from_pem, peer_identity, validate_id, IdError, IdentityError,
