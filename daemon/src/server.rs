@@ -70,9 +70,16 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         format!("http://{local_http}\n"),
     )?;
     std::fs::write(config.data.join(crate::enroll::ADVERTISE_FILE), format!("{advertised}\n"))?;
+    // Enrollment: TLS on the TCP port with the QUIC port's number.
+    let enroll_listener = tokio::net::TcpListener::bind(quic)
+        .await
+        .with_context(|| format!("binding the enrollment endpoint on TCP {quic}"))?;
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let authority = Arc::new(crate::enroll::HubAuthority::new(store.clone(), data.ca));
+    let chain = format!("{}{}", data.hub_cert_pem, data.credentials.ca_pem);
     let hub = Hub::new(
         config,
-        Arc::new(store),
+        store,
         listener,
         data.api_token.clone(),
         data.ca_fingerprint,
@@ -81,6 +88,15 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     hub.recover().await?;
 
     let mut tasks = JoinSet::new();
+    let key = data.hub_key_pem.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) =
+            morag_certs::enroll::serve(enroll_listener, &chain, &key, authority, stop).await
+        {
+            tracing::error!(error = %e, "enrollment endpoint failed");
+        }
+    });
     tasks.spawn(hub.clone().accept_loop());
     tasks.spawn(hub.clone().dispatch_loop());
     tasks.spawn(hub.clone().rescue_loop());
