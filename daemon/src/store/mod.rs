@@ -184,3 +184,6 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> StoreResult<TokenRedemption>;
 }
+
+#[cfg(test)]
+mod tests;

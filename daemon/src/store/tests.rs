@@ -1,0 +1,201 @@
+//! The store's fencing and life-cycle rules, on a real SQLite file.
+
+use std::collections::BTreeMap;
+
+use super::sqlite::{SqliteStore, SyncMode};
+use super::*;
+use crate::model::{GpuNeed, JobState, NewJob, Priority};
+
+async fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("hub.db"), SyncMode::Normal)
+        .await
+        .unwrap();
+    (dir, s)
+}
+
+fn job(id: &str, max_attempts: u32) -> NewJob {
+    NewJob {
+        id: id.into(),
+        content_type: "audio".into(),
+        queue: "q".into(),
+        priority: Priority::Normal,
+        gpu: GpuNeed::Any,
+        input_hash: "ab".repeat(32),
+        input_name: "a.wav".into(),
+        input_size: 10,
+        source_path: None,
+        options: BTreeMap::new(),
+        external_ref: Some("ext-1".into()),
+        deadline_ms: None,
+        max_attempts,
+        created_ms: 1_000,
+    }
+}
+
+async fn claim(s: &SqliteStore, job: &str, attempt: &str, agent: &str) {
+    let got = s
+        .claim(&NewAttempt {
+            id: attempt.into(),
+            job_id: job.into(),
+            agent_id: agent.into(),
+            now_ms: 2_000,
+        })
+        .await
+        .unwrap();
+    assert!(got.is_some(), "claim of {job} by {attempt}");
+}
+
+#[tokio::test]
+async fn one_result_per_job_stale_refused_duplicate_acknowledged() {
+    let (_d, s) = store().await;
+    s.insert_job(&job("j1", 3)).await.unwrap();
+    claim(&s, "j1", "a1", "agent-1").await;
+    // The first agent is lost; the job goes to another.
+    let (f, after, _) = s
+        .fail_attempt("j1", "a1", "lost", "agent lost", true, 0, 3_000)
+        .await
+        .unwrap();
+    assert_eq!((f, after), (Fenced::Applied, Some(AfterFailure::Requeued)));
+    claim(&s, "j1", "a2", "agent-2").await;
+    // The stale attempt's result is refused.
+    let (f, _) = s.complete("j1", "a1", "{}", &[], 4_000).await.unwrap();
+    assert_eq!(f, Fenced::Stale);
+    let (f, ev) = s.complete("j1", "a2", "{\"ok\":1}", &[], 5_000).await.unwrap();
+    assert_eq!(f, Fenced::Applied);
+    assert_eq!(ev[0].kind, "completed");
+    // The same attempt again: acknowledged, nothing changes.
+    let (f, ev) = s.complete("j1", "a2", "{\"ok\":2}", &[], 6_000).await.unwrap();
+    assert_eq!((f, ev.len()), (Fenced::Duplicate, 0));
+    let j = s.job("j1").await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Completed);
+    assert_eq!(s.job_result("j1").await.unwrap().as_deref(), Some("{\"ok\":1}"));
+    let outcomes: Vec<_> = j.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["lost", "completed"]);
+    assert_eq!(s.job_by_external_ref("ext-1").await.unwrap().unwrap().id, "j1");
+}
+
+#[tokio::test]
+async fn out_of_attempts_the_job_fails_with_the_reason() {
+    let (_d, s) = store().await;
+    s.insert_job(&job("j", 2)).await.unwrap();
+    claim(&s, "j", "a1", "x").await;
+    s.fail_attempt("j", "a1", "lost", "gone", true, 0, 1).await.unwrap();
+    claim(&s, "j", "a2", "x").await;
+    let (_, after, _) = s
+        .fail_attempt("j", "a2", "lost", "gone again", true, 0, 2)
+        .await
+        .unwrap();
+    assert_eq!(after, Some(AfterFailure::Ended(JobState::Failed)));
+    let j = s.job("j").await.unwrap().unwrap();
+    assert!(j.error.unwrap().contains("gave up after 2 attempts"));
+    assert!(s.dispatchable(u64::MAX / 2, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn refused_assignment_does_not_count_and_requeue_waits() {
+    let (_d, s) = store().await;
+    s.insert_job(&job("j", 1)).await.unwrap();
+    claim(&s, "j", "a1", "x").await;
+    s.unclaim("j", "a1", "busy", 3).await.unwrap();
+    let j = s.job("j").await.unwrap().unwrap();
+    assert_eq!((j.state, j.attempt_count), (JobState::Queued, 0));
+    assert!(j.attempts.is_empty(), "refused attempts are not listed");
+    claim(&s, "j", "a2", "x").await;
+    // A second claim of the same job fails: it is not queued any more.
+    let again = s
+        .claim(&NewAttempt {
+            id: "a3".into(),
+            job_id: "j".into(),
+            agent_id: "y".into(),
+            now_ms: 4,
+        })
+        .await
+        .unwrap();
+    assert!(again.is_none());
+}
+
+#[tokio::test]
+async fn cancel_queued_at_once_running_after_ack() {
+    let (_d, s) = store().await;
+    s.insert_job(&job("q", 3)).await.unwrap();
+    let (c, _) = s.request_cancel("q", 10).await.unwrap();
+    assert_eq!(c, CancelRequest::CancelledQueued);
+    s.insert_job(&job("r", 3)).await.unwrap();
+    claim(&s, "r", "a1", "agent").await;
+    s.mark_running("r", "a1", 20).await.unwrap();
+    let (c, _) = s.request_cancel("r", 100).await.unwrap();
+    assert_eq!(
+        c,
+        CancelRequest::Requested {
+            attempt_id: "a1".into(),
+            agent_id: "agent".into()
+        }
+    );
+    // Progress and results after the cancel request are refused.
+    let (f, _) = s.complete("r", "a1", "{}", &[], 110).await.unwrap();
+    assert_eq!(f, Fenced::Stale);
+    let (f, ev) = s.finish_cancel("r", "a1", true, 150).await.unwrap();
+    assert_eq!(f, Fenced::Applied);
+    assert_eq!(ev[0].data["latency_ms"], 50);
+    assert_eq!(s.job("r").await.unwrap().unwrap().state, JobState::Cancelled);
+    let (c, _) = s.request_cancel("r", 200).await.unwrap();
+    assert_eq!(c, CancelRequest::AlreadyEnded(JobState::Cancelled));
+}
+
+#[tokio::test]
+async fn priority_then_age_and_deadlines() {
+    let (_d, s) = store().await;
+    let mut low = job("low", 3);
+    low.priority = Priority::Low;
+    low.created_ms = 1;
+    let mut urgent = job("urgent", 3);
+    urgent.priority = Priority::Urgent;
+    urgent.created_ms = 5;
+    let mut old = job("old", 3);
+    old.created_ms = 2;
+    let mut due = job("due", 3);
+    due.deadline_ms = Some(50);
+    for j in [&low, &urgent, &old, &due] {
+        s.insert_job(j).await.unwrap();
+    }
+    let order: Vec<_> = s
+        .dispatchable(2_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(order, ["urgent", "old", "due", "low"]);
+    let (_, ev) = s.expire_deadlines(2_000).await.unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(s.job("due").await.unwrap().unwrap().state, JobState::TimedOut);
+}
+
+#[tokio::test]
+async fn join_tokens_work_once() {
+    let (_d, s) = store().await;
+    s.insert_token("abc123", "h", 0, 100).await.unwrap();
+    s.insert_token("old123", "h", 0, 5).await.unwrap();
+    assert_eq!(s.redeem_token("abc123", "x", "a", 1).await.unwrap(), TokenRedemption::WrongSecret);
+    assert_eq!(s.redeem_token("abc123", "h", "a", 1).await.unwrap(), TokenRedemption::Redeemed);
+    assert_eq!(s.redeem_token("abc123", "h", "b", 2).await.unwrap(), TokenRedemption::AlreadyUsed);
+    assert_eq!(s.redeem_token("old123", "h", "b", 6).await.unwrap(), TokenRedemption::Expired);
+    assert_eq!(s.redeem_token("nope00", "h", "b", 6).await.unwrap(), TokenRedemption::Unknown);
+}
+
+#[tokio::test]
+async fn state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    {
+        let s = SqliteStore::open(&path, SyncMode::Full).await.unwrap();
+        s.insert_job(&job("j", 3)).await.unwrap();
+        claim(&s, "j", "a1", "x").await;
+    }
+    let s = SqliteStore::open(&path, SyncMode::Full).await.unwrap();
+    let open = s.open_attempts().await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].id, "a1");
+    assert_eq!(s.count_by_state().await.unwrap(), vec![(JobState::Assigned, 1)]);
+}
