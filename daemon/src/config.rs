@@ -160,7 +160,10 @@ fn parse_bool(field: &str, v: &str) -> Result<bool, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::new(field, format!("expected true or false, got {v:?}"))),
+        _ => Err(ConfigError::new(
+            field,
+            format!("expected true or false, got {v:?}"),
+        )),
     }
 }
 
@@ -169,7 +172,10 @@ impl HubConfig {
     pub fn set(&mut self, key: &str, value: &str, field: &str) -> Result<(), ConfigError> {
         let addr = |v: &str| -> Result<SocketAddr, ConfigError> {
             v.trim().parse().map_err(|_| {
-                ConfigError::new(field, format!("expected an address like 0.0.0.0:7400, got {v:?}"))
+                ConfigError::new(
+                    field,
+                    format!("expected an address like 0.0.0.0:7400, got {v:?}"),
+                )
             })
         };
         match key {
@@ -178,8 +184,14 @@ impl HubConfig {
             "http" => self.http = addr(value)?,
             "advertise" => {
                 let v = value.trim();
-                if v.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                    return Err(ConfigError::new(field, format!("expected host:port, got {v:?}")));
+                if v.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("expected host:port, got {v:?}"),
+                    ));
                 }
                 self.advertise = Some(v.to_string());
             }
@@ -222,7 +234,10 @@ impl HubConfig {
                 let mut map = BTreeMap::new();
                 for pair in list(value) {
                     let (from, to) = pair.split_once('=').ok_or_else(|| {
-                        ConfigError::new(field, format!("expected queue=fallback pairs, got {pair:?}"))
+                        ConfigError::new(
+                            field,
+                            format!("expected queue=fallback pairs, got {pair:?}"),
+                        )
                     })?;
                     map.insert(from.trim().to_string(), to.trim().to_string());
                 }
@@ -307,7 +322,10 @@ impl HubConfig {
     }
 
     /// Apply `MORAG_HUB_<KEY>` variables found by `lookup`.
-    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
         for key in KEYS {
             let name = format!("MORAG_HUB_{}", key.to_ascii_uppercase());
             if let Some(v) = lookup(&name) {
@@ -364,8 +382,11 @@ mod tests {
     #[test]
     fn later_sources_win_and_errors_name_the_field() {
         let mut c = HubConfig::default();
-        c.apply_toml("max_attempts = 5\nlost_grace = \"2s\"\nqueues_x = 1", "hub.toml")
-            .unwrap_err();
+        c.apply_toml(
+            "max_attempts = 5\nlost_grace = \"2s\"\nqueues_x = 1",
+            "hub.toml",
+        )
+        .unwrap_err();
         let mut c2 = HubConfig::default();
         c2.apply_toml(
             "max_attempts = 5\nlost_grace = \"2s\"\nfallback_queues = { a = \"b\" }",

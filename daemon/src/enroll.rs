@@ -68,7 +68,12 @@ pub async fn create_token(
         .with_context(|| format!("opening the database {}", config.db_path().display()))?;
     let now = unix_ms();
     store
-        .insert_token(&token.id, &token.secret_hash(), now, now + ttl.as_millis() as u64)
+        .insert_token(
+            &token.id,
+            &token.secret_hash(),
+            now,
+            now + ttl.as_millis() as u64,
+        )
         .await?;
     tracing::info!(token_id = %token.id, hub, ttl = ?ttl, "join token created");
     Ok(CreatedToken { token })

@@ -54,7 +54,8 @@ pub fn prepare(config: &HubConfig) -> anyhow::Result<DataDir> {
             .with_context(|| format!("creating data directory {}", dir.display()))?;
     }
     let ca = if pki.join(morag_certs::CA_CERT_FILE).exists() {
-        CertificateAuthority::load(&pki).with_context(|| format!("loading the CA in {}", pki.display()))?
+        CertificateAuthority::load(&pki)
+            .with_context(|| format!("loading the CA in {}", pki.display()))?
     } else {
         let ca = CertificateAuthority::generate(morag_certs::DEFAULT_CA_NAME, Validity::days(3650))
             .context("generating the deployment CA")?;
@@ -130,7 +131,11 @@ fn api_token(path: &Path) -> anyhow::Result<String> {
         let t = std::fs::read_to_string(path)
             .with_context(|| format!("reading the API token {}", path.display()))?;
         let t = t.trim().to_string();
-        anyhow::ensure!(!t.is_empty(), "the API token file {} is empty", path.display());
+        anyhow::ensure!(
+            !t.is_empty(),
+            "the API token file {} is empty",
+            path.display()
+        );
         return Ok(t);
     }
     let token = format!("mh_{}", hex::encode(rand::random::<[u8; 24]>()));
@@ -170,7 +175,10 @@ mod tests {
         assert_eq!(a.ca_fingerprint, b.ca_fingerprint);
         assert_eq!(a.api_token, b.api_token);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(config.token_path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(config.token_path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(host_of("[::1]:7400"), "::1");
         assert_eq!(host_of("hub.example:7400"), "hub.example");

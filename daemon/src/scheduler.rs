@@ -84,9 +84,7 @@ pub fn pick(want: &Want<'_>, candidates: &[Candidate], policy: &Policy<'_>) -> O
                 return None;
             }
             let fallback = policy.fallback_queues.get(want.queue);
-            best(&|c| {
-                able(c, want.queue) || fallback.is_some_and(|f| able(c, f))
-            })
+            best(&|c| able(c, want.queue) || fallback.is_some_and(|f| able(c, f)))
         }),
     }
 }
@@ -129,10 +127,19 @@ mod tests {
         let busy_gpu = agent("g", true, &["gpu_priority", "gpu_fallback"], 1, 1);
         let cpu = agent("c", false, &["gpu_fallback"], 0, 2);
         let cands = vec![busy_gpu, cpu];
-        assert_eq!(pick(&want(GpuNeed::Preferred, 10), &cands, &policy(&map)), None);
-        assert_eq!(pick(&want(GpuNeed::Preferred, 1_000), &cands, &policy(&map)), Some(1));
+        assert_eq!(
+            pick(&want(GpuNeed::Preferred, 10), &cands, &policy(&map)),
+            None
+        );
+        assert_eq!(
+            pick(&want(GpuNeed::Preferred, 1_000), &cands, &policy(&map)),
+            Some(1)
+        );
         // Required never falls back.
-        assert_eq!(pick(&want(GpuNeed::Required, 1_000_000), &cands, &policy(&map)), None);
+        assert_eq!(
+            pick(&want(GpuNeed::Required, 1_000_000), &cands, &policy(&map)),
+            None
+        );
     }
 
     #[test]
@@ -143,7 +150,10 @@ mod tests {
             agent("b", true, &["gpu_priority"], 0, 2),
             agent("c", false, &["gpu_priority"], 0, 8),
         ];
-        assert_eq!(pick(&want(GpuNeed::Preferred, 0), &cands, &policy(&map)), Some(1));
+        assert_eq!(
+            pick(&want(GpuNeed::Preferred, 0), &cands, &policy(&map)),
+            Some(1)
+        );
         assert_eq!(pick(&want(GpuNeed::Any, 0), &cands, &policy(&map)), Some(2));
     }
 

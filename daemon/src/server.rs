@@ -69,7 +69,10 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         config.data.join(crate::cli::client::URL_FILE),
         format!("http://{local_http}\n"),
     )?;
-    std::fs::write(config.data.join(crate::enroll::ADVERTISE_FILE), format!("{advertised}\n"))?;
+    std::fs::write(
+        config.data.join(crate::enroll::ADVERTISE_FILE),
+        format!("{advertised}\n"),
+    )?;
     // Enrollment: TLS on the TCP port with the QUIC port's number.
     let enroll_listener = tokio::net::TcpListener::bind(quic)
         .await
@@ -140,11 +143,17 @@ pub async fn run(config: HubConfig, shutdown: CancellationToken) -> anyhow::Resu
     let fp = init::fingerprint_text(&running.hub.ca_fingerprint);
     println!("morag-hub {}", env!("CARGO_PKG_VERSION"));
     println!("  data:      {}", data_dir.display());
-    println!("  quic:      {} (agents dial {})", running.quic, running.advertised);
+    println!(
+        "  quic:      {} (agents dial {})",
+        running.quic, running.advertised
+    );
     println!("  http:      http://{}", running.http);
     println!("  ca:        {fp}");
     println!("  api token: {}", token_path.display());
-    println!("  join an agent: morag-hub token create --data {}", data_dir.display());
+    println!(
+        "  join an agent: morag-hub token create --data {}",
+        data_dir.display()
+    );
     running.wait().await;
     tracing::info!("hub stopped");
     Ok(())

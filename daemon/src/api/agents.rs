@@ -77,11 +77,17 @@ async fn set_drain(hub: &Hub, id: &str, drain: bool) -> ApiResult<Json<serde_jso
     Ok(Json(json!({ "id": id, "drained": drain })))
 }
 
-pub async fn drain(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn drain(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     set_drain(&hub, &id, true).await
 }
 
-pub async fn undrain(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn undrain(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     set_drain(&hub, &id, false).await
 }
 
@@ -93,7 +99,10 @@ struct BroadcastBody {
     args: BTreeMap<String, String>,
 }
 
-pub async fn broadcast(State(hub): State<Arc<Hub>>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+pub async fn broadcast(
+    State(hub): State<Arc<Hub>>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
     let b: BroadcastBody = parse_json(&body)?;
     if b.command.trim().is_empty() {
         return Err(ApiError::bad_request("command must not be empty"));

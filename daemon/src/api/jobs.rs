@@ -76,7 +76,11 @@ pub(crate) fn check_spec(hub: &Hub, spec: &JobSpec) -> ApiResult<Checked> {
         .clone()
         .filter(|q| !q.trim().is_empty())
         .unwrap_or_else(|| hub.config.default_queue.clone());
-    if queue.len() > 64 || !queue.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+    if queue.len() > 64
+        || !queue
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
         return Err(ApiError::bad_request(format!(
             "bad queue name {queue:?}: letters, digits, _ - . only, at most 64"
         )));
@@ -130,11 +134,7 @@ fn parse_deadline(s: &str) -> Option<u64> {
 /// A file name safe to use on the agent: the last path component, printable.
 fn clean_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("").trim();
-    let cleaned: String = base
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
     if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
         "input".into()
     } else {
@@ -196,9 +196,10 @@ pub(crate) async fn import_source(hub: &Hub, path: &str) -> ApiResult<(String, u
         std::io::ErrorKind::NotFound => {
             ApiError::bad_request(format!("source_file_path {path:?} does not exist"))
         }
-        std::io::ErrorKind::FileTooLarge => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("source_file_path {path:?}: {e}"))
-        }
+        std::io::ErrorKind::FileTooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("source_file_path {path:?}: {e}"),
+        ),
         _ => ApiError::bad_request(format!("cannot read source_file_path {path:?}: {e}")),
     })
 }
@@ -214,7 +215,11 @@ pub(crate) fn refuse_when_stopping(hub: &Hub) -> ApiResult<()> {
     }
 }
 
-pub async fn submit(State(hub): State<Arc<Hub>>, headers: HeaderMap, request: axum::extract::Request) -> ApiResult<Response> {
+pub async fn submit(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> ApiResult<Response> {
     refuse_when_stopping(&hub)?;
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -234,7 +239,9 @@ pub async fn submit(State(hub): State<Arc<Hub>>, headers: HeaderMap, request: ax
         let spec: JobSpec = parse_json(&body)?;
         let checked = check_spec(&hub, &spec)?;
         let path = spec.source_file_path.clone().ok_or_else(|| {
-            ApiError::bad_request("missing source_file_path (or upload the file as multipart/form-data)")
+            ApiError::bad_request(
+                "missing source_file_path (or upload the file as multipart/form-data)",
+            )
         })?;
         let input = import_source(&hub, &path).await?;
         let name = clean_name(&path);
@@ -259,7 +266,10 @@ impl Drop for Staged {
     }
 }
 
-async fn submit_multipart(hub: &Arc<Hub>, mut multipart: Multipart) -> ApiResult<crate::model::Job> {
+async fn submit_multipart(
+    hub: &Arc<Hub>,
+    mut multipart: Multipart,
+) -> ApiResult<crate::model::Job> {
     let mut spec = JobSpec::default();
     let mut upload: Option<(Staged, String, u64, String)> = None;
     let max = hub.config.max_upload_bytes;
@@ -275,10 +285,12 @@ async fn submit_multipart(hub: &Arc<Hub>, mut multipart: Multipart) -> ApiResult
                 return Err(ApiError::bad_request("more than one `file` part"));
             }
             let file_name = clean_name(field.file_name().unwrap_or("input"));
-            let (path, file) = hub
-                .content
-                .staging_file()
-                .map_err(|e| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot stage the upload: {e}")))?;
+            let (path, file) = hub.content.staging_file().map_err(|e| {
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("cannot stage the upload: {e}"),
+                )
+            })?;
             let staged = Staged(Some(path));
             let mut out = tokio::fs::File::from_std(file);
             let mut hasher = blake3::Hasher::new();
@@ -297,13 +309,24 @@ async fn submit_multipart(hub: &Arc<Hub>, mut multipart: Multipart) -> ApiResult
                 }
                 hasher.update(&chunk);
                 out.write_all(&chunk).await.map_err(|e| {
-                    ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot store the upload: {e}"))
+                    ApiError::new(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        format!("cannot store the upload: {e}"),
+                    )
                 })?;
             }
             out.sync_all().await.map_err(|e| {
-                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot store the upload: {e}"))
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("cannot store the upload: {e}"),
+                )
             })?;
-            upload = Some((staged, hasher.finalize().to_hex().to_string(), size, file_name));
+            upload = Some((
+                staged,
+                hasher.finalize().to_hex().to_string(),
+                size,
+                file_name,
+            ));
             continue;
         }
         let text = field
@@ -352,7 +375,10 @@ async fn submit_multipart(hub: &Arc<Hub>, mut multipart: Multipart) -> ApiResult
     let path = staged.0.take().expect("staged");
     if let Err(e) = hub.content.adopt(&path, &hash) {
         let _ = std::fs::remove_file(&path);
-        return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot store the upload: {e}")));
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("cannot store the upload: {e}"),
+        ));
     }
     hub.metrics.bytes_uploaded.inc_by(size);
     create_job(hub, &spec, checked, (hash, size), name, None).await
@@ -379,7 +405,10 @@ pub(crate) async fn load(hub: &Hub, id: &str) -> ApiResult<crate::model::Job> {
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
-pub async fn get_job(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn get_job(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(view::job(&load(&hub, &id).await?)))
 }
 
@@ -395,7 +424,8 @@ pub async fn list(
     State(hub): State<Arc<Hub>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let state = match &q.state {
         Some(s) => Some(s.parse::<JobState>().map_err(ApiError::bad_request)?),
         None => None,
@@ -569,7 +599,6 @@ pub async fn events(
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,10 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failure while serving a request");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("the hub's database failed: {e}"))
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the hub's database failed: {e}"),
+        )
     }
 }
 
@@ -112,7 +115,13 @@ async fn require_token(State(hub): State<Arc<Hub>>, req: Request, next: Next) ->
 }
 
 async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
-    let agents = hub.agents.lock().unwrap().values().filter(|a| a.connected).count();
+    let agents = hub
+        .agents
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|a| a.connected)
+        .count();
     let status = if hub.accepting() {
         StatusCode::OK
     } else {
@@ -132,7 +141,11 @@ async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
 async fn metrics(State(hub): State<Arc<Hub>>) -> ApiResult<Response> {
     let counts = hub.store.count_by_state().await?;
     for st in crate::model::JobState::ALL {
-        let n = counts.iter().find(|(s, _)| *s == st).map(|(_, n)| *n).unwrap_or(0);
+        let n = counts
+            .iter()
+            .find(|(s, _)| *s == st)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
         hub.metrics
             .jobs
             .get_or_create(&crate::metrics::StateLabel {
@@ -168,7 +181,9 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> ApiResult<Response> {
 /// Parse a JSON body ourselves so a malformed one gets our error shape.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     if body.is_empty() {
-        return Err(ApiError::bad_request("empty body: expected a JSON document"));
+        return Err(ApiError::bad_request(
+            "empty body: expected a JSON document",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
 }

@@ -52,11 +52,22 @@ pub async fn create(State(hub): State<Arc<Hub>>, body: Bytes) -> ApiResult<Respo
         .next()
         .unwrap_or("input")
         .to_string();
-    let job = create_job(&hub, &spec, checked, input, name, Some(req.source_file_path)).await?;
+    let job = create_job(
+        &hub,
+        &spec,
+        checked,
+        input,
+        name,
+        Some(req.source_file_path),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(status_of(&job))).into_response())
 }
 
-pub async fn status(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn status(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let job = match load(&hub, &id).await {
         Ok(j) => j,
         // MoRAG may ask by its own ingestion task id.
@@ -72,9 +83,10 @@ pub async fn status(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiR
 
 /// MoRAG's status document.
 fn status_of(job: &Job) -> serde_json::Value {
-    let worker = job.current_agent().map(str::to_string).or_else(|| {
-        job.attempts.last().map(|a| a.agent_id.clone())
-    });
+    let worker = job
+        .current_agent()
+        .map(str::to_string)
+        .or_else(|| job.attempts.last().map(|a| a.agent_id.clone()));
     json!({
         "job_id": job.id,
         "status": job.state.morag_status(),

@@ -90,11 +90,19 @@ impl ApiClient {
         Ok(body)
     }
 
-    pub async fn get_json(&self, path: &str, query: &[(String, String)]) -> anyhow::Result<serde_json::Value> {
+    pub async fn get_json(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+    ) -> anyhow::Result<serde_json::Value> {
         self.send(self.http.get(self.url(path)).query(query)).await
     }
 
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 }

@@ -17,7 +17,11 @@ use crate::config::{ConfigError, HubConfig};
 pub use client::ApiClient;
 
 #[derive(Debug, Parser)]
-#[command(name = "morag-hub", version, about = "The MoRAG hub: queues media jobs and dispatches them to edge agents")]
+#[command(
+    name = "morag-hub",
+    version,
+    about = "The MoRAG hub: queues media jobs and dispatches them to edge agents"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -241,7 +245,11 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             if let Some(d) = &args.data {
                 overrides.push(("data", d.display().to_string(), "--data".to_string()));
             }
-            for (key, v) in [("quic", &args.quic), ("http", &args.http), ("advertise", &args.advertise)] {
+            for (key, v) in [
+                ("quic", &args.quic),
+                ("http", &args.http),
+                ("advertise", &args.advertise),
+            ] {
                 if let Some(v) = v {
                     overrides.push((key, v.clone(), format!("--{key}")));
                 }
@@ -282,7 +290,11 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 None => config.token_ttl,
             };
             let token = crate::enroll::create_token(&config, ttl, hub.as_deref()).await?;
-            println!("join token for {} (single use, valid for {}):", token.hub(), humantime::format_duration(ttl));
+            println!(
+                "join token for {} (single use, valid for {}):",
+                token.hub(),
+                humantime::format_duration(ttl)
+            );
             println!("  on the agent: morag-agent enroll --token <the token below>");
             println!("{token}");
             Ok(0)
@@ -306,7 +318,10 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("{:<37} {:<10} {:<6} {:<13} {:>6}  INPUT", "ID", "STATE", "TYPE", "QUEUE", "DONE");
+                println!(
+                    "{:<37} {:<10} {:<6} {:<13} {:>6}  INPUT",
+                    "ID", "STATE", "TYPE", "QUEUE", "DONE"
+                );
                 for j in v["jobs"].as_array().into_iter().flatten() {
                     println!(
                         "{:<37} {:<10} {:<6} {:<13} {:>5.0}%  {}",
@@ -333,11 +348,18 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         }
         Command::Cancel { id, api } => {
             let c = ApiClient::from_args(&api)?;
-            let v = c.post_json(&format!("/api/v1/jobs/{id}/cancel"), &serde_json::json!({})).await?;
+            let v = c
+                .post_json(&format!("/api/v1/jobs/{id}/cancel"), &serde_json::json!({}))
+                .await?;
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("{}: {} ({})", id, v["state"].as_str().unwrap_or("?"), v["cancel"].as_str().unwrap_or(""));
+                println!(
+                    "{}: {} ({})",
+                    id,
+                    v["state"].as_str().unwrap_or("?"),
+                    v["cancel"].as_str().unwrap_or("")
+                );
             }
             Ok(0)
         }
@@ -347,7 +369,10 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("{:<20} {:<7} {:<9} {:<8} {:>7}  QUEUES", "ID", "CAP", "CONNECTED", "HEALTHY", "RUNNING");
+                println!(
+                    "{:<20} {:<7} {:<9} {:<8} {:>7}  QUEUES",
+                    "ID", "CAP", "CONNECTED", "HEALTHY", "RUNNING"
+                );
                 for a in v["agents"].as_array().into_iter().flatten() {
                     let mut state = a["connected"].as_bool().unwrap_or(false).to_string();
                     if a["drained"].as_bool().unwrap_or(false) {
@@ -358,9 +383,19 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                         a["id"].as_str().unwrap_or(""),
                         a["capability"].as_str().unwrap_or(""),
                         state,
-                        a["health"]["healthy"].as_bool().map(|b| b.to_string()).unwrap_or("-".into()),
+                        a["health"]["healthy"]
+                            .as_bool()
+                            .map(|b| b.to_string())
+                            .unwrap_or("-".into()),
                         a["running"].as_array().map(|r| r.len()).unwrap_or(0),
-                        a["queues"].as_array().map(|q| q.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                        a["queues"]
+                            .as_array()
+                            .map(|q| q
+                                .iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(","))
+                            .unwrap_or_default(),
                     );
                 }
             }
@@ -369,7 +404,12 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Drain { agent, undo, api } => {
             let c = ApiClient::from_args(&api)?;
             let verb = if undo { "undrain" } else { "drain" };
-            let v = c.post_json(&format!("/api/v1/agents/{agent}/{verb}"), &serde_json::json!({})).await?;
+            let v = c
+                .post_json(
+                    &format!("/api/v1/agents/{agent}/{verb}"),
+                    &serde_json::json!({}),
+                )
+                .await?;
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else if undo {
@@ -385,7 +425,10 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
 /// SIGTERM or SIGINT: graceful shutdown. A second signal exits at once.
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {

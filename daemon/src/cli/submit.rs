@@ -67,7 +67,9 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
     } else {
         ProgressBar::new(meta.len())
     };
-    upload_bar.set_style(bar_style("upload  [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}"));
+    upload_bar.set_style(bar_style(
+        "upload  [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    ));
     let file = tokio::fs::File::open(&args.file).await?;
     let bar = upload_bar.clone();
     let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
@@ -75,8 +77,11 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
             bar.inc(c.len() as u64);
         }
     });
-    let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), meta.len())
-        .file_name(name);
+    let part = reqwest::multipart::Part::stream_with_length(
+        reqwest::Body::wrap_stream(stream),
+        meta.len(),
+    )
+    .file_name(name);
     let mut form = reqwest::multipart::Form::new()
         .text("type", args.kind.clone())
         .part("file", part);
@@ -130,7 +135,10 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
         } else {
             format!("{stage} on {agent}")
         });
-        if matches!(state.as_str(), "completed" | "failed" | "cancelled" | "timed_out") {
+        if matches!(
+            state.as_str(),
+            "completed" | "failed" | "cancelled" | "timed_out"
+        ) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -181,8 +189,18 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
 pub fn print_job(j: &serde_json::Value) {
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
     println!("job {}  {}", s(&j["id"]), s(&j["state"]));
-    println!("  input:    {} ({} bytes, {})", s(&j["input"]["name"]), j["input"]["size"], s(&j["content_type"]));
-    println!("  queue:    {}  priority {}  gpu {}", s(&j["queue"]), s(&j["priority"]), s(&j["gpu"]));
+    println!(
+        "  input:    {} ({} bytes, {})",
+        s(&j["input"]["name"]),
+        j["input"]["size"],
+        s(&j["content_type"])
+    );
+    println!(
+        "  queue:    {}  priority {}  gpu {}",
+        s(&j["queue"]),
+        s(&j["priority"]),
+        s(&j["gpu"])
+    );
     println!("  created:  {}", s(&j["created_at"]));
     if !j["progress"].is_null() {
         println!(

@@ -174,7 +174,12 @@ impl Hub {
     }
 
     /// A (re)registration: record the agent, reconcile its attempts with ours.
-    async fn register(self: &Arc<Self>, peer: &str, session: &Session, reg: Registration) -> Registered {
+    async fn register(
+        self: &Arc<Self>,
+        peer: &str,
+        session: &Session,
+        reg: Registration,
+    ) -> Registered {
         let now = unix_ms();
         let reported: HashSet<&str> = reg
             .running
@@ -309,7 +314,9 @@ impl Hub {
                     None => {}
                 }
             }
-            Err(e) => tracing::error!(job_id, attempt_id, error = %e, "could not record a lost attempt"),
+            Err(e) => {
+                tracing::error!(job_id, attempt_id, error = %e, "could not record a lost attempt")
+            }
         }
     }
 
@@ -340,7 +347,13 @@ impl Hub {
         }
     }
 
-    async fn fetch_input(self: &Arc<Self>, peer: &str, session: &Session, env: &Envelope, f: FetchInput) {
+    async fn fetch_input(
+        self: &Arc<Self>,
+        peer: &str,
+        session: &Session,
+        env: &Envelope,
+        f: FetchInput,
+    ) {
         let Some(job_id) = self.attempt_of(peer, &f.attempt_id) else {
             return refuse(session, env, "not an attempt of yours (stale or unknown)");
         };
@@ -361,7 +374,11 @@ impl Hub {
         let hub = self.clone();
         let session = session.clone();
         tokio::spawn(async move {
-            match session.send_file(path, job.input_name.clone()).finish().await {
+            match session
+                .send_file(path, job.input_name.clone())
+                .finish()
+                .await
+            {
                 Ok(out) => {
                     hub.metrics.bytes_sent.inc_by(out.bytes_sent);
                     tracing::info!(job_id = %job.id, hash = %out.hash, skipped = out.skipped, "input sent");
@@ -402,7 +419,9 @@ impl Hub {
         };
         let Some(job_id) = self.attempt_of(peer, &c.attempt_id) else {
             // Not out with this agent: already recorded (duplicate) or fenced off (stale).
-            return ack(self.settled(peer, &c.job_id, &c.attempt_id, "completed", "complete").await);
+            return ack(self
+                .settled(peer, &c.job_id, &c.attempt_id, "completed", "complete")
+                .await);
         };
         let missing: Vec<String> = std::iter::once(&c.result_hash)
             .chain(c.artifacts.iter().map(|a| &a.hash))
@@ -469,7 +488,14 @@ impl Hub {
     }
 
     /// A report about an attempt that is not out with the agent: tell a repeat from a stale one.
-    async fn settled(&self, peer: &str, job_id: &str, attempt_id: &str, outcome: &str, what: &str) -> AckOutcome {
+    async fn settled(
+        &self,
+        peer: &str,
+        job_id: &str,
+        attempt_id: &str,
+        outcome: &str,
+        what: &str,
+    ) -> AckOutcome {
         let job = self.store.job(job_id).await.ok().flatten();
         let repeated = job.as_ref().is_some_and(|j| {
             j.attempts
@@ -495,13 +521,23 @@ impl Hub {
         };
         let outcome = if f.timed_out { "timed_out" } else { "failed" };
         let Some(job_id) = self.attempt_of(peer, &f.attempt_id) else {
-            return ack(self.settled(peer, &f.job_id, &f.attempt_id, outcome, "fail").await);
+            return ack(self
+                .settled(peer, &f.job_id, &f.attempt_id, outcome, "fail")
+                .await);
         };
         let now = unix_ms();
         let requeue_at = now + self.config.retry_delay.as_millis() as u64;
         match self
             .store
-            .fail_attempt(&job_id, &f.attempt_id, outcome, &f.error, f.retryable, requeue_at, now)
+            .fail_attempt(
+                &job_id,
+                &f.attempt_id,
+                outcome,
+                &f.error,
+                f.retryable,
+                requeue_at,
+                now,
+            )
             .await
         {
             Ok((Fenced::Applied, after, events)) => {
@@ -555,7 +591,9 @@ impl Hub {
 fn read_result(path: &std::path::Path) -> Result<String, String> {
     let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     if len > MAX_RESULT_BYTES {
-        return Err(format!("{len} bytes is over the limit of {MAX_RESULT_BYTES}"));
+        return Err(format!(
+            "{len} bytes is over the limit of {MAX_RESULT_BYTES}"
+        ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("not UTF-8 text: {e}"))?;
     serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("not JSON: {e}"))?;

@@ -52,8 +52,7 @@ impl Hub {
             .map(|(id, a)| {
                 let r = &a.registration;
                 let gpu_ok = r.capability.has_gpu()
-                    && r
-                        .gpu_memory_free_bytes
+                    && r.gpu_memory_free_bytes
                         .is_none_or(|free| free >= self.config.min_gpu_free_bytes);
                 Candidate {
                     id: id.clone(),
@@ -152,7 +151,10 @@ impl Hub {
         };
         let outcome = match (session, Envelope::user(kind::ASSIGN, &assignment)) {
             (Some(session), Ok(env)) => {
-                match session.request_timeout(env, self.config.assign_timeout).await {
+                match session
+                    .request_timeout(env, self.config.assign_timeout)
+                    .await
+                {
                     Ok(reply) => match reply.body {
                         Body::Reply(r) if r.ok => Ok(()),
                         Body::Reply(r) => Err(format!("agent refused: {}", r.message)),
@@ -175,7 +177,9 @@ impl Hub {
         match outcome {
             Ok(()) => match self.store.mark_running(&job.id, &attempt_id, now).await {
                 Ok((_, events)) => self.publish(events),
-                Err(e) => tracing::error!(job_id = %job.id, error = %e, "could not record the start"),
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, error = %e, "could not record the start")
+                }
             },
             Err(reason) => {
                 tracing::warn!(job_id = %job.id, attempt_id, agent_id, reason, "assignment not taken; job queued again");
@@ -225,14 +229,11 @@ impl Hub {
                 .filter_map(|(id, a)| {
                     let away_since = match agents.get(&a.agent_id) {
                         None => Some(self.started),
-                        Some(live) if !live.connected => {
-                            Some(live.lost_at.unwrap_or(self.started))
-                        }
+                        Some(live) if !live.connected => Some(live.lost_at.unwrap_or(self.started)),
                         Some(_) => None,
                     }?;
-                    (away_since.elapsed() >= grace).then(|| {
-                        (a.job_id.clone(), id.clone(), a.agent_id.clone())
-                    })
+                    (away_since.elapsed() >= grace)
+                        .then(|| (a.job_id.clone(), id.clone(), a.agent_id.clone()))
                 })
                 .collect()
         };
@@ -265,7 +266,12 @@ impl Hub {
                 .await
             {
                 Ok((Fenced::Applied, events)) => {
-                    tracing::warn!(job_id, attempt_id, ?timeout, "cancel not acknowledged; attempt fenced off");
+                    tracing::warn!(
+                        job_id,
+                        attempt_id,
+                        ?timeout,
+                        "cancel not acknowledged; attempt fenced off"
+                    );
                     self.publish(events);
                     self.forget_attempt(&attempt_id);
                 }
@@ -314,7 +320,13 @@ impl Hub {
                     since: Instant::now(),
                 });
             let told = self.tell_cancel(agent_id, attempt_id, "cancelled by the operator");
-            tracing::info!(job_id, attempt_id, agent_id, told, "cancel sent to the agent");
+            tracing::info!(
+                job_id,
+                attempt_id,
+                agent_id,
+                told,
+                "cancel sent to the agent"
+            );
         }
         Ok(outcome)
     }
@@ -331,7 +343,12 @@ impl Hub {
         };
         if let Some(s) = &session {
             let _ = s.send_body(Body::ServerCommand(ServerCommand {
-                command: if drain { command::DRAIN } else { command::UNDRAIN }.to_string(),
+                command: if drain {
+                    command::DRAIN
+                } else {
+                    command::UNDRAIN
+                }
+                .to_string(),
                 args: Default::default(),
             }));
         }

@@ -10,7 +10,9 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::model::{AgentRecord, ArtifactRow, Attempt, Job, JobEvent, JobProgress, JobState, NewJob};
+use crate::model::{
+    AgentRecord, ArtifactRow, Attempt, Job, JobEvent, JobProgress, JobState, NewJob,
+};
 
 /// A store operation failed (the database, not the caller).
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +74,15 @@ pub enum CancelRequest {
     /// It was still queued: cancelled at once.
     CancelledQueued,
     /// It is with an agent: the agent must stop it and acknowledge.
-    Requested { attempt_id: String, agent_id: String },
+    Requested {
+        attempt_id: String,
+        agent_id: String,
+    },
     /// A cancel was already requested and is pending.
-    AlreadyRequested { attempt_id: String, agent_id: String },
+    AlreadyRequested {
+        attempt_id: String,
+        agent_id: String,
+    },
     /// It had already ended.
     AlreadyEnded(JobState),
     NotFound,
@@ -110,12 +118,21 @@ pub trait Store: Send + Sync + 'static {
     /// Claim a queued job for an attempt; `false` if it is no longer queued.
     async fn claim(&self, attempt: &NewAttempt) -> StoreResult<Option<Events>>;
     /// The agent took the attempt: assigned -> running.
-    async fn mark_running(&self, job_id: &str, attempt_id: &str, now_ms: u64)
-        -> StoreResult<(Fenced, Events)>;
+    async fn mark_running(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<(Fenced, Events)>;
     /// The agent refused the attempt (or never answered): back to queued, the attempt does not
     /// count.
-    async fn unclaim(&self, job_id: &str, attempt_id: &str, reason: &str, now_ms: u64)
-        -> StoreResult<Events>;
+    async fn unclaim(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> StoreResult<Events>;
     async fn record_progress(
         &self,
         job_id: &str,
@@ -145,7 +162,11 @@ pub trait Store: Send + Sync + 'static {
         requeue_at_ms: u64,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Option<AfterFailure>, Events)>;
-    async fn request_cancel(&self, job_id: &str, now_ms: u64) -> StoreResult<(CancelRequest, Events)>;
+    async fn request_cancel(
+        &self,
+        job_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<(CancelRequest, Events)>;
     /// A requested cancel ended: acknowledged by the agent, or fenced off without an ack.
     async fn finish_cancel(
         &self,
@@ -163,8 +184,13 @@ pub trait Store: Send + Sync + 'static {
     /// A job's events after `after_seq`.
     async fn events_since(&self, job_id: &str, after_seq: i64) -> StoreResult<Vec<JobEvent>>;
     /// Add an event that changes no state (a refused report, say).
-    async fn add_event(&self, job_id: &str, kind: &str, data: serde_json::Value, now_ms: u64)
-        -> StoreResult<Events>;
+    async fn add_event(
+        &self,
+        job_id: &str,
+        kind: &str,
+        data: serde_json::Value,
+        now_ms: u64,
+    ) -> StoreResult<Events>;
     async fn count_by_state(&self) -> StoreResult<Vec<(JobState, u64)>>;
     /// Whether any job references this content (as input or artifact).
     async fn content_referenced(&self, hash: &str) -> StoreResult<bool>;
@@ -173,8 +199,13 @@ pub trait Store: Send + Sync + 'static {
     async fn agents(&self) -> StoreResult<Vec<AgentRecord>>;
     async fn set_drained(&self, agent_id: &str, drained: bool) -> StoreResult<bool>;
 
-    async fn insert_token(&self, id: &str, secret_hash: &str, now_ms: u64, expires_ms: u64)
-        -> StoreResult<()>;
+    async fn insert_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> StoreResult<()>;
     /// Use a join token once.
     async fn redeem_token(
         &self,

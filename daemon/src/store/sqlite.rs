@@ -109,7 +109,9 @@ fn job_from_row(r: &SqliteRow) -> StoreResult<Job> {
     let progress = match percent {
         Some(p) => Some(JobProgress {
             percent: p as f32,
-            stage: r.try_get::<Option<String>, _>("progress_stage")?.unwrap_or_default(),
+            stage: r
+                .try_get::<Option<String>, _>("progress_stage")?
+                .unwrap_or_default(),
             message: r.try_get("progress_message")?,
             eta_ms: opt_u(r.try_get("progress_eta_ms")?),
         }),
@@ -218,10 +220,12 @@ async fn job_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<Job>> {
 }
 
 async fn attempt_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<Attempt>> {
-    let row = sqlx::query(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
     row.as_ref().map(attempt_from_row).transpose()
 }
 
@@ -310,7 +314,10 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_all(&mut *conn)
         .await?;
-        job.attempts = rows.iter().map(attempt_from_row).collect::<StoreResult<_>>()?;
+        job.attempts = rows
+            .iter()
+            .map(attempt_from_row)
+            .collect::<StoreResult<_>>()?;
         let rows = sqlx::query(
             "SELECT name, hash, size, media_type FROM artifacts WHERE job_id = $1 ORDER BY name",
         )
@@ -353,7 +360,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
-        let limit = if filter.limit == 0 { 100 } else { filter.limit.min(10_000) };
+        let limit = if filter.limit == 0 {
+            100
+        } else {
+            filter.limit.min(10_000)
+        };
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR queue = $2) \
              ORDER BY created_ms DESC, id DESC LIMIT $3"
@@ -605,7 +616,8 @@ impl Store for SqliteStore {
             }
             _ => {
                 let verdict =
-                    classify_mismatch(&mut tx, attempt_id, &["failed", "timed_out", "lost"]).await?;
+                    classify_mismatch(&mut tx, attempt_id, &["failed", "timed_out", "lost"])
+                        .await?;
                 return Ok((verdict, None, vec![]));
             }
         };
@@ -657,10 +669,7 @@ impl Store for SqliteStore {
                 JobState::Failed
             };
             let reason = if retryable {
-                format!(
-                    "{error} (gave up after {} attempts)",
-                    job.attempt_count
-                )
+                format!("{error} (gave up after {} attempts)", job.attempt_count)
             } else {
                 error.to_string()
             };
@@ -835,8 +844,14 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             events.push(
-                event(&mut tx, &job.id, "timed_out", serde_json::json!({"state": "timed_out", "reason": "deadline passed"}), now_ms)
-                    .await?,
+                event(
+                    &mut tx,
+                    &job.id,
+                    "timed_out",
+                    serde_json::json!({"state": "timed_out", "reason": "deadline passed"}),
+                    now_ms,
+                )
+                .await?,
             );
         }
         tx.commit().await?;
@@ -997,10 +1012,11 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> StoreResult<TokenRedemption> {
         let mut tx = self.tx().await?;
-        let row = sqlx::query("SELECT secret_hash, expires_ms, used_ms FROM join_tokens WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query("SELECT secret_hash, expires_ms, used_ms FROM join_tokens WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(row) = row else {
             return Ok(TokenRedemption::Unknown);
         };

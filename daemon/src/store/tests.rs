@@ -61,18 +61,30 @@ async fn one_result_per_job_stale_refused_duplicate_acknowledged() {
     // The stale attempt's result is refused.
     let (f, _) = s.complete("j1", "a1", "{}", &[], 4_000).await.unwrap();
     assert_eq!(f, Fenced::Stale);
-    let (f, ev) = s.complete("j1", "a2", "{\"ok\":1}", &[], 5_000).await.unwrap();
+    let (f, ev) = s
+        .complete("j1", "a2", "{\"ok\":1}", &[], 5_000)
+        .await
+        .unwrap();
     assert_eq!(f, Fenced::Applied);
     assert_eq!(ev[0].kind, "completed");
     // The same attempt again: acknowledged, nothing changes.
-    let (f, ev) = s.complete("j1", "a2", "{\"ok\":2}", &[], 6_000).await.unwrap();
+    let (f, ev) = s
+        .complete("j1", "a2", "{\"ok\":2}", &[], 6_000)
+        .await
+        .unwrap();
     assert_eq!((f, ev.len()), (Fenced::Duplicate, 0));
     let j = s.job("j1").await.unwrap().unwrap();
     assert_eq!(j.state, JobState::Completed);
-    assert_eq!(s.job_result("j1").await.unwrap().as_deref(), Some("{\"ok\":1}"));
+    assert_eq!(
+        s.job_result("j1").await.unwrap().as_deref(),
+        Some("{\"ok\":1}")
+    );
     let outcomes: Vec<_> = j.attempts.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, ["lost", "completed"]);
-    assert_eq!(s.job_by_external_ref("ext-1").await.unwrap().unwrap().id, "j1");
+    assert_eq!(
+        s.job_by_external_ref("ext-1").await.unwrap().unwrap().id,
+        "j1"
+    );
 }
 
 #[tokio::test]
@@ -80,7 +92,9 @@ async fn out_of_attempts_the_job_fails_with_the_reason() {
     let (_d, s) = store().await;
     s.insert_job(&job("j", 2)).await.unwrap();
     claim(&s, "j", "a1", "x").await;
-    s.fail_attempt("j", "a1", "lost", "gone", true, 0, 1).await.unwrap();
+    s.fail_attempt("j", "a1", "lost", "gone", true, 0, 1)
+        .await
+        .unwrap();
     claim(&s, "j", "a2", "x").await;
     let (_, after, _) = s
         .fail_attempt("j", "a2", "lost", "gone again", true, 0, 2)
@@ -138,7 +152,10 @@ async fn cancel_queued_at_once_running_after_ack() {
     let (f, ev) = s.finish_cancel("r", "a1", true, 150).await.unwrap();
     assert_eq!(f, Fenced::Applied);
     assert_eq!(ev[0].data["latency_ms"], 50);
-    assert_eq!(s.job("r").await.unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        s.job("r").await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
     let (c, _) = s.request_cancel("r", 200).await.unwrap();
     assert_eq!(c, CancelRequest::AlreadyEnded(JobState::Cancelled));
 }
@@ -169,7 +186,10 @@ async fn priority_then_age_and_deadlines() {
     assert_eq!(order, ["urgent", "old", "due", "low"]);
     let (_, ev) = s.expire_deadlines(2_000).await.unwrap();
     assert_eq!(ev.len(), 1);
-    assert_eq!(s.job("due").await.unwrap().unwrap().state, JobState::TimedOut);
+    assert_eq!(
+        s.job("due").await.unwrap().unwrap().state,
+        JobState::TimedOut
+    );
 }
 
 #[tokio::test]
@@ -177,11 +197,26 @@ async fn join_tokens_work_once() {
     let (_d, s) = store().await;
     s.insert_token("abc123", "h", 0, 100).await.unwrap();
     s.insert_token("old123", "h", 0, 5).await.unwrap();
-    assert_eq!(s.redeem_token("abc123", "x", "a", 1).await.unwrap(), TokenRedemption::WrongSecret);
-    assert_eq!(s.redeem_token("abc123", "h", "a", 1).await.unwrap(), TokenRedemption::Redeemed);
-    assert_eq!(s.redeem_token("abc123", "h", "b", 2).await.unwrap(), TokenRedemption::AlreadyUsed);
-    assert_eq!(s.redeem_token("old123", "h", "b", 6).await.unwrap(), TokenRedemption::Expired);
-    assert_eq!(s.redeem_token("nope00", "h", "b", 6).await.unwrap(), TokenRedemption::Unknown);
+    assert_eq!(
+        s.redeem_token("abc123", "x", "a", 1).await.unwrap(),
+        TokenRedemption::WrongSecret
+    );
+    assert_eq!(
+        s.redeem_token("abc123", "h", "a", 1).await.unwrap(),
+        TokenRedemption::Redeemed
+    );
+    assert_eq!(
+        s.redeem_token("abc123", "h", "b", 2).await.unwrap(),
+        TokenRedemption::AlreadyUsed
+    );
+    assert_eq!(
+        s.redeem_token("old123", "h", "b", 6).await.unwrap(),
+        TokenRedemption::Expired
+    );
+    assert_eq!(
+        s.redeem_token("nope00", "h", "b", 6).await.unwrap(),
+        TokenRedemption::Unknown
+    );
 }
 
 #[tokio::test]
@@ -197,5 +232,8 @@ async fn state_survives_reopening() {
     let open = s.open_attempts().await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].id, "a1");
-    assert_eq!(s.count_by_state().await.unwrap(), vec![(JobState::Assigned, 1)]);
+    assert_eq!(
+        s.count_by_state().await.unwrap(),
+        vec![(JobState::Assigned, 1)]
+    );
 }
