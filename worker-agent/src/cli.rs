@@ -1,8 +1,9 @@
-//! The `morag-agent` command line: `process` one file, and `model import-ct2` / `model fetch`.
+//! The `morag-agent` command line: `serve` (the daemon), `process` one file, and
+//! `model import-ct2` / `model fetch`.
 //!
 //! Output: the JSON result on stdout, logs on stderr (`RUST_LOG`, `--log-json`), a one-line
-//! error and a non-zero exit code on failure (65 bad input data, 66 missing input, 78 model
-//! problems, 1 anything else).
+//! error and a non-zero exit code on failure (64 bad settings, 65 bad input data, 66 missing
+//! input, 78 model problems, 130 a second interrupt during shutdown, 1 anything else).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::media::audio::{self, AudioOptions, Transcriber};
+use crate::media::audio::{self, AudioOptions};
 use crate::media::{self, Cancel, MediaKind, ProcessError, ProcessOutput, Progress};
 use crate::models;
+use crate::serve::config::{self as serve_config, ConfigError, Flags, ServeConfig, Sources};
 
 /// The MoRAG agent: transcribes audio and processes video and images on edge machines.
 #[derive(Debug, Parser)]
@@ -28,6 +30,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run as the hub's agent: take jobs, process them, deliver the results.
+    Serve(ServeArgs),
     /// Process one media file and print its MoRAG result as JSON.
     Process(ProcessArgs),
     /// Manage Whisper models.
@@ -60,6 +64,35 @@ pub struct ProcessArgs {
     /// Print a one-line summary instead of the JSON result.
     #[arg(long)]
     pub summary: bool,
+}
+
+/// Flags of `serve`; they override the config file, `.env` and the environment.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file [default: ./agent.toml when present, or $MORAG_AGENT_CONFIG].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The hub [default: $MORAG_HUB_ADDRESS, the config file, or DIR/hub].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub hub: Option<String>,
+    /// Credentials, content store, work directories, outbox [default: ./morag-agent].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Display name [default: the host name].
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// Queues to serve, comma-separated [default: by capability].
+    #[arg(long, value_name = "a,b")]
+    pub queues: Option<String>,
+    /// gpu, cpu or hybrid [default: gpu].
+    #[arg(long, value_name = "gpu|cpu|hybrid")]
+    pub capability: Option<String>,
+    /// Jobs run at once [default: 1].
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_tasks: Option<String>,
+    /// ggml Whisper model, loaded once [default: models/ggml-tiny.en.bin].
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,12 +144,26 @@ pub fn guess_kind(path: &Path) -> Result<MediaKind, ProcessError> {
 
 /// Set up tracing on stderr; `RUST_LOG` filters (default: warnings, and info from the agent).
 pub fn init_tracing(json: bool) {
+    init_tracing_with(json, None, None);
+}
+
+/// Set up tracing on stderr (and appended to `file`); `RUST_LOG` filters, else `level` for the
+/// agent (default info) and warnings from the rest.
+pub fn init_tracing_with(json: bool, level: Option<&str>, file: Option<std::fs::File>) {
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,morag_agent=info"));
+    let level = level.unwrap_or("info");
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::try_new(format!("warn,morag_agent={level},morag_transport={level}"))
+            .unwrap_or_else(|_| EnvFilter::new("warn,morag_agent=info"))
+    });
+    let writer = match file {
+        Some(f) => BoxMakeWriter::new(std::io::stderr.and(std::sync::Mutex::new(f))),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = if json {
         builder.json().try_init()
     } else {
@@ -127,6 +174,9 @@ pub fn init_tracing(json: bool) {
 /// Parse arguments, run, and turn the outcome into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        return serve_main(args, cli.log_json);
+    }
     init_tracing(cli.log_json);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,6 +213,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             | ProcessError::Unsupported { .. },
         ) => 65,
         Some(ProcessError::Model { .. }) => 78,
+        Some(ProcessError::Option { .. }) => 64,
         _ => 1,
     }
 }
@@ -171,6 +222,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Process(args) => process(args),
+        Command::Serve(_) => anyhow::bail!("serve runs through cli::main"),
         Command::Model(ModelCommand::ImportCt2 { dir, out }) => {
             let s = models::convert_ct2_dir(&dir, &out)
                 .with_context(|| format!("converting {}", dir.display()))?;
@@ -212,28 +264,13 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
         tracing::debug!(percent = p.percent, stage = %p.stage, "progress");
     };
     tracing::info!(file = %file.display(), kind = ?kind, out = %out_dir.display(), "processing");
-    let output: ProcessOutput = match kind {
-        MediaKind::Audio => {
-            // Decode first: a bad file is reported before the model is loaded.
-            let started = std::time::Instant::now();
-            let decoded = media::decode::decode_audio(file, MediaKind::Audio, &cancel)?;
-            let transcriber = Transcriber::load(&opts.model)?;
-            let (output, _) = audio::transcribe_decoded(
-                file,
-                &decoded,
-                &opts,
-                &transcriber,
-                &progress,
-                &cancel,
-                &out_dir,
-                started,
-            )?;
-            output
-        }
-        MediaKind::Video | MediaKind::Image => {
-            dispatch_other(kind, file, &opts, &out_dir, &progress, &cancel)?
-        }
+    let run_opts = media::RunOptions {
+        audio: opts,
+        transcriber: None,
+        engine: crate::gpu::select(&crate::gpu::GpuConfig::default()),
+        jpeg_quality: None,
     };
+    let output: ProcessOutput = media::run(kind, file, &run_opts, &out_dir, &progress, &cancel)?;
     let mut stdout = std::io::stdout().lock();
     if args.summary {
         let words = output.result["metadata"]["word_count"]
@@ -253,42 +290,6 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
         writeln!(stdout)?;
     }
     Ok(())
-}
-
-/// Video and image processing live in `media::video` / `media::image`; frame work runs on the
-/// GPU engine `gpu::select` picks (CUDA when present, else CPU).
-fn dispatch_other(
-    kind: MediaKind,
-    file: &Path,
-    opts: &AudioOptions,
-    out_dir: &Path,
-    progress: &dyn media::ProgressSink,
-    cancel: &Cancel,
-) -> Result<ProcessOutput, ProcessError> {
-    let engine = crate::gpu::select(&crate::gpu::GpuConfig::default());
-    match kind {
-        MediaKind::Video => {
-            let vopts = media::video::VideoOptions {
-                // Transcribe the soundtrack when a model is at hand (MoRAG does by default).
-                transcribe: opts.model.is_file(),
-                audio: opts.clone(),
-                engine,
-                ..Default::default()
-            };
-            media::video::process_video(file, &vopts, progress, cancel, out_dir)
-        }
-        MediaKind::Image => {
-            let iopts = media::image::ImageOptions {
-                engine,
-                ..Default::default()
-            };
-            media::image::process_image(file, &iopts, progress, cancel, out_dir)
-        }
-        MediaKind::Audio => Err(ProcessError::Unsupported {
-            path: file.to_path_buf(),
-            reason: "audio is processed by the transcriber".into(),
-        }),
-    }
 }
 
 fn fetch(name: &str, dir: &Path) -> anyhow::Result<()> {
@@ -342,4 +343,130 @@ fn fetch(name: &str, dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Load the serve settings: `--config` (or `$MORAG_AGENT_CONFIG`, or `./agent.toml` when
+/// present), then `./.env`, then the environment, then the flags.
+pub fn load_serve_config(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
+    let file = args
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("MORAG_AGENT_CONFIG").map(PathBuf::from))
+        .or_else(|| Some(PathBuf::from("agent.toml")).filter(|p| p.is_file()));
+    let text = match &file {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+            path: p.display().to_string(),
+            message: format!("cannot read it: {e}"),
+        })?),
+        None => None,
+    };
+    let name = file.as_ref().map(|p| p.display().to_string());
+    let dotenv = std::fs::read_to_string(".env").ok();
+    let sources = Sources {
+        file: name.as_deref().zip(text.as_deref()),
+        dotenv: dotenv.as_deref(),
+    };
+    let flags = Flags {
+        hub: args.hub.clone(),
+        dir: args.dir.clone(),
+        name: args.name.clone(),
+        queues: args.queues.clone(),
+        capability: args.capability.clone(),
+        max_concurrent_tasks: args.max_concurrent_tasks.clone(),
+        model: args.model.clone(),
+    };
+    serve_config::load(sources, &|k| std::env::var(k).ok(), &flags)
+}
+
+/// `morag-agent serve`: load settings (exit 64 when bad), set up tracing, run until SIGTERM or
+/// SIGINT (a second one exits at once with 130).
+fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
+    let config = match load_serve_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("morag-agent: bad setting: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let log_file = match &config.log_file {
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "morag-agent: bad setting: log_file: cannot open {}: {e}",
+                    p.display()
+                );
+                return ExitCode::from(64);
+            }
+        },
+        None => None,
+    };
+    init_tracing_with(log_json, config.log_level.as_deref(), log_file);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("morag-agent: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let model = config.model_path();
+        let gpu = crate::gpu::GpuConfig {
+            enabled: config.enable_gpu,
+            memory_limit_bytes: config
+                .gpu_memory_limit
+                .unwrap_or(crate::gpu::GpuConfig::default().memory_limit_bytes),
+            ..Default::default()
+        };
+        let quality = config.thumbnail_quality;
+        let processor = tokio::task::spawn_blocking(move || {
+            crate::serve::MediaProcessor::load(model, &gpu, quality)
+        })
+        .await??;
+        crate::serve::run(config, std::sync::Arc::new(processor), shutdown).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("morag-agent: error: {}", one_line(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: drain and stop. Second: exit at once (130).
+async fn watch_signals(shutdown: tokio_util::sync::CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing running work (signal again to exit at once)");
+    shutdown.cancel();
+    wait_for_signal().await;
+    eprintln!("morag-agent: interrupted again: exiting now");
+    std::process::exit(130);
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
 }

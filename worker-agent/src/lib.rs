@@ -5,9 +5,11 @@
 //! - `gpu/`: the frame engine (CPU reference ops or CUDA kernels) and GPU selection.
 //! - `hardware.rs`: the hardware fingerprint (CPU, memory, OS, NVIDIA GPUs).
 //! - `models/`: Whisper model import (CTranslate2 -> ggml) and download.
-//! - `cli`: the `morag-agent` command line (`process`, `model import-ct2`, `model fetch`).
+//! - `serve/`: the daemon (`morag-agent serve`): hub session, job runner, outbox, health.
+//! - `cli`: the `morag-agent` command line (`serve`, `process`, `model import-ct2`, `model fetch`).
 pub mod cli;
 pub mod gpu;
 pub mod hardware;
 pub mod media;
 pub mod models;
+pub mod serve;

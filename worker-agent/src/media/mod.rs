@@ -1,12 +1,13 @@
 //! Media processors: audio transcription, video and image processing.
 //!
-//! Every processor has the same shape so that the job runtime (a later issue) and the
-//! `morag-agent process` command drive them alike: it takes an input file, its options, a
+//! Every processor has the same shape so that the job runner (`serve`) and the
+//! `morag-agent process` command drive them alike (through [`run`]): it takes an input file, its options, a
 //! [`ProgressSink`] and a [`Cancel`] token, runs synchronously (call it from `spawn_blocking`),
 //! and returns a [`ProcessOutput`]: a MoRAG-shaped JSON result plus the artifact files it wrote.
 
 pub mod audio;
 pub mod decode;
+pub mod dispatch;
 pub mod frames;
 pub mod image;
 pub mod morag;
@@ -15,6 +16,8 @@ pub mod video;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use dispatch::{result_file_name, run, RunOptions};
 
 /// Cancellation signal shared with the caller; processors poll `is_cancelled()`.
 pub type Cancel = tokio_util::sync::CancellationToken;
@@ -156,6 +159,9 @@ pub enum ProcessError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A job option has a value this agent cannot use.
+    #[error("invalid option {name}: {reason}")]
+    Option { name: String, reason: String },
     /// Any other processing failure.
     #[error("{0}")]
     Failed(String),

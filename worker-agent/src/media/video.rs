@@ -474,47 +474,38 @@ pub fn process_video(
     let mut segments = serde_json::Value::Null;
     let mut audio_result = serde_json::Value::Null;
     let mut transcription_note = None;
-    if opts.transcribe {
-        if !metadata.has_audio {
-            transcription_note = Some("video has no audio track".to_string());
-        } else {
-            let loaded;
-            let transcriber = match &opts.transcriber {
-                Some(t) => Some(&**t),
-                None if opts.audio.model.is_file() => {
-                    loaded = Transcriber::load(&opts.audio.model)?;
-                    Some(&loaded)
-                }
-                None => None,
-            };
-            match transcriber {
-                None => {
-                    let note = format!(
-                        "no Whisper model configured (looked for {})",
-                        opts.audio.model.display()
-                    );
-                    tracing::info!(reason = %note, "transcription skipped");
-                    transcription_note = Some(note);
-                }
-                Some(t) => {
-                    let sink = Scaled {
-                        inner: progress,
-                        lo: 65.0,
-                        hi: 99.0,
-                    };
-                    let out = super::audio::transcribe_file(
-                        path,
-                        &opts.audio,
-                        t,
-                        &sink,
-                        cancel,
-                        out_dir,
-                    )?;
-                    transcript = out.result.get("transcript").cloned().unwrap_or_default();
-                    segments = out.result.get("segments").cloned().unwrap_or_default();
-                    audio_result = out.result;
-                    w.artifacts.extend(out.artifacts);
-                }
+    if !opts.transcribe {
+        transcription_note = Some("transcription not requested".to_string());
+    } else if !metadata.has_audio {
+        transcription_note = Some("video has no audio track".to_string());
+    } else {
+        let loaded;
+        let transcriber = match &opts.transcriber {
+            Some(t) => Some(&**t),
+            None if opts.audio.model.is_file() => {
+                loaded = Transcriber::load(&opts.audio.model)?;
+                Some(&loaded)
+            }
+            None => None,
+        };
+        match transcriber {
+            None => {
+                let note = format!("no Whisper model at {}", opts.audio.model.display());
+                tracing::info!(reason = %note, "transcription skipped");
+                transcription_note = Some(note);
+            }
+            Some(t) => {
+                let sink = Scaled {
+                    inner: progress,
+                    lo: 65.0,
+                    hi: 99.0,
+                };
+                let out =
+                    super::audio::transcribe_file(path, &opts.audio, t, &sink, cancel, out_dir)?;
+                transcript = out.result.get("transcript").cloned().unwrap_or_default();
+                segments = out.result.get("segments").cloned().unwrap_or_default();
+                audio_result = out.result;
+                w.artifacts.extend(out.artifacts);
             }
         }
     }

@@ -1,0 +1,183 @@
+//! What the job runner calls to do the work: a [`Processor`] trait object. The product uses
+//! [`MediaProcessor`] (whisper, FFmpeg, the frame engine); an in-process benchmark can plug in
+//! one that does nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::media::audio::{parse_language, Transcriber};
+use crate::media::{
+    self, Cancel, MediaKind, ProcessError, ProcessOutput, ProgressSink, RunOptions,
+};
+
+/// One attempt's work, as the processor sees it.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub job_id: String,
+    pub attempt_id: String,
+    pub kind: MediaKind,
+    /// The input, under its real file name, in the attempt's work directory.
+    pub input: PathBuf,
+    /// The assignment's options.
+    pub options: BTreeMap<String, String>,
+    /// Where to write artifacts.
+    pub out_dir: PathBuf,
+}
+
+/// Does one job's work. Called from a blocking thread; poll `cancel` often.
+pub trait Processor: Send + Sync {
+    /// The media kinds this processor takes.
+    fn content_types(&self) -> Vec<MediaKind> {
+        vec![MediaKind::Audio, MediaKind::Video, MediaKind::Image]
+    }
+
+    /// Process `job`, writing artifacts into `job.out_dir`.
+    fn process(
+        &self,
+        job: &JobSpec,
+        progress: &dyn ProgressSink,
+        cancel: &Cancel,
+    ) -> Result<ProcessOutput, ProcessError>;
+}
+
+/// The real processors, with the Whisper model loaded once and shared.
+#[derive(Debug)]
+pub struct MediaProcessor {
+    opts: RunOptions,
+}
+
+impl MediaProcessor {
+    /// Wrap ready options (a loaded transcriber in `opts.transcriber` serves audio jobs).
+    pub fn new(opts: RunOptions) -> Self {
+        Self { opts }
+    }
+
+    /// Load the model at `model` when it exists (blocking: seconds for large models), pick the
+    /// frame engine, and use `jpeg_quality` for thumbnails.
+    pub fn load(
+        model: PathBuf,
+        gpu: &crate::gpu::GpuConfig,
+        jpeg_quality: Option<u8>,
+    ) -> Result<Self, ProcessError> {
+        let transcriber = if model.is_file() {
+            Some(Arc::new(Transcriber::load(&model)?))
+        } else {
+            tracing::warn!(model = %model.display(), "no Whisper model: audio jobs are not taken, videos are not transcribed");
+            None
+        };
+        let mut opts = RunOptions {
+            transcriber,
+            engine: crate::gpu::select(gpu),
+            jpeg_quality,
+            ..Default::default()
+        };
+        opts.audio.model = model;
+        Ok(Self::new(opts))
+    }
+
+    /// The options of one job: the defaults with the assignment's `language` and `translate`.
+    fn job_options(&self, job: &JobSpec) -> Result<RunOptions, ProcessError> {
+        let mut opts = self.opts.clone();
+        for (name, value) in &job.options {
+            match name.as_str() {
+                "language" => {
+                    opts.audio.language =
+                        parse_language(value).map_err(|reason| ProcessError::Option {
+                            name: name.clone(),
+                            reason,
+                        })?;
+                }
+                "translate" => {
+                    opts.audio.translate = match value.trim().to_ascii_lowercase().as_str() {
+                        "" | "1" | "true" | "yes" => true,
+                        "0" | "false" | "no" => false,
+                        other => {
+                            return Err(ProcessError::Option {
+                                name: name.clone(),
+                                reason: format!("expected true or false, got {other:?}"),
+                            })
+                        }
+                    };
+                }
+                "model" => {
+                    tracing::debug!(option = %name, %value, "option ignored: the agent's model is loaded once at start");
+                }
+                _ => tracing::debug!(option = %name, %value, "unknown option ignored"),
+            }
+        }
+        Ok(opts)
+    }
+}
+
+impl Processor for MediaProcessor {
+    fn content_types(&self) -> Vec<MediaKind> {
+        let mut kinds = vec![MediaKind::Video, MediaKind::Image];
+        if self.opts.transcriber.is_some() {
+            kinds.insert(0, MediaKind::Audio);
+        }
+        kinds
+    }
+
+    fn process(
+        &self,
+        job: &JobSpec,
+        progress: &dyn ProgressSink,
+        cancel: &Cancel,
+    ) -> Result<ProcessOutput, ProcessError> {
+        let opts = self.job_options(job)?;
+        media::run(job.kind, &job.input, &opts, &job.out_dir, progress, cancel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(options: &[(&str, &str)]) -> JobSpec {
+        JobSpec {
+            job_id: "j".into(),
+            attempt_id: "a".into(),
+            kind: MediaKind::Audio,
+            input: "x.wav".into(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            out_dir: "out".into(),
+        }
+    }
+
+    #[test]
+    fn options_map_onto_whisper_settings() {
+        let p = MediaProcessor::new(RunOptions::default());
+        let o = p
+            .job_options(&spec(&[
+                ("language", "de"),
+                ("translate", "true"),
+                ("model", "x"),
+                ("colour", "red"),
+            ]))
+            .unwrap();
+        assert_eq!(o.audio.language.as_deref(), Some("de"));
+        assert!(o.audio.translate);
+        let err = p
+            .job_options(&spec(&[("language", "klingon")]))
+            .unwrap_err();
+        assert!(matches!(err, ProcessError::Option { .. }), "{err}");
+        assert!(p.job_options(&spec(&[("translate", "perhaps")])).is_err());
+    }
+
+    #[test]
+    fn without_a_model_audio_is_not_offered() {
+        let p = MediaProcessor::new(RunOptions::default());
+        assert_eq!(p.content_types(), [MediaKind::Video, MediaKind::Image]);
+    }
+
+    #[test]
+    fn the_shared_model_can_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Transcriber>();
+        send_sync::<MediaProcessor>();
+    }
+}
