@@ -1,5 +1,5 @@
-//! `morag-agent process` as a user runs it: the JSON on stdout, the four files in --out, and
-//! one clear line plus a non-zero exit code for bad input.
+//! `morag-agent process` as a user runs it: the JSON on stdout, the four files and the result
+//! document in --out, and one clear line plus a non-zero exit code for bad input.
 
 mod audio_common;
 
@@ -46,6 +46,7 @@ fn process_writes_the_four_files_and_prints_json() {
         "speech_segments.json",
         "speech.md",
         "speech_metadata.json",
+        "speech_result.json",
     ] {
         let p = out.path().join(f);
         assert!(
@@ -53,7 +54,11 @@ fn process_writes_the_four_files_and_prints_json() {
             "{f}"
         );
     }
-    assert_eq!(v["artifacts"].as_array().unwrap().len(), 4);
+    assert_eq!(v["artifacts"].as_array().unwrap().len(), 5);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("speech_result.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc, v["result"], "the result file is the printed result");
 }
 
 #[test]

@@ -1,0 +1,397 @@
+//! `serve::run` in-process against a scripted hub (a transport `Listener` on loopback): the
+//! job protocol as the agent speaks it — register, assign, fetch the input, send the result
+//! files, complete until acknowledged, cancel with ack, results that survive a restart, and
+//! the drain on shutdown. The processor is a stand-in; the media processors have their own
+//! tests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use morag_agent::media::{Artifact, Cancel, ProcessError, ProcessOutput, Progress, ProgressSink};
+use morag_agent::serve::{self, JobSpec, Processor, ServeConfig};
+use morag_certs::{CertificateAuthority, Validity};
+use morag_protocol::{
+    kind, Ack, AckOutcome, Assignment, CancelAck, Completion, FetchInput, InputRef, Registered,
+    Registration,
+};
+use morag_transport::{
+    Body, Credentials, Envelope, Inbound, Listener, ReceivedFile, Reply, Session, SessionConfig,
+    TaskCancel,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Writes one artifact; with option `block`, waits for cancellation instead.
+struct Stub;
+
+impl Processor for Stub {
+    fn process(
+        &self,
+        job: &JobSpec,
+        progress: &dyn ProgressSink,
+        cancel: &Cancel,
+    ) -> Result<ProcessOutput, ProcessError> {
+        progress.report(Progress {
+            percent: 50.0,
+            stage: "stub".into(),
+            message: None,
+        });
+        if job.options.contains_key("block") {
+            while !cancel.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return Err(ProcessError::Cancelled);
+        }
+        let input = std::fs::read(&job.input).unwrap();
+        let note = job.out_dir.join("note.txt");
+        std::fs::write(&note, format!("{} bytes", input.len())).unwrap();
+        Ok(ProcessOutput {
+            kind: job.kind,
+            result: serde_json::json!({"success": true, "bytes": input.len()}),
+            artifacts: vec![Artifact::from_file(&note, "text/plain").unwrap()],
+        })
+    }
+}
+
+struct Hub {
+    _dir: tempfile::TempDir,
+    agent_dir: std::path::PathBuf,
+    listener: Listener,
+}
+
+fn setup() -> Hub {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate("test-ca", Validity::days(1)).unwrap();
+    let hub = ca
+        .issue_hub("hub1", &[], &["127.0.0.1".parse().unwrap()], Validity::days(1))
+        .unwrap();
+    let agent = ca.issue_agent("agent-1", Validity::days(1)).unwrap();
+    let mut hub_config = SessionConfig::new(Credentials {
+        cert_chain_pem: hub.cert_pem,
+        key_pem: hub.key_pem,
+        ca_pem: ca.cert_pem().to_string(),
+    });
+    hub_config.store_dir = dir.path().join("hub-store");
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), hub_config).unwrap();
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    std::fs::write(agent_dir.join("agent.pem"), agent.cert_pem).unwrap();
+    std::fs::write(agent_dir.join("agent.key"), agent.key_pem).unwrap();
+    std::fs::write(agent_dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    // As `enroll` leaves it: the hub's address in DIR/hub.
+    let addr = listener.local_addr().unwrap();
+    std::fs::write(agent_dir.join("hub"), format!("127.0.0.1:{}\n", addr.port())).unwrap();
+    Hub {
+        _dir: dir,
+        agent_dir,
+        listener,
+    }
+}
+
+fn agent_config(dir: &Path) -> ServeConfig {
+    let mut c = ServeConfig {
+        dir: dir.to_path_buf(),
+        name: Some("test-agent".into()),
+        max_concurrent_tasks: 2,
+        heartbeat_interval: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(2),
+        shutdown_grace: Duration::from_secs(2),
+        shutdown_delivery: Duration::from_secs(2),
+        ..Default::default()
+    };
+    c.retry.initial = Duration::from_millis(100);
+    c.retry.max = Duration::from_millis(500);
+    c
+}
+
+fn start(dir: &Path) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve::run(
+        agent_config(dir),
+        Arc::new(Stub),
+        shutdown.clone(),
+    ));
+    (shutdown, task)
+}
+
+/// What the agent sent, skipping heartbeats and progress; files are collected.
+async fn next(session: &Session, files: &mut Vec<ReceivedFile>) -> Envelope {
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(10), session.recv())
+            .await
+            .expect("the agent went quiet")
+            .expect("session closed");
+        match got {
+            Inbound::File(f) => files.push(f),
+            Inbound::Message(m) => match m.body {
+                Body::Heartbeat(_) | Body::TaskProgress(_) => {}
+                _ => return m,
+            },
+        }
+    }
+}
+
+fn reply_user<T: serde::Serialize>(session: &Session, req: &Envelope, k: &str, v: &T) {
+    session
+        .respond(req, Envelope::user(k, v).unwrap().body)
+        .unwrap();
+}
+
+fn ack(session: &Session, req: &Envelope, attempt_id: &str, outcome: AckOutcome) {
+    reply_user(
+        session,
+        req,
+        kind::ACK,
+        &Ack {
+            attempt_id: attempt_id.into(),
+            outcome,
+        },
+    );
+}
+
+async fn accept_and_register(hub: &Hub, files: &mut Vec<ReceivedFile>) -> (Session, Registration) {
+    let session = tokio::time::timeout(Duration::from_secs(10), hub.listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let req = next(&session, files).await;
+    let reg: Registration = req.decode_user(kind::REGISTER).unwrap().unwrap();
+    reply_user(
+        &session,
+        &req,
+        kind::REGISTERED,
+        &Registered {
+            agent_id: "agent-1".into(),
+            keep: vec![],
+            abandon: vec![],
+            drained: false,
+        },
+    );
+    (session, reg)
+}
+
+fn assignment(attempt: &str, input: &[u8], block: bool) -> Assignment {
+    let mut options = std::collections::BTreeMap::new();
+    if block {
+        options.insert("block".to_string(), "1".to_string());
+    }
+    Assignment {
+        job_id: format!("job-{attempt}"),
+        attempt_id: attempt.into(),
+        content_type: "audio".into(),
+        input: InputRef {
+            hash: blake3::hash(input).to_hex().to_string(),
+            name: "talk.wav".into(),
+            size: input.len() as u64,
+        },
+        options,
+        timeout_ms: None,
+        deadline_ms: None,
+    }
+}
+
+async fn assign(session: &Session, a: &Assignment) -> Reply {
+    let reply = session
+        .request_timeout(
+            Envelope::user(kind::ASSIGN, a).unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    match reply.body {
+        Body::Reply(r) => r,
+        other => panic!("assign answered with {}", other.kind()),
+    }
+}
+
+/// Answer the agent's fetch_input by sending the input.
+async fn serve_input(session: &Session, files: &mut Vec<ReceivedFile>, input: &'static [u8]) {
+    let req = next(session, files).await;
+    let f: FetchInput = req.decode_user(kind::FETCH_INPUT).unwrap().unwrap();
+    session
+        .respond(&req, Body::Reply(Reply { ok: true, message: String::new() }))
+        .unwrap();
+    session.send_bytes(input, "talk.wav").finish().await.unwrap();
+    assert!(!f.attempt_id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_is_cancelled_and_the_agent_drains() {
+    let hub = setup();
+    let (shutdown, task) = start(&hub.agent_dir);
+    let mut files = Vec::new();
+    let (session, reg) = accept_and_register(&hub, &mut files).await;
+    assert_eq!(reg.name, "test-agent");
+    assert_eq!(reg.queues, ["gpu_priority", "gpu_fallback"]);
+    assert_eq!(reg.max_concurrent_tasks, 2);
+    assert!(reg.running.is_empty() && reg.undelivered.is_empty());
+    assert!(reg.health.healthy);
+    assert!(serde_json::from_str::<serde_json::Value>(&reg.hardware_json).is_ok());
+
+    // A job: accepted, input fetched, files sent, then `complete`.
+    const INPUT: &[u8] = b"some audio bytes";
+    let a = assignment("a1", INPUT, false);
+    assert!(assign(&session, &a).await.ok);
+    let again = assign(&session, &a).await;
+    assert!(!again.ok && again.message.contains("already known"), "{again:?}");
+    serve_input(&session, &mut files, INPUT).await;
+    let req = next(&session, &mut files).await;
+    let c: Completion = req.decode_user(kind::COMPLETE).unwrap().unwrap();
+    assert_eq!(c.attempt_id, "a1");
+    let names: Vec<_> = c.artifacts.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["note.txt", "talk_result.json"]);
+    // Every file is at the hub before the report.
+    for x in &c.artifacts {
+        assert!(files.iter().any(|f| f.hash == x.hash), "{} not sent", x.name);
+    }
+    let result = files.iter().find(|f| f.hash == c.result_hash).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&result.path).unwrap()).unwrap();
+    assert_eq!(doc["bytes"], INPUT.len());
+    // The hub misses a file: it is sent again and the report repeated.
+    ack(&session, &req, "a1", AckOutcome::MissingFiles(vec![c.artifacts[0].hash.clone()]));
+    let req = next(&session, &mut files).await;
+    let c2: Completion = req.decode_user(kind::COMPLETE).unwrap().unwrap();
+    assert_eq!(c2, c);
+    ack(&session, &req, "a1", AckOutcome::Accepted);
+    let outbox = hub.agent_dir.join("outbox");
+    let jobs = hub.agent_dir.join("jobs");
+    let emptied = |d: &Path| std::fs::read_dir(d).map(|r| r.count() == 0).unwrap_or(true);
+    for _ in 0..100 {
+        if emptied(&outbox) && emptied(&jobs) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(emptied(&outbox), "acknowledged result still in the outbox");
+    assert!(emptied(&jobs), "work directory not removed");
+
+    // A second job, held in the store already: no fetch. Cancelled while running.
+    let b = assignment("b1", INPUT, true);
+    assert!(assign(&session, &b).await.ok);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    session
+        .send_body(Body::TaskCancel(TaskCancel {
+            task_id: "b1".into(),
+            reason: "user".into(),
+        }))
+        .unwrap();
+    let req = next(&session, &mut files).await;
+    let ca: CancelAck = req
+        .decode_user(kind::CANCEL_ACK)
+        .unwrap_or_else(|| panic!("expected cancel_ack, got {}", req.body.kind()))
+        .unwrap();
+    assert_eq!((ca.attempt_id.as_str(), ca.not_running), ("b1", false));
+    ack(&session, &req, "b1", AckOutcome::Accepted);
+
+    // Cancelling something unknown is acknowledged as not running.
+    session
+        .send_body(Body::TaskCancel(TaskCancel {
+            task_id: "zz".into(),
+            reason: "user".into(),
+        }))
+        .unwrap();
+    let req = next(&session, &mut files).await;
+    let ca: CancelAck = req.decode_user(kind::CANCEL_ACK).unwrap().unwrap();
+    assert!(ca.not_running);
+    ack(&session, &req, "zz", AckOutcome::Stale);
+
+    // Unsupported content and drain commands are refused with reasons.
+    let mut v = assignment("c1", INPUT, false);
+    v.content_type = "hologram".into();
+    let r = assign(&session, &v).await;
+    assert!(!r.ok && r.message.contains("unsupported content type"), "{r:?}");
+    session
+        .send_body(Body::ServerCommand(morag_transport::ServerCommand {
+            command: "drain".into(),
+            args: Default::default(),
+        }))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = assign(&session, &assignment("d1", INPUT, false)).await;
+    assert!(!r.ok && r.message.contains("draining"), "{r:?}");
+
+    // Shutdown with work running: it is cancelled after the grace period and reported as a
+    // retryable failure, the hub is told, and run returns.
+    session
+        .send_body(Body::ServerCommand(morag_transport::ServerCommand {
+            command: "undrain".into(),
+            args: Default::default(),
+        }))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(assign(&session, &assignment("e1", INPUT, true)).await.ok);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.cancel();
+    let req = next(&session, &mut files).await;
+    let f: morag_protocol::Failure = req
+        .decode_user(kind::FAIL)
+        .unwrap_or_else(|| panic!("expected fail, got {}", req.body.kind()))
+        .unwrap();
+    assert!(f.retryable && f.error.contains("shutting down"), "{f:?}");
+    ack(&session, &req, "e1", AckOutcome::Accepted);
+    let bye = next(&session, &mut files).await;
+    assert!(matches!(bye.body, Body::WorkerShutdown(ref w) if w.graceful), "{:?}", bye.body);
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("run did not return")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_result_survives_a_restart() {
+    let hub = setup();
+    let (shutdown, task) = start(&hub.agent_dir);
+    let mut files = Vec::new();
+    let (session, _) = accept_and_register(&hub, &mut files).await;
+    const INPUT: &[u8] = b"input of the first run";
+    let a = assignment("r1", INPUT, false);
+    assert!(assign(&session, &a).await.ok);
+    serve_input(&session, &mut files, INPUT).await;
+    let req = next(&session, &mut files).await;
+    let first: Completion = req.decode_user(kind::COMPLETE).unwrap().unwrap();
+    // No ack: the agent stops with the result undelivered.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_dir(hub.agent_dir.join("outbox")).unwrap().count(),
+        1
+    );
+
+    // The next run lists it as undelivered and delivers it.
+    let (shutdown, task) = start(&hub.agent_dir);
+    let (session, reg) = accept_and_register(&hub, &mut files).await;
+    assert_eq!(reg.undelivered.len(), 1, "{reg:?}");
+    assert_eq!(reg.undelivered[0].attempt_id, "r1");
+    let req = loop {
+        let m = next(&session, &mut files).await;
+        if m.decode_user::<Completion>(kind::COMPLETE).is_some() {
+            break m;
+        }
+    };
+    let again: Completion = req.decode_user(kind::COMPLETE).unwrap().unwrap();
+    assert_eq!(again, first);
+    ack(&session, &req, "r1", AckOutcome::Duplicate);
+    for _ in 0..100 {
+        if std::fs::read_dir(hub.agent_dir.join("outbox")).unwrap().count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        std::fs::read_dir(hub.agent_dir.join("outbox")).unwrap().count(),
+        0
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
