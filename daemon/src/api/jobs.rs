@@ -23,6 +23,9 @@ use crate::model::{normalize_content_type, GpuNeed, JobState, NewJob, Priority};
 use crate::store::{CancelRequest, JobFilter};
 use morag_transport::unix_ms;
 
+/// How much of an oversize upload is read (and dropped) before answering 413.
+const DRAIN_AFTER_LIMIT: u64 = 64 << 20;
+
 /// What a submission says about the job, whichever way it came.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -302,6 +305,14 @@ async fn submit_multipart(
             {
                 size += chunk.len() as u64;
                 if size > max {
+                    // Read on (discarding, up to a bound) so the client gets to see the
+                    // answer instead of a connection reset mid-upload.
+                    while size <= max.saturating_add(DRAIN_AFTER_LIMIT) {
+                        match field.chunk().await {
+                            Ok(Some(c)) => size += c.len() as u64,
+                            _ => break,
+                        }
+                    }
                     return Err(ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("upload over the limit of {max} bytes (max_upload_bytes)"),
