@@ -57,6 +57,7 @@ struct Hub {
     _dir: tempfile::TempDir,
     agent_dir: std::path::PathBuf,
     listener: Listener,
+    config: SessionConfig,
 }
 
 fn setup() -> Hub {
@@ -64,7 +65,12 @@ fn setup() -> Hub {
     let dir = tempfile::tempdir().unwrap();
     let ca = CertificateAuthority::generate("test-ca", Validity::days(1)).unwrap();
     let hub = ca
-        .issue_hub("hub1", &[], &["127.0.0.1".parse().unwrap()], Validity::days(1))
+        .issue_hub(
+            "hub1",
+            &[],
+            &["127.0.0.1".parse().unwrap()],
+            Validity::days(1),
+        )
         .unwrap();
     let agent = ca.issue_agent("agent-1", Validity::days(1)).unwrap();
     let mut hub_config = SessionConfig::new(Credentials {
@@ -73,7 +79,7 @@ fn setup() -> Hub {
         ca_pem: ca.cert_pem().to_string(),
     });
     hub_config.store_dir = dir.path().join("hub-store");
-    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), hub_config).unwrap();
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), hub_config.clone()).unwrap();
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir).unwrap();
     std::fs::write(agent_dir.join("agent.pem"), agent.cert_pem).unwrap();
@@ -81,11 +87,16 @@ fn setup() -> Hub {
     std::fs::write(agent_dir.join("ca.pem"), ca.cert_pem()).unwrap();
     // As `enroll` leaves it: the hub's address in DIR/hub.
     let addr = listener.local_addr().unwrap();
-    std::fs::write(agent_dir.join("hub"), format!("127.0.0.1:{}\n", addr.port())).unwrap();
+    std::fs::write(
+        agent_dir.join("hub"),
+        format!("127.0.0.1:{}\n", addr.port()),
+    )
+    .unwrap();
     Hub {
         _dir: dir,
         agent_dir,
         listener,
+        config: hub_config,
     }
 }
 
@@ -105,7 +116,12 @@ fn agent_config(dir: &Path) -> ServeConfig {
     c
 }
 
-fn start(dir: &Path) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+fn start(
+    dir: &Path,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve::run(
         agent_config(dir),
@@ -150,8 +166,11 @@ fn ack(session: &Session, req: &Envelope, attempt_id: &str, outcome: AckOutcome)
     );
 }
 
-async fn accept_and_register(hub: &Hub, files: &mut Vec<ReceivedFile>) -> (Session, Registration) {
-    let session = tokio::time::timeout(Duration::from_secs(10), hub.listener.accept())
+async fn accept_and_register(
+    listener: &Listener,
+    files: &mut Vec<ReceivedFile>,
+) -> (Session, Registration) {
+    let session = tokio::time::timeout(Duration::from_secs(10), listener.accept())
         .await
         .unwrap()
         .unwrap();
@@ -210,9 +229,19 @@ async fn serve_input(session: &Session, files: &mut Vec<ReceivedFile>, input: &'
     let req = next(session, files).await;
     let f: FetchInput = req.decode_user(kind::FETCH_INPUT).unwrap().unwrap();
     session
-        .respond(&req, Body::Reply(Reply { ok: true, message: String::new() }))
+        .respond(
+            &req,
+            Body::Reply(Reply {
+                ok: true,
+                message: String::new(),
+            }),
+        )
         .unwrap();
-    session.send_bytes(input, "talk.wav").finish().await.unwrap();
+    session
+        .send_bytes(input, "talk.wav")
+        .finish()
+        .await
+        .unwrap();
     assert!(!f.attempt_id.is_empty());
 }
 
@@ -221,7 +250,7 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
     let hub = setup();
     let (shutdown, task) = start(&hub.agent_dir);
     let mut files = Vec::new();
-    let (session, reg) = accept_and_register(&hub, &mut files).await;
+    let (session, reg) = accept_and_register(&hub.listener, &mut files).await;
     assert_eq!(reg.name, "test-agent");
     assert_eq!(reg.queues, ["gpu_priority", "gpu_fallback"]);
     assert_eq!(reg.max_concurrent_tasks, 2);
@@ -234,7 +263,10 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
     let a = assignment("a1", INPUT, false);
     assert!(assign(&session, &a).await.ok);
     let again = assign(&session, &a).await;
-    assert!(!again.ok && again.message.contains("already known"), "{again:?}");
+    assert!(
+        !again.ok && again.message.contains("already known"),
+        "{again:?}"
+    );
     serve_input(&session, &mut files, INPUT).await;
     let req = next(&session, &mut files).await;
     let c: Completion = req.decode_user(kind::COMPLETE).unwrap().unwrap();
@@ -243,14 +275,23 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
     assert_eq!(names, ["note.txt", "talk_result.json"]);
     // Every file is at the hub before the report.
     for x in &c.artifacts {
-        assert!(files.iter().any(|f| f.hash == x.hash), "{} not sent", x.name);
+        assert!(
+            files.iter().any(|f| f.hash == x.hash),
+            "{} not sent",
+            x.name
+        );
     }
     let result = files.iter().find(|f| f.hash == c.result_hash).unwrap();
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&result.path).unwrap()).unwrap();
     assert_eq!(doc["bytes"], INPUT.len());
     // The hub misses a file: it is sent again and the report repeated.
-    ack(&session, &req, "a1", AckOutcome::MissingFiles(vec![c.artifacts[0].hash.clone()]));
+    ack(
+        &session,
+        &req,
+        "a1",
+        AckOutcome::MissingFiles(vec![c.artifacts[0].hash.clone()]),
+    );
     let req = next(&session, &mut files).await;
     let c2: Completion = req.decode_user(kind::COMPLETE).unwrap().unwrap();
     assert_eq!(c2, c);
@@ -301,7 +342,10 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
     let mut v = assignment("c1", INPUT, false);
     v.content_type = "hologram".into();
     let r = assign(&session, &v).await;
-    assert!(!r.ok && r.message.contains("unsupported content type"), "{r:?}");
+    assert!(
+        !r.ok && r.message.contains("unsupported content type"),
+        "{r:?}"
+    );
     session
         .send_body(Body::ServerCommand(morag_transport::ServerCommand {
             command: "drain".into(),
@@ -332,7 +376,11 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
     assert!(f.retryable && f.error.contains("shutting down"), "{f:?}");
     ack(&session, &req, "e1", AckOutcome::Accepted);
     let bye = next(&session, &mut files).await;
-    assert!(matches!(bye.body, Body::WorkerShutdown(ref w) if w.graceful), "{:?}", bye.body);
+    assert!(
+        matches!(bye.body, Body::WorkerShutdown(ref w) if w.graceful),
+        "{:?}",
+        bye.body
+    );
     tokio::time::timeout(Duration::from_secs(15), task)
         .await
         .expect("run did not return")
@@ -345,7 +393,7 @@ async fn an_unacknowledged_result_survives_a_restart() {
     let hub = setup();
     let (shutdown, task) = start(&hub.agent_dir);
     let mut files = Vec::new();
-    let (session, _) = accept_and_register(&hub, &mut files).await;
+    let (session, _) = accept_and_register(&hub.listener, &mut files).await;
     const INPUT: &[u8] = b"input of the first run";
     let a = assignment("r1", INPUT, false);
     assert!(assign(&session, &a).await.ok);
@@ -360,13 +408,15 @@ async fn an_unacknowledged_result_survives_a_restart() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        std::fs::read_dir(hub.agent_dir.join("outbox")).unwrap().count(),
+        std::fs::read_dir(hub.agent_dir.join("outbox"))
+            .unwrap()
+            .count(),
         1
     );
 
     // The next run lists it as undelivered and delivers it.
     let (shutdown, task) = start(&hub.agent_dir);
-    let (session, reg) = accept_and_register(&hub, &mut files).await;
+    let (session, reg) = accept_and_register(&hub.listener, &mut files).await;
     assert_eq!(reg.undelivered.len(), 1, "{reg:?}");
     assert_eq!(reg.undelivered[0].attempt_id, "r1");
     let req = loop {
@@ -379,15 +429,80 @@ async fn an_unacknowledged_result_survives_a_restart() {
     assert_eq!(again, first);
     ack(&session, &req, "r1", AckOutcome::Duplicate);
     for _ in 0..100 {
-        if std::fs::read_dir(hub.agent_dir.join("outbox")).unwrap().count() == 0 {
+        if std::fs::read_dir(hub.agent_dir.join("outbox"))
+            .unwrap()
+            .count()
+            == 0
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        std::fs::read_dir(hub.agent_dir.join("outbox")).unwrap().count(),
+        std::fs::read_dir(hub.agent_dir.join("outbox"))
+            .unwrap()
+            .count(),
         0
     );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_waits_for_the_hub_and_registers_again_after_a_hub_restart() {
+    let Hub {
+        _dir,
+        agent_dir,
+        listener,
+        config,
+    } = setup();
+    let addr = listener.local_addr().unwrap();
+    // The hub is not up yet when the agent starts.
+    listener
+        .close(morag_transport::close_code::SHUTDOWN, "not yet")
+        .await;
+    drop(listener);
+    let (shutdown, task) = start(&agent_dir);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let listener = Listener::bind(addr, config.clone()).unwrap();
+    let mut files = Vec::new();
+    let (session, first) = accept_and_register(&listener, &mut files).await;
+    const INPUT: &[u8] = b"held across a restart";
+    assert!(assign(&session, &assignment("k1", INPUT, true)).await.ok);
+    serve_input(&session, &mut files, INPUT).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The hub restarts: the agent reconnects and registers again, listing its running work.
+    listener
+        .close(morag_transport::close_code::SHUTDOWN, "restarting")
+        .await;
+    drop(listener);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listener = Listener::bind(addr, config).unwrap();
+    let (session, second) = accept_and_register(&listener, &mut files).await;
+    assert_eq!(second.incarnation, first.incarnation, "same process");
+    assert_eq!(second.running.len(), 1, "{second:?}");
+    assert_eq!(second.running[0].attempt_id, "k1");
+
+    // The hub cancels it: stopped, acknowledged.
+    let req = tokio::time::timeout(Duration::from_secs(10), async {
+        session
+            .send_body(Body::TaskCancel(TaskCancel {
+                task_id: "k1".into(),
+                reason: "re-dispatched".into(),
+            }))
+            .unwrap();
+        next(&session, &mut files).await
+    })
+    .await
+    .unwrap();
+    let ca: CancelAck = req.decode_user(kind::CANCEL_ACK).unwrap().unwrap();
+    assert_eq!(ca.attempt_id, "k1");
+    ack(&session, &req, "k1", AckOutcome::Accepted);
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), task)
         .await

@@ -296,3 +296,49 @@ fn progress_reaches_100() {
     assert_eq!(seen.last(), Some(&100.0));
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
 }
+
+/// What `morag-agent process clip.mp4 --type video` runs: without a Whisper model the result
+/// says why there is no transcript, and the result document is written for every kind.
+#[test]
+fn dispatch_writes_the_result_file_and_explains_a_skipped_transcript() {
+    use morag_agent::media::{self as m, MediaKind, RunOptions};
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions::default();
+    opts.audio.model = media::dir().join("no-such-model.bin");
+    let clip = media::cut_video();
+    let r = m::run(
+        MediaKind::Video,
+        &clip,
+        &opts,
+        out.path(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    let note = r.result["transcription_skipped"].as_str().unwrap();
+    assert!(
+        note.starts_with("no Whisper model at ") && note.contains("no-such-model.bin"),
+        "{note}"
+    );
+    let name = m::result_file_name(&clip);
+    let doc = r
+        .artifacts
+        .iter()
+        .find(|a| a.name == name)
+        .expect("result artifact");
+    let back: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&doc.path).unwrap()).unwrap();
+    assert_eq!(back, r.result);
+
+    let still = media::still("dispatch.png", "64x48", &[]);
+    let r = m::run(
+        MediaKind::Image,
+        &still,
+        &opts,
+        out.path(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(r.artifacts.iter().any(|a| a.name == "dispatch_result.json"));
+}

@@ -26,9 +26,9 @@
 //!
 //! # Shutdown
 //! Cancelling `shutdown` drains: new work is refused, running work may finish for
-//! `shutdown_grace`, the rest is cancelled and reported as failed (retryable), the hub is told
-//! (`WorkerShutdown`), undelivered reports get `shutdown_delivery` to go out (the rest stay in
-//! the outbox for the next start), and the session closes.
+//! `shutdown_grace`, the rest is cancelled and reported as failed (retryable), undelivered
+//! reports get `shutdown_delivery` to go out (the rest stay in the outbox for the next start),
+//! the hub is told (`WorkerShutdown`), and the session closes.
 
 pub mod cleanup;
 pub mod config;
@@ -558,7 +558,7 @@ async fn serve(
 }
 
 /// Refuse new work, let running work finish for the grace period, cancel the rest (reported as
-/// retryable failures), tell the hub, and give undelivered reports a few seconds.
+/// retryable failures), give undelivered reports a few seconds, and tell the hub.
 async fn drain(agent: &Arc<Agent>) {
     agent.draining.store(true, Ordering::Release);
     let grace = agent.config.shutdown_grace;
@@ -585,17 +585,18 @@ async fn drain(agent: &Arc<Agent>) {
             tracing::warn!("attempts still running after cancellation");
         }
     }
-    if let Some(l) = agent.link.borrow().clone() {
-        let _ = l.session.send_body(Body::WorkerShutdown(WorkerShutdown {
-            reason: "agent shutting down".into(),
-            graceful: true,
-        }));
-    }
     let wait = agent.config.shutdown_delivery;
     if agent.pending_count() > 0 && !agent.wait_until(wait, |a| a.pending_count() == 0).await {
         tracing::warn!(
             count = agent.pending_count(),
             "reports not delivered; they stay in the outbox for the next start"
         );
+    }
+    // Last: the results above (failures of cancelled work included) go first.
+    if let Some(l) = agent.link.borrow().clone() {
+        let _ = l.session.send_body(Body::WorkerShutdown(WorkerShutdown {
+            reason: "agent shutting down".into(),
+            graceful: true,
+        }));
     }
 }
