@@ -56,7 +56,8 @@ pub struct ServeConfig {
     pub max_concurrent_tasks: u32,
     /// Largest input accepted (assignments above it are refused), bytes.
     pub max_file_size: u64,
-    /// Where job work directories go; `None`: `<dir>/jobs`.
+    /// Where job work directories go (in a `morag-jobs` folder of their own: cleanup removes
+    /// what no attempt owns there); `None`: `<dir>/jobs`.
     pub temp_dir: Option<PathBuf>,
     /// How often stale job directories and unused inputs are removed.
     pub cleanup_interval: Duration,
@@ -173,9 +174,10 @@ impl ServeConfig {
 
     /// Where job work directories live.
     pub fn jobs_dir(&self) -> PathBuf {
-        self.temp_dir
-            .clone()
-            .unwrap_or_else(|| self.dir.join("jobs"))
+        match &self.temp_dir {
+            Some(t) => t.join("morag-jobs"),
+            None => self.dir.join("jobs"),
+        }
     }
 }
 
@@ -724,7 +726,7 @@ mod tests {
         let c = load(Sources::default(), &env, &Flags::default()).unwrap();
         assert_eq!(c.worker_id.as_deref(), Some("w1"));
         assert_eq!(c.max_file_size, 2_500_000_000);
-        assert_eq!(c.jobs_dir(), PathBuf::from("/tmp/x"));
+        assert_eq!(c.jobs_dir(), PathBuf::from("/tmp/x/morag-jobs"));
         assert_eq!(c.cleanup_interval, Duration::from_secs(600));
         assert_eq!(c.task_timeout, Duration::from_secs(180));
         assert!(!c.enable_gpu);

@@ -165,7 +165,9 @@ pub fn registration(agent: &Agent) -> Registration {
         content_types: agent.content_types.iter().map(|k| k.to_string()).collect(),
         software_version: env!("CARGO_PKG_VERSION").to_string(),
         incarnation: agent.incarnation.clone(),
-        gpu_memory_free_bytes: sample.gpu_memory_free_bytes,
+        gpu_memory_free_bytes: sample
+            .gpu_memory_free_bytes
+            .or(agent.gpu_memory_free_at_start),
         running,
         undelivered,
         health: agent.health_report(),
@@ -327,6 +329,11 @@ pub fn refusal(agent: &Agent, a: &Assignment) -> Option<String> {
             "input of {} bytes exceeds this agent's limit of {} bytes",
             a.input.size, agent.config.max_file_size
         ));
+    }
+    if a.deadline_ms
+        .is_some_and(|d| d <= morag_transport::unix_ms())
+    {
+        return Some("the job's deadline has passed".into());
     }
     if agent.knows(&a.attempt_id) {
         return Some(format!("attempt {} is already known here", a.attempt_id));

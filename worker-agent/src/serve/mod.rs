@@ -129,6 +129,8 @@ pub struct Agent {
     pub incarnation: String,
     pub hardware_json: String,
     pub hostname: String,
+    /// Free GPU memory when the agent started (until the first health sample).
+    pub gpu_memory_free_at_start: Option<u64>,
     /// Our id from our certificate.
     pub agent_id: String,
     /// The agent id the hub answered with, once registered.
@@ -467,10 +469,16 @@ pub async fn run(
             tracing::warn!(configured = %w, certificate = %agent_id, "MORAG_REMOTE_WORKER_ID differs from the certificate's id; the certificate's is used");
         }
     }
-    let (hardware_json, hostname) = tokio::task::spawn_blocking(|| {
+    let (hardware_json, hostname, gpu_free) = tokio::task::spawn_blocking(|| {
         let hw = crate::hardware::HardwareFingerprint::detect();
         let host = hw.hostname.clone().unwrap_or_else(|| "unknown".into());
-        (serde_json::to_string(&hw).unwrap_or_default(), host)
+        let free = hw
+            .gpus
+            .iter()
+            .map(|g| g.memory_free_bytes)
+            .sum::<Option<u64>>()
+            .filter(|_| !hw.gpus.is_empty());
+        (serde_json::to_string(&hw).unwrap_or_default(), host, free)
     })
     .await?;
     let root = CancellationToken::new();
@@ -484,6 +492,7 @@ pub async fn run(
         incarnation: format!("{:016x}", rand::random::<u64>()),
         hardware_json,
         hostname,
+        gpu_memory_free_at_start: gpu_free,
         agent_id: agent_id.clone(),
         registered_id: OnceLock::new(),
         link: watch::channel(None).0,
