@@ -210,7 +210,7 @@ pub struct Attempt {
     pub dispatched_ms: u64,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
-    /// running, completed, failed, timed_out, lost, cancelled, refused.
+    /// running, completed, failed, timed_out, lost, cancelled, cancel_unacknowledged, refused.
     pub outcome: String,
     pub error: Option<String>,
 }

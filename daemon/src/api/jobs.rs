@@ -60,7 +60,9 @@ pub(crate) fn check_spec(hub: &Hub, spec: &JobSpec) -> ApiResult<Checked> {
     let ct = spec
         .content_type
         .as_deref()
-        .ok_or_else(|| ApiError::bad_request("missing content_type: audio, video or image"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request("missing the content type (field `type` or `content_type`): audio, video or image")
+        })?;
     let content_type = normalize_content_type(ct).ok_or_else(|| {
         ApiError::bad_request(format!(
             "unknown content type {ct:?}: expected audio, video or image"
@@ -107,6 +109,12 @@ pub(crate) fn check_spec(hub: &Hub, spec: &JobSpec) -> ApiResult<Checked> {
             ))
         })?),
     };
+    if deadline_ms.is_some_and(|d| d <= unix_ms()) {
+        return Err(ApiError::bad_request(format!(
+            "deadline {:?} is already past",
+            spec.deadline.as_deref().unwrap_or("")
+        )));
+    }
     let max_attempts = spec.max_attempts.unwrap_or(hub.config.max_attempts);
     if max_attempts == 0 || max_attempts > 100 {
         return Err(ApiError::bad_request("max_attempts must be 1..=100"));
@@ -367,12 +375,15 @@ async fn submit_multipart(
                     .insert(k.trim().to_string(), serde_json::Value::String(v.to_string()));
             }
             "options" | "task_options" => {
-                let map: BTreeMap<String, serde_json::Value> = parse_json(text.as_bytes())?;
+                let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
+                    .map_err(|e| {
+                        ApiError::bad_request(format!("field {name:?}: expected a JSON object: {e}"))
+                    })?;
                 spec.options.extend(map);
             }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown field {other:?}: expected file, type, queue, priority, gpu, option, options, external_ref, deadline, max_attempts"
+                    "unknown field {other:?}: expected file, type (or content_type), queue, priority, gpu, option, options (or task_options), external_ref (or ingestion_task_id), deadline, max_attempts"
                 )))
             }
         }
@@ -460,6 +471,7 @@ pub async fn result(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiR
     if job.state != JobState::Completed {
         let why = match &job.error {
             Some(e) => format!("job {id} is {}: {e}", job.state),
+            None if job.state.is_terminal() => format!("job {id} is {}; it has no result", job.state),
             None => format!("job {id} is {}; no result yet", job.state),
         };
         return Err(ApiError::new(StatusCode::CONFLICT, why));

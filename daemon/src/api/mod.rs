@@ -86,6 +86,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/healthz", get(healthz))
         .merge(api)
         .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route; see docs/api.md",
+            )
+        })
         // Uploads are limited by `max_upload_bytes` while they stream, not buffered.
         .layer(DefaultBodyLimit::disable())
         .with_state(hub)

@@ -71,7 +71,7 @@ pub async fn status(
     let job = match load(&hub, &id).await {
         Ok(j) => j,
         // MoRAG may ask by its own ingestion task id.
-        Err(e) if e.status == StatusCode::BAD_REQUEST => hub
+        Err(e) if e.status == StatusCode::BAD_REQUEST && !id.starts_with("job_") => hub
             .store
             .job_by_external_ref(&id)
             .await?

@@ -75,9 +75,17 @@ impl ApiClient {
 
     /// Send and turn the answer into JSON, or an error with the API's message.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-        let resp = self.auth(req).send().await.map_err(|e| Unreachable {
-            url: self.base.clone(),
-            reason: e.to_string(),
+        let resp = self.auth(req).send().await.map_err(|e| {
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                reason = format!("{reason}: {s}");
+                source = s.source();
+            }
+            Unreachable {
+                url: self.base.clone(),
+                reason,
+            }
         })?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();

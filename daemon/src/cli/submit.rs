@@ -54,7 +54,13 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     anyhow::ensure!(meta.is_file(), "{} is not a file", args.file.display());
     for o in &args.options {
-        anyhow::ensure!(o.contains('='), "--option {o:?}: expected key=value");
+        if !o.contains('=') {
+            return Err(crate::config::ConfigError {
+                field: "--option".into(),
+                message: format!("expected key=value, got {o:?}"),
+            }
+            .into());
+        }
     }
     let quiet = args.api.json;
     let name = args
