@@ -32,6 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Run as the hub's agent: take jobs, process them, deliver the results.
     Serve(ServeArgs),
+    /// Join a hub with a join token: make this machine's key, get its certificate.
+    Enroll(crate::enroll::EnrollArgs),
     /// Process one media file and print its MoRAG result as JSON.
     Process(ProcessArgs),
     /// Manage Whisper models.
@@ -223,6 +225,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Process(args) => process(args),
         Command::Serve(_) => anyhow::bail!("serve runs through cli::main"),
+        Command::Enroll(args) => crate::enroll::run(args),
         Command::Model(ModelCommand::ImportCt2 { dir, out }) => {
             let s = models::convert_ct2_dir(&dir, &out)
                 .with_context(|| format!("converting {}", dir.display()))?;

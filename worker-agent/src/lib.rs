@@ -8,6 +8,7 @@
 //! - `serve/`: the daemon (`morag-agent serve`): hub session, job runner, outbox, health.
 //! - `cli`: the `morag-agent` command line (`serve`, `process`, `model import-ct2`, `model fetch`).
 pub mod cli;
+pub mod enroll;
 pub mod gpu;
 pub mod hardware;
 pub mod media;
