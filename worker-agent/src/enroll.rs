@@ -32,10 +32,19 @@ pub struct EnrollArgs {
 
 /// The host name as an agent id: lowercase, characters outside `[a-z0-9-]` replaced.
 fn default_id() -> String {
-    let host = sysinfo::System::host_name().ok().unwrap_or_default().to_lowercase();
+    let host = sysinfo::System::host_name()
+        .ok()
+        .unwrap_or_default()
+        .to_lowercase();
     let id: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let id = id.trim_matches('-').to_string();
     if morag_certs::validate_id(&id).is_ok() {
@@ -56,7 +65,10 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
     morag_certs::validate_id(&id).map_err(|e| anyhow::anyhow!("--id {id:?}: {e}"))?;
     let options = EnrollOptions {
         force: args.force,
-        name: args.name.clone().or_else(|| sysinfo::System::host_name().ok()),
+        name: args
+            .name
+            .clone()
+            .or_else(|| sysinfo::System::host_name().ok()),
         ..Default::default()
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -70,7 +82,13 @@ pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", args.dir.join("hub").display()))?;
     println!("enrolled as {} with the hub at {hub}", enrolled.identity.id);
     println!("  certificate: {}", enrolled.cert_path.display());
-    println!("  key:         {} (never leaves this machine)", enrolled.key_path.display());
-    println!("  start:       morag-agent serve --dir {}", args.dir.display());
+    println!(
+        "  key:         {} (never leaves this machine)",
+        enrolled.key_path.display()
+    );
+    println!(
+        "  start:       morag-agent serve --dir {}",
+        args.dir.display()
+    );
     Ok(())
 }

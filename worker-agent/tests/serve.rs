@@ -345,3 +345,81 @@ async fn the_agent_waits_for_the_hub_and_registers_again_after_a_hub_restart() {
         .unwrap()
         .unwrap();
 }
+
+#[path = "audio_common/mod.rs"]
+#[macro_use]
+mod audio_common;
+
+/// The real processor behind `serve`: an audio job transcribed with the shared model, and its
+/// MoRAG files delivered with the result document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_job_is_transcribed_with_the_shared_model() {
+    let model = fixture_or_skip!("serve_audio", audio_common::model());
+    let jfk = fixture_or_skip!("serve_audio", audio_common::jfk());
+    let hub = setup();
+    let processor = tokio::task::spawn_blocking(move || {
+        serve::MediaProcessor::load(model, &morag_agent::gpu::GpuConfig::default(), None)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve::run(
+        agent_config(&hub.agent_dir),
+        Arc::new(processor),
+        shutdown.clone(),
+    ));
+    let mut files = Vec::new();
+    let (session, reg) = accept_and_register(&hub.listener, &mut files).await;
+    assert_eq!(reg.content_types, ["audio", "video", "image"]);
+    let input: &'static [u8] = Box::leak(std::fs::read(&jfk).unwrap().into_boxed_slice());
+    let mut a = assignment("w1", input, false);
+    a.options.insert("language".into(), "en".into());
+    assert!(assign(&session, &a).await.ok);
+    serve_input(&session, &mut files, input).await;
+    let req = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let m = next(&session, &mut files).await;
+            if m.decode_user::<Completion>(kind::COMPLETE).is_some() {
+                return m;
+            }
+            if let Some(f) = m.decode_user::<morag_protocol::Failure>(kind::FAIL) {
+                panic!("failed: {:?}", f.unwrap());
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let c: Completion = req.decode_user(kind::COMPLETE).unwrap().unwrap();
+    let mut names: Vec<_> = c.artifacts.iter().map(|x| x.name.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "talk.md",
+            "talk_metadata.json",
+            "talk_result.json",
+            "talk_segments.json",
+            "talk_transcript.txt"
+        ]
+    );
+    let doc = files.iter().find(|f| f.hash == c.result_hash).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&doc.path).unwrap()).unwrap();
+    assert!(
+        doc["transcript"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("country"),
+        "{}",
+        doc["transcript"]
+    );
+    ack(&session, &req, "w1", AckOutcome::Accepted);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -60,6 +60,13 @@ pub async fn maintain(agent: Arc<Agent>, client: Client, hub: String) {
                 failures = 0;
                 tracing::info!(hub = %hub, peer = session.peer_id(), "connected to the hub");
                 serve_session(&agent, session).await;
+                // Not straight back: a hub that closes every session must not be hammered.
+                let pause = agent.config.reconnect.delay(0, rand::random::<f64>());
+                tokio::select! {
+                    biased;
+                    _ = agent.root.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
             Err(error) => {
                 let delay = agent
@@ -178,9 +185,7 @@ pub fn registration(agent: &Agent) -> Registration {
 fn spawn_register(agent: &Arc<Agent>, session: &Session) {
     let agent2 = agent.clone();
     let session = session.clone();
-    agent
-        .tasks
-        .spawn(async move { register(agent2, session).await });
+    agent.spawn(async move { register(agent2, session).await });
 }
 
 /// Register on `session`, retrying with backoff until the hub answers or the session ends.
@@ -363,9 +368,7 @@ fn assign(agent: &Arc<Agent>, session: &Session, env: &Envelope, a: Assignment) 
     respond(session, env, true, "accepted".into());
     tracing::info!(job_id = %a.job_id, attempt_id = %a.attempt_id, content_type = %a.content_type, input = %a.input.name, size = a.input.size, "assignment accepted");
     let agent2 = agent.clone();
-    agent
-        .tasks
-        .spawn(async move { super::runner::run_attempt(agent2, a, running).await });
+    agent.spawn(async move { super::runner::run_attempt(agent2, a, running).await });
 }
 
 /// How long to wait before the next registration or delivery try.

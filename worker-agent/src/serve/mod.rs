@@ -188,6 +188,14 @@ impl Agent {
             .await;
     }
 
+    /// Run `fut` as one of the agent's tasks, in the current tracing span.
+    pub(crate) fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(fut.in_current_span());
+    }
+
     /// Publish a session we just registered on.
     pub(crate) fn set_link(&self, session: Session) -> u64 {
         let id = self.next_link.fetch_add(1, Ordering::AcqRel) + 1;
@@ -315,8 +323,7 @@ impl Agent {
         }
         self.bump();
         let agent = self.clone();
-        self.tasks
-            .spawn(async move { delivery::deliver(agent, report, stop, seq).await });
+        self.spawn(async move { delivery::deliver(agent, report, stop, seq).await });
     }
 
     /// The report of `attempt_id` is done with (acknowledged or dropped): forget it, its
@@ -332,8 +339,8 @@ impl Agent {
         if owned {
             if let Some(p) = pending.remove(attempt_id) {
                 p.stop.cancel();
-                if let Some(dir) = p.report.work_dir() {
-                    let _ = std::fs::remove_dir_all(dir);
+                if let Some(dir) = p.report.work_dir().map(|d| d.to_path_buf()) {
+                    remove_dir_in_background(dir);
                 }
                 if let Err(e) = self.outbox.remove(attempt_id) {
                     tracing::warn!(attempt_id, error = %e, "cannot remove outbox entry");
@@ -397,6 +404,21 @@ impl Agent {
             undelivered,
             max_consecutive_failures: self.config.max_consecutive_failures,
         })
+    }
+}
+
+/// Remove a work directory on a blocking thread (inline when there is no runtime).
+pub(crate) fn remove_dir_in_background(dir: PathBuf) {
+    let remove = move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot remove work directory");
+            }
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => drop(h.spawn_blocking(remove)),
+        Err(_) => remove(),
     }
 }
 
@@ -537,11 +559,9 @@ async fn serve(
         agent.start_delivery(report);
     }
 
-    agent
-        .tasks
-        .spawn(connection::maintain(agent.clone(), client.clone(), hub));
-    agent.tasks.spawn(health::run_loop(agent.clone()));
-    agent.tasks.spawn(cleanup::run_loop(agent.clone()));
+    agent.spawn(connection::maintain(agent.clone(), client.clone(), hub));
+    agent.spawn(health::run_loop(agent.clone()));
+    agent.spawn(cleanup::run_loop(agent.clone()));
 
     shutdown.cancelled().await;
     drain(&agent).await;

@@ -63,20 +63,14 @@ pub async fn run_attempt(agent: Arc<Agent>, a: Assignment, running: Arc<Running>
         let work = agent.jobs_dir.join(super::outbox::safe_name(&a.attempt_id));
         let ended = attempt(&agent, &a, &running, &work).await;
         let report = build_report(&agent, &a, &running, &work, ended, started);
-        let report = match report {
-            Some(r) => match agent.outbox.write(&r) {
-                Ok(()) => Some(r),
-                Err(e) => {
-                    // Delivered from memory; lost only if the agent also stops before that.
-                    tracing::error!(error = %e, "cannot write the report to the outbox");
-                    Some(r)
-                }
-            },
-            None => {
-                let _ = std::fs::remove_dir_all(&work);
-                None
+        if let Some(r) = &report {
+            // Delivered from memory if this fails; lost only if the agent also stops first.
+            if let Err(e) = write_outbox(&agent, r).await {
+                tracing::error!(error = %e, "cannot write the report to the outbox");
             }
-        };
+        } else {
+            super::remove_dir_in_background(work.clone());
+        }
         agent.set_processing(&running, false);
         agent.finish(&a.attempt_id, report);
     }
@@ -238,6 +232,14 @@ async fn obtain_input(agent: &Arc<Agent>, a: &Assignment) -> Result<PathBuf, End
     }
 }
 
+/// Write `report` to the outbox on a blocking thread (it syncs to disk).
+async fn write_outbox(agent: &Agent, report: &Report) -> std::io::Result<()> {
+    let (outbox, report) = (agent.outbox.clone(), report.clone());
+    tokio::task::spawn_blocking(move || outbox.write(&report))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 fn input_timeout(agent: &Agent) -> Ended {
     Ended::NoInput {
         error: format!(
@@ -380,6 +382,11 @@ pub fn cancel(agent: &Arc<Agent>, attempt_id: &str) {
         r.stop(StopReason::HubCancel);
         return;
     }
+    let (agent2, id) = (agent.clone(), attempt_id.to_string());
+    agent.spawn(async move { ack_not_running(&agent2, &id).await });
+}
+
+async fn ack_not_running(agent: &Arc<Agent>, attempt_id: &str) {
     let job_id = agent
         .pending_report(attempt_id)
         .map(|r| r.job_id().to_string())
@@ -396,7 +403,7 @@ pub fn cancel(agent: &Arc<Agent>, attempt_id: &str) {
         attempt_id: attempt_id.to_string(),
         not_running: true,
     });
-    if let Err(e) = agent.outbox.write(&ack) {
+    if let Err(e) = write_outbox(agent, &ack).await {
         tracing::warn!(attempt_id, error = %e, "cannot write the cancel ack to the outbox");
     }
     agent.start_delivery(ack);
