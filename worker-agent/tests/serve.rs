@@ -15,6 +15,7 @@ use morag_agent::serve::{self, JobSpec, Processor, ServeConfig};
 use morag_protocol::{kind, AckOutcome, CancelAck, Completion};
 use morag_transport::{Body, Listener, TaskCancel};
 use serve_common::*;
+
 use tokio_util::sync::CancellationToken;
 
 /// Writes one artifact; with option `block`, waits for cancellation instead.
@@ -318,26 +319,24 @@ async fn the_agent_waits_for_the_hub_and_registers_again_after_a_hub_restart() {
     drop(listener);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let listener = Listener::bind(addr, config).unwrap();
-    let (session, second) = accept_and_register(&listener, &mut files).await;
+    // The new hub fences the attempt off: it is stopped and nothing is reported for it.
+    let (session, second) = accept_and_register_with(&listener, &mut files, &["k1"]).await;
     assert_eq!(second.incarnation, first.incarnation, "same process");
     assert_eq!(second.running.len(), 1, "{second:?}");
     assert_eq!(second.running[0].attempt_id, "k1");
 
-    // The hub cancels it: stopped, acknowledged.
-    let req = tokio::time::timeout(Duration::from_secs(10), async {
-        session
-            .send_body(Body::TaskCancel(TaskCancel {
-                task_id: "k1".into(),
-                reason: "re-dispatched".into(),
-            }))
-            .unwrap();
-        next(&session, &mut files).await
-    })
-    .await
-    .unwrap();
-    let ca: CancelAck = req.decode_user(kind::CANCEL_ACK).unwrap().unwrap();
-    assert_eq!(ca.attempt_id, "k1");
-    ack(&session, &req, "k1", AckOutcome::Accepted);
+    // A job past its time limit fails as timed out (retryable).
+    let mut t = assignment("t1", INPUT, true);
+    t.timeout_ms = Some(300);
+    assert!(assign(&session, &t).await.ok);
+    let req = next(&session, &mut files).await;
+    let f: morag_protocol::Failure = req
+        .decode_user(kind::FAIL)
+        .unwrap_or_else(|| panic!("expected fail, got {}", req.body.kind()))
+        .unwrap();
+    assert_eq!(f.attempt_id, "t1", "k1 was abandoned: no report for it");
+    assert!(f.timed_out && f.retryable, "{f:?}");
+    ack(&session, &req, "t1", AckOutcome::Accepted);
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), task)
         .await
@@ -417,6 +416,51 @@ async fn an_audio_job_is_transcribed_with_the_shared_model() {
     );
     ack(&session, &req, "w1", AckOutcome::Accepted);
     shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_hub_lost_stop_cancels_running_work() {
+    let Hub {
+        _dir,
+        agent_dir,
+        listener,
+        config,
+    } = setup();
+    let addr = listener.local_addr().unwrap();
+    let mut c = agent_config(&agent_dir);
+    c.on_hub_lost = serve::OnHubLost::Stop;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve::run(c, Arc::new(Stub), shutdown.clone()));
+    let mut files = Vec::new();
+    let (session, _) = accept_and_register(&listener, &mut files).await;
+    const INPUT: &[u8] = b"lost with the hub";
+    assert!(assign(&session, &assignment("s1", INPUT, true)).await.ok);
+    serve_input(&session, &mut files, INPUT).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    listener
+        .close(morag_transport::close_code::SHUTDOWN, "restarting")
+        .await;
+    drop(listener);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = Listener::bind(addr, config).unwrap();
+    let (session, reg) = accept_and_register(&listener, &mut files).await;
+    assert!(reg.running.is_empty(), "{reg:?}");
+    assert!(
+        reg.undelivered.is_empty(),
+        "nothing is reported for it: {reg:?}"
+    );
+    shutdown.cancel();
+    let bye = next(&session, &mut files).await;
+    assert!(
+        matches!(bye.body, Body::WorkerShutdown(_)),
+        "{:?}",
+        bye.body
+    );
     tokio::time::timeout(Duration::from_secs(20), task)
         .await
         .unwrap()

@@ -98,6 +98,15 @@ pub async fn accept_and_register(
     listener: &Listener,
     files: &mut Vec<ReceivedFile>,
 ) -> (Session, Registration) {
+    accept_and_register_with(listener, files, &[]).await
+}
+
+/// Accept the agent's session and answer its registration, fencing off `abandon`.
+pub async fn accept_and_register_with(
+    listener: &Listener,
+    files: &mut Vec<ReceivedFile>,
+    abandon: &[&str],
+) -> (Session, Registration) {
     let session = tokio::time::timeout(Duration::from_secs(10), listener.accept())
         .await
         .unwrap()
@@ -111,7 +120,7 @@ pub async fn accept_and_register(
         &Registered {
             agent_id: "agent-1".into(),
             keep: vec![],
-            abandon: vec![],
+            abandon: abandon.iter().map(|s| s.to_string()).collect(),
             drained: false,
         },
     );
