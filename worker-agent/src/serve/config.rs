@@ -341,6 +341,22 @@ fn queue_list(field: &str, s: &str) -> Result<Vec<String>, ConfigError> {
     Ok(q)
 }
 
+fn log_level(field: &str, s: &str) -> Result<String, ConfigError> {
+    let l = s.trim().to_ascii_lowercase();
+    let l = if l == "warning" {
+        "warn".to_string()
+    } else {
+        l
+    };
+    match l.as_str() {
+        "trace" | "debug" | "info" | "warn" | "error" | "off" => Ok(l),
+        _ => Err(invalid(
+            field,
+            format!("expected trace, debug, info, warn, error or off, got {s:?}"),
+        )),
+    }
+}
+
 fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
     parse_duration(s).map_err(|m| invalid(field, m))
 }
@@ -492,7 +508,7 @@ fn apply_file(c: &mut ServeConfig, path: &str, text: &str) -> Result<(), ConfigE
         c.max_consecutive_failures = v;
     }
     if let Some(v) = f.log_level {
-        c.log_level = Some(v);
+        c.log_level = Some(log_level("log_level", &v)?);
     }
     if let Some(v) = f.log_file {
         c.log_file = Some(v);
@@ -581,8 +597,8 @@ fn apply_env(c: &mut ServeConfig, get: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some((k, v)) = var("MAX_CONSECUTIVE_FAILURES") {
         c.max_consecutive_failures = positive_int(&k, &v)?;
     }
-    if let Some((_, v)) = var("LOG_LEVEL") {
-        c.log_level = Some(v.trim().to_lowercase());
+    if let Some((k, v)) = var("LOG_LEVEL") {
+        c.log_level = Some(log_level(&k, &v)?);
     }
     if let Some((_, v)) = var("LOG_FILE") {
         c.log_file = Some(PathBuf::from(v));
@@ -756,6 +772,7 @@ mod tests {
         assert!(err(&[("MORAG_REMOTE_WORKER_CAPABILITY", "tpu")])
             .starts_with("MORAG_REMOTE_WORKER_CAPABILITY: unknown capability"));
         assert!(err(&[("MORAG_REMOTE_ENABLE_GPU", "maybe")]).starts_with("MORAG_REMOTE_ENABLE_GPU"));
+        assert!(err(&[("MORAG_REMOTE_LOG_LEVEL", "chatty")]).starts_with("MORAG_REMOTE_LOG_LEVEL"));
         assert!(err(&[("MORAG_REMOTE_THUMBNAIL_QUALITY", "101")])
             .starts_with("MORAG_REMOTE_THUMBNAIL_QUALITY"));
 
