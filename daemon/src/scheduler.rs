@@ -3,7 +3,8 @@
 //! An agent can take a job when it serves the job's queue, processes its content type, has a
 //! free slot, is connected, healthy and not draining. Among those, GPU needs decide:
 //! `required` -> GPU agents only; `preferred` -> GPU agents, and agents of the queue's
-//! fallback queue (CPU ones included) once the job has waited `gpu_wait`; `any` -> everyone.
+//! fallback queue (CPU ones included) once the job has waited `gpu_wait`; `any` -> the queue's
+//! and the fallback queue's agents at once.
 //! The least loaded agent wins (active / max), then the one with more free slots, then the
 //! lowest id, so load spreads and the choice is repeatable.
 
@@ -76,15 +77,17 @@ pub fn pick(want: &Want<'_>, candidates: &[Candidate], policy: &Policy<'_>) -> O
             })
             .map(|(i, _)| i)
     };
+    let fallback = policy.fallback_queues.get(want.queue);
+    let anyone = |c: &Candidate| able(c, want.queue) || fallback.is_some_and(|f| able(c, f));
     match want.gpu {
         GpuNeed::Required => best(&|c| c.gpu && able(c, want.queue)),
-        GpuNeed::Any => best(&|c| able(c, want.queue)),
+        // No GPU needed: the queue's agents and its fallback queue's, at once.
+        GpuNeed::Any => best(&anyone),
         GpuNeed::Preferred => best(&|c| c.gpu && able(c, want.queue)).or_else(|| {
             if want.waited_ms < policy.gpu_wait_ms {
                 return None;
             }
-            let fallback = policy.fallback_queues.get(want.queue);
-            best(&|c| able(c, want.queue) || fallback.is_some_and(|f| able(c, f)))
+            best(&anyone)
         }),
     }
 }
@@ -135,11 +138,12 @@ mod tests {
             pick(&want(GpuNeed::Preferred, 1_000), &cands, &policy(&map)),
             Some(1)
         );
-        // Required never falls back.
+        // Required never falls back; Any goes to the fallback queue at once.
         assert_eq!(
             pick(&want(GpuNeed::Required, 1_000_000), &cands, &policy(&map)),
             None
         );
+        assert_eq!(pick(&want(GpuNeed::Any, 0), &cands, &policy(&map)), Some(1));
     }
 
     #[test]

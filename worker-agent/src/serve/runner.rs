@@ -272,12 +272,9 @@ fn build_report(
     };
     match running.stop_reason() {
         Some(StopReason::HubCancel) => {
-            tracing::info!("attempt cancelled by the hub");
-            return Some(Report::CancelAck(CancelAck {
-                job_id: a.job_id.clone(),
-                attempt_id: a.attempt_id.clone(),
-                not_running: false,
-            }));
+            // Acknowledged when the cancel arrived (`cancel`).
+            tracing::info!(elapsed = ?started.elapsed(), "attempt stopped after the hub's cancel");
+            return None;
         }
         Some(StopReason::Abandoned) | Some(StopReason::HubLost) => {
             tracing::info!(reason = ?running.stop_reason(), "attempt stopped; nothing to report");
@@ -379,7 +376,22 @@ fn completion(
 /// delivery is dropped.
 pub fn cancel(agent: &Arc<Agent>, attempt_id: &str) {
     if let Some(r) = agent.running(attempt_id) {
+        // Stop the work, and tell the hub at once: the attempt is fenced off from here on
+        // (its result is never delivered), so the job need not wait for the processor to
+        // reach its next cancellation point (whisper checks between encoder passes).
         r.stop(StopReason::HubCancel);
+        let ack = Report::CancelAck(CancelAck {
+            job_id: r.job_id.clone(),
+            attempt_id: attempt_id.to_string(),
+            not_running: false,
+        });
+        let agent2 = agent.clone();
+        agent.spawn(async move {
+            if let Err(e) = write_outbox(&agent2, &ack).await {
+                tracing::warn!(error = %e, "cannot write the cancel ack to the outbox");
+            }
+            agent2.start_delivery(ack);
+        });
         return;
     }
     let (agent2, id) = (agent.clone(), attempt_id.to_string());
