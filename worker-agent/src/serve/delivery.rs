@@ -1,9 +1,12 @@
-//! Delivering a report until the hub's final ack: a completion's files first (each
-//! `send_file(..).finish()` returns once the hub holds the verified file; files it has already
-//! are skipped), then the `complete` / `fail` / `cancel_ack` request. Accepted, duplicate and
-//! stale acks end the delivery; missing files are sent again and the report repeated; a retry
-//! ack, no answer or a lost session means trying again with backoff, forever and across
-//! reconnects, until the agent stops (the report stays in the outbox for its next start).
+//! Delivering a report until the hub's final ack: the `complete` / `fail` / `cancel_ack`
+//! request first; when the hub answers that it misses a completion's files (it does for a
+//! current attempt whose files it does not hold yet), those files (each `send_file(..).finish()`
+//! returns once the hub holds the verified file), then the report again. So a stale attempt
+//! never uploads anything (the hub refuses files from agents with no attempt out), and a
+//! repeated report costs one round trip. Accepted, duplicate and stale acks end the delivery;
+//! a retry ack, no answer or a lost session means trying again with backoff, forever and
+//! across reconnects, until the agent stops (the report stays in the outbox for its next
+//! start).
 
 use std::sync::Arc;
 
@@ -47,8 +50,9 @@ pub async fn deliver(agent: Arc<Agent>, report: Report, stop: CancellationToken,
 
 async fn deliver_inner(agent: Arc<Agent>, mut report: Report, stop: CancellationToken, seq: u64) {
     let mut failures = 0u32;
-    // None: send every file; Some: only these hashes.
-    let mut only: Option<Vec<String>> = None;
+    // None: send every file; Some: only these hashes. The report goes first: the hub says
+    // which files it misses.
+    let mut only: Option<Vec<String>> = Some(Vec::new());
     loop {
         let link = tokio::select! {
             biased;
@@ -79,7 +83,7 @@ async fn deliver_inner(agent: Arc<Agent>, mut report: Report, stop: Cancellation
                 }
             }
             Try::Retry(why) => {
-                only = None;
+                only = Some(Vec::new());
                 tracing::warn!(error = %why, tries = failures + 1, "report not delivered yet");
             }
             Try::FilesLost(why) => {
