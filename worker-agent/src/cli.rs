@@ -428,8 +428,11 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
             ..Default::default()
         };
         let quality = config.thumbnail_quality;
+        // Jobs that run at once share the cores.
+        let threads = audio::default_threads() / config.max_concurrent_tasks.max(1) as usize;
         let processor = tokio::task::spawn_blocking(move || {
             crate::serve::MediaProcessor::load(model, &gpu, quality)
+                .map(|p| p.with_threads(threads))
         })
         .await??;
         crate::serve::run(config, std::sync::Arc::new(processor), shutdown).await

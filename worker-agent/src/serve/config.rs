@@ -833,6 +833,29 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let text = include_str!("../../agent.example.toml");
+        let c = load(
+            Sources {
+                file: Some(("agent.example.toml", text)),
+                dotenv: None,
+            },
+            &no_env,
+            &Flags::default(),
+        )
+        .unwrap();
+        let d = ServeConfig::default();
+        assert_eq!(c.max_file_size, d.max_file_size);
+        assert_eq!(c.cleanup_interval, d.cleanup_interval);
+        assert_eq!(c.heartbeat_interval, d.heartbeat_interval);
+        assert_eq!(c.health_check_interval, d.health_check_interval);
+        assert_eq!(c.shutdown_grace, d.shutdown_grace);
+        assert_eq!(c.input_timeout, d.input_timeout);
+        assert_eq!(c.on_hub_lost, d.on_hub_lost);
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
     fn dotenv_lines() {
         let m = parse_dotenv("# x\nexport A=1\nB = \"two words\"\nC=3 # note\n\n").unwrap();
         assert_eq!(m["A"], "1");

@@ -76,6 +76,12 @@ impl MediaProcessor {
         Ok(Self::new(opts))
     }
 
+    /// Whisper threads per job (e.g. the cores divided by the jobs that run at once).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.opts.audio.threads = threads.max(1);
+        self
+    }
+
     /// The options of one job: the defaults with the assignment's `language` and `translate`.
     fn job_options(&self, job: &JobSpec) -> Result<RunOptions, ProcessError> {
         let mut opts = self.opts.clone();
