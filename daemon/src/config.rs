@@ -63,7 +63,10 @@ pub struct HubConfig {
     pub retry_delay: Duration,
     /// How often the dispatcher looks at the queue when nothing wakes it.
     pub dispatch_interval: Duration,
+    /// Largest upload, and largest artifact an agent may send.
     pub max_upload_bytes: u64,
+    /// Refuse artifacts that would take the content store past this size (none: no quota).
+    pub max_store_bytes: Option<u64>,
     /// Default lifetime of a join token.
     pub token_ttl: Duration,
     /// Graceful shutdown: how long to wait for agents to be told and connections to close.
@@ -97,6 +100,7 @@ impl Default for HubConfig {
             retry_delay: Duration::from_secs(1),
             dispatch_interval: Duration::from_millis(500),
             max_upload_bytes: 10_000_000_000,
+            max_store_bytes: None,
             token_ttl: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
             heartbeat_interval: Duration::from_millis(500),
@@ -127,6 +131,7 @@ pub const KEYS: &[&str] = &[
     "retry_delay",
     "dispatch_interval",
     "max_upload_bytes",
+    "max_store_bytes",
     "token_ttl",
     "shutdown_grace",
     "heartbeat_interval",
@@ -267,6 +272,12 @@ impl HubConfig {
             }
             "max_upload_bytes" => {
                 self.max_upload_bytes = parse_num(field, value, "a number of bytes")?
+            }
+            "max_store_bytes" => {
+                self.max_store_bytes = match value.trim() {
+                    "" | "none" => None,
+                    v => Some(parse_num(field, v, "a number of bytes or none")?),
+                }
             }
             "token_ttl" => self.token_ttl = parse_duration(field, value)?,
             "shutdown_grace" => self.shutdown_grace = parse_duration(field, value)?,

@@ -51,6 +51,12 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         dead_after: config.heartbeat_interval * 5,
     };
     session.close_grace = config.shutdown_grace;
+    let attempts = crate::hub::AttemptTable::default();
+    session.accept_filter = Some(crate::hub::artifact_filter(
+        attempts.clone(),
+        config.max_upload_bytes,
+    ));
+    session.max_store_bytes = config.max_store_bytes;
     let listener = Listener::bind(config.quic, session)
         .with_context(|| format!("binding QUIC on {}", config.quic))?;
     let quic = listener.local_addr()?;
@@ -84,6 +90,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         config,
         store,
         listener,
+        attempts,
         data.api_token.clone(),
         data.ca_fingerprint,
         shutdown.clone(),

@@ -12,7 +12,13 @@ use morag_transport::{Client, ConnectError, Credentials, SessionConfig};
 use serde_json::json;
 
 fn files_in(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir).map(|d| d.filter_map(Result::ok).filter(|e| e.path().is_file()).count()).unwrap_or(0)
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().is_file())
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -26,38 +32,85 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
     let r = api.http.get(url("/api/v1/jobs")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("bearer token"), "{body}");
-    let r = api.http.get(url("/api/v1/jobs")).bearer_auth("nope").send().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("bearer token"),
+        "{body}"
+    );
+    let r = api
+        .http
+        .get(url("/api/v1/jobs"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // Health needs no token.
-    assert_eq!(api.http.get(url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        api.http.get(url("/healthz")).send().await.unwrap().status(),
+        200
+    );
 
     // Unknown type (multipart), oversize upload, missing file part.
-    let form = reqwest::multipart::Form::new()
-        .text("type", "text")
-        .part("file", reqwest::multipart::Part::bytes(vec![1u8; 1000]).file_name("a.txt"));
-    let r = api.http.post(url("/api/v1/jobs")).bearer_auth(&api.token).multipart(form).send().await.unwrap();
+    let form = reqwest::multipart::Form::new().text("type", "text").part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![1u8; 1000]).file_name("a.txt"),
+    );
+    let r = api
+        .http
+        .post(url("/api/v1/jobs"))
+        .bearer_auth(&api.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("unknown content type"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown content type"),
+        "{body}"
+    );
 
-    let form = reqwest::multipart::Form::new()
-        .text("type", "audio")
-        .part("file", reqwest::multipart::Part::bytes(vec![7u8; 300_000]).file_name("big.wav"));
-    let r = api.http.post(url("/api/v1/jobs")).bearer_auth(&api.token).multipart(form).send().await.unwrap();
+    let form = reqwest::multipart::Form::new().text("type", "audio").part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![7u8; 300_000]).file_name("big.wav"),
+    );
+    let r = api
+        .http
+        .post(url("/api/v1/jobs"))
+        .bearer_auth(&api.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
 
     let form = reqwest::multipart::Form::new().text("type", "audio");
-    let r = api.http.post(url("/api/v1/jobs")).bearer_auth(&api.token).multipart(form).send().await.unwrap();
+    let r = api
+        .http
+        .post(url("/api/v1/jobs"))
+        .bearer_auth(&api.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 
     // Malformed JSON, unknown field, missing file on the hub's host.
     for (body, expect) in [
         ("{not json", "malformed JSON"),
-        (r#"{"content_type":"audio","source_file_path":"/x","colour":"red"}"#, "unknown field"),
-        (r#"{"content_type":"audio","source_file_path":"/nonexistent/a.wav"}"#, "does not exist"),
+        (
+            r#"{"content_type":"audio","source_file_path":"/x","colour":"red"}"#,
+            "unknown field",
+        ),
+        (
+            r#"{"content_type":"audio","source_file_path":"/nonexistent/a.wav"}"#,
+            "does not exist",
+        ),
         (r#"{"content_type":"audio"}"#, "source_file_path"),
     ] {
         let r = api
@@ -77,14 +130,21 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
     // Bad id, unknown id, bad listing filter, unknown route.
     let (s, v) = api.get("/api/v1/jobs/..%2Fetc").await;
     assert_eq!(s, 400, "{v}");
-    let (s, _) = api.get("/api/v1/jobs/job_0123456789abcdef0123456789abcdef").await;
+    let (s, _) = api
+        .get("/api/v1/jobs/job_0123456789abcdef0123456789abcdef")
+        .await;
     assert_eq!(s, 404);
     let (s, v) = api.get("/api/v1/jobs?state=done").await;
     assert_eq!(s, 400);
     assert!(v["error"].as_str().unwrap().contains("done"));
     let (s, _) = api.get("/api/v1/nothing").await;
     assert_eq!(s, 404);
-    let (s, _) = api.post("/api/v1/jobs/job_0123456789abcdef0123456789abcdef/cancel", &json!({})).await;
+    let (s, _) = api
+        .post(
+            "/api/v1/jobs/job_0123456789abcdef0123456789abcdef/cancel",
+            &json!({}),
+        )
+        .await;
     assert_eq!(s, 404);
 
     // Nothing stored.
@@ -93,7 +153,10 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
     assert_eq!(files_in(&hub.dir.join("store")), 0);
     assert_eq!(files_in(&hub.dir.join("uploads")), 0);
     // And the hub is still up.
-    assert_eq!(api.http.get(url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        api.http.get(url("/healthz")).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -112,11 +175,21 @@ async fn morag_remote_jobs_shape() {
     assert_eq!(s, 201, "{v}");
     let id = v["job_id"].as_str().unwrap().to_string();
     assert_eq!(v["status"], "pending");
-    let (s, st) = hub.api.get(&format!("/api/v1/remote-jobs/{id}/status")).await;
+    let (s, st) = hub
+        .api
+        .get(&format!("/api/v1/remote-jobs/{id}/status"))
+        .await;
     assert_eq!(s, 200);
     for key in [
-        "job_id", "status", "worker_id", "created_at", "started_at", "completed_at",
-        "error_message", "retry_count", "estimated_completion",
+        "job_id",
+        "status",
+        "worker_id",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "error_message",
+        "retry_count",
+        "estimated_completion",
     ] {
         assert!(st.get(key).is_some(), "{key} missing in {st}");
     }
@@ -133,9 +206,12 @@ async fn try_register(hub: &Hub, creds: Credentials) -> Result<(), ConnectError>
     let mut config = SessionConfig::new(creds);
     config.store_dir = tempfile::tempdir().unwrap().keep();
     let client = Client::new(config).unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(10), client.connect(hub.quic_addr(), "localhost"))
-        .await
-        .expect("connect answered");
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.connect(hub.quic_addr(), "localhost"),
+    )
+    .await
+    .expect("connect answered");
     client.close().await;
     r.map(|_| ())
 }
@@ -155,19 +231,30 @@ async fn agents_with_wrong_certificates_cannot_register() {
         key_pem: c.key_pem.clone(),
         ca_pem: ca_pem.to_string(),
     };
-    try_register(&hub, creds(&good, ca.cert_pem())).await.expect("a good agent connects");
+    try_register(&hub, creds(&good, ca.cert_pem()))
+        .await
+        .expect("a good agent connects");
 
     // Another CA.
     let other = CertificateAuthority::generate("other-ca", Validity::days(1)).unwrap();
     let stranger = other.issue_agent("stranger", Validity::days(1)).unwrap();
-    let e = try_register(&hub, creds(&stranger, ca.cert_pem())).await.unwrap_err();
+    let e = try_register(&hub, creds(&stranger, ca.cert_pem()))
+        .await
+        .unwrap_err();
     println!("other CA: {e}");
 
     // A hub certificate used by an "agent".
-    let fake_hub = ca.issue_hub("fake-hub", &["localhost".into()], &[], Validity::days(1)).unwrap();
-    let e = try_register(&hub, creds(&fake_hub, ca.cert_pem())).await.unwrap_err();
+    let fake_hub = ca
+        .issue_hub("fake-hub", &["localhost".into()], &[], Validity::days(1))
+        .unwrap();
+    let e = try_register(&hub, creds(&fake_hub, ca.cert_pem()))
+        .await
+        .unwrap_err();
     println!("hub role: {e}");
-    assert!(e.to_string().contains("role") || e.to_string().contains("hub"), "{e}");
+    assert!(
+        e.to_string().contains("role") || e.to_string().contains("hub"),
+        "{e}"
+    );
 
     // Revoked: revoke with the deployment's CA, restart the hub (it loads the list at start).
     let mut ca = ca;
@@ -175,12 +262,54 @@ async fn agents_with_wrong_certificates_cannot_register() {
     ca.revoke(&[serial]).unwrap();
     ca.save_revocation_state(&pki).unwrap();
     let hub = hub.restart_after_kill().await;
-    let e = try_register(&hub, creds(&good, ca.cert_pem())).await.unwrap_err();
+    let e = try_register(&hub, creds(&good, ca.cert_pem()))
+        .await
+        .unwrap_err();
     println!("revoked: {e}");
     assert!(e.to_string().contains("revoked"), "{e}");
 
     // None of the refused ones is listed as an agent.
     let (_, agents) = hub.api.get("/api/v1/agents").await;
-    let ids: Vec<_> = agents["agents"].as_array().unwrap().iter().map(|a| a["id"].clone()).collect();
-    assert!(!ids.contains(&json!("stranger")) && !ids.contains(&json!("fake-hub")), "{agents}");
+    let ids: Vec<_> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].clone())
+        .collect();
+    assert!(
+        !ids.contains(&json!("stranger")) && !ids.contains(&json!("fake-hub")),
+        "{agents}"
+    );
+}
+
+#[tokio::test]
+async fn files_from_an_agent_without_work_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub_dir = tmp.path().join("hub");
+    let hub = Hub::start(&hub_dir, &[]).await;
+    let ca = CertificateAuthority::load(&hub_dir.join("pki")).unwrap();
+    let cert = ca.issue_agent("idle-agent", Validity::days(1)).unwrap();
+    let mut config = SessionConfig::new(Credentials {
+        cert_chain_pem: cert.cert_pem.clone(),
+        key_pem: cert.key_pem.clone(),
+        ca_pem: ca.cert_pem().to_string(),
+    });
+    config.store_dir = tmp.path().join("agent-store");
+    let client = Client::new(config).unwrap();
+    let session = client.connect(hub.quic_addr(), "localhost").await.unwrap();
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        session.send_bytes(vec![9u8; 100_000], "junk.bin").finish(),
+    )
+    .await
+    .expect("answered")
+    .unwrap_err();
+    assert!(e.to_string().contains("no attempt of yours"), "{e}");
+    client.close().await;
+    let stored = std::fs::read_dir(hub_dir.join("store"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .count();
+    assert_eq!(stored, 0, "nothing landed in the hub's store");
 }

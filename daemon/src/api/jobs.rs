@@ -57,12 +57,11 @@ pub(crate) struct Checked {
 }
 
 pub(crate) fn check_spec(hub: &Hub, spec: &JobSpec) -> ApiResult<Checked> {
-    let ct = spec
-        .content_type
-        .as_deref()
-        .ok_or_else(|| {
-            ApiError::bad_request("missing the content type (field `type` or `content_type`): audio, video or image")
-        })?;
+    let ct = spec.content_type.as_deref().ok_or_else(|| {
+        ApiError::bad_request(
+            "missing the content type (field `type` or `content_type`): audio, video or image",
+        )
+    })?;
     let content_type = normalize_content_type(ct).ok_or_else(|| {
         ApiError::bad_request(format!(
             "unknown content type {ct:?}: expected audio, video or image"
@@ -471,7 +470,9 @@ pub async fn result(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiR
     if job.state != JobState::Completed {
         let why = match &job.error {
             Some(e) => format!("job {id} is {}: {e}", job.state),
-            None if job.state.is_terminal() => format!("job {id} is {}; it has no result", job.state),
+            None if job.state.is_terminal() => {
+                format!("job {id} is {}; it has no result", job.state)
+            }
             None => format!("job {id} is {}; no result yet", job.state),
         };
         return Err(ApiError::new(StatusCode::CONFLICT, why));

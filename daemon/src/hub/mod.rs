@@ -27,6 +27,32 @@ use crate::model::JobEvent;
 use crate::store::{Events, Store};
 pub use content::Content;
 
+/// The table of attempts out with agents, shared by the hub and its file filter.
+pub type AttemptTable = Arc<Mutex<HashMap<String, LiveAttempt>>>;
+
+/// The transport's filter for files agents send: only from an agent with an attempt out (its
+/// artifacts), and no larger than `max_bytes`. Anything else is refused before a byte lands.
+pub fn artifact_filter(attempts: AttemptTable, max_bytes: u64) -> morag_transport::OfferFilter {
+    morag_transport::OfferFilter::new(move |offer: &morag_transport::OfferInfo| {
+        if offer.size > max_bytes {
+            return Err(format!(
+                "{} bytes is over the hub's artifact limit of {max_bytes}",
+                offer.size
+            ));
+        }
+        let has_work = attempts
+            .lock()
+            .unwrap()
+            .values()
+            .any(|a| a.agent_id == offer.peer_id);
+        if has_work {
+            Ok(())
+        } else {
+            Err("no attempt of yours is open at this hub; files are accepted only as artifacts of running work".into())
+        }
+    })
+}
+
 /// An agent with a session to this hub process.
 pub(crate) struct AgentLive {
     pub session: Session,
@@ -42,7 +68,7 @@ pub(crate) struct AgentLive {
 
 /// An attempt out with an agent, as the dispatcher tracks it.
 #[derive(Debug, Clone)]
-pub(crate) struct LiveAttempt {
+pub struct LiveAttempt {
     pub job_id: String,
     pub agent_id: String,
 }
@@ -65,7 +91,8 @@ pub struct Hub {
     pub quic_addr: SocketAddr,
     pub(crate) listener: Listener,
     pub(crate) agents: Mutex<HashMap<String, AgentLive>>,
-    pub(crate) attempts: Mutex<HashMap<String, LiveAttempt>>,
+    /// Shared with the transport's file filter: only agents with an attempt out may send files.
+    pub(crate) attempts: Arc<Mutex<HashMap<String, LiveAttempt>>>,
     pub(crate) cancels: Mutex<HashMap<String, PendingCancel>>,
     events: broadcast::Sender<JobEvent>,
     pub(crate) wake: Notify,
@@ -93,6 +120,7 @@ impl Hub {
         config: HubConfig,
         store: Arc<dyn Store>,
         listener: Listener,
+        attempts: Arc<Mutex<HashMap<String, LiveAttempt>>>,
         api_token: String,
         ca_fingerprint: [u8; 32],
         shutdown: CancellationToken,
@@ -109,7 +137,7 @@ impl Hub {
             quic_addr,
             listener,
             agents: Mutex::new(HashMap::new()),
-            attempts: Mutex::new(HashMap::new()),
+            attempts,
             cancels: Mutex::new(HashMap::new()),
             events: broadcast::channel(4096).0,
             wake: Notify::new(),

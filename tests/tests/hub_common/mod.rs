@@ -33,13 +33,21 @@ pub fn repo_root() -> PathBuf {
 /// The Whisper test model and recording (scripts/setup-test-model.sh).
 pub fn model() -> PathBuf {
     let p = repo_root().join("models/ggml-tiny.en.bin");
-    assert!(p.is_file(), "{} missing: run scripts/setup-test-model.sh", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/setup-test-model.sh",
+        p.display()
+    );
     p
 }
 
 pub fn jfk() -> PathBuf {
     let p = repo_root().join("models/jfk.wav");
-    assert!(p.is_file(), "{} missing: run scripts/setup-test-model.sh", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/setup-test-model.sh",
+        p.display()
+    );
     p
 }
 
@@ -56,7 +64,18 @@ pub fn long_recording(times: usize) -> PathBuf {
         std::fs::write(&list, line.repeat(times)).unwrap();
         let tmp = dir.join(format!("jfk_x{times}.tmp.wav"));
         let st = Command::new("ffmpeg")
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i"])
+            .args([
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "concat",
+                "-safe",
+                "0",
+                "-i",
+            ])
             .arg(&list)
             .args(["-c", "copy"])
             .arg(&tmp)
@@ -71,12 +90,14 @@ pub fn long_recording(times: usize) -> PathBuf {
 /// A port free for both UDP (QUIC) and TCP (enrollment, HTTP) on 127.0.0.1.
 pub fn free_port() -> u16 {
     static NEXT: OnceLock<std::sync::Mutex<u16>> = OnceLock::new();
-    let next = NEXT.get_or_init(|| std::sync::Mutex::new(20_000 + (std::process::id() % 20_000) as u16));
+    let next =
+        NEXT.get_or_init(|| std::sync::Mutex::new(20_000 + (std::process::id() % 20_000) as u16));
     let mut n = next.lock().unwrap();
     loop {
         *n = if *n >= 60_000 { 20_000 } else { *n + 1 };
         let p = *n;
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        {
             return p;
         }
     }
@@ -93,7 +114,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -139,7 +163,10 @@ impl Proc {
             }
             if start.elapsed() > limit {
                 let _ = c.kill();
-                panic!("process did not exit within {limit:?} of SIGTERM; log {}", self.log.display());
+                panic!(
+                    "process did not exit within {limit:?} of SIGTERM; log {}",
+                    self.log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -169,7 +196,13 @@ pub struct Hub {
 impl Hub {
     /// Start a hub in `dir` with fresh ports and these `--set key=value` settings.
     pub async fn start(dir: &Path, sets: &[&str]) -> Hub {
-        Self::start_on(dir, free_port(), free_port(), sets.iter().map(|s| s.to_string()).collect()).await
+        Self::start_on(
+            dir,
+            free_port(),
+            free_port(),
+            sets.iter().map(|s| s.to_string()).collect(),
+        )
+        .await
     }
 
     pub async fn start_on(dir: &Path, quic_port: u16, http_port: u16, sets: Vec<String>) -> Hub {
@@ -188,8 +221,14 @@ impl Hub {
         let child = cmd
             .env("RUST_LOG", "info,morag_hub=debug")
             .stdin(Stdio::null())
-            .stdout(log_file(log.parent().unwrap(), log.file_name().unwrap().to_str().unwrap()))
-            .stderr(log_file(log.parent().unwrap(), log.file_name().unwrap().to_str().unwrap()))
+            .stdout(log_file(
+                log.parent().unwrap(),
+                log.file_name().unwrap().to_str().unwrap(),
+            ))
+            .stderr(log_file(
+                log.parent().unwrap(),
+                log.file_name().unwrap().to_str().unwrap(),
+            ))
             .spawn()
             .expect("spawn morag-hub");
         let proc = Proc {
@@ -205,10 +244,17 @@ impl Hub {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "hub did not come up; log:\n{}", proc.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "hub did not come up; log:\n{}",
+                proc.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let token = std::fs::read_to_string(dir.join("api-token")).unwrap().trim().to_string();
+        let token = std::fs::read_to_string(dir.join("api-token"))
+            .unwrap()
+            .trim()
+            .to_string();
         Hub {
             proc,
             dir: dir.to_path_buf(),
@@ -240,8 +286,18 @@ impl Hub {
             .arg(&self.dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_string()
+        assert!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
     }
 }
 
@@ -285,7 +341,10 @@ impl Api {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let mut form = reqwest::multipart::Form::new()
             .text("type", kind.to_string())
-            .part("file", reqwest::multipart::Part::bytes(bytes).file_name(name));
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name(name),
+            );
         for (k, v) in fields {
             form = form.text(k.to_string(), v.to_string());
         }
@@ -314,7 +373,9 @@ impl Api {
         let what = format!("job {id} to be {states:?}");
         until(limit, &what, || async {
             let j = self.job(id).await;
-            states.contains(&j["state"].as_str().unwrap_or("")).then_some(j)
+            states
+                .contains(&j["state"].as_str().unwrap_or(""))
+                .then_some(j)
         })
         .await
     }
@@ -349,10 +410,14 @@ impl Api {
     }
 
     pub async fn wait_agents(&self, n: usize) -> Vec<String> {
-        until(Duration::from_secs(30), &format!("{n} agents connected"), || async {
-            let a = self.connected_agents().await;
-            (a.len() >= n).then_some(a)
-        })
+        until(
+            Duration::from_secs(30),
+            &format!("{n} agents connected"),
+            || async {
+                let a = self.connected_agents().await;
+                (a.len() >= n).then_some(a)
+            },
+        )
         .await
     }
 }
@@ -380,11 +445,26 @@ impl Agent {
     /// certificate), with extra flags and environment.
     pub fn start(hub: &str, dir: &Path, id: &str, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self::spawn(hub.to_string(), dir.to_path_buf(), id.to_string(), args, env)
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawn(
+            hub.to_string(),
+            dir.to_path_buf(),
+            id.to_string(),
+            args,
+            env,
+        )
     }
 
-    fn spawn(hub: String, dir: PathBuf, id: String, args: Vec<String>, env: Vec<(String, String)>) -> Agent {
+    fn spawn(
+        hub: String,
+        dir: PathBuf,
+        id: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Agent {
         let log = dir.with_extension("agent.log");
         let mut cmd = Command::new(bin("morag-agent"));
         cmd.arg("serve")
@@ -399,8 +479,14 @@ impl Agent {
             .env("MORAG_REMOTE_HEARTBEAT_INTERVAL_SECONDS", "1")
             .current_dir(dir.parent().unwrap())
             .stdin(Stdio::null())
-            .stdout(log_file(log.parent().unwrap(), log.file_name().unwrap().to_str().unwrap()))
-            .stderr(log_file(log.parent().unwrap(), log.file_name().unwrap().to_str().unwrap()));
+            .stdout(log_file(
+                log.parent().unwrap(),
+                log.file_name().unwrap().to_str().unwrap(),
+            ))
+            .stderr(log_file(
+                log.parent().unwrap(),
+                log.file_name().unwrap().to_str().unwrap(),
+            ));
         for (k, v) in &env {
             cmd.env(k, v);
         }
