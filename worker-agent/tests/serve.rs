@@ -109,7 +109,14 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
     assert_eq!(c.attempt_id, "a1");
     let names: Vec<_> = c.artifacts.iter().map(|x| x.name.as_str()).collect();
     assert_eq!(names, ["note.txt", "talk_result.json"]);
-    // Every file is at the hub before the report.
+    // The report comes first; no file is sent before the hub asks for it.
+    assert!(
+        !c.artifacts.iter().any(|x| files.iter().any(|f| f.hash == x.hash)),
+        "files sent before the hub asked"
+    );
+    let req = ask_for_files(&session, &mut files, &req, &c).await;
+    assert_eq!(req.decode_user::<Completion>(kind::COMPLETE).unwrap().unwrap(), c);
+    // Every file is at the hub before the report is repeated.
     for x in &c.artifacts {
         assert!(
             files.iter().any(|f| f.hash == x.hash),
@@ -390,6 +397,7 @@ async fn an_audio_job_is_transcribed_with_the_shared_model() {
     .await
     .unwrap();
     let c: Completion = req.decode_user(kind::COMPLETE).unwrap().unwrap();
+    let req = ask_for_files(&session, &mut files, &req, &c).await;
     let mut names: Vec<_> = c.artifacts.iter().map(|x| x.name.clone()).collect();
     names.sort();
     assert_eq!(

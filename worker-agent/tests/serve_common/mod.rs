@@ -181,3 +181,25 @@ pub async fn serve_input(session: &Session, files: &mut Vec<ReceivedFile>, input
         .unwrap();
     assert!(!f.attempt_id.is_empty());
 }
+
+/// The agent reports first: answer that the hub misses every file of `c`, collect them as they
+/// arrive, and return the repeated report.
+pub async fn ask_for_files(
+    session: &Session,
+    files: &mut Vec<ReceivedFile>,
+    req: &Envelope,
+    c: &morag_protocol::Completion,
+) -> Envelope {
+    let mut all: Vec<String> = std::iter::once(c.result_hash.clone())
+        .chain(c.artifacts.iter().map(|x| x.hash.clone()))
+        .collect();
+    all.sort();
+    all.dedup();
+    ack(
+        session,
+        req,
+        &c.attempt_id,
+        morag_protocol::AckOutcome::MissingFiles(all),
+    );
+    next(session, files).await
+}
