@@ -3,8 +3,9 @@
 //! An agent can take a job when it serves the job's queue, processes its content type, has a
 //! free slot, is connected, healthy and not draining. Among those, GPU needs decide:
 //! `required` -> GPU agents only; `preferred` -> GPU agents, and agents of the queue's
-//! fallback queue (CPU ones included) once the job has waited `gpu_wait`; `any` -> the queue's
-//! and the fallback queue's agents at once.
+//! fallback queue (CPU ones included) once the job has waited `gpu_wait` for a busy GPU agent
+//! (at once when no GPU agent serves the queue); `any` -> the queue's and the fallback queue's
+//! agents at once.
 //! The least loaded agent wins (active / max), then the one with more free slots, then the
 //! lowest id, so load spreads and the choice is repeatable.
 
@@ -84,7 +85,9 @@ pub fn pick(want: &Want<'_>, candidates: &[Candidate], policy: &Policy<'_>) -> O
         // No GPU needed: the queue's agents and its fallback queue's, at once.
         GpuNeed::Any => best(&anyone),
         GpuNeed::Preferred => best(&|c| c.gpu && able(c, want.queue)).or_else(|| {
-            if want.waited_ms < policy.gpu_wait_ms {
+            // Wait for a busy GPU agent only if there is one; with none, fall back at once.
+            let gpu_agents = candidates.iter().any(|c| c.gpu && c.serves(want.queue));
+            if gpu_agents && want.waited_ms < policy.gpu_wait_ms {
                 return None;
             }
             best(&anyone)
@@ -144,6 +147,12 @@ mod tests {
             None
         );
         assert_eq!(pick(&want(GpuNeed::Any, 0), &cands, &policy(&map)), Some(1));
+        // No GPU agent at all: no reason to wait.
+        let only_cpu = vec![cands[1].clone()];
+        assert_eq!(
+            pick(&want(GpuNeed::Preferred, 0), &only_cpu, &policy(&map)),
+            Some(0)
+        );
     }
 
     #[test]

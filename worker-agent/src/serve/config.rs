@@ -50,7 +50,8 @@ pub struct ServeConfig {
     /// Expected agent id (`MORAG_REMOTE_WORKER_ID`); the real id is the certificate's common
     /// name, a mismatch is logged.
     pub worker_id: Option<String>,
-    pub capability: Capability,
+    /// `None`: found at start (gpu when NVML lists a GPU and GPUs are enabled, else cpu).
+    pub capability: Option<Capability>,
     /// Queues served; `None`: by capability (see [`ServeConfig::effective_queues`]).
     pub queues: Option<Vec<String>>,
     pub max_concurrent_tasks: u32,
@@ -108,7 +109,7 @@ impl Default for ServeConfig {
             dir: PathBuf::from("morag-agent"),
             name: None,
             worker_id: None,
-            capability: Capability::Gpu,
+            capability: None,
             queues: None,
             max_concurrent_tasks: 1,
             max_file_size: 10_000_000_000,
@@ -153,7 +154,7 @@ impl ServeConfig {
     pub fn effective_queues(&self) -> Vec<String> {
         match &self.queues {
             Some(q) if !q.is_empty() => q.clone(),
-            _ if self.capability.has_gpu() => {
+            _ if self.capability.is_some_and(|c| c.has_gpu()) => {
                 vec!["gpu_priority".into(), "gpu_fallback".into()]
             }
             _ => vec!["gpu_fallback".into()],
@@ -469,7 +470,7 @@ fn apply_file(c: &mut ServeConfig, path: &str, text: &str) -> Result<(), ConfigE
         c.worker_id = Some(v);
     }
     if let Some(v) = f.capability {
-        c.capability = capability("capability", &v)?;
+        c.capability = Some(capability("capability", &v)?);
     }
     if let Some(v) = f.queues {
         c.queues = Some(queue_list("queues", &v.join(","))?);
@@ -562,7 +563,7 @@ fn apply_env(c: &mut ServeConfig, get: &dyn Fn(&str) -> Option<String>) -> Resul
         c.name = Some(v);
     }
     if let Some((k, v)) = var("WORKER_CAPABILITY") {
-        c.capability = capability(&k, &v)?;
+        c.capability = Some(capability(&k, &v)?);
     }
     if let Some((k, v)) = var("QUEUES") {
         c.queues = Some(queue_list(&k, &v)?);
@@ -642,7 +643,7 @@ fn apply_flags(c: &mut ServeConfig, f: &Flags) -> Result<(), ConfigError> {
         c.queues = Some(queue_list("--queues", v)?);
     }
     if let Some(v) = &f.capability {
-        c.capability = capability("--capability", v)?;
+        c.capability = Some(capability("--capability", v)?);
     }
     if let Some(v) = &f.max_concurrent_tasks {
         c.max_concurrent_tasks = positive_int("--max-concurrent-tasks", v)?;
@@ -672,8 +673,8 @@ mod tests {
     #[test]
     fn defaults_follow_the_capability() {
         let c = load(Sources::default(), &no_env, &Flags::default()).unwrap();
-        assert_eq!(c.capability, Capability::Gpu);
-        assert_eq!(c.effective_queues(), ["gpu_priority", "gpu_fallback"]);
+        assert_eq!(c.capability, None, "found from the hardware at start");
+        assert_eq!(c.effective_queues(), ["gpu_fallback"]);
         assert_eq!(c.on_hub_lost, OnHubLost::FinishRunning);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         let cpu = load(

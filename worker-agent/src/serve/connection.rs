@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use morag_protocol::{command, kind, Assignment, Registered, Registration};
+use morag_protocol::{command, kind, Assignment, Capability, Registered, Registration};
 use morag_transport::{Body, Client, Envelope, Inbound, Reply, Session, SessionEvent};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -164,7 +164,7 @@ pub fn registration(agent: &Agent) -> Registration {
             .name
             .clone()
             .unwrap_or_else(|| agent.hostname.clone()),
-        capability: agent.config.capability,
+        capability: agent.config.capability.unwrap_or(Capability::Cpu),
         queues: agent.config.effective_queues(),
         hardware_json: agent.hardware_json.clone(),
         hostname: agent.hostname.clone(),

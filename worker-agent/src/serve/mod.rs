@@ -124,7 +124,7 @@ pub fn hub_address(config: &ServeConfig) -> anyhow::Result<String> {
 
 /// Run the agent until `shutdown` is cancelled and the drain is over.
 pub async fn run(
-    config: ServeConfig,
+    mut config: ServeConfig,
     processor: Arc<dyn Processor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -147,8 +147,9 @@ pub async fn run(
             tracing::warn!(configured = %w, certificate = %agent_id, "MORAG_REMOTE_WORKER_ID differs from the certificate's id; the certificate's is used");
         }
     }
-    let (hardware_json, hostname, gpu_free) = tokio::task::spawn_blocking(|| {
+    let (hardware_json, hostname, gpu_free, gpus) = tokio::task::spawn_blocking(|| {
         let hw = crate::hardware::HardwareFingerprint::detect();
+        let gpus = hw.gpus.len();
         let host = hw.hostname.clone().unwrap_or_else(|| "unknown".into());
         let free = hw
             .gpus
@@ -156,9 +157,27 @@ pub async fn run(
             .map(|g| g.memory_free_bytes)
             .sum::<Option<u64>>()
             .filter(|_| !hw.gpus.is_empty());
-        (serde_json::to_string(&hw).unwrap_or_default(), host, free)
+        (serde_json::to_string(&hw).unwrap_or_default(), host, free, gpus)
     })
     .await?;
+    let usable_gpu = gpus > 0 && config.enable_gpu;
+    match config.capability {
+        None => {
+            let found = if usable_gpu {
+                morag_protocol::Capability::Gpu
+            } else {
+                morag_protocol::Capability::Cpu
+            };
+            tracing::info!(capability = %found, gpus, "capability from the hardware");
+            config.capability = Some(found);
+        }
+        Some(c) if c.has_gpu() && !usable_gpu => tracing::warn!(
+            capability = %c,
+            gpus,
+            "configured as a GPU agent but no usable NVIDIA GPU was found; GPU work will run on the CPU"
+        ),
+        Some(_) => {}
+    }
     let root = CancellationToken::new();
     let max = config.max_concurrent_tasks.max(1) as usize;
     let agent = Arc::new(Agent {
