@@ -197,11 +197,10 @@ pub(crate) async fn import_source(hub: &Hub, path: &str) -> ApiResult<(String, u
             "source_file_path {path:?} must be an absolute path on the hub's host"
         )));
     }
-    let content = hub.content.clone();
-    let max = hub.config.max_upload_bytes;
-    let result = tokio::task::spawn_blocking(move || content.import_path(&p, max))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let result = hub
+        .content
+        .import_path(&p, hub.config.max_upload_bytes)
+        .await;
     result.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             ApiError::bad_request(format!("source_file_path {path:?} does not exist"))

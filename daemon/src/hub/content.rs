@@ -2,7 +2,6 @@
 //! transport uses for files it receives, so an agent's artifact lands where the API serves it
 //! and an uploaded input is sent from where it was stored.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Lowercase hex BLAKE3 (64 characters).
@@ -14,27 +13,24 @@ pub fn is_hash(s: &str) -> bool {
 
 #[derive(Debug, Clone)]
 pub struct Content {
-    dir: PathBuf,
+    store: morag_transport::ContentStore,
     staging: PathBuf,
 }
 
 impl Content {
-    pub fn new(dir: PathBuf, staging: PathBuf) -> Self {
-        Self { dir, staging }
+    pub fn new(dir: PathBuf, staging: PathBuf) -> std::io::Result<Self> {
+        let store = morag_transport::ContentStore::open(dir)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Self { store, staging })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Where content lives (whether or not it is there).
-    fn slot(&self, hash: &str) -> Option<PathBuf> {
-        is_hash(hash).then(|| self.dir.join(hash))
+        self.store.dir()
     }
 
     /// The file holding this content, if the store has it.
     pub fn path(&self, hash: &str) -> Option<PathBuf> {
-        self.slot(hash).filter(|p| p.is_file())
+        self.store.path(hash)
     }
 
     /// A fresh file for an upload in flight, in the same file system as the store.
@@ -47,13 +43,16 @@ impl Content {
         Ok((path, file))
     }
 
-    /// Move a verified staging file into the store under its hash (dropping it when the store
-    /// has that content already).
+    /// Move an upload, hashed while it streamed in, into the store under its hash (dropping it
+    /// when the store has that content already).
     pub fn adopt(&self, staged: &Path, hash: &str) -> std::io::Result<PathBuf> {
-        let slot = self.slot(hash).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a BLAKE3 hex hash")
-        })?;
-        std::fs::create_dir_all(&self.dir)?;
+        if !is_hash(hash) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a BLAKE3 hex hash",
+            ));
+        }
+        let slot = self.store.dir().join(hash);
         if slot.is_file() {
             std::fs::remove_file(staged)?;
         } else {
@@ -62,11 +61,10 @@ impl Content {
         Ok(slot)
     }
 
-    /// Copy a file on this host into the store, hashing it on the way; `(hash, size)`.
-    /// Blocking: call from `spawn_blocking`.
-    pub fn import_path(&self, source: &Path, max_bytes: u64) -> std::io::Result<(String, u64)> {
-        let mut src = std::fs::File::open(source)?;
-        let meta = src.metadata()?;
+    /// Copy a file on this host into the store (the transport's import: its manifest is kept,
+    /// so sending it to an agent does not hash it again); `(hash, size)`.
+    pub async fn import_path(&self, source: &Path, max_bytes: u64) -> std::io::Result<(String, u64)> {
+        let meta = tokio::fs::metadata(source).await?;
         if !meta.is_file() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -79,33 +77,12 @@ impl Content {
                 format!("{} bytes is over the limit of {max_bytes}", meta.len()),
             ));
         }
-        let (staged, mut out) = self.staging_file()?;
-        let result = (|| {
-            let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut size = 0u64;
-            loop {
-                let n = src.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])?;
-                size += n as u64;
-            }
-            out.sync_all()?;
-            Ok::<_, std::io::Error>((hasher.finalize().to_hex().to_string(), size))
-        })();
-        match result {
-            Ok((hash, size)) => {
-                self.adopt(&staged, &hash)?;
-                Ok((hash, size))
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&staged);
-                Err(e)
-            }
-        }
+        let hash = self
+            .store
+            .import_file(source)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok((hash, meta.len()))
     }
 }
 
@@ -113,19 +90,17 @@ impl Content {
 mod tests {
     use super::*;
 
-    #[test]
-    fn import_places_content_under_its_hash() {
+    #[tokio::test]
+    async fn import_places_content_under_its_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Content::new(dir.path().join("store"), dir.path().join("up"));
+        let c = Content::new(dir.path().join("store"), dir.path().join("up")).unwrap();
         let src = dir.path().join("a.wav");
         std::fs::write(&src, b"hello").unwrap();
-        let (hash, size) = c.import_path(&src, 100).unwrap();
+        let (hash, size) = c.import_path(&src, 100).await.unwrap();
         assert_eq!(hash, blake3::hash(b"hello").to_hex().to_string());
         assert_eq!(size, 5);
         assert_eq!(std::fs::read(c.path(&hash).unwrap()).unwrap(), b"hello");
         assert!(c.path("../etc/passwd").is_none());
-        assert!(c.import_path(&src, 4).is_err());
-        // Staging is empty again.
-        assert_eq!(std::fs::read_dir(dir.path().join("up")).unwrap().count(), 0);
+        assert!(c.import_path(&src, 4).await.is_err());
     }
 }

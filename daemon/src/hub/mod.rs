@@ -126,7 +126,7 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let quic_addr = listener.local_addr()?;
-        let content = Content::new(config.store_dir(), config.uploads_dir());
+        let content = Content::new(config.store_dir(), config.uploads_dir())?;
         Ok(Arc::new(Self {
             config,
             store,
