@@ -422,8 +422,10 @@ mod tests {
 
     #[test]
     fn advertised_address() {
-        let mut c = HubConfig::default();
-        c.quic = "127.0.0.1:0".parse().unwrap();
+        let mut c = HubConfig {
+            quic: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        };
         assert_eq!(c.advertised(7400), "127.0.0.1:7400");
         c.set("advertise", "hub.example:9000", "x").unwrap();
         assert_eq!(c.advertised(7400), "hub.example:9000");

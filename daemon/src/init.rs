@@ -168,8 +168,10 @@ mod tests {
     #[test]
     fn first_start_creates_and_second_loads_the_same_ca() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = HubConfig::default();
-        config.data = dir.path().join("hub");
+        let config = HubConfig {
+            data: dir.path().join("hub"),
+            ..Default::default()
+        };
         let a = prepare(&config).unwrap();
         let b = prepare(&config).unwrap();
         assert_eq!(a.ca_fingerprint, b.ca_fingerprint);

@@ -63,7 +63,11 @@ impl Content {
 
     /// Copy a file on this host into the store (the transport's import: its manifest is kept,
     /// so sending it to an agent does not hash it again); `(hash, size)`.
-    pub async fn import_path(&self, source: &Path, max_bytes: u64) -> std::io::Result<(String, u64)> {
+    pub async fn import_path(
+        &self,
+        source: &Path,
+        max_bytes: u64,
+    ) -> std::io::Result<(String, u64)> {
         let meta = tokio::fs::metadata(source).await?;
         if !meta.is_file() {
             return Err(std::io::Error::new(
