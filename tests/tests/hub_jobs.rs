@@ -454,8 +454,20 @@ async fn drain_holds_work_and_gpu_preferring_jobs_fall_back_to_cpu_after_the_wai
     let tmp = tempfile::tempdir().unwrap();
     let hub = Hub::start(&tmp.path().join("hub"), &["gpu_wait=2s"]).await;
     // A GPU agent (declared: this machine has none, so it runs on the CPU) and a CPU agent.
-    let _gpu = agent(&hub, tmp.path(), "gpu-1", &hub.quic(), &["--capability", "gpu"]);
-    let _cpu = agent(&hub, tmp.path(), "cpu-1", &hub.quic(), &["--capability", "cpu"]);
+    let _gpu = agent(
+        &hub,
+        tmp.path(),
+        "gpu-1",
+        &hub.quic(),
+        &["--capability", "gpu"],
+    );
+    let _cpu = agent(
+        &hub,
+        tmp.path(),
+        "cpu-1",
+        &hub.quic(),
+        &["--capability", "cpu"],
+    );
     hub.api.wait_agents(2).await;
 
     // The GPU agent is busy with a long job...
@@ -465,32 +477,53 @@ async fn drain_holds_work_and_gpu_preferring_jobs_fall_back_to_cpu_after_the_wai
     // ...so a GPU-preferring job waits gpu_wait, then the CPU agent (fallback queue) takes it.
     let job = hub.api.submit(&jfk(), "audio", &[]).await;
     let id = job["id"].as_str().unwrap().to_string();
-    let done = hub.api.wait_state(&id, &["completed"], Duration::from_secs(90)).await;
+    let done = hub
+        .api
+        .wait_state(&id, &["completed"], Duration::from_secs(90))
+        .await;
     let created = humantime::parse_rfc3339(done["created_at"].as_str().unwrap()).unwrap();
     let dispatched =
         humantime::parse_rfc3339(done["attempts"][0]["dispatched_at"].as_str().unwrap()).unwrap();
     let waited = dispatched.duration_since(created).unwrap();
     println!("GPU-preferring job waited {waited:?} before going to the CPU agent");
-    assert!(waited >= Duration::from_millis(1900), "dispatched after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "dispatched after {waited:?}"
+    );
     assert_eq!(done["attempts"][0]["agent_id"], "cpu-1");
     // A job that requires a GPU never goes to the CPU agent: it waits for gpu-1.
-    let gpu_only = hub.api.submit(&jfk(), "audio", &[("gpu", "required")]).await;
+    let gpu_only = hub
+        .api
+        .submit(&jfk(), "audio", &[("gpu", "required")])
+        .await;
     let gpu_only_id = gpu_only["id"].as_str().unwrap().to_string();
-    let j = hub.api.wait_state(&gpu_only_id, &["completed"], Duration::from_secs(120)).await;
+    let j = hub
+        .api
+        .wait_state(&gpu_only_id, &["completed"], Duration::from_secs(120))
+        .await;
     assert_eq!(j["attempts"][0]["agent_id"], "gpu-1");
 
     // Drained: nothing new is dispatched to it until undrained.
     for a in ["gpu-1", "cpu-1"] {
-        let (s, _) = hub.api.post(&format!("/api/v1/agents/{a}/drain"), &serde_json::json!({})).await;
+        let (s, _) = hub
+            .api
+            .post(&format!("/api/v1/agents/{a}/drain"), &serde_json::json!({}))
+            .await;
         assert_eq!(s, 200);
     }
     let held = hub.api.submit(&jfk(), "audio", &[("gpu", "any")]).await;
     let held_id = held["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(hub.api.job(&held_id).await["state"], "queued");
-    let (s, _) = hub.api.post("/api/v1/agents/cpu-1/undrain", &serde_json::json!({})).await;
+    let (s, _) = hub
+        .api
+        .post("/api/v1/agents/cpu-1/undrain", &serde_json::json!({}))
+        .await;
     assert_eq!(s, 200);
-    let j = hub.api.wait_state(&held_id, &["completed"], Duration::from_secs(90)).await;
+    let j = hub
+        .api
+        .wait_state(&held_id, &["completed"], Duration::from_secs(90))
+        .await;
     assert_eq!(j["attempts"][0]["agent_id"], "cpu-1");
 }
 

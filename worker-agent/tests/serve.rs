@@ -111,11 +111,18 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
     assert_eq!(names, ["note.txt", "talk_result.json"]);
     // The report comes first; no file is sent before the hub asks for it.
     assert!(
-        !c.artifacts.iter().any(|x| files.iter().any(|f| f.hash == x.hash)),
+        !c.artifacts
+            .iter()
+            .any(|x| files.iter().any(|f| f.hash == x.hash)),
         "files sent before the hub asked"
     );
     let req = ask_for_files(&session, &mut files, &req, &c).await;
-    assert_eq!(req.decode_user::<Completion>(kind::COMPLETE).unwrap().unwrap(), c);
+    assert_eq!(
+        req.decode_user::<Completion>(kind::COMPLETE)
+            .unwrap()
+            .unwrap(),
+        c
+    );
     // Every file is at the hub before the report is repeated.
     for x in &c.artifacts {
         assert!(

@@ -157,7 +157,12 @@ pub async fn run(
             .map(|g| g.memory_free_bytes)
             .sum::<Option<u64>>()
             .filter(|_| !hw.gpus.is_empty());
-        (serde_json::to_string(&hw).unwrap_or_default(), host, free, gpus)
+        (
+            serde_json::to_string(&hw).unwrap_or_default(),
+            host,
+            free,
+            gpus,
+        )
     })
     .await?;
     let usable_gpu = gpus > 0 && config.enable_gpu;
