@@ -371,14 +371,17 @@ impl Hub {
                 message: "sending".into(),
             }),
         );
+        let transfer = session.send_file(path, job.input_name.clone());
+        let attempt_id = f.attempt_id.clone();
+        self.input_transfers
+            .lock()
+            .unwrap()
+            .insert(attempt_id.clone(), transfer.cancel_token());
         let hub = self.clone();
-        let session = session.clone();
         tokio::spawn(async move {
-            match session
-                .send_file(path, job.input_name.clone())
-                .finish()
-                .await
-            {
+            let outcome = transfer.finish().await;
+            hub.input_transfers.lock().unwrap().remove(&attempt_id);
+            match outcome {
                 Ok(out) => {
                     hub.metrics.bytes_sent.inc_by(out.bytes_sent);
                     tracing::info!(job_id = %job.id, hash = %out.hash, skipped = out.skipped, "input sent");

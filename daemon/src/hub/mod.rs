@@ -94,6 +94,8 @@ pub struct Hub {
     /// Shared with the transport's file filter: only agents with an attempt out may send files.
     pub(crate) attempts: Arc<Mutex<HashMap<String, LiveAttempt>>>,
     pub(crate) cancels: Mutex<HashMap<String, PendingCancel>>,
+    /// Inputs being sent to agents, by attempt: stopped when the attempt ends.
+    pub(crate) input_transfers: Mutex<HashMap<String, CancellationToken>>,
     events: broadcast::Sender<JobEvent>,
     pub(crate) wake: Notify,
     pub shutdown: CancellationToken,
@@ -139,6 +141,7 @@ impl Hub {
             agents: Mutex::new(HashMap::new()),
             attempts,
             cancels: Mutex::new(HashMap::new()),
+            input_transfers: Mutex::new(HashMap::new()),
             events: broadcast::channel(4096).0,
             wake: Notify::new(),
             shutdown,
@@ -215,9 +218,16 @@ impl Hub {
         self.wake.notify_one();
     }
 
-    /// Drop an attempt from the live table (it ended).
+    /// Drop an attempt from the live table (it ended); stop sending its input.
     pub(crate) fn forget_attempt(&self, attempt_id: &str) {
         self.attempts.lock().unwrap().remove(attempt_id);
+        if let Some(transfer) = self.input_transfers.lock().unwrap().remove(attempt_id) {
+            tracing::info!(
+                attempt_id,
+                "the attempt ended: its input transfer is stopped"
+            );
+            transfer.cancel();
+        }
         self.poke();
     }
 }
