@@ -6,18 +6,22 @@
 //! power cut, and is faster.
 
 use std::path::Path;
-use std::str::FromStr;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::*;
-use crate::model::{GpuNeed, Priority};
+
+mod agents;
+mod rows;
+
+pub use agents::constant_time_eq;
+use rows::*;
 
 /// How hard commits hold on to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -82,186 +86,6 @@ impl SqliteStore {
     }
 }
 
-fn u(v: i64) -> u64 {
-    v.max(0) as u64
-}
-
-fn opt_u(v: Option<i64>) -> Option<u64> {
-    v.map(u)
-}
-
-fn i(v: u64) -> i64 {
-    v.min(i64::MAX as u64) as i64
-}
-
-fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        reason: reason.to_string(),
-    }
-}
-
-fn job_from_row(r: &SqliteRow) -> StoreResult<Job> {
-    let state: String = r.try_get("state")?;
-    let gpu: String = r.try_get("gpu")?;
-    let options: String = r.try_get("options")?;
-    let percent: Option<f64> = r.try_get("progress_percent")?;
-    let progress = match percent {
-        Some(p) => Some(JobProgress {
-            percent: p as f32,
-            stage: r
-                .try_get::<Option<String>, _>("progress_stage")?
-                .unwrap_or_default(),
-            message: r.try_get("progress_message")?,
-            eta_ms: opt_u(r.try_get("progress_eta_ms")?),
-        }),
-        None => None,
-    };
-    Ok(Job {
-        id: r.try_get("id")?,
-        content_type: r.try_get("content_type")?,
-        state: JobState::from_str(&state).map_err(|e| corrupt("jobs.state", e))?,
-        queue: r.try_get("queue")?,
-        priority: Priority::from_rank(r.try_get("priority")?),
-        gpu: GpuNeed::from_str(&gpu).map_err(|e| corrupt("jobs.gpu", e))?,
-        input_hash: r.try_get("input_hash")?,
-        input_name: r.try_get("input_name")?,
-        input_size: u(r.try_get("input_size")?),
-        source_path: r.try_get("source_path")?,
-        options: serde_json::from_str(&options).map_err(|e| corrupt("jobs.options", e))?,
-        external_ref: r.try_get("external_ref")?,
-        deadline_ms: opt_u(r.try_get("deadline_ms")?),
-        max_attempts: u(r.try_get("max_attempts")?) as u32,
-        attempt_count: u(r.try_get("attempt_count")?) as u32,
-        current_attempt: r.try_get("current_attempt")?,
-        cancel_requested_ms: opt_u(r.try_get("cancel_requested_ms")?),
-        progress,
-        error: r.try_get("error")?,
-        created_ms: u(r.try_get("created_ms")?),
-        updated_ms: u(r.try_get("updated_ms")?),
-        started_ms: opt_u(r.try_get("started_ms")?),
-        finished_ms: opt_u(r.try_get("finished_ms")?),
-        not_before_ms: u(r.try_get("not_before_ms")?),
-        attempts: Vec::new(),
-        artifacts: Vec::new(),
-    })
-}
-
-fn attempt_from_row(r: &SqliteRow) -> StoreResult<Attempt> {
-    Ok(Attempt {
-        id: r.try_get("id")?,
-        job_id: r.try_get("job_id")?,
-        agent_id: r.try_get("agent_id")?,
-        number: u(r.try_get("number")?) as u32,
-        dispatched_ms: u(r.try_get("dispatched_ms")?),
-        started_ms: opt_u(r.try_get("started_ms")?),
-        finished_ms: opt_u(r.try_get("finished_ms")?),
-        outcome: r.try_get("outcome")?,
-        error: r.try_get("error")?,
-    })
-}
-
-fn agent_from_row(r: &SqliteRow) -> StoreResult<AgentRecord> {
-    let list = |col: &'static str| -> StoreResult<Vec<String>> {
-        let s: String = r.try_get(col)?;
-        serde_json::from_str(&s).map_err(|e| corrupt(col, e))
-    };
-    let hardware: String = r.try_get("hardware")?;
-    Ok(AgentRecord {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        capability: r.try_get("capability")?,
-        queues: list("queues")?,
-        hardware: serde_json::from_str(&hardware).unwrap_or(serde_json::Value::Null),
-        hostname: r.try_get("hostname")?,
-        address: r.try_get("address")?,
-        max_concurrent: u(r.try_get("max_concurrent")?) as u32,
-        content_types: list("content_types")?,
-        version: r.try_get("version")?,
-        incarnation: r.try_get("incarnation")?,
-        drained: r.try_get::<i64, _>("drained")? != 0,
-        first_seen_ms: u(r.try_get("first_seen_ms")?),
-        last_seen_ms: u(r.try_get("last_seen_ms")?),
-    })
-}
-
-/// Write one event in the transaction and return it.
-async fn event(
-    tx: &mut Tx<'_>,
-    job_id: &str,
-    kind: &str,
-    data: serde_json::Value,
-    now_ms: u64,
-) -> StoreResult<JobEvent> {
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO job_events (job_id, at_ms, kind, data) VALUES ($1, $2, $3, $4) RETURNING seq",
-    )
-    .bind(job_id)
-    .bind(i(now_ms))
-    .bind(kind)
-    .bind(data.to_string())
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(JobEvent {
-        seq,
-        job_id: job_id.to_string(),
-        at_ms: now_ms,
-        kind: kind.to_string(),
-        data,
-    })
-}
-
-async fn job_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<Job>> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.as_ref().map(job_from_row).transpose()
-}
-
-async fn attempt_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<Attempt>> {
-    let row = sqlx::query(&format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.as_ref().map(attempt_from_row).transpose()
-}
-
-/// Close an attempt with an outcome, if it is still open.
-async fn close_attempt(
-    tx: &mut Tx<'_>,
-    attempt_id: &str,
-    outcome: &str,
-    error: Option<&str>,
-    now_ms: u64,
-) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE attempts SET outcome = $1, error = $2, finished_ms = $3 WHERE id = $4 AND outcome = 'running'",
-    )
-    .bind(outcome)
-    .bind(error)
-    .bind(i(now_ms))
-    .bind(attempt_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Why a report did not match the current attempt: a repeat of what this attempt already did,
-/// or a stale one.
-async fn classify_mismatch(
-    tx: &mut Tx<'_>,
-    attempt_id: &str,
-    repeated_outcomes: &[&str],
-) -> StoreResult<Fenced> {
-    Ok(match attempt_in(tx, attempt_id).await? {
-        Some(a) if repeated_outcomes.contains(&a.outcome.as_str()) => Fenced::Duplicate,
-        _ => Fenced::Stale,
-    })
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_job(&self, job: &NewJob) -> StoreResult<Events> {
@@ -288,16 +112,15 @@ impl Store for SqliteStore {
         .bind(i(job.created_ms))
         .execute(&mut *tx)
         .await?;
-        let ev = event(
-            &mut tx,
+        let events = commit_with_event(
+            tx,
             &job.id,
             "queued",
             serde_json::json!({"state": "queued", "queue": job.queue}),
             job.created_ms,
         )
         .await?;
-        tx.commit().await?;
-        Ok(vec![ev])
+        Ok(events)
     }
 
     async fn job(&self, id: &str) -> StoreResult<Option<Job>> {
@@ -420,16 +243,15 @@ impl Store for SqliteStore {
         .bind(i(a.now_ms))
         .execute(&mut *tx)
         .await?;
-        let ev = event(
-            &mut tx,
+        let events = commit_with_event(
+            tx,
             &a.job_id,
             "assigned",
             serde_json::json!({"state": "assigned", "attempt_id": a.id, "agent_id": a.agent_id, "attempt": number}),
             a.now_ms,
         )
         .await?;
-        tx.commit().await?;
-        Ok(Some(vec![ev]))
+        Ok(Some(events))
     }
 
     async fn mark_running(
@@ -457,16 +279,15 @@ impl Store for SqliteStore {
             .bind(attempt_id)
             .execute(&mut *tx)
             .await?;
-        let ev = event(
-            &mut tx,
+        let events = commit_with_event(
+            tx,
             job_id,
             "running",
             serde_json::json!({"state": "running", "attempt_id": attempt_id}),
             now_ms,
         )
         .await?;
-        tx.commit().await?;
-        Ok((Fenced::Applied, vec![ev]))
+        Ok((Fenced::Applied, events))
     }
 
     async fn unclaim(
@@ -491,16 +312,15 @@ impl Store for SqliteStore {
             return Ok(vec![]);
         }
         close_attempt(&mut tx, attempt_id, "refused", Some(reason), now_ms).await?;
-        let ev = event(
-            &mut tx,
+        let events = commit_with_event(
+            tx,
             job_id,
             "requeued",
             serde_json::json!({"state": "queued", "attempt_id": attempt_id, "reason": reason}),
             now_ms,
         )
         .await?;
-        tx.commit().await?;
-        Ok(vec![ev])
+        Ok(events)
     }
 
     async fn record_progress(
@@ -530,8 +350,8 @@ impl Store for SqliteStore {
         if n != 1 {
             return Ok((Fenced::Stale, vec![]));
         }
-        let ev = event(
-            &mut tx,
+        let events = commit_with_event(
+            tx,
             job_id,
             "progress",
             serde_json::json!({"attempt_id": attempt_id, "percent": p.percent, "stage": p.stage,
@@ -539,8 +359,7 @@ impl Store for SqliteStore {
             now_ms,
         )
         .await?;
-        tx.commit().await?;
-        Ok((Fenced::Applied, vec![ev]))
+        Ok((Fenced::Applied, events))
     }
 
     async fn complete(
@@ -584,16 +403,15 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        let ev = event(
-            &mut tx,
+        let events = commit_with_event(
+            tx,
             job_id,
             "completed",
             serde_json::json!({"state": "completed", "attempt_id": attempt_id, "artifacts": artifacts.len()}),
             now_ms,
         )
         .await?;
-        tx.commit().await?;
-        Ok((Fenced::Applied, vec![ev]))
+        Ok((Fenced::Applied, events))
     }
 
     async fn fail_attempt(
@@ -748,21 +566,20 @@ impl Store for SqliteStore {
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
-        let ev = event(
-            &mut tx,
+        let events = commit_with_event(
+            tx,
             job_id,
             "cancel_requested",
             serde_json::json!({"attempt_id": attempt_id, "agent_id": agent_id}),
             now_ms,
         )
         .await?;
-        tx.commit().await?;
         Ok((
             CancelRequest::Requested {
                 attempt_id,
                 agent_id,
             },
-            vec![ev],
+            events,
         ))
     }
 
@@ -802,8 +619,8 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let latency = now_ms.saturating_sub(requested);
-        let ev = event(
-            &mut tx,
+        let events = commit_with_event(
+            tx,
             job_id,
             "cancelled",
             serde_json::json!({"state": "cancelled", "attempt_id": attempt_id,
@@ -811,8 +628,7 @@ impl Store for SqliteStore {
             now_ms,
         )
         .await?;
-        tx.commit().await?;
-        Ok((Fenced::Applied, vec![ev]))
+        Ok((Fenced::Applied, events))
     }
 
     async fn expire_deadlines(&self, now_ms: u64) -> StoreResult<(Vec<Attempt>, Events)> {
@@ -920,7 +736,7 @@ impl Store for SqliteStore {
             let st: String = r.try_get("state")?;
             let n: i64 = r.try_get("n")?;
             out.push((
-                JobState::from_str(&st).map_err(|e| corrupt("jobs.state", e))?,
+                st.parse::<JobState>().map_err(|e| corrupt("jobs.state", e))?,
                 u(n),
             ));
         }
@@ -938,51 +754,15 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_agent(&self, a: &AgentRecord) -> StoreResult<()> {
-        let list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-        sqlx::query(
-            "INSERT INTO agents (id, name, capability, queues, hardware, hostname, address, max_concurrent, \
-             content_types, version, incarnation, drained, first_seen_ms, last_seen_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, capability = excluded.capability, \
-             queues = excluded.queues, hardware = excluded.hardware, hostname = excluded.hostname, \
-             address = excluded.address, max_concurrent = excluded.max_concurrent, \
-             content_types = excluded.content_types, version = excluded.version, \
-             incarnation = excluded.incarnation, last_seen_ms = excluded.last_seen_ms",
-        )
-        .bind(&a.id)
-        .bind(&a.name)
-        .bind(&a.capability)
-        .bind(list(&a.queues))
-        .bind(a.hardware.to_string())
-        .bind(&a.hostname)
-        .bind(&a.address)
-        .bind(a.max_concurrent as i64)
-        .bind(list(&a.content_types))
-        .bind(&a.version)
-        .bind(&a.incarnation)
-        .bind(a.drained as i64)
-        .bind(i(a.first_seen_ms))
-        .bind(i(a.last_seen_ms))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        agents::upsert_agent(&self.pool, a).await
     }
 
     async fn agents(&self) -> StoreResult<Vec<AgentRecord>> {
-        let rows = sqlx::query("SELECT * FROM agents ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(agent_from_row).collect()
+        agents::agents(&self.pool).await
     }
 
     async fn set_drained(&self, agent_id: &str, drained: bool) -> StoreResult<bool> {
-        let n = sqlx::query("UPDATE agents SET drained = $1 WHERE id = $2")
-            .bind(drained as i64)
-            .bind(agent_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
+        agents::set_drained(&self.pool, agent_id, drained).await
     }
 
     async fn insert_token(
@@ -992,16 +772,7 @@ impl Store for SqliteStore {
         now_ms: u64,
         expires_ms: u64,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO join_tokens (id, secret_hash, created_ms, expires_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id)
-        .bind(secret_hash)
-        .bind(i(now_ms))
-        .bind(i(expires_ms))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        agents::insert_token(&self.pool, id, secret_hash, now_ms, expires_ms).await
     }
 
     async fn redeem_token(
@@ -1011,44 +782,6 @@ impl Store for SqliteStore {
         agent_id: &str,
         now_ms: u64,
     ) -> StoreResult<TokenRedemption> {
-        let mut tx = self.tx().await?;
-        let row =
-            sqlx::query("SELECT secret_hash, expires_ms, used_ms FROM join_tokens WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(row) = row else {
-            return Ok(TokenRedemption::Unknown);
-        };
-        let stored: String = row.try_get("secret_hash")?;
-        if !constant_time_eq(stored.as_bytes(), secret_hash.as_bytes()) {
-            return Ok(TokenRedemption::WrongSecret);
-        }
-        if row.try_get::<Option<i64>, _>("used_ms")?.is_some() {
-            return Ok(TokenRedemption::AlreadyUsed);
-        }
-        if u(row.try_get("expires_ms")?) <= now_ms {
-            return Ok(TokenRedemption::Expired);
-        }
-        let n = sqlx::query(
-            "UPDATE join_tokens SET used_ms = $1, used_by = $2 WHERE id = $3 AND used_ms IS NULL",
-        )
-        .bind(i(now_ms))
-        .bind(agent_id)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(if n == 1 {
-            TokenRedemption::Redeemed
-        } else {
-            TokenRedemption::AlreadyUsed
-        })
+        agents::redeem_token(&self.pool, id, secret_hash, agent_id, now_ms).await
     }
-}
-
-/// Compare secrets without leaking where they differ through timing.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
