@@ -27,9 +27,23 @@ pub struct Running {
 }
 
 impl Running {
-    /// Wait until the hub has shut down (after its token fired).
+    /// Wait until the hub has shut down (after its token fired): its tasks end (HTTP
+    /// connections still open after `shutdown_grace` are dropped), then agents are told
+    /// `SHUTDOWN` and the QUIC endpoint closes.
     pub async fn wait(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+        self.hub.shutdown.cancelled().await;
+        let grace = self.hub.config.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?grace,
+                "tasks still busy after the grace period; stopping them"
+            );
+            self.tasks.abort_all();
+        }
         self.hub.listener_close().await;
     }
 }

@@ -612,7 +612,14 @@ pub async fn events(
             if st.ended {
                 return None;
             }
-            match st.live.recv().await {
+            let received = tokio::select! {
+                biased;
+                // The hub is shutting down: end the stream (clients reconnect with
+                // Last-Event-ID to the next hub process).
+                _ = st.hub.shutdown.cancelled() => return None,
+                r = st.live.recv() => r,
+            };
+            match received {
                 Ok(ev) if ev.job_id == st.id && ev.seq > st.last => st.backlog.push_back(ev),
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -736,7 +736,8 @@ impl Store for SqliteStore {
             let st: String = r.try_get("state")?;
             let n: i64 = r.try_get("n")?;
             out.push((
-                st.parse::<JobState>().map_err(|e| corrupt("jobs.state", e))?,
+                st.parse::<JobState>()
+                    .map_err(|e| corrupt("jobs.state", e))?,
                 u(n),
             ));
         }
