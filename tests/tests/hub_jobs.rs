@@ -531,8 +531,29 @@ async fn drain_holds_work_and_gpu_preferring_jobs_fall_back_to_cpu_after_the_wai
 async fn graceful_shutdown_of_hub_and_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let mut hub = Hub::start(&tmp.path().join("hub"), &[]).await;
-    let mut a = agent(&hub, tmp.path(), "agent-a", &hub.quic(), &[]);
+    let mut a = agent(
+        &hub,
+        tmp.path(),
+        "agent-a",
+        &hub.quic(),
+        &["--capability", "cpu"],
+    );
     hub.api.wait_agents(1).await;
+    // A client watching a job that cannot run here (it needs a GPU) does not hold the hub up.
+    let waiting = hub
+        .api
+        .submit(&jfk(), "audio", &[("gpu", "required")])
+        .await;
+    let waiting_id = waiting["id"].as_str().unwrap().to_string();
+    let watching = hub
+        .api
+        .http
+        .get(format!("{}/api/v1/jobs/{waiting_id}/events", hub.api.base))
+        .bearer_auth(&hub.api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watching.status(), 200);
     let st = hub.proc.terminate(Duration::from_secs(20));
     assert!(st.success(), "hub exit status {st:?}");
     // The agent keeps trying and registers with the next hub process.
@@ -543,7 +564,10 @@ async fn graceful_shutdown_of_hub_and_agent() {
         hub.sets.clone(),
     )
     .await;
+    drop(watching);
     hub.api.wait_agents(1).await;
+    // The job survived the restart, still waiting.
+    assert_eq!(hub.api.job(&waiting_id).await["state"], "queued");
     let st = a.proc.terminate(Duration::from_secs(40));
     assert!(st.success(), "agent exit status {st:?}");
     until(Duration::from_secs(15), "the agent to be gone", || async {
