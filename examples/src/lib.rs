@@ -34,7 +34,8 @@ impl Pki {
     /// A fresh CA in a new temp dir.
     pub fn new() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("create temp dir")?;
-        let ca = CertificateAuthority::generate("morag-example-ca", Validity::days(1))
+        // Two days, so that the one-day certificates issued later never outlive it.
+        let ca = CertificateAuthority::generate("morag-example-ca", Validity::days(2))
             .context("generate CA")?;
         std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).context("write ca.pem")?;
         Ok(Self { dir, ca })

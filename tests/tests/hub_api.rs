@@ -236,7 +236,7 @@ async fn agents_with_wrong_certificates_cannot_register() {
         .expect("a good agent connects");
 
     // Another CA.
-    let other = CertificateAuthority::generate("other-ca", Validity::days(1)).unwrap();
+    let other = CertificateAuthority::generate("other-ca", Validity::days(2)).unwrap();
     let stranger = other.issue_agent("stranger", Validity::days(1)).unwrap();
     let e = try_register(&hub, creds(&stranger, ca.cert_pem()))
         .await

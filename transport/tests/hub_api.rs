@@ -409,7 +409,7 @@ async fn connect_retrying_waits_for_a_listener_that_starts_later() {
     assert_eq!(hub.peer_id(), "agent-1");
 
     // A permanent refusal is not retried: a certificate of another CA.
-    let other = CertificateAuthority::generate("other-ca", Validity::days(1)).unwrap();
+    let other = CertificateAuthority::generate("other-ca", Validity::days(2)).unwrap();
     let mut foreign = pki.config(
         other.issue_agent("foreign", Validity::days(1)).unwrap(),
         "f",

@@ -35,7 +35,7 @@ struct Setup {
 fn setup() -> Setup {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::generate("test-ca", Validity::days(1)).unwrap();
+    let ca = CertificateAuthority::generate("test-ca", Validity::days(2)).unwrap();
     let hub = ca
         .issue_hub("hub1", &["hub.test".to_string()], &[], Validity::days(1))
         .unwrap();

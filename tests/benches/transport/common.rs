@@ -24,7 +24,7 @@ pub struct Pki {
 
 impl Pki {
     pub fn generate() -> anyhow::Result<Self> {
-        let ca = CertificateAuthority::generate("bench-ca", Validity::days(1))?;
+        let ca = CertificateAuthority::generate("bench-ca", Validity::days(2))?;
         let hub = ca.issue_hub(
             SERVER_NAME,
             &[SERVER_NAME.to_string()],

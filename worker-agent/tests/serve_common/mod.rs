@@ -22,7 +22,7 @@ pub struct Hub {
 pub fn setup() -> Hub {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::generate("test-ca", Validity::days(1)).unwrap();
+    let ca = CertificateAuthority::generate("test-ca", Validity::days(2)).unwrap();
     let hub = ca
         .issue_hub(
             "hub1",
