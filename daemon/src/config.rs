@@ -69,6 +69,10 @@ pub struct HubConfig {
     pub max_store_bytes: Option<u64>,
     /// Default lifetime of a join token.
     pub token_ttl: Duration,
+    /// How often the content store is swept, and how old unreferenced content (and partial
+    /// files) must be to go.
+    pub gc_interval: Duration,
+    pub gc_min_age: Duration,
     /// Graceful shutdown: how long to wait for agents to be told and connections to close.
     pub shutdown_grace: Duration,
     /// Failure detection of agents (heartbeat datagrams).
@@ -103,6 +107,8 @@ impl Default for HubConfig {
             max_store_bytes: None,
             token_ttl: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
+            gc_interval: Duration::from_secs(3600),
+            gc_min_age: Duration::from_secs(24 * 3600),
             heartbeat_interval: Duration::from_millis(500),
             log_json: false,
         }
@@ -134,6 +140,8 @@ pub const KEYS: &[&str] = &[
     "max_store_bytes",
     "token_ttl",
     "shutdown_grace",
+    "gc_interval",
+    "gc_min_age",
     "heartbeat_interval",
     "log_json",
 ];
@@ -281,6 +289,14 @@ impl HubConfig {
             }
             "token_ttl" => self.token_ttl = parse_duration(field, value)?,
             "shutdown_grace" => self.shutdown_grace = parse_duration(field, value)?,
+            "gc_interval" => {
+                let d = parse_duration(field, value)?;
+                if d.is_zero() {
+                    return Err(ConfigError::new(field, "must be more than 0"));
+                }
+                self.gc_interval = d;
+            }
+            "gc_min_age" => self.gc_min_age = parse_duration(field, value)?,
             "heartbeat_interval" => {
                 let d = parse_duration(field, value)?;
                 if d < Duration::from_millis(10) {

@@ -124,6 +124,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     tasks.spawn(hub.clone().accept_loop());
     tasks.spawn(hub.clone().dispatch_loop());
     tasks.spawn(hub.clone().rescue_loop());
+    tasks.spawn(hub.clone().gc_loop());
     let app = crate::api::router(hub.clone());
     let stop = shutdown.clone();
     let h = hub.clone();

@@ -313,3 +313,34 @@ async fn files_from_an_agent_without_work_are_refused() {
         .count();
     assert_eq!(stored, 0, "nothing landed in the hub's store");
 }
+
+#[tokio::test]
+async fn the_content_store_sweep_keeps_what_jobs_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub_dir = tmp.path().join("hub");
+    let hub = Hub::start(&hub_dir, &["gc_interval=200ms", "gc_min_age=0s"]).await;
+    let path = jfk().canonicalize().unwrap();
+    let (s, job) = hub
+        .api
+        .post(
+            "/api/v1/jobs",
+            &json!({"source_file_path": path, "content_type": "audio"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{job}");
+    let input = job["input"]["blake3"].as_str().unwrap().to_string();
+    // Content nobody references (a stale attempt's artifact, say).
+    let orphan = b"left behind";
+    let orphan_hash = blake3::hash(orphan).to_hex().to_string();
+    std::fs::write(hub_dir.join("store").join(&orphan_hash), orphan).unwrap();
+    until(
+        Duration::from_secs(20),
+        "the sweep to remove the orphan",
+        || async { (!hub_dir.join("store").join(&orphan_hash).exists()).then_some(()) },
+    )
+    .await;
+    assert!(
+        hub_dir.join("store").join(&input).is_file(),
+        "the job's input is kept"
+    );
+}

@@ -61,6 +61,19 @@ impl Content {
         Ok(slot)
     }
 
+    /// Delete content no job references that is older than `min_age`, and stale partial files.
+    pub async fn collect_garbage(
+        &self,
+        keep: std::collections::HashSet<String>,
+        min_age: std::time::Duration,
+    ) -> std::io::Result<morag_transport::GcReport> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.gc(&keep, min_age))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
     /// Copy a file on this host into the store (the transport's import: its manifest is kept,
     /// so sending it to an agent does not hash it again); `(hash, size)`.
     pub async fn import_path(

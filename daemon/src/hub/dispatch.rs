@@ -281,6 +281,38 @@ impl Hub {
         }
     }
 
+    /// Sweep the content store now and then: unreferenced content and stale partial files.
+    pub(crate) async fn gc_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.config.gc_interval) => {}
+            }
+            if let Err(e) = self.collect_garbage().await {
+                tracing::warn!(error = %e, "content store sweep failed");
+            }
+        }
+    }
+
+    pub async fn collect_garbage(&self) -> anyhow::Result<morag_transport::GcReport> {
+        let keep = self.store.referenced_content().await?;
+        let report = self
+            .content
+            .collect_garbage(keep, self.config.gc_min_age)
+            .await?;
+        if !report.removed.is_empty() || report.removed_partials > 0 {
+            tracing::info!(
+                removed = report.removed.len(),
+                partials = report.removed_partials,
+                freed = report.freed_bytes,
+                remaining = report.remaining_bytes,
+                "content store swept"
+            );
+        }
+        Ok(report)
+    }
+
     fn tell_cancel(&self, agent_id: &str, attempt_id: &str, reason: &str) -> bool {
         let session = self
             .agents

@@ -192,8 +192,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> StoreResult<Events>;
     async fn count_by_state(&self) -> StoreResult<Vec<(JobState, u64)>>;
-    /// Whether any job references this content (as input or artifact).
-    async fn content_referenced(&self, hash: &str) -> StoreResult<bool>;
+    /// Every content hash a job references (inputs and artifacts): what the store keeps.
+    async fn referenced_content(&self) -> StoreResult<std::collections::HashSet<String>>;
 
     async fn upsert_agent(&self, agent: &AgentRecord) -> StoreResult<()>;
     async fn agents(&self) -> StoreResult<Vec<AgentRecord>>;

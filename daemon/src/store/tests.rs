@@ -237,3 +237,20 @@ async fn state_survives_reopening() {
         vec![(JobState::Assigned, 1)]
     );
 }
+
+#[tokio::test]
+async fn referenced_content_lists_inputs_and_artifacts() {
+    let (_d, s) = store().await;
+    s.insert_job(&job("j", 3)).await.unwrap();
+    claim(&s, "j", "a1", "x").await;
+    let art = crate::model::ArtifactRow {
+        name: "a.txt".into(),
+        hash: "cd".repeat(32),
+        size: 1,
+        media_type: "text/plain".into(),
+    };
+    s.complete("j", "a1", "{}", &[art], 5).await.unwrap();
+    let refs = s.referenced_content().await.unwrap();
+    assert!(refs.contains(&"ab".repeat(32)) && refs.contains(&"cd".repeat(32)));
+    assert_eq!(refs.len(), 2);
+}

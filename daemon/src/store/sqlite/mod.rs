@@ -744,14 +744,12 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn content_referenced(&self, hash: &str) -> StoreResult<bool> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM jobs WHERE input_hash = $1) + (SELECT COUNT(*) FROM artifacts WHERE hash = $1)",
-        )
-        .bind(hash)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n > 0)
+    async fn referenced_content(&self) -> StoreResult<std::collections::HashSet<String>> {
+        let hashes: Vec<String> =
+            sqlx::query_scalar("SELECT input_hash FROM jobs UNION SELECT hash FROM artifacts")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(hashes.into_iter().collect())
     }
 
     async fn upsert_agent(&self, a: &AgentRecord) -> StoreResult<()> {
