@@ -12,7 +12,8 @@
 //! and their slots (4 x 8), `--submitters N` submissions in flight during the burst (16),
 //! `--idle 100,1000,3000,10000` the idle-agent ramp (also `MORAG_BENCH_IDLE`), `--window SECS`
 //! measurement window per step (10), `--connect-limit SECS` a step that connects slower than
-//! this ends the ramp (60), `--connecting N` connects in flight (64), `--only jobs|idle`.
+//! this ends the ramp (60), `--connecting N` connects in flight (64), `--pings-only` no
+//! `Heartbeat` bodies in (3) (the transport's ping datagrams alone), `--only jobs|idle`.
 //! Temp files go to `TMPDIR`.
 //!
 //! # Layout
@@ -158,7 +159,11 @@ fn report_jobs(s: &Settings, runs: &[jobs::SyncRun]) {
             };
             print!(
                 " {:>19}",
-                format!("{} ({})", ms(percentile(&v, 50.0)), ms(percentile(&v, 99.0)))
+                format!(
+                    "{} ({})",
+                    ms(percentile(&v, 50.0)),
+                    ms(percentile(&v, 99.0))
+                )
             );
         }
         println!();
@@ -218,7 +223,12 @@ fn report_idle(s: &Settings, idle: &idle::Idle) {
         idle.nofile
     );
     println!(
-        "    register, then a Heartbeat body every 1 s; CPU over a {:.0} s window after a 2 s settle",
+        "    register, then {}; CPU over a {:.0} s window after a 2 s settle",
+        if s.beat_bodies {
+            "a Heartbeat body every 1 s (and the transport's 1 s pings)"
+        } else {
+            "only the transport's 1 s ping datagrams (--pings-only)"
+        },
         s.window.as_secs_f64()
     );
     println!(
@@ -253,7 +263,9 @@ fn report_idle(s: &Settings, idle: &idle::Idle) {
             println!("    ramp stopped: {why}");
         }
     }
-    println!("  (CPU % is of one core; the machine has 2, shared by the hub and all simulated agents)");
+    println!(
+        "  (CPU % is of one core; the machine has 2, shared by the hub and all simulated agents)"
+    );
     let at_target = idle
         .steps
         .iter()

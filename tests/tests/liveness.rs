@@ -17,11 +17,23 @@ const LOST_BOUND: Duration = Duration::from_millis(3500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_peer_partitioned() {
+    partitioned(false).await;
+}
+
+/// The hub sends no pings of its own while the agent's arrive (`quiet_when_pinged`, as
+/// `morag-hub` runs): both sides still declare the other lost within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_peer_partitioned_hub_only_answers() {
+    partitioned(true).await;
+}
+
+async fn partitioned(hub_quiet: bool) {
     let _serial = serial().await;
     init_tracing();
     let pki = Pki::new();
-    let hub_side = pki.hub_config();
+    let mut hub_side = pki.hub_config();
     assert_eq!(hub_side.config.heartbeat, DetectorConfig::default());
+    hub_side.config.quiet_when_pinged = hub_quiet;
     let listener = listen(hub_side.config.clone());
     let proxy = FaultProxy::start(localhost(), listener.local_addr().unwrap())
         .await
@@ -34,9 +46,18 @@ async fn dead_peer_partitioned() {
     // A few heartbeats first, so that the detector has a round-trip estimate.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(
-        !hub.heartbeat_rtts().is_empty(),
+        !agent.heartbeat_rtts().is_empty(),
         "heartbeats flow before the cut"
     );
+    // Pings of its own: every 500 ms, or (answering) at most the first, sent before any of
+    // the agent's arrived.
+    let hub_pings = hub.heartbeat_rtts().len();
+    if hub_quiet {
+        assert!(hub_pings <= 1, "the hub only answers, yet has {hub_pings} round trips");
+    } else {
+        assert!(hub_pings >= 2, "the hub pings: {hub_pings} round trips");
+    }
+    assert!(hub.status().latency_ms.is_some(), "{:?}", hub.status());
 
     proxy.partition(true);
     let cut = Instant::now();

@@ -95,6 +95,12 @@ pub struct SessionConfig {
     pub revocations: RevocationList,
     /// Heartbeat interval and failure-detection thresholds.
     pub heartbeat: DetectorConfig,
+    /// Send no pings of our own while the peer's arrive (one came within 1.5 heartbeat
+    /// intervals): our pongs keep the peer's detector fed and its pings keep ours, so one
+    /// side's pings serve both. This halves heartbeat traffic on a server with thousands of
+    /// peers. This side then has no heartbeat round trips of its own: `Session::status`
+    /// reports QUIC's estimate and `heartbeat_rtts` stays empty while the peer pings.
+    pub quiet_when_pinged: bool,
     /// Reconnect backoff of the dialing side.
     pub reconnect: BackoffConfig,
     /// Default timeout of [`crate::Session::request`].
@@ -150,6 +156,7 @@ impl SessionConfig {
             credentials,
             revocations: RevocationList::empty(),
             heartbeat: DetectorConfig::default(),
+            quiet_when_pinged: false,
             reconnect: BackoffConfig::default(),
             request_timeout: Duration::from_secs(10),
             max_frame_size: crate::frame::MAX_FRAME_SIZE,

@@ -147,22 +147,10 @@ impl Hub {
                 }
             },
             Body::TaskProgress(p) => self.progress(peer, p).await,
-            Body::Heartbeat(h) => {
-                if let Some(a) = self.agents.lock().unwrap().get_mut(peer) {
-                    if a.health.healthy != h.healthy {
-                        tracing::info!(agent_id = %peer, healthy = h.healthy, "agent health changed");
-                    }
-                    a.health = h.clone();
-                }
-                if h.healthy {
-                    self.poke();
-                }
-            }
-            Body::StatusUpdate(s) => {
-                if let Some(a) = self.agents.lock().unwrap().get_mut(peer) {
-                    a.health = s.health.clone();
-                }
-            }
+            // Only a change of health can change what the dispatcher may do: a heartbeat that
+            // says what the last one said wakes nothing (thousands arrive per second).
+            Body::Heartbeat(h) => self.set_health(peer, h),
+            Body::StatusUpdate(s) => self.set_health(peer, &s.health),
             Body::WorkerShutdown(w) => {
                 tracing::info!(agent_id = %peer, reason = %w.reason, graceful = w.graceful, "agent shutting down");
                 if let Some(a) = self.agents.lock().unwrap().get_mut(peer) {
@@ -170,6 +158,24 @@ impl Hub {
                 }
             }
             other => tracing::debug!(agent_id = %peer, kind = other.kind(), "ignored message"),
+        }
+    }
+
+    /// Record an agent's health; wake the dispatcher when it became healthy.
+    fn set_health(&self, peer: &str, h: &morag_transport::WorkerHealth) {
+        let recovered = match self.agents.lock().unwrap().get_mut(peer) {
+            Some(a) => {
+                let changed = a.health.healthy != h.healthy;
+                if changed {
+                    tracing::info!(agent_id = %peer, healthy = h.healthy, "agent health changed");
+                }
+                a.health = h.clone();
+                changed && h.healthy
+            }
+            None => false,
+        };
+        if recovered {
+            self.poke();
         }
     }
 

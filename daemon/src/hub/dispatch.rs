@@ -39,7 +39,11 @@ impl Hub {
     /// Agents that may take work now, with their free slots.
     fn candidates(&self) -> Vec<Candidate> {
         let agents = self.agents.lock().unwrap();
+        let mut active: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
         let attempts = self.attempts.lock().unwrap();
+        for a in attempts.values() {
+            *active.entry(a.agent_id.as_str()).or_default() += 1;
+        }
         agents
             .iter()
             .filter(|(_, a)| {
@@ -59,7 +63,7 @@ impl Hub {
                     gpu: gpu_ok,
                     queues: r.queues.clone(),
                     content_types: r.content_types.clone(),
-                    active: attempts.values().filter(|x| &x.agent_id == id).count() as u32,
+                    active: active.get(id.as_str()).copied().unwrap_or(0),
                     max: r.max_concurrent_tasks,
                 }
             })

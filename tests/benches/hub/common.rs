@@ -26,14 +26,17 @@ pub struct Settings {
     pub connect_limit: Duration,
     /// Connects (and registrations) in flight in (3).
     pub connecting: usize,
+    /// Send a `Heartbeat` body every second in (3) (off: only the transport's pings).
+    pub beat_bodies: bool,
     /// Which parts to run.
     pub jobs: bool,
     pub idle: bool,
 }
 
 impl Settings {
-    /// `--seq N --burst M --agents K --slots S --idle 100,1000 --window SECS
-    /// --connect-limit SECS --only jobs|idle`; `MORAG_BENCH_IDLE` sets the idle steps too.
+    /// `--seq N --burst M --agents K --slots S --submitters N --idle 100,1000 --window SECS
+    /// --connect-limit SECS --connecting N --pings-only --only jobs|idle`; `MORAG_BENCH_IDLE`
+    /// sets the idle steps too.
     /// Unknown arguments (cargo adds `--bench`) are ignored.
     pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
         let mut s = Self {
@@ -46,6 +49,7 @@ impl Settings {
             window: Duration::from_secs(10),
             connect_limit: Duration::from_secs(60),
             connecting: 64,
+            beat_bodies: true,
             jobs: true,
             idle: true,
         };
@@ -54,10 +58,8 @@ impl Settings {
         }
         let mut args = args.peekable();
         while let Some(a) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .with_context(|| format!("{name} needs a value"))
-            };
+            let mut value =
+                |name: &str| args.next().with_context(|| format!("{name} needs a value"));
             match a.as_str() {
                 "--seq" => s.seq_jobs = num(&value("--seq")?, "--seq")?,
                 "--burst" => s.burst_jobs = num(&value("--burst")?, "--burst")?,
@@ -73,6 +75,7 @@ impl Settings {
                         Duration::from_secs_f64(num(&value("--connect-limit")?, "--connect-limit")?)
                 }
                 "--connecting" => s.connecting = num(&value("--connecting")?, "--connecting")?,
+                "--pings-only" => s.beat_bodies = false,
                 "--only" => match value("--only")?.as_str() {
                     "jobs" => s.idle = false,
                     "idle" => s.jobs = false,
@@ -81,9 +84,18 @@ impl Settings {
                 _ => {}
             }
         }
-        anyhow::ensure!(s.agents >= 1 && s.slots >= 1, "--agents and --slots must be at least 1");
-        anyhow::ensure!(s.submitters >= 1 && s.connecting >= 1, "--submitters and --connecting must be at least 1");
-        anyhow::ensure!(s.window >= Duration::from_secs(1), "--window must be at least 1 s");
+        anyhow::ensure!(
+            s.agents >= 1 && s.slots >= 1,
+            "--agents and --slots must be at least 1"
+        );
+        anyhow::ensure!(
+            s.submitters >= 1 && s.connecting >= 1,
+            "--submitters and --connecting must be at least 1"
+        );
+        anyhow::ensure!(
+            s.window >= Duration::from_secs(1),
+            "--window must be at least 1 s"
+        );
         Ok(s)
     }
 }
@@ -214,5 +226,5 @@ pub fn raise_nofile() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }

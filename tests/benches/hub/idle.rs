@@ -76,7 +76,11 @@ impl HubProcess {
     fn start(data: &Path) -> anyhow::Result<Self> {
         // Create the data directory (CA, token) here, so certificates can be issued from it.
         let mut config = morag_hub::HubConfig::default();
-        config.set("data", data.to_str().context("temp dir is not UTF-8")?, "data")?;
+        config.set(
+            "data",
+            data.to_str().context("temp dir is not UTF-8")?,
+            "data",
+        )?;
         morag_hub::init::prepare(&config)?;
         let log = data.join("hub.log");
         let exe = std::env::current_exe().context("locating the bench binary")?;
@@ -104,7 +108,9 @@ impl HubProcess {
             pid,
             quic: String::new(),
             url: String::new(),
-            token: std::fs::read_to_string(data.join("api-token"))?.trim().to_string(),
+            token: std::fs::read_to_string(data.join("api-token"))?
+                .trim()
+                .to_string(),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -121,7 +127,10 @@ impl HubProcess {
             if let Some(status) = hub.child.try_wait()? {
                 anyhow::bail!("the hub exited ({status}): {}", hub.log_tail());
             }
-            ensure!(Instant::now() < deadline, "the hub did not start within 30 s");
+            ensure!(
+                Instant::now() < deadline,
+                "the hub did not start within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -154,7 +163,11 @@ impl HubProcess {
 }
 
 /// One simulated agent, kept alive by its task.
-fn session_config(ca: &CertificateAuthority, id: &str, store: &Path) -> anyhow::Result<SessionConfig> {
+fn session_config(
+    ca: &CertificateAuthority,
+    id: &str,
+    store: &Path,
+) -> anyhow::Result<SessionConfig> {
     let cert = agent_cert(ca, id)?;
     let mut cfg = SessionConfig::new(Credentials {
         cert_chain_pem: cert.cert_pem,
@@ -198,7 +211,11 @@ fn health() -> WorkerHealth {
 }
 
 /// Connect and register one agent.
-async fn join(cfg: SessionConfig, quic: std::net::SocketAddr, id: String) -> anyhow::Result<(Client, Session)> {
+async fn join(
+    cfg: SessionConfig,
+    quic: std::net::SocketAddr,
+    id: String,
+) -> anyhow::Result<(Client, Session)> {
     let client = Client::new(cfg).context("client")?;
     let session = client.connect(quic, "localhost").await.context("connect")?;
     let reply = session
@@ -286,7 +303,9 @@ pub async fn run(s: &Settings, dir: &Path) -> anyhow::Result<Idle> {
         loop {
             match tokio::time::timeout_at(deadline, joins.join_next()).await {
                 Ok(Some(Ok(Ok(pair)))) => {
-                    beats.spawn(beat(pair.1.clone(), stop.clone()));
+                    if s.beat_bodies {
+                        beats.spawn(beat(pair.1.clone(), stop.clone()));
+                    }
                     clients.push(pair);
                 }
                 Ok(Some(Ok(Err(e)))) => {
@@ -312,7 +331,9 @@ pub async fn run(s: &Settings, dir: &Path) -> anyhow::Result<Idle> {
                 clients.len() - from,
                 target - from,
                 connect.as_secs_f64(),
-                first_error.map(|e| format!(", first: {e}")).unwrap_or_default()
+                first_error
+                    .map(|e| format!(", first: {e}"))
+                    .unwrap_or_default()
             ));
         }
         if !hub.alive() {

@@ -96,7 +96,10 @@ pub async fn run(s: &Settings, sync: &'static str, dir: &Path) -> anyhow::Result
     let files = make_inputs(&inputs, "seq", total)?;
     let mut samples = Vec::with_capacity(s.seq_jobs);
     for (i, f) in files.iter().enumerate() {
-        let sample = b.one(f).await.with_context(|| format!("sequential job {i}"))?;
+        let sample = b
+            .one(f)
+            .await
+            .with_context(|| format!("sequential job {i}"))?;
         if i >= WARMUP {
             samples.push(sample);
         }
@@ -183,7 +186,7 @@ impl Bench {
                 hub: Some(running.quic.to_string()),
                 dir: adir,
                 name: Some(id),
-                capability: Capability::Cpu,
+                capability: Some(Capability::Cpu),
                 queues: Some(vec![QUEUE.into()]),
                 max_concurrent_tasks: s.slots,
                 enable_gpu: false,
@@ -345,7 +348,12 @@ impl Bench {
         ids: &HashSet<String>,
         ended: &mut HashMap<String, bool>,
     ) -> anyhow::Result<()> {
-        for id in ids.iter().filter(|id| !ended.contains_key(*id)) {
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !ended.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in missing {
             let v: serde_json::Value = self
                 .http
                 .get(format!("{}/api/v1/jobs/{id}", self.url))
@@ -356,8 +364,8 @@ impl Bench {
                 .json()
                 .await?;
             match v["state"].as_str() {
-                Some("completed") => ended.insert(id.clone(), true),
-                Some("failed" | "cancelled" | "timed_out") => ended.insert(id.clone(), false),
+                Some("completed") => ended.insert(id, true),
+                Some("failed" | "cancelled" | "timed_out") => ended.insert(id, false),
                 _ => None,
             };
         }
@@ -367,7 +375,10 @@ impl Bench {
     async fn stop(mut self) {
         self.agents_stop.cancel();
         let agents = async { while self.agents.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(15), agents).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(15), agents)
+            .await
+            .is_err()
+        {
             eprintln!("  note: agents did not stop within 15 s");
             self.agents.abort_all();
         }

@@ -3,8 +3,9 @@
 //! `attach` installs a connection whose control stream is open and greeted, and spawns:
 //! - the control writer (outbox -> control stream, priority order);
 //! - the control reader (control stream -> deliver);
-//! - heartbeats: a ping every interval, a pong for every ping, and the liveness check that
-//!   closes the connection when the peer is dead;
+//! - heartbeats: a ping every interval (none while the peer's arrive, with
+//!   `quiet_when_pinged`), a pong for every ping, and the liveness check that closes the
+//!   connection when the peer is dead;
 //! - the stream acceptor (transfers the peer opens);
 //! - the watcher that notices the connection's end and tells the session.
 //!
@@ -24,8 +25,8 @@ use crate::detector::{FailureDetector, Liveness};
 use crate::message::unix_ms;
 use crate::wire::{close_code, ControlFrame, Datagram, StreamOpen, MAX_DATAGRAM, MAX_OFFER_FRAME};
 
-/// How often liveness is checked.
-const LIVENESS_TICK: Duration = Duration::from_millis(100);
+/// Fallback interval for the liveness check when the detector names no next moment.
+const LIVENESS_RECHECK: Duration = Duration::from_millis(100);
 
 /// Install `conn` as the session's current connection and start its tasks. Returns false
 /// (and closes `conn`) if the session is closed or closing.
@@ -203,8 +204,11 @@ async fn heartbeats(inner: Arc<Inner>, live: Live) {
     let cfg = inner.config.heartbeat;
     let mut ping = tokio::time::interval(cfg.interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut check = tokio::time::interval(LIVENESS_TICK);
-    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The liveness check sleeps until the detector's verdict could change (a peer heard from
+    // meanwhile only moves that moment later): a wake-up per `suspect_after` rather than a
+    // fixed tick, which matters with thousands of connections on one hub.
+    let check = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(check);
     let mut seq = 0u64;
     let mut suspect = false;
     loop {
@@ -212,13 +216,26 @@ async fn heartbeats(inner: Arc<Inner>, live: Live) {
             biased;
             _ = live.cancel.cancelled() => return,
             _ = ping.tick() => {
+                let answering = inner.config.quiet_when_pinged
+                    && live
+                        .detector
+                        .lock()
+                        .unwrap()
+                        .pinged_within(Instant::now(), cfg.interval * 3 / 2);
+                if answering {
+                    continue;
+                }
                 seq += 1;
                 let sent_us = inner.epoch.elapsed().as_micros() as u64;
                 live.detector.lock().unwrap().on_ping_sent(seq);
                 send_datagram(&live, Datagram::Ping { seq, sent_us });
             }
-            _ = check.tick() => {
-                let liveness = live.detector.lock().unwrap().liveness(Instant::now());
+            _ = &mut check => {
+                let now = Instant::now();
+                let (liveness, next) = {
+                    let d = live.detector.lock().unwrap();
+                    (d.liveness(now), d.next_change(now))
+                };
                 match liveness {
                     Liveness::Alive => suspect = false,
                     Liveness::Suspect if !suspect => {
@@ -235,6 +252,9 @@ async fn heartbeats(inner: Arc<Inner>, live: Live) {
                         return;
                     }
                 }
+                // The verdict is due at `next`; a little later so it has changed by then.
+                let at = next.unwrap_or(now + LIVENESS_RECHECK) + Duration::from_millis(1);
+                check.as_mut().reset(tokio::time::Instant::from_std(at));
             }
         }
     }

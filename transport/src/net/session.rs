@@ -547,7 +547,8 @@ impl Session {
             let now = Instant::now();
             status.connected = true;
             status.quality = d.quality(now);
-            status.latency_ms = d.srtt().map(|r| r.as_secs_f32() * 1000.0);
+            // Without pings of our own (`quiet_when_pinged`), QUIC's estimate.
+            status.latency_ms = Some(d.srtt().unwrap_or_else(|| live.conn.rtt()).as_secs_f32() * 1000.0);
             status.loss = d.loss();
             status.last_heartbeat_ms = d.last_heard().map(super::instant_to_unix_ms);
         }
