@@ -198,15 +198,34 @@ pub struct ArtifactRef {
     pub media_type: String,
 }
 
-/// An attempt finished: its result document and artifacts are at the hub already.
+/// Largest file carried inside a [`Completion`] instead of by a transfer.
+pub const INLINE_FILE_MAX: u64 = 64 * 1024;
+/// Most bytes of files one [`Completion`] carries (well inside a control frame).
+pub const INLINE_TOTAL_MAX: u64 = 256 * 1024;
+
+/// A small file carried inside a [`Completion`]: the hub checks it against its hash and stores
+/// it, so a short result needs no transfer and no second round trip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineFile {
+    /// BLAKE3, lowercase hex.
+    pub hash: String,
+    pub data: Vec<u8>,
+}
+
+/// An attempt finished. Its result document and artifacts are at the hub already, travel in
+/// `inline`, or are sent when the hub answers `MissingFiles`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {
     pub job_id: String,
     pub attempt_id: String,
-    /// BLAKE3 of the result JSON (MoRAG's shape), sent as a file: it can exceed a frame.
+    /// BLAKE3 of the result JSON (MoRAG's shape); a file, since it can exceed a frame.
     pub result_hash: String,
     pub artifacts: Vec<ArtifactRef>,
     pub processing_time_ms: u64,
+    /// Files of at most [`INLINE_FILE_MAX`] bytes, [`INLINE_TOTAL_MAX`] in all, named by
+    /// `result_hash` or `artifacts`. Filled when sent (an agent's outbox keeps paths only).
+    #[serde(default)]
+    pub inline: Vec<InlineFile>,
 }
 
 /// An attempt failed.
@@ -281,6 +300,10 @@ mod tests {
                 media_type: "text/plain".into(),
             }],
             processing_time_ms: 12,
+            inline: vec![InlineFile {
+                hash: "ab".repeat(32),
+                data: b"{}".to_vec(),
+            }],
         };
         let env = Envelope::user(kind::COMPLETE, &c).unwrap();
         let back: Completion = env.decode_user(kind::COMPLETE).unwrap().unwrap();

@@ -1,6 +1,6 @@
 //! The hub's HTTP API and its door for agents, without a real agent: bad requests get the
 //! right 4xx JSON and store nothing; MoRAG's remote-jobs shape; agents with the wrong
-//! certificate cannot register.
+//! certificate cannot register; a raw agent's completion: inline files checked, large ones by transfer.
 
 mod hub_common;
 
@@ -343,4 +343,154 @@ async fn the_content_store_sweep_keeps_what_jobs_reference() {
         hub_dir.join("store").join(&input).is_file(),
         "the job's input is kept"
     );
+}
+
+/// A raw agent (the protocol by hand) runs one job: a completion whose inline result does not
+/// match its hash gets `MissingFiles` for it and the large artifact; once the artifact came by
+/// transfer, the completion with the right inline result is accepted and both files are
+/// served.
+#[tokio::test]
+async fn inline_result_files_are_checked_and_large_ones_come_by_transfer() {
+    use morag_protocol::{
+        kind, Ack, AckOutcome, ArtifactRef, Assignment, Capability, Completion, InlineFile,
+        Registered, Registration,
+    };
+    use morag_transport::{Body, Envelope, Inbound, Reply, WorkerHealth};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let hub_dir = tmp.path().join("hub");
+    let hub = Hub::start(&hub_dir, &[]).await;
+    let ca = CertificateAuthority::load(&hub_dir.join("pki")).unwrap();
+    let cert = ca.issue_agent("raw-agent", Validity::days(1)).unwrap();
+    let mut config = SessionConfig::new(Credentials {
+        cert_chain_pem: cert.cert_pem.clone(),
+        key_pem: cert.key_pem.clone(),
+        ca_pem: ca.cert_pem().to_string(),
+    });
+    config.store_dir = tmp.path().join("agent-store");
+    let client = Client::new(config).unwrap();
+    let session = client.connect(hub.quic_addr(), "localhost").await.unwrap();
+    let reg = Registration {
+        name: "raw".into(),
+        capability: Capability::Cpu,
+        queues: vec!["gpu_priority".into(), "gpu_fallback".into()],
+        hardware_json: "{}".into(),
+        hostname: "raw".into(),
+        max_concurrent_tasks: 1,
+        content_types: vec!["audio".into()],
+        software_version: "test".into(),
+        incarnation: "0123456789abcdef".into(),
+        gpu_memory_free_bytes: None,
+        running: Vec::new(),
+        undelivered: Vec::new(),
+        health: WorkerHealth {
+            healthy: true,
+            ..Default::default()
+        },
+        draining: false,
+    };
+    let reply = session
+        .request(Envelope::user(kind::REGISTER, &reg).unwrap())
+        .await
+        .unwrap();
+    let registered: Registered = reply.decode_user(kind::REGISTERED).unwrap().unwrap();
+    assert_eq!(registered.agent_id, "raw-agent");
+
+    let job = hub.api.submit(&jfk(), "audio", &[]).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let a: Assignment = loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), session.recv())
+            .await
+            .expect("an assignment")
+            .expect("session open");
+        if let Inbound::Message(m) = m {
+            if let Some(Ok(a)) = m.decode_user::<Assignment>(kind::ASSIGN) {
+                session
+                    .respond(
+                        &m,
+                        Body::Reply(Reply {
+                            ok: true,
+                            message: String::new(),
+                        }),
+                    )
+                    .unwrap();
+                break a;
+            }
+        }
+    };
+    assert_eq!(a.job_id, id);
+
+    let result = serde_json::to_vec(&json!({"success": true, "text": "raw"})).unwrap();
+    let result_hash = blake3::hash(&result).to_hex().to_string();
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let big_hash = blake3::hash(&big).to_hex().to_string();
+    let mut c = Completion {
+        job_id: a.job_id.clone(),
+        attempt_id: a.attempt_id.clone(),
+        result_hash: result_hash.clone(),
+        artifacts: vec![ArtifactRef {
+            name: "frames.bin".into(),
+            hash: big_hash.clone(),
+            size: big.len() as u64,
+            media_type: "application/octet-stream".into(),
+        }],
+        processing_time_ms: 1,
+        // Bytes that are not the result's.
+        inline: vec![InlineFile {
+            hash: result_hash.clone(),
+            data: b"{\"success\": false}".to_vec(),
+        }],
+    };
+    let complete = |c: &Completion| {
+        let env = Envelope::user(kind::COMPLETE, c).unwrap();
+        let session = session.clone();
+        async move {
+            let reply = session.request(env).await.unwrap();
+            let ack: Ack = reply.decode_user(kind::ACK).unwrap().unwrap();
+            ack.outcome
+        }
+    };
+    let AckOutcome::MissingFiles(mut missing) = complete(&c).await else {
+        panic!("a forged inline file must not complete the job")
+    };
+    missing.sort();
+    let mut want = vec![result_hash.clone(), big_hash.clone()];
+    want.sort();
+    assert_eq!(missing, want);
+    assert_eq!(hub.api.job(&id).await["state"], "running");
+
+    // The large artifact by transfer, the result inline and right.
+    session
+        .send_bytes(big.clone(), "frames.bin")
+        .finish()
+        .await
+        .expect("the hub takes a current attempt's file");
+    c.inline = vec![InlineFile {
+        hash: result_hash.clone(),
+        data: result.clone(),
+    }];
+    assert_eq!(complete(&c).await, AckOutcome::Accepted);
+    let job = hub.api.job(&id).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    let (s, doc) = hub.api.get(&format!("/api/v1/jobs/{id}/result")).await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["text"], "raw");
+    let served = hub
+        .api
+        .http
+        .get(format!(
+            "{}/api/v1/jobs/{id}/artifacts/{big_hash}",
+            hub.api.base
+        ))
+        .bearer_auth(&hub.api.token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(served.as_ref() == big.as_slice(), "the artifact as sent");
+    // The same report again is a duplicate, not a second completion.
+    assert_eq!(complete(&c).await, AckOutcome::Duplicate);
+    client.close().await;
 }

@@ -53,7 +53,10 @@ async fn partitioned(hub_quiet: bool) {
     // the agent's arrived.
     let hub_pings = hub.heartbeat_rtts().len();
     if hub_quiet {
-        assert!(hub_pings <= 1, "the hub only answers, yet has {hub_pings} round trips");
+        assert!(
+            hub_pings <= 1,
+            "the hub only answers, yet has {hub_pings} round trips"
+        );
     } else {
         assert!(hub_pings >= 2, "the hub pings: {hub_pings} round trips");
     }

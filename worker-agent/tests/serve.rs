@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use morag_agent::media::{Artifact, Cancel, ProcessError, ProcessOutput, Progress, ProgressSink};
 use morag_agent::serve::{self, JobSpec, Processor, ServeConfig};
-use morag_protocol::{kind, AckOutcome, CancelAck, Completion};
+use morag_protocol::{kind, AckOutcome, CancelAck, Capability, Completion};
 use morag_transport::{Body, Listener, TaskCancel};
 use serve_common::*;
 
@@ -54,6 +54,8 @@ fn agent_config(dir: &Path) -> ServeConfig {
     let mut c = ServeConfig {
         dir: dir.to_path_buf(),
         name: Some("test-agent".into()),
+        // Configured, so the registration does not depend on this machine's GPUs.
+        capability: Some(Capability::Hybrid),
         max_concurrent_tasks: 2,
         heartbeat_interval: Duration::from_millis(300),
         request_timeout: Duration::from_secs(2),
@@ -109,6 +111,15 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
     assert_eq!(c.attempt_id, "a1");
     let names: Vec<_> = c.artifacts.iter().map(|x| x.name.as_str()).collect();
     assert_eq!(names, ["note.txt", "talk_result.json"]);
+    // Small files travel inside the report, each the bytes of its hash.
+    let mut inline: Vec<_> = c.inline.iter().map(|f| f.hash.clone()).collect();
+    let mut named: Vec<_> = c.artifacts.iter().map(|x| x.hash.clone()).collect();
+    inline.sort();
+    named.sort();
+    assert_eq!(inline, named, "every (small) file inline");
+    for f in &c.inline {
+        assert_eq!(blake3::hash(&f.data).to_hex().as_str(), f.hash);
+    }
     // The report comes first; no file is sent before the hub asks for it.
     assert!(
         !c.artifacts

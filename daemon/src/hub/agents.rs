@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use morag_protocol::{
-    kind, Ack, AckOutcome, AttemptRef, CancelAck, Completion, Failure, FetchInput, Registered,
-    Registration,
+    kind, Ack, AckOutcome, AttemptRef, CancelAck, Completion, Failure, FetchInput, InlineFile,
+    Registered, Registration, INLINE_FILE_MAX, INLINE_TOTAL_MAX,
 };
 use morag_transport::{
     unix_ms, Body, Envelope, Inbound, Reply, Session, SessionEvent, TaskCancel, TaskProgress,
@@ -220,12 +220,7 @@ impl Hub {
             .filter(|id| !keep.iter().any(|k| k == *id))
             .map(|s| s.to_string())
             .collect();
-        let stored = self
-            .store
-            .agents()
-            .await
-            .ok()
-            .and_then(|all| all.into_iter().find(|a| a.id == peer));
+        let stored = self.store.agent(peer).await.ok().flatten();
         let drained = stored.as_ref().is_some_and(|a| a.drained);
         let record = AgentRecord {
             id: peer.to_string(),
@@ -421,7 +416,26 @@ impl Hub {
         }
     }
 
-    async fn complete(&self, peer: &str, c: Completion) -> Ack {
+    /// Keep the small files a current attempt's completion carries: each must be named by the
+    /// completion, within the inline limits and match its hash; any other is dropped (and asked
+    /// for again as a transfer when it is missing).
+    async fn store_inline(&self, job_id: &str, c: &Completion, inline: Vec<InlineFile>) {
+        let mut total = 0u64;
+        for f in inline {
+            let size = f.data.len() as u64;
+            let named = f.hash == c.result_hash || c.artifacts.iter().any(|a| a.hash == f.hash);
+            total = total.saturating_add(size);
+            if !named || size > INLINE_FILE_MAX || total > INLINE_TOTAL_MAX {
+                tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, size, named, "inline file dropped");
+                continue;
+            }
+            if let Err(e) = self.content.store_bytes(&f.hash, f.data).await {
+                tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, error = %e, "inline file not stored");
+            }
+        }
+    }
+
+    async fn complete(&self, peer: &str, mut c: Completion) -> Ack {
         let ack = |outcome| Ack {
             attempt_id: c.attempt_id.clone(),
             outcome,
@@ -432,6 +446,8 @@ impl Hub {
                 .settled(peer, &c.job_id, &c.attempt_id, "completed", "complete")
                 .await);
         };
+        let inline = std::mem::take(&mut c.inline);
+        self.store_inline(&job_id, &c, inline).await;
         let missing: Vec<String> = std::iter::once(&c.result_hash)
             .chain(c.artifacts.iter().map(|a| &a.hash))
             .filter(|h| self.content.path(h).is_none())

@@ -74,6 +74,34 @@ impl Content {
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
+    /// Store `data` under `hash` after checking that it is that content (synced to disk
+    /// before it appears under its name). Content the store holds is left alone.
+    pub async fn store_bytes(&self, hash: &str, data: Vec<u8>) -> std::io::Result<PathBuf> {
+        if !is_hash(hash) || blake3::hash(&data).to_hex().as_str() != hash {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the bytes do not match their hash",
+            ));
+        }
+        if let Some(p) = self.path(hash) {
+            return Ok(p);
+        }
+        let this = self.clone();
+        let hash = hash.to_string();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let (path, mut file) = this.staging_file()?;
+            let written = file.write_all(&data).and_then(|()| file.sync_all());
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+            this.adopt(&path, &hash)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     /// Copy a file on this host into the store (the transport's import: its manifest is kept,
     /// so sending it to an agent does not hash it again); `(hash, size)`.
     pub async fn import_path(
@@ -106,6 +134,25 @@ impl Content {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stored_bytes_must_match_their_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Content::new(dir.path().join("store"), dir.path().join("up")).unwrap();
+        let hash = blake3::hash(b"result").to_hex().to_string();
+        let wrong = blake3::hash(b"other").to_hex().to_string();
+        let e = c.store_bytes(&wrong, b"result".to_vec()).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            c.path(&wrong).is_none(),
+            "nothing stored under a wrong hash"
+        );
+        let p = c.store_bytes(&hash, b"result".to_vec()).await.unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"result");
+        assert_eq!(c.path(&hash), Some(p.clone()));
+        // Again: the stored copy stays.
+        assert_eq!(c.store_bytes(&hash, b"result".to_vec()).await.unwrap(), p);
+    }
 
     #[tokio::test]
     async fn import_places_content_under_its_hash() {

@@ -72,12 +72,17 @@ impl Hub {
 
     /// One pass over the queue: claim what can be placed and send the assignments.
     pub(crate) async fn dispatch_round(self: &Arc<Self>) -> StoreResult<usize> {
+        // The queue first: with nothing to place (the common case while agents come and go),
+        // the agents are not looked at.
+        let now = unix_ms();
+        let jobs = self.store.dispatchable(now, DISPATCH_BATCH).await?;
+        if jobs.is_empty() {
+            return Ok(0);
+        }
         let mut candidates = self.candidates();
         if candidates.iter().all(|c| c.free() == 0) {
             return Ok(0);
         }
-        let now = unix_ms();
-        let jobs = self.store.dispatchable(now, DISPATCH_BATCH).await?;
         let policy = Policy {
             gpu_wait_ms: self.config.gpu_wait.as_millis() as u64,
             fallback_queues: &self.config.fallback_queues,

@@ -197,6 +197,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn upsert_agent(&self, agent: &AgentRecord) -> StoreResult<()>;
     async fn agents(&self) -> StoreResult<Vec<AgentRecord>>;
+    async fn agent(&self, id: &str) -> StoreResult<Option<AgentRecord>>;
     async fn set_drained(&self, agent_id: &str, drained: bool) -> StoreResult<bool>;
 
     async fn insert_token(

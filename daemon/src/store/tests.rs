@@ -254,3 +254,33 @@ async fn referenced_content_lists_inputs_and_artifacts() {
     assert!(refs.contains(&"ab".repeat(32)) && refs.contains(&"cd".repeat(32)));
     assert_eq!(refs.len(), 2);
 }
+
+#[tokio::test]
+async fn agents_are_found_by_id_and_keep_their_drain_mark() {
+    let (_dir, s) = store().await;
+    let rec = |id: &str| AgentRecord {
+        id: id.into(),
+        name: format!("{id}-name"),
+        capability: "cpu".into(),
+        queues: vec!["q".into()],
+        hardware: serde_json::json!({"cpus": 2}),
+        hostname: "h".into(),
+        address: None,
+        max_concurrent: 2,
+        content_types: vec!["audio".into()],
+        version: "1".into(),
+        incarnation: "i1".into(),
+        drained: false,
+        first_seen_ms: 1,
+        last_seen_ms: 1,
+    };
+    s.upsert_agent(&rec("a")).await.unwrap();
+    s.upsert_agent(&rec("b")).await.unwrap();
+    assert!(s.agent("c").await.unwrap().is_none());
+    assert!(s.set_drained("b", true).await.unwrap());
+    let b = s.agent("b").await.unwrap().unwrap();
+    assert_eq!((b.name.as_str(), b.drained), ("b-name", true));
+    assert_eq!(b.hardware["cpus"], 2);
+    assert!(!s.agent("a").await.unwrap().unwrap().drained);
+    assert_eq!(s.agents().await.unwrap().len(), 2);
+}

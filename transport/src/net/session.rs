@@ -548,7 +548,8 @@ impl Session {
             status.connected = true;
             status.quality = d.quality(now);
             // Without pings of our own (`quiet_when_pinged`), QUIC's estimate.
-            status.latency_ms = Some(d.srtt().unwrap_or_else(|| live.conn.rtt()).as_secs_f32() * 1000.0);
+            status.latency_ms =
+                Some(d.srtt().unwrap_or_else(|| live.conn.rtt()).as_secs_f32() * 1000.0);
             status.loss = d.loss();
             status.last_heartbeat_ms = d.last_heard().map(super::instant_to_unix_ms);
         }

@@ -1,16 +1,19 @@
 //! Delivering a report until the hub's final ack: the `complete` / `fail` / `cancel_ack`
-//! request first; when the hub answers that it misses a completion's files (it does for a
-//! current attempt whose files it does not hold yet), those files (each `send_file(..).finish()`
-//! returns once the hub holds the verified file), then the report again. So a stale attempt
-//! never uploads anything (the hub refuses files from agents with no attempt out), and a
-//! repeated report costs one round trip. Accepted, duplicate and stale acks end the delivery;
+//! request first, a completion carrying its small files inline; when the hub answers that it
+//! misses a completion's files (it does for a current attempt whose files it does not hold
+//! yet), those files (each `send_file(..).finish()` returns once the hub holds the verified
+//! file), then the report again. So a stale attempt never uploads anything (the hub refuses
+//! files from agents with no attempt out, and drops inline files of attempts not current), and
+//! a repeated report costs one round trip. Accepted, duplicate and stale acks end the delivery;
 //! a retry ack, no answer or a lost session means trying again with backoff, forever and
 //! across reconnects, until the agent stops (the report stays in the outbox for its next
 //! start).
 
 use std::sync::Arc;
 
-use morag_protocol::{kind, Ack, AckOutcome, Failure};
+use morag_protocol::{
+    kind, Ack, AckOutcome, Failure, InlineFile, INLINE_FILE_MAX, INLINE_TOTAL_MAX,
+};
 use morag_transport::{Body, Envelope, Reply, TransferError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -140,6 +143,34 @@ async fn send_files(link: &Link, files: &[OutFile], only: Option<&[String]>) -> 
     Ok(())
 }
 
+/// The report's small files, read now to travel inside the completion (at most
+/// `INLINE_FILE_MAX` each, `INLINE_TOTAL_MAX` in all; the rest go by transfer when the hub
+/// asks). A file that cannot be read is left to the transfer path, which reports it.
+async fn inline_files(files: &[OutFile]) -> Vec<InlineFile> {
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    for f in files {
+        let Ok(meta) = tokio::fs::metadata(&f.path).await else {
+            continue;
+        };
+        let size = meta.len();
+        if size > INLINE_FILE_MAX || total + size > INLINE_TOTAL_MAX {
+            continue;
+        }
+        match tokio::fs::read(&f.path).await {
+            Ok(data) if data.len() as u64 == size => {
+                total += size;
+                out.push(InlineFile {
+                    hash: f.hash.clone(),
+                    data,
+                });
+            }
+            _ => continue,
+        }
+    }
+    out
+}
+
 async fn try_once(agent: &Agent, link: &Link, report: &Report, only: Option<&[String]>) -> Try {
     let env = match report {
         Report::Complete {
@@ -148,7 +179,9 @@ async fn try_once(agent: &Agent, link: &Link, report: &Report, only: Option<&[St
             if let Err(t) = send_files(link, files, only).await {
                 return t;
             }
-            Envelope::user(kind::COMPLETE, completion)
+            let mut completion = completion.clone();
+            completion.inline = inline_files(files).await;
+            Envelope::user(kind::COMPLETE, &completion)
         }
         Report::Fail { failure, .. } => Envelope::user(kind::FAIL, failure),
         Report::CancelAck(c) => Envelope::user(kind::CANCEL_ACK, c),

@@ -194,6 +194,7 @@ mod tests {
                     media_type: "application/json".into(),
                 }],
                 processing_time_ms: 5,
+                inline: Vec::new(),
             },
             files: vec![OutFile {
                 name: "a_result.json".into(),

@@ -358,6 +358,7 @@ fn completion(
                 })
                 .collect(),
             processing_time_ms,
+            inline: Vec::new(),
         },
         files: artifacts
             .iter()

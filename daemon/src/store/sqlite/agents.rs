@@ -45,6 +45,14 @@ pub(super) async fn agents(pool: &SqlitePool) -> StoreResult<Vec<AgentRecord>> {
     rows.iter().map(agent_from_row).collect()
 }
 
+pub(super) async fn agent(pool: &SqlitePool, id: &str) -> StoreResult<Option<AgentRecord>> {
+    let row = sqlx::query("SELECT * FROM agents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(agent_from_row).transpose()
+}
+
 pub(super) async fn set_drained(
     pool: &SqlitePool,
     agent_id: &str,

@@ -760,6 +760,10 @@ impl Store for SqliteStore {
         agents::agents(&self.pool).await
     }
 
+    async fn agent(&self, id: &str) -> StoreResult<Option<AgentRecord>> {
+        agents::agent(&self.pool, id).await
+    }
+
     async fn set_drained(&self, agent_id: &str, drained: bool) -> StoreResult<bool> {
         agents::set_drained(&self.pool, agent_id, drained).await
     }
