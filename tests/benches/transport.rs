@@ -8,7 +8,9 @@
 //! Settings (environment): `MORAG_BENCH_BYTES` (per transfer, default 1 GiB),
 //! `MORAG_BENCH_RUNS` (throughput runs per method, best reported, default 2),
 //! `MORAG_BENCH_LOAD_SECS` (seconds of transfer under which latency is sampled, default 3),
-//! `MORAG_BENCH_CONNECTS` (connects per mode, default 10). Temp files go to `TMPDIR`.
+//! `MORAG_BENCH_CONNECTS` (connects per mode, default 10), `MORAG_BENCH_ONLY` (`links`: only
+//! part (d), whose own settings are in `links`; `loopback`: all but (d)). Temp files go to
+//! `TMPDIR`.
 //!
 //! # Layout
 //! - `common`: certificates, configs, settings, test data, percentiles.
@@ -16,6 +18,8 @@
 //! - `throughput` (a): morag-transport vs plain quinn vs TLS 1.3 over TCP.
 //! - `latency` (b): heartbeat and request RTT idle/under load vs a single-stream design.
 //! - `connect` (c): connect to first message at 50 ms RTT, full handshake vs 0-RTT.
+//! - `links` (d): a file through the fault proxy (loss, reordering, long RTT, a cap), ours
+//!   against QUIC's defaults and plain quinn. `MORAG_BENCH_ONLY=links` runs only this part.
 
 #[path = "transport/common.rs"]
 mod common;
@@ -23,6 +27,8 @@ mod common;
 mod connect;
 #[path = "transport/latency.rs"]
 mod latency;
+#[path = "transport/links.rs"]
+mod links;
 #[path = "transport/pair.rs"]
 mod pair;
 #[path = "transport/throughput.rs"]
@@ -62,9 +68,17 @@ async fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let s = Settings::from_env()?;
     let pki = Pki::generate()?;
     let dir = tempfile::tempdir().context("temp dir")?;
+    let only = std::env::var("MORAG_BENCH_ONLY").unwrap_or_default();
+    anyhow::ensure!(
+        ["", "links", "loopback"].contains(&only.as_str()),
+        "MORAG_BENCH_ONLY={only:?}: expected links or loopback"
+    );
+    if only == "links" {
+        return links_section(&pki, dir.path()).await;
+    }
+    let s = Settings::from_env()?;
     let file = dir.path().join("source.bin");
     let mib = s.bytes as f64 / (1u64 << 20) as f64;
     eprintln!("writing {mib:.0} MiB test file in {}", dir.path().display());
@@ -228,6 +242,108 @@ async fn run() -> anyhow::Result<()> {
         zero(&conn.resumed),
         conn.resumed.zero_rtt.len(),
         verdict(saved_rtts >= 1.0 && zero(&conn.resumed) == conn.resumed.zero_rtt.len())
+    );
+    if only.is_empty() {
+        links_section(&pki, dir.path()).await?;
+    }
+    Ok(())
+}
+
+/// Part (d): runs every sender over every link and prints the table.
+async fn links_section(pki: &Pki, dir: &std::path::Path) -> anyhow::Result<()> {
+    fn var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+        match std::env::var(name) {
+            Ok(v) => v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{name}={v:?} is not valid")),
+            Err(_) => Ok(default),
+        }
+    }
+    let bytes: u64 = var("MORAG_BENCH_LINK_BYTES", 16u64 << 20)?;
+    let limit = Duration::from_secs(var("MORAG_BENCH_LINK_LIMIT", 90u64)?);
+    let file = dir.join("link-source.bin");
+    common::write_file(&file, bytes)?;
+    let bench = links::Bench {
+        pki,
+        dir,
+        file: &file,
+        bytes,
+        limit,
+    };
+    let senders = links::senders()?;
+    let all = links::links();
+    eprintln!("(d) links");
+    // results[link][sender]
+    let mut results = Vec::new();
+    for (li, link) in all.iter().enumerate() {
+        let mut row = Vec::new();
+        for sender in &senders {
+            let r = bench.run(link, sender, 7 + li as u64).await?;
+            eprintln!(
+                "  {} / {}: {} (alarms {})",
+                link.name,
+                sender.name(),
+                r.time.map_or("gave up".into(), |t| format!("{t:.2?}")),
+                r.alarms
+            );
+            row.push(r);
+        }
+        results.push(row);
+    }
+
+    let mib = bytes as f64 / (1u64 << 20) as f64;
+    println!();
+    println!(
+        "(d) links: {mib:.0} MiB verified file through the fault proxy (in process); MiB/s, share of the same sender's clean link at that RTT"
+    );
+    println!(
+        "    [alarms: Suspect/Lost events on either end, production heartbeat settings]; gave up after {} s",
+        limit.as_secs()
+    );
+    for (si, sender) in senders.iter().enumerate() {
+        println!("  {}", sender.name());
+        for (li, link) in all.iter().enumerate() {
+            let clean = all.iter().position(|l| l.name == link.clean).unwrap_or(li);
+            let r = &results[li][si];
+            let share = match (r.time, results[clean][si].time) {
+                (Some(t), Some(c)) => {
+                    format!("{:>4.0} %", 100.0 * c.as_secs_f64() / t.as_secs_f64())
+                }
+                _ => "   - ".into(),
+            };
+            println!(
+                "    {:<24} {:>8} {share}  alarms {}",
+                link.name,
+                r.time
+                    .map_or("gave up".into(), |t| format!("{:.1}", mib_per_s(bytes, t))),
+                r.alarms
+            );
+        }
+    }
+    // Targets: ours (row 0) against its clean link and against plain quinn (row 2).
+    let goodput = |li: usize, si: usize| results[li][si].time.map(|t| mib_per_s(bytes, t));
+    let at = |name: &str| all.iter().position(|l| l.name == name).expect("link");
+    let clean = at("20 ms clean");
+    for (name, share_target) in [("20 ms, 1 % loss", 0.5), ("20 ms, 2 % reordered", 0.8)] {
+        let li = at(name);
+        let (Some(ours), Some(ours_clean)) = (goodput(li, 0), goodput(clean, 0)) else {
+            println!("  {name}: ours did not finish  [target: MISSED]");
+            continue;
+        };
+        let share = ours / ours_clean;
+        let vs_quinn = goodput(li, 2).map_or(f64::INFINITY, |q| ours / q);
+        println!(
+            "  {name}: ours {:.0} % of clean [target >= {:.0} %: {}], {vs_quinn:.1}x plain quinn [target >= 5x: {}]",
+            share * 100.0,
+            share_target * 100.0,
+            verdict(share >= share_target),
+            verdict(vs_quinn >= 5.0)
+        );
+    }
+    let alarms: u64 = results.iter().flatten().map(|r| r.alarms).sum();
+    println!(
+        "  alarms in all runs of ours: {alarms}  [target 0: {}]",
+        verdict(alarms == 0)
     );
     Ok(())
 }

@@ -101,6 +101,8 @@ pub struct SessionConfig {
     /// peers. This side then has no heartbeat round trips of its own: `Session::status`
     /// reports QUIC's estimate and `heartbeat_rtts` stays empty while the peer pings.
     pub quiet_when_pinged: bool,
+    /// How the connection reads its path: congestion control and loss detection.
+    pub link: LinkConfig,
     /// Reconnect backoff of the dialing side.
     pub reconnect: BackoffConfig,
     /// Default timeout of [`crate::Session::request`].
@@ -157,6 +159,7 @@ impl SessionConfig {
             revocations: RevocationList::empty(),
             heartbeat: DetectorConfig::default(),
             quiet_when_pinged: false,
+            link: LinkConfig::default(),
             reconnect: BackoffConfig::default(),
             request_timeout: Duration::from_secs(10),
             max_frame_size: crate::frame::MAX_FRAME_SIZE,
@@ -187,6 +190,9 @@ impl SessionConfig {
         self.reconnect
             .validate()
             .map_err(|m| ConfigError::Invalid("reconnect", m))?;
+        self.link
+            .validate()
+            .map_err(|m| ConfigError::Invalid("link", m))?;
         if self.max_frame_size < 1024 {
             return Err(ConfigError::Invalid(
                 "max_frame_size",
@@ -230,5 +236,130 @@ impl SessionConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Congestion controller of a session's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CongestionControl {
+    /// Paces to the measured bottleneck bandwidth and round trip; random loss barely slows it.
+    Bbr,
+    /// Loss-based (RFC 9438), what most TCP stacks use.
+    Cubic,
+    /// Loss-based (RFC 9002's reference controller), quinn's own default.
+    NewReno,
+}
+
+impl std::str::FromStr for CongestionControl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "bbr" => Ok(Self::Bbr),
+            "cubic" => Ok(Self::Cubic),
+            "newreno" | "new_reno" | "reno" => Ok(Self::NewReno),
+            other => Err(format!(
+                "unknown congestion control {other:?} (bbr, cubic or newreno)"
+            )),
+        }
+    }
+}
+
+/// How a connection reads its network path: which congestion controller, and when a packet
+/// that has not been acknowledged counts as lost. The defaults are chosen by the links section
+/// of the transport benchmark (`BENCHMARKS.md`): edge links lose packets at random and reorder
+/// them, and a loss-based controller with QUIC's default thresholds reads both as congestion.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkConfig {
+    pub congestion: CongestionControl,
+    /// A packet counts as lost once this many packets sent after it were acknowledged
+    /// (QUIC's default: 3). Higher tolerates more reordering; loss is then noticed later.
+    pub packet_threshold: u32,
+    /// ... or once this many round trips passed since a later packet was acknowledged (QUIC's
+    /// default: 1.125).
+    pub time_threshold: f32,
+    /// Round trip assumed before the first measurement (QUIC's default: 333 ms).
+    pub initial_rtt: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            congestion: CongestionControl::Bbr,
+            packet_threshold: 3,
+            time_threshold: 9.0 / 8.0,
+            initial_rtt: Duration::from_millis(333),
+        }
+    }
+}
+
+impl LinkConfig {
+    /// What plain quinn does: NewReno and QUIC's default thresholds.
+    pub fn quic_defaults() -> Self {
+        Self {
+            congestion: CongestionControl::NewReno,
+            packet_threshold: 3,
+            time_threshold: 9.0 / 8.0,
+            initial_rtt: Duration::from_millis(333),
+        }
+    }
+
+    /// Reject settings that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(3..=1000).contains(&self.packet_threshold) {
+            return Err(format!(
+                "packet_threshold {} must be 3..=1000",
+                self.packet_threshold
+            ));
+        }
+        if !(1.0..=10.0).contains(&self.time_threshold) {
+            return Err(format!(
+                "time_threshold {} must be 1..=10 round trips",
+                self.time_threshold
+            ));
+        }
+        if self.initial_rtt.is_zero() || self.initial_rtt > Duration::from_secs(10) {
+            return Err(format!(
+                "initial_rtt {:?} must be above zero and at most 10 s",
+                self.initial_rtt
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_settings_parse_and_validate() {
+        assert_eq!(
+            "BBR".parse::<CongestionControl>(),
+            Ok(CongestionControl::Bbr)
+        );
+        assert_eq!(
+            "cubic".parse::<CongestionControl>(),
+            Ok(CongestionControl::Cubic)
+        );
+        assert_eq!(
+            "new_reno".parse::<CongestionControl>(),
+            Ok(CongestionControl::NewReno)
+        );
+        assert!("vegas"
+            .parse::<CongestionControl>()
+            .unwrap_err()
+            .contains("vegas"));
+        assert!(LinkConfig::default().validate().is_ok());
+        assert!(LinkConfig::quic_defaults().validate().is_ok());
+        let bad = |f: fn(&mut LinkConfig)| {
+            let mut c = LinkConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.packet_threshold = 2).contains("packet_threshold"));
+        assert!(bad(|c| c.time_threshold = 0.5).contains("time_threshold"));
+        assert!(bad(|c| c.time_threshold = f32::NAN).contains("time_threshold"));
+        assert!(bad(|c| c.initial_rtt = Duration::ZERO).contains("initial_rtt"));
     }
 }

@@ -41,7 +41,9 @@ mod net;
 pub mod wire;
 
 pub use backoff::BackoffConfig;
-pub use config::{Credentials, OfferFilter, OfferInfo, SessionConfig};
+pub use config::{
+    CongestionControl, Credentials, LinkConfig, OfferFilter, OfferInfo, SessionConfig,
+};
 pub use detector::{DetectorConfig, Liveness};
 pub use error::{
     ConfigError, ConnectError, RequestError, SendError, StoreError, TransferError, WaitFileError,

@@ -296,3 +296,60 @@ async fn a_restarted_peer_gets_a_new_session() {
     };
     assert!(matches!(m.body, Body::Reply(Reply { ref message, .. }) if message == "hello again"));
 }
+
+/// Each congestion controller a session can be configured with carries a verified file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_congestion_controller_carries_a_file() {
+    use morag_transport::{CongestionControl, LinkConfig};
+    let Setup {
+        dir,
+        hub_config,
+        agent_config,
+        ..
+    } = setup();
+    let data: Vec<u8> = (0..(2 << 20))
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    for (i, congestion) in [
+        CongestionControl::Bbr,
+        CongestionControl::Cubic,
+        CongestionControl::NewReno,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let link = LinkConfig {
+            congestion,
+            packet_threshold: 5,
+            time_threshold: 1.5,
+            ..LinkConfig::default()
+        };
+        let mut hub = hub_config.clone();
+        hub.link = link;
+        hub.store_dir = dir.path().join(format!("hub-{i}"));
+        let mut agent = agent_config.clone();
+        agent.link = link;
+        agent.store_dir = dir.path().join(format!("agent-{i}"));
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), hub).unwrap();
+        let client = Client::new(agent).unwrap();
+        let session = client
+            .connect(listener.local_addr().unwrap(), "hub.test")
+            .await
+            .unwrap();
+        let server = listener.accept().await.unwrap();
+        let out = session.send_bytes(data.clone(), "blob.bin").await.unwrap();
+        assert_eq!(out.size, data.len() as u64, "{congestion:?}");
+        let Some(Inbound::File(f)) = server.recv().await else {
+            panic!("expected a file over {congestion:?}")
+        };
+        assert_eq!(std::fs::read(&f.path).unwrap(), data, "{congestion:?}");
+        session.close(0, "done").await;
+        client.close().await;
+        listener.close(0, "done").await;
+    }
+    // A setting that cannot work is refused with its name.
+    let mut bad = hub_config.clone();
+    bad.link.packet_threshold = 1;
+    let e = Listener::bind("127.0.0.1:0".parse().unwrap(), bad).unwrap_err();
+    assert!(e.to_string().contains("link"), "{e}");
+}

@@ -52,6 +52,13 @@ impl Pki {
             dead_after: Duration::from_secs(4),
         };
         cfg.request_timeout = Duration::from_secs(30);
+        // A/B runs of the loopback parts: `MORAG_BENCH_CONGESTION=newreno` (or cubic, bbr).
+        if let Some(cc) = std::env::var("MORAG_BENCH_CONGESTION")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.link.congestion = cc;
+        }
         cfg
     }
 

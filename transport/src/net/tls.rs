@@ -10,7 +10,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use crate::config::{Credentials, SessionConfig};
+use crate::config::{CongestionControl, Credentials, SessionConfig};
 use crate::error::ConfigError;
 use crate::wire::ALPN;
 
@@ -71,6 +71,21 @@ pub(crate) fn transport_config(cfg: &SessionConfig) -> Result<quinn::TransportCo
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.datagram_receive_buffer_size(Some(64 << 10));
     t.datagram_send_buffer_size(64 << 10);
+    let link = &cfg.link;
+    t.packet_threshold(link.packet_threshold);
+    t.time_threshold(link.time_threshold);
+    t.initial_rtt(link.initial_rtt);
+    match link.congestion {
+        CongestionControl::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+        CongestionControl::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        CongestionControl::NewReno => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
+        }
+    };
     Ok(t)
 }
 
