@@ -77,6 +77,8 @@ pub struct HubConfig {
     pub shutdown_grace: Duration,
     /// Failure detection of agents (heartbeat datagrams).
     pub heartbeat_interval: Duration,
+    /// Congestion controller of agent connections (the hub's sending side: inputs to agents).
+    pub congestion: morag_transport::CongestionControl,
     pub log_json: bool,
 }
 
@@ -110,6 +112,7 @@ impl Default for HubConfig {
             gc_interval: Duration::from_secs(3600),
             gc_min_age: Duration::from_secs(24 * 3600),
             heartbeat_interval: Duration::from_millis(500),
+            congestion: morag_transport::LinkConfig::default().congestion,
             log_json: false,
         }
     }
@@ -143,6 +146,7 @@ pub const KEYS: &[&str] = &[
     "gc_interval",
     "gc_min_age",
     "heartbeat_interval",
+    "congestion",
     "log_json",
 ];
 
@@ -304,6 +308,12 @@ impl HubConfig {
                 }
                 self.heartbeat_interval = d;
             }
+            "congestion" => {
+                self.congestion = value
+                    .trim()
+                    .parse()
+                    .map_err(|e: String| ConfigError::new(field, e))?
+            }
             "log_json" => self.log_json = parse_bool(field, value)?,
             _ => {
                 return Err(ConfigError::new(
@@ -434,6 +444,10 @@ mod tests {
         let e = c.set("quic", "nowhere", "--quic").unwrap_err();
         assert!(e.to_string().starts_with("--quic: "), "{e}");
         assert!(c.set("max_attempts", "0", "x").is_err());
+        c.set("congestion", "NewReno", "x").unwrap();
+        assert_eq!(c.congestion, morag_transport::CongestionControl::NewReno);
+        let e = c.set("congestion", "vegas", "--set").unwrap_err();
+        assert!(e.to_string().contains("vegas"), "{e}");
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     // Agents ping; the hub answers. With thousands of agents that halves the heartbeat packets
     // the hub handles, and detection on both sides is unchanged.
     session.quiet_when_pinged = true;
+    session.link.congestion = config.congestion;
     session.close_grace = config.shutdown_grace;
     let attempts = crate::hub::AttemptTable::default();
     session.accept_filter = Some(crate::hub::artifact_filter(

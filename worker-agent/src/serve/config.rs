@@ -85,6 +85,8 @@ pub struct ServeConfig {
     pub model: Option<PathBuf>,
     /// JPEG quality of thumbnails, 1..=100; `None`: MoRAG's default (85).
     pub thumbnail_quality: Option<u8>,
+    /// Congestion controller of the connection to the hub (results travel agent -> hub).
+    pub congestion: morag_transport::CongestionControl,
     pub on_hub_lost: OnHubLost,
     /// On SIGTERM/SIGINT, running work may finish for this long.
     pub shutdown_grace: Duration,
@@ -126,6 +128,7 @@ impl Default for ServeConfig {
             whisper_model_size: None,
             model: None,
             thumbnail_quality: None,
+            congestion: morag_transport::LinkConfig::default().congestion,
             on_hub_lost: OnHubLost::FinishRunning,
             shutdown_grace: Duration::from_secs(30),
             shutdown_delivery: Duration::from_secs(5),
@@ -238,6 +241,7 @@ struct FileConfig {
     whisper_model_size: Option<String>,
     model: Option<PathBuf>,
     thumbnail_quality: Option<i64>,
+    congestion: Option<String>,
     on_hub_lost: Option<String>,
     shutdown_grace: Option<String>,
     input_timeout: Option<String>,
@@ -523,6 +527,9 @@ fn apply_file(c: &mut ServeConfig, path: &str, text: &str) -> Result<(), ConfigE
     if let Some(v) = f.thumbnail_quality {
         c.thumbnail_quality = Some(quality("thumbnail_quality", &v.to_string())?);
     }
+    if let Some(v) = f.congestion {
+        c.congestion = v.parse().map_err(|m: String| invalid("congestion", m))?;
+    }
     if let Some(v) = f.on_hub_lost {
         c.on_hub_lost = v.parse().map_err(|m: String| invalid("on_hub_lost", m))?;
     }
@@ -609,6 +616,9 @@ fn apply_env(c: &mut ServeConfig, get: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     if let Some((k, v)) = var("THUMBNAIL_QUALITY") {
         c.thumbnail_quality = Some(quality(&k, &v)?);
+    }
+    if let Some((k, v)) = var("CONGESTION") {
+        c.congestion = v.parse().map_err(|m: String| invalid(&k, m))?;
     }
     if let Some((k, v)) = var("ON_HUB_LOST") {
         c.on_hub_lost = v.parse().map_err(|m: String| invalid(&k, m))?;
@@ -739,6 +749,7 @@ mod tests {
             ("MORAG_REMOTE_LOG_FILE", "/tmp/agent.log"),
             ("MORAG_REMOTE_WHISPER_MODEL_SIZE", "base"),
             ("MORAG_REMOTE_THUMBNAIL_QUALITY", "70"),
+            ("MORAG_REMOTE_CONGESTION", "cubic"),
         ]);
         let c = load(Sources::default(), &env, &Flags::default()).unwrap();
         assert_eq!(c.worker_id.as_deref(), Some("w1"));
@@ -755,6 +766,7 @@ mod tests {
         assert_eq!(c.log_file, Some(PathBuf::from("/tmp/agent.log")));
         assert_eq!(c.model_path(), PathBuf::from("models/ggml-base.bin"));
         assert_eq!(c.thumbnail_quality, Some(70));
+        assert_eq!(c.congestion, morag_transport::CongestionControl::Cubic);
         assert!(c.warnings.is_empty());
     }
 
@@ -774,6 +786,7 @@ mod tests {
             .starts_with("MORAG_REMOTE_WORKER_CAPABILITY: unknown capability"));
         assert!(err(&[("MORAG_REMOTE_ENABLE_GPU", "maybe")]).starts_with("MORAG_REMOTE_ENABLE_GPU"));
         assert!(err(&[("MORAG_REMOTE_LOG_LEVEL", "chatty")]).starts_with("MORAG_REMOTE_LOG_LEVEL"));
+        assert!(err(&[("MORAG_REMOTE_CONGESTION", "vegas")]).starts_with("MORAG_REMOTE_CONGESTION"));
         assert!(err(&[("MORAG_REMOTE_THUMBNAIL_QUALITY", "101")])
             .starts_with("MORAG_REMOTE_THUMBNAIL_QUALITY"));
 

@@ -100,6 +100,7 @@ pub fn session_config(config: &ServeConfig) -> anyhow::Result<SessionConfig> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", crl.display()))?;
     }
     s.store_dir = dir.join("store");
+    s.link.congestion = config.congestion;
     s.reconnect = config.reconnect;
     s.request_timeout = config.request_timeout;
     s.max_file_size = config.max_file_size;
