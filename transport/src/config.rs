@@ -95,11 +95,12 @@ pub struct SessionConfig {
     pub revocations: RevocationList,
     /// Heartbeat interval and failure-detection thresholds.
     pub heartbeat: DetectorConfig,
-    /// Send no pings of our own while the peer's arrive (one came within 1.5 heartbeat
-    /// intervals): our pongs keep the peer's detector fed and its pings keep ours, so one
-    /// side's pings serve both. This halves heartbeat traffic on a server with thousands of
-    /// peers. This side then has no heartbeat round trips of its own: `Session::status`
-    /// reports QUIC's estimate and `heartbeat_rtts` stays empty while the peer pings.
+    /// Ping at half the rate while the peer's pings arrive (one came within 1.5 heartbeat
+    /// intervals): our pongs keep the peer's detector fed and its pings keep ours, so a server
+    /// with thousands of peers handles a quarter fewer heartbeat packets. Thresholds stay as
+    /// they are; each side still hears the other several times per `suspect_after`, though a
+    /// very lossy link is more likely to trip a detector than with full-rate pings both ways
+    /// (the peer then hears half as many of our pings).
     pub quiet_when_pinged: bool,
     /// How the connection reads its path: congestion control and loss detection.
     pub link: LinkConfig,

@@ -1,6 +1,7 @@
 //! Failure detection from heartbeat datagrams, without I/O: it takes `now` as an argument.
 //!
-//! Each side pings every `interval` and answers every ping with a pong. The detector of a
+//! Each side pings every `interval` (a side with `quiet_when_pinged` every other interval
+//! while the peer's pings arrive) and answers every ping with a pong. The detector of a
 //! session records what was heard from the peer (any ping or pong) and the round trips of its
 //! own pings. A peer unheard for `suspect_after` is [`Liveness::Suspect`]; for `dead_after`,
 //! [`Liveness::Dead`]. Because heartbeats are datagrams that quinn sends ahead of stream data,

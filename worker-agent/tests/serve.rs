@@ -128,11 +128,16 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
         "files sent before the hub asked"
     );
     let req = ask_for_files(&session, &mut files, &req, &c).await;
+    // Repeated after the files went by transfer: the same report, nothing inline.
+    let without_inline = Completion {
+        inline: Vec::new(),
+        ..c.clone()
+    };
     assert_eq!(
         req.decode_user::<Completion>(kind::COMPLETE)
             .unwrap()
             .unwrap(),
-        c
+        without_inline
     );
     // Every file is at the hub before the report is repeated.
     for x in &c.artifacts {
@@ -155,7 +160,7 @@ async fn a_job_runs_is_cancelled_and_the_agent_drains() {
     );
     let req = next(&session, &mut files).await;
     let c2: Completion = req.decode_user(kind::COMPLETE).unwrap().unwrap();
-    assert_eq!(c2, c);
+    assert_eq!(c2, without_inline);
     ack(&session, &req, "a1", AckOutcome::Accepted);
     let outbox = hub.agent_dir.join("outbox");
     let jobs = hub.agent_dir.join("jobs");

@@ -220,8 +220,17 @@ impl Hub {
             .filter(|id| !keep.iter().any(|k| k == *id))
             .map(|s| s.to_string())
             .collect();
-        let stored = self.store.agent(peer).await.ok().flatten();
-        let drained = stored.as_ref().is_some_and(|a| a.drained);
+        // An operator's drain must hold even when it cannot be read now: fail closed.
+        let (stored, drained) = match self.store.agent(peer).await {
+            Ok(stored) => {
+                let drained = stored.as_ref().is_some_and(|a| a.drained);
+                (stored, drained)
+            }
+            Err(e) => {
+                tracing::error!(agent_id = %peer, error = %e, "cannot read the agent's drain mark; treating it as drained");
+                (None, true)
+            }
+        };
         let record = AgentRecord {
             id: peer.to_string(),
             name: reg.name.clone(),
@@ -429,7 +438,8 @@ impl Hub {
                 tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, size, named, "inline file dropped");
                 continue;
             }
-            if let Err(e) = self.content.store_bytes(&f.hash, f.data).await {
+            let quota = self.config.max_store_bytes;
+            if let Err(e) = self.content.store_bytes(&f.hash, f.data, quota).await {
                 tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, error = %e, "inline file not stored");
             }
         }

@@ -44,7 +44,8 @@ impl Content {
     }
 
     /// Move an upload, hashed while it streamed in, into the store under its hash (dropping it
-    /// when the store has that content already).
+    /// when the store has that content already), durably: the directory is synced after the
+    /// rename.
     pub fn adopt(&self, staged: &Path, hash: &str) -> std::io::Result<PathBuf> {
         if !is_hash(hash) {
             return Err(std::io::Error::new(
@@ -57,6 +58,9 @@ impl Content {
             std::fs::remove_file(staged)?;
         } else {
             std::fs::rename(staged, &slot)?;
+            // The rename itself must survive a crash: the job row that names this content is
+            // committed next.
+            std::fs::File::open(self.store.dir())?.sync_all()?;
         }
         Ok(slot)
     }
@@ -74,9 +78,15 @@ impl Content {
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
-    /// Store `data` under `hash` after checking that it is that content (synced to disk
-    /// before it appears under its name). Content the store holds is left alone.
-    pub async fn store_bytes(&self, hash: &str, data: Vec<u8>) -> std::io::Result<PathBuf> {
+    /// Store `data` under `hash` after checking that it is that content and that the store
+    /// stays within `max_store_bytes` (synced to disk before it appears under its name).
+    /// Content the store holds is left alone.
+    pub async fn store_bytes(
+        &self,
+        hash: &str,
+        data: Vec<u8>,
+        max_store_bytes: Option<u64>,
+    ) -> std::io::Result<PathBuf> {
         if !is_hash(hash) || blake3::hash(&data).to_hex().as_str() != hash {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -85,6 +95,19 @@ impl Content {
         }
         if let Some(p) = self.path(hash) {
             return Ok(p);
+        }
+        if let Some(quota) = max_store_bytes {
+            let store = self.store.clone();
+            let usage = tokio::task::spawn_blocking(move || store.usage())
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if usage + data.len() as u64 > quota {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("the store holds {usage} of its {quota} bytes"),
+                ));
+            }
         }
         let this = self.clone();
         let hash = hash.to_string();
@@ -141,17 +164,35 @@ mod tests {
         let c = Content::new(dir.path().join("store"), dir.path().join("up")).unwrap();
         let hash = blake3::hash(b"result").to_hex().to_string();
         let wrong = blake3::hash(b"other").to_hex().to_string();
-        let e = c.store_bytes(&wrong, b"result".to_vec()).await.unwrap_err();
+        let e = c
+            .store_bytes(&wrong, b"result".to_vec(), None)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
         assert!(
             c.path(&wrong).is_none(),
             "nothing stored under a wrong hash"
         );
-        let p = c.store_bytes(&hash, b"result".to_vec()).await.unwrap();
+        let full = c
+            .store_bytes(&hash, b"result".to_vec(), Some(3))
+            .await
+            .unwrap_err();
+        assert_eq!(full.kind(), std::io::ErrorKind::StorageFull);
+        assert!(c.path(&hash).is_none(), "nothing stored over the quota");
+        let p = c
+            .store_bytes(&hash, b"result".to_vec(), None)
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"result");
         assert_eq!(c.path(&hash), Some(p.clone()));
         // Again: the stored copy stays.
-        assert_eq!(c.store_bytes(&hash, b"result".to_vec()).await.unwrap(), p);
+        assert_eq!(
+            c.store_bytes(&hash, b"result".to_vec(), Some(3))
+                .await
+                .unwrap(),
+            p,
+            "content held already needs no room"
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! `attach` installs a connection whose control stream is open and greeted, and spawns:
 //! - the control writer (outbox -> control stream, priority order);
 //! - the control reader (control stream -> deliver);
-//! - heartbeats: a ping every interval (none while the peer's arrive, with
+//! - heartbeats: a ping every interval (every other one while the peer's arrive, with
 //!   `quiet_when_pinged`), a pong for every ping, and the liveness check that closes the
 //!   connection when the peer is dead;
 //! - the stream acceptor (transfers the peer opens);
@@ -211,6 +211,8 @@ async fn heartbeats(inner: Arc<Inner>, live: Live) {
     tokio::pin!(check);
     let mut seq = 0u64;
     let mut suspect = false;
+    // Ticks skipped while answering the peer's pings (`quiet_when_pinged`).
+    let mut skipped = 0u64;
     loop {
         tokio::select! {
             biased;
@@ -222,8 +224,15 @@ async fn heartbeats(inner: Arc<Inner>, live: Live) {
                         .lock()
                         .unwrap()
                         .pinged_within(Instant::now(), cfg.interval * 3 / 2);
+                // Answering: every other tick only. The peer then hears our pongs and half
+                // our pings, so a lost pong alone never silences us for a whole interval run.
                 if answering {
-                    continue;
+                    skipped += 1;
+                    if skipped % 2 == 1 {
+                        continue;
+                    }
+                } else {
+                    skipped = 0;
                 }
                 seq += 1;
                 let sent_us = inner.epoch.elapsed().as_micros() as u64;
@@ -440,16 +449,27 @@ pub(crate) async fn close_session(inner: &Arc<Inner>, code: u32, reason: &str) {
         return;
     }
     let deadline = tokio::time::Instant::now() + inner.config.close_grace;
-    // Queued messages first, while a connection is up.
-    while inner.outbox.len() > 0 && inner.live().is_some() {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                left = inner.outbox.len(),
-                "close grace ran out with messages queued"
-            );
+    // Queued messages first, while a connection is up: woken when the queue empties or the
+    // connection changes.
+    let mut current = inner.current.subscribe();
+    loop {
+        let emptied = inner.outbox.emptied.notified();
+        tokio::pin!(emptied);
+        emptied.as_mut().enable();
+        if inner.outbox.len() == 0 || inner.live().is_none() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::select! {
+            _ = &mut emptied => {}
+            _ = current.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    left = inner.outbox.len(),
+                    "close grace ran out with messages queued"
+                );
+                break;
+            }
+        }
     }
     // Then running transfers.
     while inner.transfers_in_flight.load(Ordering::Acquire) > 0 {

@@ -140,6 +140,8 @@ pub(crate) struct Outbox {
     heap: Mutex<BinaryHeap<Queued>>,
     seq: AtomicU64,
     pub notify: Notify,
+    /// Woken (all waiters) when the queue becomes empty: a graceful close waits on it.
+    pub emptied: Notify,
 }
 
 impl Outbox {
@@ -155,7 +157,12 @@ impl Outbox {
     }
 
     pub fn pop(&self) -> Option<(Envelope, u64)> {
-        self.heap.lock().unwrap().pop().map(|q| (q.env, q.seq))
+        let mut heap = self.heap.lock().unwrap();
+        let popped = heap.pop().map(|q| (q.env, q.seq));
+        if heap.is_empty() {
+            self.emptied.notify_waiters();
+        }
+        popped
     }
 
     pub fn len(&self) -> usize {
@@ -167,6 +174,9 @@ impl Outbox {
         let mut heap = self.heap.lock().unwrap();
         let before = heap.len();
         heap.retain(|q| !q.env.is_expired(now_ms));
+        if heap.is_empty() {
+            self.emptied.notify_waiters();
+        }
         before - heap.len()
     }
 }

@@ -65,7 +65,10 @@ async fn deliver_inner(agent: Arc<Agent>, mut report: Report, stop: Cancellation
         let outcome = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            t = try_once(&agent, &link, &report, only.as_deref()) => t,
+            // Small files ride inline on the first try only: after a timeout or a
+            // `MissingFiles` they go by (resumable) transfer, so a slow link is not asked to
+            // carry them again inside every repeated report.
+            t = try_once(&agent, &link, &report, only.as_deref(), failures == 0) => t,
         };
         match outcome {
             Try::Final(o) => {
@@ -171,7 +174,13 @@ async fn inline_files(files: &[OutFile]) -> Vec<InlineFile> {
     out
 }
 
-async fn try_once(agent: &Agent, link: &Link, report: &Report, only: Option<&[String]>) -> Try {
+async fn try_once(
+    agent: &Agent,
+    link: &Link,
+    report: &Report,
+    only: Option<&[String]>,
+    inline: bool,
+) -> Try {
     let env = match report {
         Report::Complete {
             completion, files, ..
@@ -180,7 +189,9 @@ async fn try_once(agent: &Agent, link: &Link, report: &Report, only: Option<&[St
                 return t;
             }
             let mut completion = completion.clone();
-            completion.inline = inline_files(files).await;
+            if inline {
+                completion.inline = inline_files(files).await;
+            }
             Envelope::user(kind::COMPLETE, &completion)
         }
         Report::Fail { failure, .. } => Envelope::user(kind::FAIL, failure),
