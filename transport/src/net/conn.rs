@@ -20,6 +20,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::session::{Inner, Live, SessionEvent, Side};
+use super::sync::Lock;
 use super::{read_frame, varint, write_frame, ReadFrameError};
 use crate::detector::{FailureDetector, Liveness};
 use crate::message::unix_ms;
@@ -81,7 +82,7 @@ pub(crate) fn attach(
         remote: conn.remote_address(),
         zero_rtt,
     });
-    inner.stats.lock().unwrap().reconnect_attempts = 0;
+    inner.stats.locked().reconnect_attempts = 0;
 
     use tracing::Instrument;
     tokio::spawn(
@@ -103,7 +104,7 @@ async fn control_writer(inner: Arc<Inner>, live: Live, mut send: quinn::SendStre
     loop {
         while let Some((env, seq)) = inner.outbox.pop() {
             if env.is_expired(unix_ms()) {
-                inner.stats.lock().unwrap().expired_dropped += 1;
+                inner.stats.locked().expired_dropped += 1;
                 continue;
             }
             let id = env.id;
@@ -148,7 +149,7 @@ async fn control_writer(inner: Arc<Inner>, live: Live, mut send: quinn::SendStre
 /// Resolves when a graceful close asks the writer to send the goodbye.
 async fn wait_goodbye(inner: &Inner) -> (u32, String, tokio::sync::oneshot::Sender<()>) {
     loop {
-        let req = inner.goodbye.lock().unwrap().take();
+        let req = inner.goodbye.locked().take();
         if let Some(r) = req {
             return r;
         }
@@ -170,11 +171,10 @@ async fn control_reader(inner: Arc<Inner>, live: Live, mut recv: quinn::RecvStre
                 tracing::info!(code, %reason, "peer said goodbye");
                 if matches!(inner.side, Side::Dialer) && code == close_code::SHUTDOWN {
                     // The accepting side is restarting: keep the session and reconnect.
-                    *live.local_close.lock().unwrap() =
-                        Some(format!("peer shutting down: {reason}"));
+                    *live.local_close.locked() = Some(format!("peer shutting down: {reason}"));
                 } else {
                     inner.closing.store(true, Ordering::Release);
-                    *inner.peer_goodbye.lock().unwrap() = Some((code, reason));
+                    *inner.peer_goodbye.locked() = Some((code, reason));
                 }
             }
             Ok(other) => {
@@ -236,13 +236,13 @@ async fn heartbeats(inner: Arc<Inner>, live: Live) {
                 }
                 seq += 1;
                 let sent_us = inner.epoch.elapsed().as_micros() as u64;
-                live.detector.lock().unwrap().on_ping_sent(seq);
+                live.detector.locked().on_ping_sent(seq);
                 send_datagram(&live, Datagram::Ping { seq, sent_us });
             }
             _ = &mut check => {
                 let now = Instant::now();
                 let (liveness, next) = {
-                    let d = live.detector.lock().unwrap();
+                    let d = live.detector.locked();
                     (d.liveness(now), d.next_change(now))
                 };
                 match liveness {
@@ -256,7 +256,7 @@ async fn heartbeats(inner: Arc<Inner>, live: Live) {
                     Liveness::Dead => {
                         let msg = format!("no heartbeat for {:?}", cfg.dead_after);
                         tracing::warn!(%msg, "peer dead; closing connection");
-                        *live.local_close.lock().unwrap() = Some(format!("peer declared dead: {msg}"));
+                        *live.local_close.locked() = Some(format!("peer declared dead: {msg}"));
                         live.conn.close(varint(close_code::PEER_DEAD), msg.as_bytes());
                         return;
                     }
@@ -375,7 +375,7 @@ async fn watch_end(inner: Arc<Inner>, live: Live) {
     if !still_current {
         return; // superseded by a newer connection
     }
-    let goodbye = inner.peer_goodbye.lock().unwrap().take();
+    let goodbye = inner.peer_goodbye.locked().take();
     if let Some((code, reason)) = goodbye {
         finish_with(&inner, code, &reason, true);
         return;
@@ -394,7 +394,7 @@ async fn watch_end(inner: Arc<Inner>, live: Live) {
         finish(&inner);
         return;
     }
-    let local = live.local_close.lock().unwrap().take();
+    let local = live.local_close.locked().take();
     let text = local.unwrap_or_else(|| super::tls::describe_connection_error(&reason));
     tracing::warn!(reason = %text, "connection lost");
     inner.record_error(text.clone());
@@ -438,7 +438,7 @@ pub(crate) fn finish_with(inner: &Inner, code: u32, reason: &str, by_peer: bool)
         live.conn.close(varint(code), reason.as_bytes());
     }
     // Wake anyone waiting for a reply.
-    inner.pending.lock().unwrap().clear();
+    inner.pending.locked().clear();
 }
 
 /// Graceful close; see [`super::Session::close`].
@@ -484,7 +484,7 @@ pub(crate) async fn close_session(inner: &Arc<Inner>, code: u32, reason: &str) {
     }
     if let Some(live) = inner.live() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        *inner.goodbye.lock().unwrap() = Some((code, reason.to_string(), tx));
+        *inner.goodbye.locked() = Some((code, reason.to_string(), tx));
         inner.goodbye_requested.notify_one();
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), rx).await;
         live.conn.close(varint(code), reason.as_bytes());

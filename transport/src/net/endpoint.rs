@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::session::{Inner, Session, SessionEvent, Side};
+use super::sync::{Lock, ReadWrite};
 use super::{read_frame, tls, varint, write_frame, ReadFrameError};
 use crate::config::SessionConfig;
 use crate::error::{ConfigError, ConnectError};
@@ -136,7 +137,7 @@ impl Client {
         // The TLS configuration is left alone: a rebuilt one could not resume the cached
         // sessions (rustls resumes only with the very same verifier), and `dial` checks every
         // connection, full or resumed, against this list.
-        *self.shared.revocations.write().unwrap() = crl;
+        *self.shared.revocations.write_locked() = crl;
     }
 
     /// Open a session with the peer at `addr` whose certificate is valid for `server_name`.
@@ -384,7 +385,7 @@ async fn dial(
                     message: format!("peer {}'s certificate has expired", peer.id),
                 });
             }
-            if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
+            if shared.revocations.read_locked().is_revoked(&peer.serial) {
                 conn.close(varint(close_code::REVOKED), b"certificate revoked");
                 return Err(ConnectError::Refused {
                     reason: RefuseReason::Revoked,
@@ -444,7 +445,7 @@ async fn supervise(
                 return;
             }
             let delay = inner.config.reconnect.delay(attempt, rand::random::<f64>());
-            inner.stats.lock().unwrap().reconnect_attempts = attempt + 1;
+            inner.stats.locked().reconnect_attempts = attempt + 1;
             inner.emit(SessionEvent::Reconnecting {
                 attempt: attempt + 1,
                 delay,
@@ -525,7 +526,7 @@ impl Drop for Listener {
     fn drop(&mut self) {
         if !self.shared.cancel.is_cancelled() {
             self.shared.cancel.cancel();
-            for s in self.shared.sessions.lock().unwrap().drain() {
+            for s in self.shared.sessions.locked().drain() {
                 super::conn::finish_with(
                     &s.1.inner,
                     close_code::SHUTDOWN,
@@ -594,7 +595,7 @@ impl Listener {
 
     /// The session with peer `id`, if there is one.
     pub fn session(&self, id: &str) -> Option<Session> {
-        self.shared.sessions.lock().unwrap().get(id).cloned()
+        self.shared.sessions.locked().get(id).cloned()
     }
 
     /// All sessions not closed.
@@ -624,7 +625,7 @@ impl Listener {
     /// configuration keeps the list it started with, so that session tickets stay valid and the
     /// check of resumed sessions is the one that refuses them.)
     pub fn set_revocations(&self, crl: RevocationList) {
-        *self.shared.revocations.write().unwrap() = crl.clone();
+        *self.shared.revocations.write_locked() = crl.clone();
         for s in self.sessions() {
             if crl.is_revoked(&s.peer().serial) {
                 tracing::warn!(peer = %s.peer_id(), "closing session: certificate revoked");
@@ -654,7 +655,7 @@ impl Listener {
         }
         while closing.join_next().await.is_some() {}
         self.shared.cancel.cancel();
-        self.shared.sessions.lock().unwrap().clear();
+        self.shared.sessions.locked().clear();
         self.shared.endpoint.close(varint(code), reason.as_bytes());
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
@@ -779,7 +780,7 @@ async fn accept_greeting(
             RefuseReason::Expired,
             format!("certificate of {} has expired", peer.id),
         ))
-    } else if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
+    } else if shared.revocations.read_locked().is_revoked(&peer.serial) {
         Some((
             RefuseReason::Revoked,
             format!(
@@ -851,11 +852,11 @@ async fn accept_greeting(
     }
     tracing::info!(peer = %peer.id, role = %peer.role, version, software = %hello.software, remote = %conn.remote_address(), "session accepted");
     let (session, is_new) = {
-        let mut sessions = shared.sessions.lock().unwrap();
+        let mut sessions = shared.sessions.locked();
         sessions.retain(|_, s| !s.is_closed());
         // Checked again under the registry lock: `set_revocations` may have run while the
         // handshake was being confirmed.
-        if shared.revocations.read().unwrap().is_revoked(&peer.serial) {
+        if shared.revocations.read_locked().is_revoked(&peer.serial) {
             drop(sessions);
             conn.close(varint(close_code::REVOKED), b"certificate revoked");
             return Err(ConnectError::Refused {

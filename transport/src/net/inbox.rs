@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use super::session::Inbound;
+use super::sync::Lock;
 use crate::message::Priority;
 
 /// Key of a queued item: highest priority first, then oldest first.
@@ -75,7 +76,7 @@ impl Inbox {
     /// the time expiry is judged against.
     pub fn push(&self, item: Inbound, now_ms: u64) -> Pushed {
         let priority = priority_of(&item);
-        let mut q = self.queue.lock().unwrap();
+        let mut q = self.queue.locked();
         let mut dropped = 0;
         if q.items.len() >= self.bound && droppable(&item) {
             let before = q.items.len();
@@ -117,11 +118,11 @@ impl Inbox {
 
     /// The most urgent item, oldest first within its priority.
     pub fn pop(&self) -> Option<Inbound> {
-        self.queue.lock().unwrap().items.pop_first().map(|(_, i)| i)
+        self.queue.locked().items.pop_first().map(|(_, i)| i)
     }
 
     pub fn len(&self) -> usize {
-        self.queue.lock().unwrap().items.len()
+        self.queue.locked().items.len()
     }
 
     /// Wait for the next item; `None` once `closed` is cancelled and the inbox is empty.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
+use super::sync::Lock;
 use crate::manifest::Manifest;
 
 /// Manifests kept. One takes 32 bytes per piece (at most 2 MiB for the largest file).
@@ -41,7 +42,7 @@ pub(crate) fn key_of(path: &Path) -> Option<Key> {
 /// The cached manifest of `path`, if it was hashed as it is now.
 pub(crate) fn get(path: &Path) -> Option<Manifest> {
     let key = key_of(path)?;
-    cache().lock().unwrap().map.get(&key).cloned()
+    cache().locked().map.get(&key).cloned()
 }
 
 /// Remember the manifest of the file that had `key` (taken before hashing), if the file
@@ -50,7 +51,7 @@ pub(crate) fn put(key: Key, manifest: &Manifest) {
     if key_of(&key.0).as_ref() != Some(&key) || key.1 != manifest.size {
         return;
     }
-    let mut c = cache().lock().unwrap();
+    let mut c = cache().locked();
     if c.map.insert(key.clone(), manifest.clone()).is_none() {
         c.order.push_back(key);
         while c.order.len() > CAPACITY {

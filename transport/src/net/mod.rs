@@ -18,6 +18,7 @@ mod inbox;
 mod manifest_cache;
 mod session;
 mod store;
+mod sync;
 mod tls;
 mod transfer;
 

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::inbox::{Inbox, Pushed};
 use super::store::Store;
+use super::sync::Lock;
 use super::transfer::{self, Source, Transfer};
 use crate::config::SessionConfig;
 use crate::detector::FailureDetector;
@@ -152,12 +153,12 @@ impl Outbox {
 
     /// Put back a message that could not be written, keeping its place.
     pub fn push_with_seq(&self, env: Envelope, seq: u64) {
-        self.heap.lock().unwrap().push(Queued { env, seq });
+        self.heap.locked().push(Queued { env, seq });
         self.notify.notify_one();
     }
 
     pub fn pop(&self) -> Option<(Envelope, u64)> {
-        let mut heap = self.heap.lock().unwrap();
+        let mut heap = self.heap.locked();
         let popped = heap.pop().map(|q| (q.env, q.seq));
         if heap.is_empty() {
             self.emptied.notify_waiters();
@@ -166,12 +167,12 @@ impl Outbox {
     }
 
     pub fn len(&self) -> usize {
-        self.heap.lock().unwrap().len()
+        self.heap.locked().len()
     }
 
     /// Drop queued messages that have expired; returns how many.
     pub fn purge_expired(&self, now_ms: u64) -> usize {
-        let mut heap = self.heap.lock().unwrap();
+        let mut heap = self.heap.locked();
         let before = heap.len();
         heap.retain(|q| !q.env.is_expired(now_ms));
         if heap.is_empty() {
@@ -280,7 +281,7 @@ impl Inner {
     }
 
     pub fn record_error(&self, error: String) {
-        let mut s = self.stats.lock().unwrap();
+        let mut s = self.stats.locked();
         if s.recent_errors.len() == RECENT_ERRORS {
             s.recent_errors.pop_front();
         }
@@ -317,12 +318,12 @@ impl Inner {
     /// is a reply, else hand it to the application. Never waits.
     pub fn deliver(&self, env: Envelope) {
         if env.is_expired(unix_ms()) {
-            self.stats.lock().unwrap().expired_dropped += 1;
+            self.stats.locked().expired_dropped += 1;
             tracing::debug!(peer = %self.peer.id, id = env.id, kind = env.body.kind(), "dropped expired message");
             return;
         }
         if let Some(cid) = env.correlation_id {
-            let waiter = self.pending.lock().unwrap().remove(&cid);
+            let waiter = self.pending.locked().remove(&cid);
             if let Some(tx) = waiter {
                 let _ = tx.send(env);
                 return;
@@ -337,11 +338,11 @@ impl Inner {
         match self.inbox.push(inbound, unix_ms()) {
             Pushed::Queued => {}
             Pushed::QueuedAfterDropping(n) => {
-                self.stats.lock().unwrap().inbound_dropped += n as u64;
+                self.stats.locked().inbound_dropped += n as u64;
                 tracing::debug!(peer = %self.peer.id, dropped = n, "inbox full; dropped lower-priority messages");
             }
             Pushed::Dropped => {
-                self.stats.lock().unwrap().inbound_dropped += 1;
+                self.stats.locked().inbound_dropped += 1;
                 tracing::debug!(peer = %self.peer.id, "inbox full; dropped an arriving low-priority message");
             }
         }
@@ -376,7 +377,7 @@ impl Inner {
         let limit = self.config.max_queued_messages;
         if self.outbox.len() >= limit {
             let purged = self.outbox.purge_expired(unix_ms());
-            self.stats.lock().unwrap().expired_dropped += purged as u64;
+            self.stats.locked().expired_dropped += purged as u64;
             if self.outbox.len() >= limit {
                 return Err(SendError::QueueFull { limit });
             }
@@ -391,7 +392,7 @@ struct PendingGuard<'a>(&'a Inner, u64);
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.0.pending.lock().unwrap().remove(&self.1);
+        self.0.pending.locked().remove(&self.1);
     }
 }
 
@@ -473,7 +474,7 @@ impl Session {
         // Register before sending so a fast reply cannot be missed.
         let env = self.inner.stamp(env);
         let id = env.id;
-        self.inner.pending.lock().unwrap().insert(id, tx);
+        self.inner.pending.locked().insert(id, tx);
         // Removes the entry however this future ends, dropped by the caller included.
         let _pending = PendingGuard(&self.inner, id);
         self.inner.enqueue_stamped(env)?;
@@ -514,7 +515,7 @@ impl Session {
     /// Inbound messages dropped because more than `SessionConfig::max_inbound_messages`
     /// were waiting for [`Session::recv`] (only `Low` and `Normal` ones are ever dropped).
     pub fn inbound_dropped(&self) -> u64 {
-        self.inner.stats.lock().unwrap().inbound_dropped
+        self.inner.stats.locked().inbound_dropped
     }
 
     /// Subscribe to session events from now on.
@@ -528,7 +529,7 @@ impl Session {
     /// Only the first call gets the receiver; later calls get `None`. Until it is taken it
     /// holds at most the channel's capacity (256 events), after which it reports a lag.
     pub fn events_from_start(&self) -> Option<broadcast::Receiver<SessionEvent>> {
-        self.inner.events_from_start.lock().unwrap().take()
+        self.inner.events_from_start.locked().take()
     }
 
     /// The peer's incarnation, on the accepting side: the session nonce the dialing peer
@@ -544,7 +545,7 @@ impl Session {
 
     /// The connection's state as this side sees it.
     pub fn status(&self) -> ConnectionStatus {
-        let stats = self.inner.stats.lock().unwrap();
+        let stats = self.inner.stats.locked();
         let mut status = ConnectionStatus {
             connected: false,
             reconnect_attempts: stats.reconnect_attempts,
@@ -553,7 +554,7 @@ impl Session {
         };
         drop(stats);
         if let Some(live) = self.inner.live() {
-            let d = live.detector.lock().unwrap();
+            let d = live.detector.locked();
             let now = Instant::now();
             status.connected = true;
             status.quality = d.quality(now);
@@ -570,7 +571,7 @@ impl Session {
     pub fn heartbeat_rtts(&self) -> Vec<Duration> {
         self.inner
             .live()
-            .map(|l| l.detector.lock().unwrap().rtt_samples().collect())
+            .map(|l| l.detector.locked().rtt_samples().collect())
             .unwrap_or_default()
     }
 
@@ -603,7 +604,7 @@ impl Session {
 
     /// Messages dropped on receipt because they had expired.
     pub fn expired_dropped(&self) -> u64 {
-        self.inner.stats.lock().unwrap().expired_dropped
+        self.inner.stats.locked().expired_dropped
     }
 
     /// Send a file. The transfer survives reconnects, resuming after the last piece the
@@ -725,7 +726,7 @@ mod tests {
         inner.enqueue(msg()).unwrap();
         // Full, but one queued message has expired: it makes room.
         inner.enqueue(msg()).unwrap();
-        assert_eq!(inner.stats.lock().unwrap().expired_dropped, 1);
+        assert_eq!(inner.stats.locked().expired_dropped, 1);
         assert!(matches!(
             inner.enqueue(msg()),
             Err(SendError::QueueFull { limit: 2 })

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::direct::PieceWriter;
+use super::sync::Lock;
 use crate::manifest::{read_full, Manifest};
 
 pub(crate) struct Store {
@@ -33,7 +34,7 @@ impl Store {
     pub fn shared(dir: PathBuf) -> Arc<Self> {
         static STORES: std::sync::OnceLock<Mutex<HashMap<PathBuf, std::sync::Weak<Store>>>> =
             std::sync::OnceLock::new();
-        let mut stores = STORES.get_or_init(Default::default).lock().unwrap();
+        let mut stores = STORES.get_or_init(Default::default).locked();
         stores.retain(|_, s| s.strong_count() > 0);
         if let Some(store) = stores.get(&dir).and_then(|s| s.upgrade()) {
             return store;
@@ -97,7 +98,7 @@ impl Store {
 
     /// The per-hash lock: one transfer of a given content at a time.
     pub fn lock(&self, hash: [u8; 32]) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap();
+        let mut locks = self.locks.locked();
         locks.retain(|_, l| Arc::strong_count(l) > 1);
         locks.entry(hash).or_default().clone()
     }

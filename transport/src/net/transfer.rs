@@ -34,6 +34,7 @@ use tracing::Instrument;
 use super::direct::{PieceBuf, PieceReader};
 use super::session::{Inbound, IncomingTransfer, Inner, ReceivedFile};
 use super::store::Store;
+use super::sync::Lock;
 use super::{read_frame, varint, write_frame};
 use crate::config::OfferInfo;
 use crate::error::TransferError;
@@ -774,7 +775,7 @@ struct IncomingProgress {
 
 impl IncomingProgress {
     fn new(inner: Arc<Inner>, hash: &str, name: &str, total: u64, verified: u64) -> Self {
-        inner.incoming.lock().unwrap().insert(
+        inner.incoming.locked().insert(
             hash.to_string(),
             IncomingTransfer {
                 hash: hash.to_string(),
@@ -793,7 +794,7 @@ impl IncomingProgress {
     }
 
     fn update(&self, f: impl FnOnce(&mut IncomingTransfer)) {
-        if let Some(t) = self.inner.incoming.lock().unwrap().get_mut(&self.hash) {
+        if let Some(t) = self.inner.incoming.locked().get_mut(&self.hash) {
             f(t);
         }
     }
@@ -813,7 +814,7 @@ impl IncomingProgress {
 
 impl Drop for IncomingProgress {
     fn drop(&mut self) {
-        self.inner.incoming.lock().unwrap().remove(&self.hash);
+        self.inner.incoming.locked().remove(&self.hash);
     }
 }
 
