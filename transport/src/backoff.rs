@@ -35,6 +35,7 @@ impl BackoffConfig {
         Duration::from_secs_f64(capped * (1.0 - jitter * r.clamp(0.0, 1.0)))
     }
 
+    /// Reject settings that cannot work; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if self.initial.is_zero() || self.max < self.initial {
             return Err("backoff needs 0 < initial <= max".into());

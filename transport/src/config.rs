@@ -57,6 +57,7 @@ pub struct OfferInfo {
     pub peer_id: String,
     /// The name the sender gave the file.
     pub name: String,
+    /// Bytes.
     pub size: u64,
     /// BLAKE3 of the content, hex.
     pub hash: String,
@@ -71,10 +72,12 @@ pub struct OfferFilter(pub Arc<OfferFilterFn>);
 pub type OfferFilterFn = dyn Fn(&OfferInfo) -> Result<(), String> + Send + Sync;
 
 impl OfferFilter {
+    /// Wrap a decision function.
     pub fn new(f: impl Fn(&OfferInfo) -> Result<(), String> + Send + Sync + 'static) -> Self {
         Self(Arc::new(f))
     }
 
+    /// The decision on `offer`.
     pub fn check(&self, offer: &OfferInfo) -> Result<(), String> {
         (self.0)(offer)
     }
@@ -89,6 +92,7 @@ impl std::fmt::Debug for OfferFilter {
 /// Everything a [`crate::Client`] or [`crate::Listener`] needs.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
+    /// This side's certificate chain and key, and the deployment CA it trusts.
     pub credentials: Credentials,
     /// Certificates revoked by the deployment's CA; checked on every connection, resumed ones
     /// included. Replace it at run time with `set_revocations`.
@@ -272,6 +276,7 @@ impl std::str::FromStr for CongestionControl {
 /// them, and a loss-based controller with QUIC's default thresholds reads both as congestion.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinkConfig {
+    /// The congestion controller.
     pub congestion: CongestionControl,
     /// A packet counts as lost once this many packets sent after it were acknowledged
     /// (QUIC's default: 3). Higher tolerates more reordering; loss is then noticed later.

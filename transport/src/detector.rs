@@ -59,8 +59,11 @@ impl DetectorConfig {
 /// What the detector thinks of the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
+    /// Heard from within `suspect_after`.
     Alive,
+    /// Silent for `suspect_after` or more.
     Suspect,
+    /// Silent for `dead_after` or more: the connection is closed.
     Dead,
 }
 
@@ -95,6 +98,7 @@ impl FailureDetector {
         }
     }
 
+    /// The thresholds this detector applies.
     pub fn config(&self) -> &DetectorConfig {
         &self.config
     }

@@ -11,7 +11,9 @@ pub enum ConfigError {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     /// A certificate, key or CA could not be used.
@@ -23,7 +25,9 @@ pub enum ConfigError {
     /// The UDP socket could not be bound.
     #[error("cannot bind {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: std::net::SocketAddr,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -32,6 +36,7 @@ pub enum ConfigError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
+    /// This side's settings cannot work.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The QUIC/TLS handshake failed (untrusted, expired or revoked certificate, wrong ALPN,
@@ -41,7 +46,9 @@ pub enum ConnectError {
     /// The peer completed the handshake and then refused the session.
     #[error("peer refused the session ({reason:?}): {message}")]
     Refused {
+        /// The refusal's kind.
         reason: RefuseReason,
+        /// The peer's words.
         message: String,
     },
     /// The peer broke the session protocol.
@@ -81,13 +88,17 @@ pub enum SendError {
     Frame(#[from] crate::frame::FrameError),
     /// `max_queued_messages` are waiting already (the peer is away or slow); try later.
     #[error("{limit} messages are queued for the peer already")]
-    QueueFull { limit: usize },
+    QueueFull {
+        /// `max_queued_messages`.
+        limit: usize,
+    },
 }
 
 /// A request got no reply.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
+    /// The request could not be queued.
     #[error(transparent)]
     Send(#[from] SendError),
     /// No reply within the timeout.
@@ -105,7 +116,9 @@ pub enum TransferError {
     /// The source could not be read, or the destination written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     /// The receiver refused the offer (too large, bad manifest ...).
@@ -115,7 +128,10 @@ pub enum TransferError {
     #[error(
         "piece {piece} arrived corrupted (the source differs from the hash it was sent under)"
     )]
-    Corrupted { piece: u64 },
+    Corrupted {
+        /// Index of the piece, from 0.
+        piece: u64,
+    },
     /// The receiver failed to store the file.
     #[error("receiver failed: {0}")]
     ReceiverFailed(String),
@@ -131,7 +147,12 @@ pub enum TransferError {
     Cancelled,
     /// The file's content does not have the hash the caller said it has.
     #[error("the file's BLAKE3 is {actual}, not the expected {expected}")]
-    HashMismatch { expected: String, actual: String },
+    HashMismatch {
+        /// The hash the caller gave, hex.
+        expected: String,
+        /// The content's hash, hex.
+        actual: String,
+    },
 }
 
 /// A store operation failed.
@@ -144,7 +165,9 @@ pub enum StoreError {
     /// A file or directory of the store (or the file to import) could not be used.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -160,7 +183,9 @@ pub enum WaitFileError {
     /// way; see `Session::incoming_transfers`).
     #[error("content {hash} did not arrive within {after:?}")]
     Timeout {
+        /// The content waited for, hex.
         hash: String,
+        /// How long it was waited for.
         after: std::time::Duration,
     },
 }

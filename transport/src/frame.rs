@@ -22,7 +22,12 @@ pub const MAX_FRAME_SIZE: usize = 1 << 20;
 pub enum FrameError {
     /// The length prefix announces more than the allowed maximum.
     #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// Bytes announced.
+        len: usize,
+        /// Bytes allowed.
+        max: usize,
+    },
     /// A frame announced zero bytes; every message encodes to at least one.
     #[error("empty frame")]
     Empty,

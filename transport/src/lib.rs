@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! morag-transport: QUIC sessions between MoRAG peers.
 //!
 //! Sessions run over QUIC (quinn) with mutual TLS against the deployment's CA (certificates from

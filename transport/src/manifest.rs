@@ -28,9 +28,13 @@ pub const MAX_FILE_SIZE: u64 = MAX_PIECES * MAX_PIECE_SIZE;
 /// A file's hash, size, piece size and per-piece chaining values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// BLAKE3 of the whole file.
     pub hash: [u8; 32],
+    /// Bytes.
     pub size: u64,
+    /// Bytes per piece (the last may be shorter).
     pub piece_size: u64,
+    /// Each piece's BLAKE3 chaining value, in order.
     pub pieces: Vec<[u8; 32]>,
 }
 
@@ -43,7 +47,14 @@ pub enum ManifestError {
     PieceSize(u64),
     /// The piece count does not fit the size.
     #[error("manifest lists {got} pieces, a file of {size} bytes has {expected}")]
-    PieceCount { got: u64, expected: u64, size: u64 },
+    PieceCount {
+        /// Pieces listed.
+        got: u64,
+        /// Pieces a file of `size` bytes has.
+        expected: u64,
+        /// The file's size, bytes.
+        size: u64,
+    },
     /// The piece hashes do not combine to the file hash.
     #[error("piece hashes do not combine to the file hash")]
     RootMismatch,

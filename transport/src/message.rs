@@ -17,10 +17,17 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub enum Priority {
+    /// Default for progress and status reports. Like `Normal`, may be dropped when the
+    /// receiver's inbox is full.
     Low,
+    /// Default for task results and user messages.
     #[default]
     Normal,
+    /// Default for heartbeats, server commands and replies. Never dropped to make room in a
+    /// full inbox.
     High,
+    /// Default for task cancels and worker shutdowns. Never dropped to make room in a full
+    /// inbox.
     Urgent,
 }
 
@@ -39,6 +46,7 @@ pub struct Envelope {
     pub id: u64,
     /// When it was sent, ms since the Unix epoch.
     pub timestamp_ms: u64,
+    /// Queue order on both sides; by default [`Body::default_priority`].
     pub priority: Priority,
     /// On a response: the id of the request it answers.
     pub correlation_id: Option<u64>,
@@ -47,6 +55,7 @@ pub struct Envelope {
     /// Safe to deliver twice. Only idempotent messages may travel as 0-RTT early data, which an
     /// attacker can replay.
     pub idempotent: bool,
+    /// The message itself.
     pub body: Body,
 }
 
@@ -85,6 +94,7 @@ impl Envelope {
         }
     }
 
+    /// Override the priority the body kind gives.
     pub fn with_priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
         self
@@ -96,11 +106,13 @@ impl Envelope {
         self
     }
 
+    /// Expire at `expires_at_ms`, ms since the Unix epoch.
     pub fn with_expiry_ms(mut self, expires_at_ms: u64) -> Self {
         self.expires_at_ms = Some(expires_at_ms);
         self
     }
 
+    /// Mark the message safe (or not) to deliver twice, overriding the body kind's default.
     pub fn idempotent(mut self, idempotent: bool) -> Self {
         self.idempotent = idempotent;
         self
@@ -119,15 +131,23 @@ pub enum Body {
     /// Application-level heartbeat with the sender's health. Liveness itself is detected by the
     /// session's own heartbeat datagrams; this carries the payload.
     Heartbeat(WorkerHealth),
+    /// Periodic health and connection report.
     StatusUpdate(StatusUpdate),
+    /// Progress of a running task.
     TaskProgress(TaskProgress),
+    /// A task finished with a result.
     TaskComplete(TaskComplete),
+    /// A task failed.
     TaskFailed(TaskFailed),
+    /// Stop a task.
     TaskCancel(TaskCancel),
+    /// The sender is going away.
     WorkerShutdown(WorkerShutdown),
+    /// An operator or hub command to a worker.
     ServerCommand(ServerCommand),
     /// A generic reply (acknowledgement or error) to a request.
     Reply(Reply),
+    /// A library user's own message type (see [`Envelope::user`]).
     User(UserMessage),
 }
 
@@ -170,6 +190,7 @@ impl Body {
 /// Health of a worker, as it reports it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerHealth {
+    /// Fit for work; the hub assigns work only to healthy workers.
     pub healthy: bool,
     /// Percent, 0..=100.
     pub cpu_usage: f32,
@@ -177,17 +198,22 @@ pub struct WorkerHealth {
     pub memory_usage: f32,
     /// Percent, 0..=100; `None` without a GPU.
     pub gpu_usage: Option<f32>,
+    /// Tasks being processed now.
     pub active_tasks: u32,
+    /// Tasks accepted but not yet being processed.
     pub queue_size: u32,
     /// ms since the Unix epoch.
     pub last_task_completed_ms: Option<u64>,
+    /// Failed tasks since the worker started.
     pub error_count: u32,
+    /// Problems worth an operator's attention, human-readable.
     pub warnings: Vec<String>,
 }
 
 /// State of a connection, as one side sees it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConnectionStatus {
+    /// A connection is up now.
     pub connected: bool,
     /// 0.0 (unusable) ..= 1.0 (perfect).
     pub quality: f32,
@@ -197,45 +223,57 @@ pub struct ConnectionStatus {
     pub loss: f32,
     /// ms since the Unix epoch.
     pub last_heartbeat_ms: Option<u64>,
+    /// Attempts in the current reconnect run; reset to 0 on connecting.
     pub reconnect_attempts: u32,
+    /// The last few connection errors, oldest first.
     pub recent_errors: Vec<String>,
 }
 
 /// Periodic state report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusUpdate {
+    /// The sender's health.
     pub health: WorkerHealth,
+    /// The sender's view of the connection, if it reports one.
     pub connection: Option<ConnectionStatus>,
 }
 
 /// Progress of one task.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskProgress {
+    /// The task reported on.
     pub task_id: String,
     /// 0.0 ..= 100.0.
     pub percent: f32,
+    /// Name of the current processing step (e.g. `transcribe`).
     pub stage: String,
+    /// Optional detail, human-readable.
     pub message: Option<String>,
     /// ms since the Unix epoch.
     pub estimated_completion_ms: Option<u64>,
+    /// Free-form extra details.
     pub metadata: BTreeMap<String, String>,
 }
 
 /// A task finished.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskComplete {
+    /// The task that finished.
     pub task_id: String,
     /// The result document (JSON text in MoRAG's shape).
     pub result: String,
     /// BLAKE3 hashes (hex) of the artifact files sent with it.
     pub artifacts: Vec<String>,
+    /// How long the task took, ms.
     pub processing_time_ms: u64,
 }
 
 /// A task failed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskFailed {
+    /// The task that failed.
     pub task_id: String,
+    /// What went wrong, human-readable.
     pub error: String,
     /// Whether running it again might succeed.
     pub retryable: bool,
@@ -244,13 +282,16 @@ pub struct TaskFailed {
 /// Stop a task.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskCancel {
+    /// The task to stop.
     pub task_id: String,
+    /// Why, for logs.
     pub reason: String,
 }
 
 /// The sender is going away.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerShutdown {
+    /// Why, for logs.
     pub reason: String,
     /// It finishes its running tasks first.
     pub graceful: bool,
@@ -259,21 +300,27 @@ pub struct WorkerShutdown {
 /// An operator or hub command to a worker.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerCommand {
+    /// Command name (e.g. `drain`).
     pub command: String,
+    /// Arguments by name.
     pub args: BTreeMap<String, String>,
 }
 
 /// A reply to a request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
+    /// The request was accepted; `false` means refused or failed.
     pub ok: bool,
+    /// Detail, or the error when not `ok`; may be empty.
     pub message: String,
 }
 
 /// A library user's own message: a kind name and postcard bytes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserMessage {
+    /// Name the receiver tells message types apart by (see [`Envelope::decode_user`]).
     pub kind: String,
+    /// The value, postcard-encoded.
     pub payload: Vec<u8>,
 }
 

@@ -88,7 +88,9 @@ pub mod close_code {
 /// The dialing side's first frame on the control stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
+    /// Oldest protocol version the sender speaks.
     pub min_version: u16,
+    /// Newest protocol version the sender speaks.
     pub max_version: u16,
     /// The identity the sender claims; must equal its certificate's id.
     pub peer_id: String,
@@ -102,14 +104,20 @@ pub struct Hello {
 /// Why a hello was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RefuseReason {
+    /// No protocol version in common.
     VersionMismatch,
+    /// The claimed identity differs from the certificate's.
     IdentityMismatch,
+    /// The peer's certificate is revoked.
     Revoked,
+    /// The peer's role or certificate is not allowed here.
     NotAllowed,
+    /// The peer's certificate has expired.
     Expired,
 }
 
 impl RefuseReason {
+    /// The [`close_code`] the connection closes with after this refusal.
     pub fn close_code(self) -> u32 {
         match self {
             RefuseReason::VersionMismatch => close_code::VERSION_MISMATCH,
@@ -124,7 +132,9 @@ impl RefuseReason {
 /// The first frame on any bidirectional stream: what the stream is for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StreamOpen {
+    /// The control stream, opened by the dialing side with its hello.
     Control(Hello),
+    /// A file transfer stream, opened by the sender with its offer.
     Transfer(TransferOffer),
 }
 
@@ -133,18 +143,26 @@ pub enum StreamOpen {
 pub enum ControlFrame {
     /// The hello was accepted; the session speaks `version`.
     Welcome {
+        /// The negotiated protocol version.
         version: u16,
+        /// The accepting side's identity; the dialing side checks it against the certificate.
         peer_id: String,
     },
     /// The hello was refused; the connection closes next.
     Refuse {
+        /// Why, as a code.
         reason: RefuseReason,
+        /// Detail, human-readable.
         message: String,
     },
+    /// An application message.
     Message(Envelope),
     /// The sender is closing the session on purpose.
     Goodbye {
+        /// A [`close_code`]; [`close_code::SHUTDOWN`] to a dialing side means "reconnect
+        /// later" rather than "session over".
         code: u32,
+        /// Why, for logs.
         reason: String,
     },
 }
@@ -154,11 +172,16 @@ pub enum ControlFrame {
 pub enum Datagram {
     /// `sent_us`: the sender's monotonic clock, echoed back in the pong.
     Ping {
+        /// Counts up from 1 on each connection.
         seq: u64,
+        /// Microseconds since the sender's session started.
         sent_us: u64,
     },
+    /// The answer to a ping.
     Pong {
+        /// The ping's `seq`.
         seq: u64,
+        /// The ping's `sent_us`, unchanged.
         echo_us: u64,
     },
 }
@@ -168,6 +191,7 @@ pub enum Datagram {
 pub struct TransferOffer {
     /// A name for the receiving application (not used as a path).
     pub name: String,
+    /// The content's hash, size and piece hashes.
     pub manifest: Manifest,
 }
 
@@ -177,9 +201,15 @@ pub enum TransferReply {
     /// The receiver already holds this content; nothing is sent.
     Have,
     /// Send from this piece on (0 for a new transfer).
-    SendFrom { piece: u64 },
+    SendFrom {
+        /// Index of the first piece to send, from 0.
+        piece: u64,
+    },
     /// The receiver will not take it.
-    Reject { message: String },
+    Reject {
+        /// Why, human-readable.
+        message: String,
+    },
     /// The receiver is taking the same content from elsewhere; offer again later.
     Busy,
 }
@@ -190,9 +220,15 @@ pub enum TransferDone {
     /// Every piece verified; the file is stored under its hash.
     Complete,
     /// This piece did not match its hash; pieces before it are kept.
-    Corrupt { piece: u64 },
+    Corrupt {
+        /// Index of the bad piece, from 0.
+        piece: u64,
+    },
     /// The receiver failed (disk full ...).
-    Failed { message: String },
+    Failed {
+        /// What went wrong, human-readable.
+        message: String,
+    },
 }
 
 /// Pick the highest version both ranges share.

@@ -339,7 +339,7 @@ async fn accept_streams(inner: Arc<Inner>, live: Live) {
             .await;
             match opened {
                 Ok(Ok(StreamOpen::Transfer(offer))) => {
-                    super::transfer::receive(inner, offer, send, recv).await
+                    super::files::transfer::receive(inner, offer, send, recv).await
                 }
                 Ok(Ok(StreamOpen::Control(_))) => {
                     protocol_error(&live, "a second control stream was opened")

@@ -6,24 +6,21 @@
 //! - `inbox`: the priority-ordered, bounded queue `Session::recv` takes from.
 //! - `conn`: the tasks that run one QUIC connection (control reader/writer, heartbeats,
 //!   incoming streams).
-//! - `transfer` and `store`: verified, resumable file transfer; `manifest_cache`: manifests of
-//!   files already hashed.
-//! - `content_store`: [`ContentStore`], the application's view of a store directory.
+//! - `files`: verified, resumable file transfer (`files/transfer`: sender and receiver), the
+//!   store received content lands in, [`ContentStore`] (the application's view of a store
+//!   directory) and the cache of manifests of files already hashed.
+//! - `sync`: locks that survive a panic elsewhere.
 
 mod conn;
-mod content_store;
-mod direct;
 mod endpoint;
+mod files;
 mod inbox;
-mod manifest_cache;
 mod session;
-mod store;
 mod sync;
 mod tls;
-mod transfer;
 
-pub use content_store::{ContentStore, GcReport};
 pub use endpoint::{Client, Listener};
+pub use files::{ContentStore, GcReport};
 
 /// Plain quinn configurations with exactly the TLS and transport settings sessions use. For
 /// benchmarks that compare against raw quinn, and for tests that speak the wire by hand.
@@ -41,8 +38,8 @@ pub mod raw {
         super::tls::client_config(cfg, super::tls::ticket_store(), &cfg.alpn)
     }
 }
+pub use files::{Transfer, TransferOutcome, TransferProgress};
 pub use session::{Inbound, IncomingTransfer, PathStats, ReceivedFile, Session, SessionEvent};
-pub use transfer::{Transfer, TransferOutcome, TransferProgress};
 
 use serde::{de::DeserializeOwned, Serialize};
 

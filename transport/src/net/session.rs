@@ -18,10 +18,10 @@ use morag_certs::PeerIdentity;
 use tokio::sync::{broadcast, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::files::store::Store;
+use super::files::transfer::{self, Source, Transfer};
 use super::inbox::{Inbox, Pushed};
-use super::store::Store;
 use super::sync::Lock;
-use super::transfer::{self, Source, Transfer};
 use crate::config::SessionConfig;
 use crate::detector::FailureDetector;
 use crate::error::{RequestError, SendError, TransferError, WaitFileError};
@@ -30,6 +30,7 @@ use crate::message::{unix_ms, Body, ConnectionStatus, Envelope};
 /// Something the peer sent.
 #[derive(Debug, Clone)]
 pub enum Inbound {
+    /// A message.
     Message(Envelope),
     /// A file arrived, verified, and is stored at `path`.
     File(ReceivedFile),
@@ -42,6 +43,7 @@ pub struct ReceivedFile {
     pub hash: String,
     /// The name the sender gave.
     pub name: String,
+    /// Bytes.
     pub size: u64,
     /// Where it is stored (named by its hash).
     pub path: PathBuf,
@@ -56,7 +58,9 @@ pub struct ReceivedFile {
 pub struct IncomingTransfer {
     /// BLAKE3 of the content, hex.
     pub hash: String,
+    /// The name the sender gave.
     pub name: String,
+    /// The file's size, bytes.
     pub total: u64,
     /// Bytes here and verified (including what an earlier attempt left).
     pub verified: u64,
@@ -71,22 +75,39 @@ pub struct IncomingTransfer {
 pub enum SessionEvent {
     /// A connection is up. `zero_rtt`: (dialing side) this connection's early data was accepted.
     Connected {
+        /// Counts the session's connections, from 1.
         generation: u64,
+        /// The peer's address on this connection.
         remote: SocketAddr,
+        /// Early data was accepted.
         zero_rtt: bool,
     },
     /// The peer has been silent past the suspect threshold.
     Suspect,
     /// The connection is gone; the dialing side reconnects, the accepting side waits.
-    Lost { reason: String },
+    Lost {
+        /// Why, in words.
+        reason: String,
+    },
     /// The dialing side will try again after `delay`.
-    Reconnecting { attempt: u32, delay: Duration },
+    Reconnecting {
+        /// Tries so far, from 1.
+        attempt: u32,
+        /// Wait before this try.
+        delay: Duration,
+    },
     /// The peer refused a reconnect; the session ends.
-    Refused { message: String },
+    Refused {
+        /// The peer's words.
+        message: String,
+    },
     /// The session is over.
     Closed {
+        /// The peer closed it (a goodbye), not this side.
         by_peer: bool,
+        /// Close code (see [`crate::close_code`]).
         code: u32,
+        /// Why, in words.
         reason: String,
     },
 }
@@ -666,7 +687,7 @@ impl Session {
         hash_hex: &str,
         timeout: Duration,
     ) -> Result<PathBuf, WaitFileError> {
-        let hash = super::store::parse_hash(hash_hex)
+        let hash = super::files::store::parse_hash(hash_hex)
             .ok_or_else(|| WaitFileError::InvalidHash(hash_hex.to_string()))?;
         self.inner
             .store
@@ -691,9 +712,13 @@ impl Session {
 /// QUIC path figures of the current connection.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PathStats {
+    /// QUIC's smoothed round-trip estimate.
     pub rtt: Duration,
+    /// Packets declared lost so far.
     pub lost_packets: u64,
+    /// Packets sent so far.
     pub sent_packets: u64,
+    /// Current congestion window, bytes.
     pub congestion_window: u64,
 }
 

@@ -1,0 +1,99 @@
+//! The two ends: [`Client`] dials and keeps its sessions up; [`Listener`] accepts sessions,
+//! checks identities, and keeps a registry of peers for broadcast.
+
+mod client;
+mod listener;
+
+pub use client::Client;
+pub use listener::Listener;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use morag_certs::{PeerIdentity, RevocationList, Role};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::session::{Inner, Session, SessionEvent, Side};
+use super::sync::{Lock, ReadWrite};
+use super::{read_frame, tls, varint, write_frame, ReadFrameError};
+use crate::config::SessionConfig;
+use crate::error::{ConfigError, ConnectError};
+use crate::message::Envelope;
+use crate::wire::{close_code, negotiate, ControlFrame, Hello, RefuseReason, StreamOpen};
+
+/// How long the accepting side waits for the hello and for the handshake to complete.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The identity in a connection's peer certificate.
+fn peer_identity_of(conn: &quinn::Connection) -> Option<PeerIdentity> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    morag_certs::peer_identity(certs.first()?.as_ref()).ok()
+}
+
+fn own_identity(cfg: &SessionConfig) -> Result<PeerIdentity, ConfigError> {
+    let chain = tls::cert_chain(&cfg.credentials)?;
+    morag_certs::peer_identity(chain[0].as_ref())
+        .map_err(|e| ConfigError::Credentials(format!("our own certificate: {e}")))
+}
+
+fn role_allowed(cfg: &SessionConfig, role: Role) -> bool {
+    cfg.allowed_roles
+        .as_ref()
+        .is_none_or(|roles| roles.contains(&role))
+}
+
+fn bind_endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, ConfigError> {
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|e| ConfigError::Bind { addr, source: e })?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ConfigError::Invalid("runtime", "must run inside a tokio runtime".into()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(|e| ConfigError::Bind { addr, source: e })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+pub(super) fn handshake_error(e: &quinn::ConnectionError) -> ConnectError {
+    if let quinn::ConnectionError::ApplicationClosed(c) = e {
+        let code = u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX);
+        let reason = match code {
+            close_code::VERSION_MISMATCH => Some(RefuseReason::VersionMismatch),
+            close_code::IDENTITY_MISMATCH => Some(RefuseReason::IdentityMismatch),
+            close_code::REVOKED => Some(RefuseReason::Revoked),
+            close_code::NOT_ALLOWED => Some(RefuseReason::NotAllowed),
+            close_code::EXPIRED => Some(RefuseReason::Expired),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            return ConnectError::Refused {
+                reason,
+                message: String::from_utf8_lossy(&c.reason).into_owned(),
+            };
+        }
+    }
+    match e {
+        // Nothing answered, or the peer lost the connection's state (it restarted):
+        // worth trying again.
+        quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset => {
+            ConnectError::Unreachable(tls::describe_connection_error(e))
+        }
+        _ => ConnectError::Handshake(tls::describe_connection_error(e)),
+    }
+}
+
+pub(super) fn stream_error(conn: &quinn::Connection, e: impl std::fmt::Display) -> ConnectError {
+    match conn.close_reason() {
+        Some(reason) => handshake_error(&reason),
+        None => ConnectError::Protocol(e.to_string()),
+    }
+}
