@@ -23,6 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::frame::FrameDecoder;
 use crate::manifest::Manifest;
 use crate::message::Envelope;
 
@@ -236,6 +237,35 @@ pub fn negotiate(ours: (u16, u16), theirs: (u16, u16)) -> Option<u16> {
     let lo = ours.0.max(theirs.0);
     let hi = ours.1.min(theirs.1);
     (lo <= hi).then_some(hi)
+}
+
+/// Everything that reads bytes from the network, driven with arbitrary input: `data` is cut
+/// at a point its first byte picks and fed to a [`FrameDecoder`] (the control stream's reader)
+/// in two pieces; every frame that comes out is decoded as each frame type read from the wire,
+/// and `data` as a heartbeat datagram. Returns how many frames came out. Must never panic or
+/// allocate past the frame limit: the fuzz target (`transport/fuzz`) and a seeded test run it.
+#[doc(hidden)]
+pub fn exercise_decoders(data: &[u8]) -> usize {
+    let split = data.first().copied().unwrap_or(0) as usize % (data.len() + 1);
+    let (a, b) = data.split_at(split);
+    let mut d = FrameDecoder::new(64 * 1024);
+    d.extend(a);
+    d.extend(b);
+    let mut frames = 0;
+    for _ in 0..16 {
+        match d.next_body() {
+            Ok(Some(body)) => {
+                frames += 1;
+                let _ = postcard::from_bytes::<ControlFrame>(&body);
+                let _ = postcard::from_bytes::<StreamOpen>(&body);
+                let _ = postcard::from_bytes::<TransferReply>(&body);
+                let _ = postcard::from_bytes::<TransferDone>(&body);
+            }
+            _ => break,
+        }
+    }
+    let _ = postcard::from_bytes::<Datagram>(data);
+    frames
 }
 
 #[cfg(test)]

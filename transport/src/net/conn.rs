@@ -157,13 +157,13 @@ async fn wait_goodbye(inner: &Inner) -> (u32, String, tokio::sync::oneshot::Send
     }
 }
 
-async fn control_reader(inner: Arc<Inner>, live: Live, mut recv: quinn::RecvStream) {
-    let max = inner.config.max_frame_size;
+async fn control_reader(inner: Arc<Inner>, live: Live, recv: quinn::RecvStream) {
+    let mut frames = super::FrameReader::new(recv, inner.config.max_frame_size);
     loop {
         let frame = tokio::select! {
             biased;
             _ = live.cancel.cancelled() => return,
-            f = read_frame::<ControlFrame>(&mut recv, max) => f,
+            f = frames.next::<ControlFrame>() => f,
         };
         match frame {
             Ok(ControlFrame::Message(env)) => inner.deliver(env),
@@ -183,6 +183,10 @@ async fn control_reader(inner: Arc<Inner>, live: Live, mut recv: quinn::RecvStre
             }
             Err(ReadFrameError::Frame(e)) => {
                 protocol_error(&live, &format!("bad control frame: {e}"));
+                return;
+            }
+            Err(e @ ReadFrameError::Truncated(_)) => {
+                protocol_error(&live, &format!("control stream: {e}"));
                 return;
             }
             Err(ReadFrameError::Finished) => return,

@@ -58,9 +58,49 @@ pub(crate) enum ReadFrameError {
     Finished,
     #[error("{0}")]
     Read(#[from] quinn::ReadExactError),
+    #[error("{0}")]
+    ReadChunk(#[from] quinn::ReadError),
+    #[error("stream ended inside a frame ({0} bytes left over)")]
+    Truncated(usize),
 }
 
-/// Read one frame. Not cancel-safe: run it in a task of its own, never in a `select!` arm.
+/// Bytes asked of QUIC per read of a framed stream.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A stream of frames read through [`frame::FrameDecoder`], the same decoder the fuzz target
+/// and the property tests drive (`wire::exercise_decoders`). Cancel-safe: the decoder keeps
+/// what a cancelled read had received.
+pub(crate) struct FrameReader {
+    recv: quinn::RecvStream,
+    decoder: frame::FrameDecoder,
+}
+
+impl FrameReader {
+    pub fn new(recv: quinn::RecvStream, max: usize) -> Self {
+        Self {
+            recv,
+            decoder: frame::FrameDecoder::new(max),
+        }
+    }
+
+    /// The next frame; `Finished` when the stream ended cleanly between frames.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<T, ReadFrameError> {
+        loop {
+            if let Some(v) = self.decoder.next_value::<T>()? {
+                return Ok(v);
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await? {
+                Some(chunk) => self.decoder.extend(&chunk.bytes),
+                None if self.decoder.buffered() == 0 => return Err(ReadFrameError::Finished),
+                None => return Err(ReadFrameError::Truncated(self.decoder.buffered())),
+            }
+        }
+    }
+}
+
+/// Read one frame and nothing past it (handshakes and single replies; a long-lived stream of
+/// frames goes through [`FrameReader`]). Not cancel-safe: a `select!` arm beside it may only
+/// end the stream's use.
 pub(crate) async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     max: usize,
