@@ -41,10 +41,21 @@ fn agent(hub: &Hub, root: &Path, id: &str, via: &str, args: &[&str]) -> Agent {
     Agent::start(via, &dir, id, args, &[])
 }
 
+/// The agent job `id` runs on, once it is processing: `running` is recorded when the agent
+/// takes the assignment, progress only once the processor has the input, so a test that cuts
+/// the link after this cannot strand the input transfer.
 async fn running_on(api: &Api, id: &str) -> String {
-    let job = api
-        .wait_state(id, &["running"], Duration::from_secs(60))
+    api.wait_state(id, &["running"], Duration::from_secs(60))
         .await;
+    let job = until(
+        Duration::from_secs(60),
+        "the job's first progress",
+        || async {
+            let job = api.job(id).await;
+            (!job["progress"].is_null() || job["state"] != "running").then_some(job)
+        },
+    )
+    .await;
     job["attempts"].as_array().unwrap().last().unwrap()["agent_id"]
         .as_str()
         .unwrap()
