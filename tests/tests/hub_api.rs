@@ -282,21 +282,33 @@ async fn agents_with_wrong_certificates_cannot_register() {
     );
 }
 
-#[tokio::test]
-async fn files_from_an_agent_without_work_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let hub_dir = tmp.path().join("hub");
-    let hub = Hub::start(&hub_dir, &[]).await;
+/// A transport session to the hub as agent `id` (a certificate from the hub's CA), with no
+/// morag-agent behind it: the test speaks the protocol itself.
+async fn raw_agent(
+    hub: &Hub,
+    hub_dir: &std::path::Path,
+    tmp: &std::path::Path,
+    id: &str,
+) -> (Client, morag_transport::Session) {
     let ca = CertificateAuthority::load(&hub_dir.join("pki")).unwrap();
-    let cert = ca.issue_agent("idle-agent", Validity::days(1)).unwrap();
+    let cert = ca.issue_agent(id, Validity::days(1)).unwrap();
     let mut config = SessionConfig::new(Credentials {
         cert_chain_pem: cert.cert_pem.clone(),
         key_pem: cert.key_pem.clone(),
         ca_pem: ca.cert_pem().to_string(),
     });
-    config.store_dir = tmp.path().join("agent-store");
+    config.store_dir = tmp.join(format!("{id}-store"));
     let client = Client::new(config).unwrap();
     let session = client.connect(hub.quic_addr(), "localhost").await.unwrap();
+    (client, session)
+}
+
+#[tokio::test]
+async fn files_from_an_agent_without_work_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub_dir = tmp.path().join("hub");
+    let hub = Hub::start(&hub_dir, &[]).await;
+    let (client, session) = raw_agent(&hub, &hub_dir, tmp.path(), "idle-agent").await;
     let e = tokio::time::timeout(
         Duration::from_secs(10),
         session.send_bytes(vec![9u8; 100_000], "junk.bin").finish(),
@@ -360,16 +372,7 @@ async fn inline_result_files_are_checked_and_large_ones_come_by_transfer() {
     let tmp = tempfile::tempdir().unwrap();
     let hub_dir = tmp.path().join("hub");
     let hub = Hub::start(&hub_dir, &[]).await;
-    let ca = CertificateAuthority::load(&hub_dir.join("pki")).unwrap();
-    let cert = ca.issue_agent("raw-agent", Validity::days(1)).unwrap();
-    let mut config = SessionConfig::new(Credentials {
-        cert_chain_pem: cert.cert_pem.clone(),
-        key_pem: cert.key_pem.clone(),
-        ca_pem: ca.cert_pem().to_string(),
-    });
-    config.store_dir = tmp.path().join("agent-store");
-    let client = Client::new(config).unwrap();
-    let session = client.connect(hub.quic_addr(), "localhost").await.unwrap();
+    let (client, session) = raw_agent(&hub, &hub_dir, tmp.path(), "raw-agent").await;
     let reg = Registration {
         name: "raw".into(),
         capability: Capability::Cpu,
@@ -477,19 +480,9 @@ async fn inline_result_files_are_checked_and_large_ones_come_by_transfer() {
     assert_eq!(doc["text"], "raw");
     let served = hub
         .api
-        .http
-        .get(format!(
-            "{}/api/v1/jobs/{id}/artifacts/{big_hash}",
-            hub.api.base
-        ))
-        .bearer_auth(&hub.api.token)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert!(served.as_ref() == big.as_slice(), "the artifact as sent");
+        .get_bytes(&format!("/api/v1/jobs/{id}/artifacts/{big_hash}"))
+        .await;
+    assert!(served == big, "the artifact as sent");
     // The same report again is a duplicate, not a second completion.
     assert_eq!(complete(&c).await, AckOutcome::Duplicate);
     client.close().await;

@@ -144,17 +144,7 @@ async fn enrolled_agent_transcribes_jfk_and_the_artifacts_come_back() {
         .iter()
         .find(|a| a["name"] == "jfk_segments.json")
         .unwrap();
-    let bytes = hub
-        .api
-        .http
-        .get(format!("{}{}", hub.api.base, seg["url"].as_str().unwrap()))
-        .bearer_auth(&hub.api.token)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = hub.api.get_bytes(seg["url"].as_str().unwrap()).await;
     assert_eq!(
         blake3::hash(&bytes).to_hex().as_str(),
         seg["blake3"].as_str().unwrap()

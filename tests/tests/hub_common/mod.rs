@@ -322,6 +322,19 @@ impl Api {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The body of a successful GET of `path` (an artifact, say).
+    pub async fn get_bytes(&self, path: &str) -> Vec<u8> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.bytes().await.unwrap().to_vec()
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
