@@ -68,10 +68,14 @@ pub fn check_len(prefix: [u8; LEN_PREFIX], max: usize) -> Result<usize, FrameErr
     Ok(len)
 }
 
-/// Incremental decoder: push bytes, pop frames.
+/// Incremental decoder: push bytes, pop frames. Frames are taken from a read offset, so a
+/// chunk holding many small frames is not shifted once per frame; consumed bytes are dropped
+/// when more arrive.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Where the next frame starts in `buf`.
+    start: usize,
     max: usize,
 }
 
@@ -80,34 +84,44 @@ impl FrameDecoder {
     pub fn new(max: usize) -> Self {
         Self {
             buf: Vec::new(),
+            start: 0,
             max,
         }
     }
 
     /// Append received bytes.
     pub fn extend(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes held that do not yet form a whole frame.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// The next whole frame body, `Ok(None)` if more bytes are needed.
     ///
     /// After an error the stream is unusable: the caller must close it.
     pub fn next_body(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        if self.buf.len() < LEN_PREFIX {
+        let held = &self.buf[self.start..];
+        if held.len() < LEN_PREFIX {
             return Ok(None);
         }
-        let prefix: [u8; LEN_PREFIX] = self.buf[..LEN_PREFIX].try_into().expect("4 bytes");
+        let prefix: [u8; LEN_PREFIX] = held[..LEN_PREFIX].try_into().expect("4 bytes");
         let len = check_len(prefix, self.max)?;
-        if self.buf.len() < LEN_PREFIX + len {
+        if held.len() < LEN_PREFIX + len {
             return Ok(None);
         }
-        let body = self.buf[LEN_PREFIX..LEN_PREFIX + len].to_vec();
-        self.buf.drain(..LEN_PREFIX + len);
+        let body = held[LEN_PREFIX..LEN_PREFIX + len].to_vec();
+        self.start += LEN_PREFIX + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         Ok(Some(body))
     }
 
