@@ -9,15 +9,15 @@
 //! - the stream acceptor (transfers the peer opens);
 //! - the watcher that notices the connection's end and tells the session.
 //!
-//! Every task stops on the connection's cancellation token, which is a child of nothing: the
-//! session decides when a connection is over by closing it.
+//! The tasks live in the session's `JoinSet` and stop on the connection's cancellation token,
+//! a child of the session's `closed` token: a replaced or lost connection cancels its own, the
+//! end of the session cancels all, and a graceful close waits for them.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
-use tokio_util::sync::CancellationToken;
 
 use super::session::{Inner, Live, SessionEvent, Side};
 use super::sync::Lock;
@@ -39,7 +39,8 @@ pub(crate) fn attach(
     zero_rtt: bool,
 ) -> bool {
     let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
-    let cancel = CancellationToken::new();
+    // Ends with the connection (replaced, lost) or with the session.
+    let cancel = inner.closed.child_token();
     let detector = Arc::new(Mutex::new(FailureDetector::new(
         inner.config.heartbeat,
         Instant::now(),
@@ -85,16 +86,16 @@ pub(crate) fn attach(
     inner.stats.locked().reconnect_attempts = 0;
 
     use tracing::Instrument;
-    tokio::spawn(
-        control_writer(inner.clone(), live.clone(), control_send).instrument(span.clone()),
-    );
-    tokio::spawn(
-        control_reader(inner.clone(), live.clone(), control_recv).instrument(span.clone()),
-    );
-    tokio::spawn(heartbeats(inner.clone(), live.clone()).instrument(span.clone()));
-    tokio::spawn(datagrams(inner.clone(), live.clone()).instrument(span.clone()));
-    tokio::spawn(accept_streams(inner.clone(), live.clone()).instrument(span.clone()));
-    tokio::spawn(watch_end(inner.clone(), live).instrument(span));
+    let mut tasks = inner.tasks.locked();
+    // Reap the tasks of connections that ended, so a session that reconnects for months does
+    // not keep their handles.
+    while tasks.try_join_next().is_some() {}
+    tasks.spawn(control_writer(inner.clone(), live.clone(), control_send).instrument(span.clone()));
+    tasks.spawn(control_reader(inner.clone(), live.clone(), control_recv).instrument(span.clone()));
+    tasks.spawn(heartbeats(inner.clone(), live.clone()).instrument(span.clone()));
+    tasks.spawn(datagrams(inner.clone(), live.clone()).instrument(span.clone()));
+    tasks.spawn(accept_streams(inner.clone(), live.clone()).instrument(span.clone()));
+    tasks.spawn(watch_end(inner.clone(), live).instrument(span));
     true
 }
 
@@ -174,8 +175,13 @@ async fn control_reader(inner: Arc<Inner>, live: Live, recv: quinn::RecvStream) 
                     *live.local_close.locked() = Some(format!("peer shutting down: {reason}"));
                 } else {
                     inner.closing.store(true, Ordering::Release);
-                    *inner.peer_goodbye.locked() = Some((code, reason));
+                    *inner.peer_goodbye.locked() = Some((code, reason.clone()));
                 }
+                // Recorded: close the connection from this side, which tells the peer (waiting
+                // for it) that the goodbye was read. Had the peer closed first, data that QUIC
+                // acknowledged but this reader had not read yet would be lost with it.
+                live.conn.close(varint(code), reason.as_bytes());
+                return;
             }
             Ok(other) => {
                 protocol_error(&live, &format!("unexpected control frame {other:?}"));
@@ -491,8 +497,26 @@ pub(crate) async fn close_session(inner: &Arc<Inner>, code: u32, reason: &str) {
         *inner.goodbye.locked() = Some((code, reason.to_string(), tx));
         inner.goodbye_requested.notify_one();
         let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), rx).await;
+        // The peer closes the connection once it has read the goodbye; wait for that (a round
+        // trip) rather than cut off what it has not read yet.
+        let _ =
+            tokio::time::timeout_at(deadline + Duration::from_secs(1), live.conn.closed()).await;
         live.conn.close(varint(code), reason.as_bytes());
     }
     tracing::info!(peer = %inner.peer.id, code, %reason, "session closed");
     finish_with(inner, code, reason, false);
+    // The connection tasks stop on the cancelled tokens; returning after them means nothing of
+    // this session runs on once `close` returns (within the same grace).
+    let mut tasks = std::mem::take(&mut *inner.tasks.locked());
+    let drained = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "connection tasks still running after close; aborted"
+        );
+        tasks.abort_all();
+    }
 }

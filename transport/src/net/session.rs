@@ -252,6 +252,9 @@ pub(crate) struct Inner {
     pub peer_goodbye: Mutex<Option<(u32, String)>>,
     /// The dialing side's supervisor waits on this to reconnect.
     pub reconnect_needed: Notify,
+    /// The tasks of the session's connections (the current one and any ending). They stop on
+    /// their connection's token, a child of `closed`; a graceful close waits for them.
+    pub tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
 pub(crate) type GoodbyeRequest = (u32, String, oneshot::Sender<()>);
@@ -293,6 +296,7 @@ impl Inner {
             goodbye_requested: Notify::new(),
             peer_goodbye: Mutex::new(None),
             reconnect_needed: Notify::new(),
+            tasks: Mutex::new(tokio::task::JoinSet::new()),
         })
     }
 
