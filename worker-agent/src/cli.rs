@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// Queues to serve, comma-separated [default: by capability].
     #[arg(long, value_name = "a,b")]
     pub queues: Option<String>,
-    /// gpu, cpu or hybrid [default: gpu].
+    /// gpu, cpu or hybrid [default: found from this machine's GPUs].
     #[arg(long, value_name = "gpu|cpu|hybrid")]
     pub capability: Option<String>,
     /// Jobs run at once [default: 1].

@@ -310,11 +310,16 @@ pub struct Api {
 }
 
 impl Api {
+    /// A request to `path` with the API token.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .request(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap();
@@ -325,9 +330,7 @@ impl Api {
     /// The body of a successful GET of `path` (an artifact, say).
     pub async fn get_bytes(&self, path: &str) -> Vec<u8> {
         let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .request(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap();
@@ -337,9 +340,7 @@ impl Api {
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .request(reqwest::Method::POST, path)
             .json(body)
             .send()
             .await
@@ -362,9 +363,7 @@ impl Api {
             form = form.text(k.to_string(), v.to_string());
         }
         let r = self
-            .http
-            .post(format!("{}/api/v1/jobs", self.base))
-            .bearer_auth(&self.token)
+            .request(reqwest::Method::POST, "/api/v1/jobs")
             .multipart(form)
             .send()
             .await
@@ -395,9 +394,7 @@ impl Api {
 
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .bearer_auth(&self.token)
+            .request(reqwest::Method::GET, "/metrics")
             .send()
             .await
             .unwrap()
