@@ -23,39 +23,43 @@
 //! ```
 //!
 //! # Layout
-//! - Protocol core, no I/O (testable with simulated time): [`frame`] (length-prefixed postcard
-//!   frames with a size limit), [`message`] (envelope and payload types), [`wire`] (the session
-//!   protocol: hello, control frames, heartbeat datagrams, transfer frames, close codes),
-//!   [`manifest`] (BLAKE3 piece verification), [`detector`] (failure detector), [`backoff`].
+//! - Protocol core, no I/O (testable with simulated time): [`state`] (the session state
+//!   machine: phases, admission, goodbye and reconnect rules, the failure [`detector`] and the
+//!   heartbeat schedule), [`frame`] (length-prefixed postcard frames with a size limit),
+//!   [`message`] (envelope and payload types), [`wire`] (the session protocol: hello, control
+//!   frames, heartbeat datagrams, transfer frames, close codes), [`manifest`] (BLAKE3 piece
+//!   verification), [`backoff`].
 //! - [`config`]: settings and credentials; [`error`]: error types.
-//! - `net`: the only module that names quinn types: endpoints, sessions, connection tasks,
-//!   transfers.
+//! - `driver` (private): the only module that names quinn types; it carries out what `state`
+//!   decides: endpoints, sessions, connection tasks, heartbeats, and file transfer
+//!   (`driver/files`).
 
 pub mod backoff;
 pub mod config;
-pub mod detector;
+mod driver;
 pub mod error;
 pub mod frame;
 pub mod manifest;
 pub mod message;
-mod net;
+pub mod state;
 pub mod wire;
 
 pub use backoff::BackoffConfig;
 pub use config::{
     CongestionControl, Credentials, LinkConfig, OfferFilter, OfferInfo, SessionConfig,
 };
-pub use detector::{DetectorConfig, Liveness};
+pub use driver::raw;
+pub use driver::{
+    Client, ContentStore, GcReport, Inbound, IncomingTransfer, Listener, PathStats, ReceivedFile,
+    Session, SessionEvent, Transfer, TransferOutcome, TransferProgress,
+};
 pub use error::{
     ConfigError, ConnectError, RequestError, SendError, StoreError, TransferError, WaitFileError,
 };
 pub use message::*;
 pub use morag_certs::{PeerIdentity, RevocationList, Role};
-pub use net::raw;
-pub use net::{
-    Client, ContentStore, GcReport, Inbound, IncomingTransfer, Listener, PathStats, ReceivedFile,
-    Session, SessionEvent, Transfer, TransferOutcome, TransferProgress,
-};
+pub use state::detector;
+pub use state::detector::{DetectorConfig, Liveness};
 pub use wire::close_code;
 
 /// The ALPN protocol id, as text.

@@ -128,6 +128,19 @@ impl RefuseReason {
             RefuseReason::Expired => close_code::EXPIRED,
         }
     }
+
+    /// The refusal a connection close code stands for, if it stands for one.
+    pub fn from_close_code(code: u32) -> Option<Self> {
+        [
+            RefuseReason::VersionMismatch,
+            RefuseReason::IdentityMismatch,
+            RefuseReason::Revoked,
+            RefuseReason::NotAllowed,
+            RefuseReason::Expired,
+        ]
+        .into_iter()
+        .find(|r| r.close_code() == code)
+    }
 }
 
 /// The first frame on any bidirectional stream: what the stream is for.

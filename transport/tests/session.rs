@@ -212,21 +212,9 @@ async fn dialers_reconnect_after_a_shutdown_goodbye() {
     .unwrap();
     assert!(lost.contains("shutting down"), "{lost}");
 
-    // The old endpoint lets go of its socket once its tasks have wound down.
-    let listener = {
-        let mut tries = 0;
-        loop {
-            match Listener::bind(addr, hub_cfg.clone()) {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    tracing::debug!(error = %e, "port still held; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cannot rebind {addr}: {e}"),
-            }
-        }
-    };
+    // `close` returned: its port is free at once.
+    let listener =
+        Listener::bind(addr, hub_cfg.clone()).expect("the closed listener's port is free");
     let back = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             if let Ok(SessionEvent::Connected { generation, .. }) = events.recv().await {

@@ -392,11 +392,15 @@ impl CrashableHub {
     }
 
     /// Stop everything at once. Drop every `Session` of this hub before, so that its socket
-    /// closes.
+    /// closes. Returns once every task of the hub is gone, its endpoint and socket with them.
     pub fn crash(&mut self) {
         self.listener = None;
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+            // Dropped on a thread of its own (a runtime cannot be dropped inside another's
+            // task) and waited for: dropping it drops every task it ran.
+            std::thread::spawn(move || drop(rt))
+                .join()
+                .expect("hub runtime shut down");
         }
     }
 }
@@ -407,17 +411,3 @@ impl Drop for CrashableHub {
     }
 }
 
-/// Bind a listener on exactly `addr`, retrying for up to 3 s while the port is still held.
-pub async fn bind_again(addr: SocketAddr, config: SessionConfig) -> Listener {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        match Listener::bind(addr, config.clone()) {
-            Ok(l) => return l,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "port still held; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot bind {addr} again: {e}"),
-        }
-    }
-}

@@ -12,7 +12,8 @@ pub(crate) fn start(
     expected_hash: Option<String>,
 ) -> Transfer {
     let (tx, rx) = watch::channel(TransferProgress::default());
-    let cancel = CancellationToken::new();
+    // Cancelled by `Transfer::cancel` or with the session.
+    let cancel = inner.closed.child_token();
     let token = cancel.clone();
     let task = tokio::spawn(async move {
         let _in_flight = InFlight::new(inner.clone());
@@ -36,13 +37,13 @@ async fn manifest_of(source: &Source) -> Result<Manifest, TransferError> {
             )
         }
         Source::File(path) => {
-            if let Some(m) = crate::net::files::manifest_cache::get(path) {
+            if let Some(m) = crate::driver::files::manifest_cache::get(path) {
                 tracing::debug!(path = %path.display(), "manifest from the cache; not hashing again");
                 return Ok(m);
             }
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
-                let key = crate::net::files::manifest_cache::key_of(&path);
+                let key = crate::driver::files::manifest_cache::key_of(&path);
                 let len = std::fs::metadata(&path)
                     .map_err(|e| io_err(&path, e))?
                     .len();
@@ -54,7 +55,7 @@ async fn manifest_of(source: &Source) -> Result<Manifest, TransferError> {
                 }
                 let m = builder.finish().map_err(|e| io_err(&path, e))?;
                 if let Some(key) = key {
-                    crate::net::files::manifest_cache::put(key, &m);
+                    crate::driver::files::manifest_cache::put(key, &m);
                 }
                 Ok(m)
             })
@@ -91,7 +92,10 @@ async fn run(
             _ = cancel.cancelled() => Err(TransferError::Cancelled),
         }
     };
-    let result = work.instrument(span).await;
+    let mut result = work.instrument(span).await;
+    if matches!(result, Err(TransferError::Cancelled)) && inner.closed.is_cancelled() {
+        result = Err(TransferError::Closed("session closed".into()));
+    }
     if matches!(result, Err(TransferError::Cancelled)) {
         tracing::info!(%name, "transfer cancelled");
     }
@@ -222,7 +226,7 @@ async fn attempt_on(
     progress: &watch::Sender<TransferProgress>,
 ) -> Result<(), AttemptError> {
     let lost = |e: &dyn std::fmt::Display| AttemptError::Lost(e.to_string());
-    let _ = send.set_priority(crate::net::BULK_PRIORITY);
+    let _ = send.set_priority(crate::driver::BULK_PRIORITY);
     let offer = StreamOpen::Transfer(TransferOffer {
         name: name.to_string(),
         manifest: manifest.clone(),

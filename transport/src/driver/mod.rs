@@ -1,11 +1,12 @@
-//! The quinn driver: the only module that names quinn types.
+//! The driver: the only module that names quinn types. It runs the I/O and carries out what
+//! the session state machine (`crate::state`) decides.
 //!
 //! - `tls`: rustls/quinn configuration (mTLS, CRLs, ALPN, 0-RTT).
 //! - `endpoint`: [`Client`] (dialing side, reconnects) and [`Listener`] (accepting side).
 //! - `session`: the [`Session`] handle and its state across reconnects.
 //! - `inbox`: the priority-ordered, bounded queue `Session::recv` takes from.
 //! - `conn`: the tasks that run one QUIC connection (control reader/writer, heartbeats,
-//!   incoming streams).
+//!   incoming streams); `heartbeat`: the heartbeat task, on tokio's clock.
 //! - `files`: verified, resumable file transfer (`files/transfer`: sender and receiver), the
 //!   store received content lands in, [`ContentStore`] (the application's view of a store
 //!   directory) and the cache of manifests of files already hashed.
@@ -14,6 +15,7 @@
 mod conn;
 mod endpoint;
 mod files;
+mod heartbeat;
 mod inbox;
 mod session;
 mod sync;

@@ -9,8 +9,11 @@ struct ClientShared {
     /// Built once: its session cache holds the tickets 0-RTT reconnects need.
     client_config: quinn::ClientConfig,
     revocations: RwLock<RevocationList>,
-    /// Cancelled by `Client::close`: sessions stop reconnecting and end.
+    /// Cancelled by `Client::close`: the parent of every session's token, so sessions stop
+    /// reconnecting and end.
     cancel: CancellationToken,
+    /// One supervisor per session (reconnects); `close` waits for them.
+    supervisors: Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// The dialing side. One `Client` (one UDP socket, one session-ticket cache) can hold sessions
@@ -52,6 +55,7 @@ impl Client {
                 client_config,
                 revocations,
                 cancel: CancellationToken::new(),
+                supervisors: Mutex::new(tokio::task::JoinSet::new()),
             }),
         })
     }
@@ -168,15 +172,18 @@ impl Client {
             dialed.peer.clone(),
             Side::Dialer,
             nonce,
+            &self.shared.cancel,
         );
-        crate::net::conn::attach(
+        crate::driver::conn::attach(
             &inner,
             dialed.conn,
             dialed.send,
             dialed.recv,
             dialed.zero_rtt,
         );
-        tokio::spawn(supervise(
+        let mut supervisors = self.shared.supervisors.locked();
+        while supervisors.try_join_next().is_some() {}
+        supervisors.spawn(supervise(
             self.shared.clone(),
             inner.clone(),
             addr,
@@ -192,6 +199,13 @@ impl Client {
         self.shared
             .endpoint
             .close(varint(close_code::SHUTDOWN), b"client shutting down");
+        // The supervisors end the sessions (cancelled tokens) and return.
+        let mut supervisors = std::mem::take(&mut *self.shared.supervisors.locked());
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while supervisors.join_next().await.is_some() {}
+        })
+        .await;
+        supervisors.abort_all();
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
     }
@@ -212,7 +226,7 @@ async fn greet(
     max: usize,
 ) -> Result<(quinn::SendStream, quinn::RecvStream, ControlFrame), ConnectError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| handshake_error(&e))?;
-    let _ = send.set_priority(crate::net::CONTROL_PRIORITY);
+    let _ = send.set_priority(crate::driver::CONTROL_PRIORITY);
     write_frame(&mut send, hello, max)
         .await
         .map_err(|e| stream_error(conn, e))?;
@@ -276,42 +290,14 @@ async fn dial(
         .ok_or_else(|| ConnectError::Protocol("peer presented no usable certificate".into()))?;
     match answer {
         ControlFrame::Welcome { version, peer_id } => {
-            if peer_id != peer.id {
-                conn.close(
-                    varint(close_code::IDENTITY_MISMATCH),
-                    b"welcome names another identity",
-                );
-                return Err(ConnectError::Refused {
-                    reason: RefuseReason::IdentityMismatch,
-                    message: format!(
-                        "peer's certificate says {:?} but it calls itself {peer_id:?}",
-                        peer.id
-                    ),
-                });
-            }
-            if peer.not_after <= std::time::SystemTime::now() {
-                conn.close(varint(close_code::EXPIRED), b"certificate expired");
-                return Err(ConnectError::Refused {
-                    reason: RefuseReason::Expired,
-                    message: format!("peer {}'s certificate has expired", peer.id),
-                });
-            }
-            if shared.revocations.read_locked().is_revoked(&peer.serial) {
-                conn.close(varint(close_code::REVOKED), b"certificate revoked");
-                return Err(ConnectError::Refused {
-                    reason: RefuseReason::Revoked,
-                    message: format!("peer {}'s certificate is revoked", peer.id),
-                });
-            }
-            if !role_allowed(cfg, peer.role) {
-                conn.close(varint(close_code::NOT_ALLOWED), b"role not allowed");
-                return Err(ConnectError::Refused {
-                    reason: RefuseReason::NotAllowed,
-                    message: format!(
-                        "peer {} has role {}, which is not allowed",
-                        peer.id, peer.role
-                    ),
-                });
+            let admitted = admission(cfg, &shared.revocations.read_locked()).check(
+                &peer,
+                &peer_id,
+                std::time::SystemTime::now(),
+            );
+            if let Err(Refusal { reason, message }) = admitted {
+                conn.close(varint(reason.close_code()), message.as_bytes());
+                return Err(ConnectError::Refused { reason, message });
             }
             tracing::debug!(version, peer = %peer.id, zero_rtt, "welcomed");
             Ok(Dialed {
@@ -332,6 +318,20 @@ async fn dial(
     }
 }
 
+/// Resolves when the session is over or its client is closing; in the second case it ends the
+/// session (the session's token is a child of the client's, so one wait covers both).
+async fn stopped(shared: &ClientShared, inner: &Inner) {
+    inner.closed.cancelled().await;
+    if shared.cancel.is_cancelled() {
+        crate::driver::conn::finish_with(
+            inner,
+            close_code::SHUTDOWN,
+            "client shutting down",
+            false,
+        );
+    }
+}
+
 /// Keep a dialing session connected until it closes.
 async fn supervise(
     shared: Arc<ClientShared>,
@@ -339,20 +339,15 @@ async fn supervise(
     addr: SocketAddr,
     server_name: String,
 ) {
-    use std::sync::atomic::Ordering;
     loop {
         tokio::select! {
             biased;
-            _ = inner.closed.cancelled() => return,
-            _ = shared.cancel.cancelled() => {
-                crate::net::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down", false);
-                return;
-            }
+            _ = stopped(&shared, &inner) => return,
             _ = inner.reconnect_needed.notified() => {}
         }
         let mut attempt = 0u32;
         loop {
-            if inner.closed.is_cancelled() || inner.closing.load(Ordering::Acquire) {
+            if inner.closed.is_cancelled() || !inner.state.locked().may_reconnect() {
                 return;
             }
             let delay = inner.config.reconnect.delay(attempt, rand::random::<f64>());
@@ -363,21 +358,14 @@ async fn supervise(
             });
             tokio::select! {
                 biased;
-                _ = inner.closed.cancelled() => return,
-                _ = shared.cancel.cancelled() => {
-                    crate::net::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down", false);
-                    return;
-                }
+                _ = stopped(&shared, &inner) => return,
                 _ = tokio::time::sleep(delay) => {}
             }
+            let nonce = inner.state.locked().nonce();
             let dialed = tokio::select! {
                 biased;
-                _ = inner.closed.cancelled() => return,
-                _ = shared.cancel.cancelled() => {
-                    crate::net::conn::finish_with(&inner, close_code::SHUTDOWN, "client shutting down", false);
-                    return;
-                }
-                d = dial(&shared, addr, &server_name, inner.session_nonce) => d,
+                _ = stopped(&shared, &inner) => return,
+                d = dial(&shared, addr, &server_name, nonce) => d,
             };
             match dialed {
                 Ok(d) if d.peer.id != inner.peer.id => {
@@ -388,7 +376,7 @@ async fn supervise(
                     inner.record_error(msg);
                 }
                 Ok(d) => {
-                    if !crate::net::conn::attach(&inner, d.conn, d.send, d.recv, d.zero_rtt) {
+                    if !crate::driver::conn::attach(&inner, d.conn, d.send, d.recv, d.zero_rtt) {
                         return; // closed while dialing
                     }
                     break;
@@ -398,7 +386,7 @@ async fn supervise(
                     tracing::error!(%msg, "session ends");
                     inner.record_error(msg.clone());
                     inner.emit(SessionEvent::Refused { message: msg });
-                    crate::net::conn::finish(&inner);
+                    crate::driver::conn::finish(&inner);
                     return;
                 }
                 Err(e) => {

@@ -39,13 +39,13 @@ use tracing::Instrument;
 
 use super::store::Store;
 use crate::config::OfferInfo;
+use crate::driver::files::direct::{PieceBuf, PieceReader};
+use crate::driver::session::{Inbound, IncomingTransfer, Inner, ReceivedFile};
+use crate::driver::sync::Lock;
+use crate::driver::{read_frame, varint, write_frame};
 use crate::error::TransferError;
 use crate::frame::MAX_FRAME_SIZE;
 use crate::manifest::{Manifest, ManifestBuilder, ManifestError};
-use crate::net::files::direct::{PieceBuf, PieceReader};
-use crate::net::session::{Inbound, IncomingTransfer, Inner, ReceivedFile};
-use crate::net::sync::Lock;
-use crate::net::{read_frame, varint, write_frame};
 use crate::wire::{
     close_code, StreamOpen, TransferDone, TransferOffer, TransferReply, MAX_OFFER_FRAME,
 };

@@ -12,17 +12,19 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use morag_certs::{PeerIdentity, RevocationList, Role};
+use morag_certs::{PeerIdentity, RevocationList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::session::{Inner, Session, SessionEvent, Side};
+use super::session::{Inner, Session, SessionEvent};
 use super::sync::{Lock, ReadWrite};
 use super::{read_frame, tls, varint, write_frame, ReadFrameError};
 use crate::config::SessionConfig;
 use crate::error::{ConfigError, ConnectError};
 use crate::message::Envelope;
-use crate::wire::{close_code, negotiate, ControlFrame, Hello, RefuseReason, StreamOpen};
+use crate::state::admission::{negotiate_version, Admission, Refusal};
+use crate::state::Side;
+use crate::wire::{close_code, ControlFrame, Hello, RefuseReason, StreamOpen};
 
 /// How long the accepting side waits for the hello and for the handshake to complete.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,10 +44,12 @@ fn own_identity(cfg: &SessionConfig) -> Result<PeerIdentity, ConfigError> {
         .map_err(|e| ConfigError::Credentials(format!("our own certificate: {e}")))
 }
 
-fn role_allowed(cfg: &SessionConfig, role: Role) -> bool {
-    cfg.allowed_roles
-        .as_ref()
-        .is_none_or(|roles| roles.contains(&role))
+/// What `cfg` admits, with the revocation list in force now.
+fn admission<'a>(cfg: &'a SessionConfig, revocations: &'a RevocationList) -> Admission<'a> {
+    Admission {
+        revocations,
+        allowed_roles: cfg.allowed_roles.as_deref(),
+    }
 }
 
 fn bind_endpoint(
@@ -66,15 +70,7 @@ fn bind_endpoint(
 pub(super) fn handshake_error(e: &quinn::ConnectionError) -> ConnectError {
     if let quinn::ConnectionError::ApplicationClosed(c) = e {
         let code = u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX);
-        let reason = match code {
-            close_code::VERSION_MISMATCH => Some(RefuseReason::VersionMismatch),
-            close_code::IDENTITY_MISMATCH => Some(RefuseReason::IdentityMismatch),
-            close_code::REVOKED => Some(RefuseReason::Revoked),
-            close_code::NOT_ALLOWED => Some(RefuseReason::NotAllowed),
-            close_code::EXPIRED => Some(RefuseReason::Expired),
-            _ => None,
-        };
-        if let Some(reason) = reason {
+        if let Some(reason) = RefuseReason::from_close_code(code) {
             return ConnectError::Refused {
                 reason,
                 message: String::from_utf8_lossy(&c.reason).into_owned(),

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
+use crate::driver::sync::Lock;
 use crate::manifest::Manifest;
-use crate::net::sync::Lock;
 
 /// Manifests kept. One takes 32 bytes per piece (at most 2 MiB for the largest file).
 const CAPACITY: usize = 64;

@@ -86,7 +86,7 @@ async fn receive_inner(
         let (dir, partial) = (store.dir().to_path_buf(), store.partial_path(&m));
         let usage = tokio::task::spawn_blocking(move || {
             let have = std::fs::metadata(partial).map(|md| md.len()).unwrap_or(0);
-            crate::net::files::content_store::store_usage(&dir).map(|u| (u, have))
+            crate::driver::files::content_store::store_usage(&dir).map(|u| (u, have))
         })
         .await;
         let refusal = match usage {

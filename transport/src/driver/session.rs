@@ -10,9 +10,9 @@
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use morag_certs::PeerIdentity;
 use tokio::sync::{broadcast, oneshot, watch, Notify};
@@ -23,9 +23,10 @@ use super::files::transfer::{self, Source, Transfer};
 use super::inbox::{Inbox, Pushed};
 use super::sync::Lock;
 use crate::config::SessionConfig;
-use crate::detector::FailureDetector;
 use crate::error::{RequestError, SendError, TransferError, WaitFileError};
 use crate::message::{unix_ms, Body, ConnectionStatus, Envelope};
+use crate::state::heartbeat::Heartbeat;
+use crate::state::{SessionState, Side};
 
 /// Something the peer sent.
 #[derive(Debug, Clone)]
@@ -112,12 +113,6 @@ pub enum SessionEvent {
     },
 }
 
-#[derive(Debug)]
-pub(crate) enum Side {
-    Dialer,
-    Acceptor,
-}
-
 /// The connection a session is using right now.
 #[derive(Clone)]
 pub(crate) struct Live {
@@ -126,7 +121,7 @@ pub(crate) struct Live {
     pub zero_rtt: bool,
     /// Why this side closed the connection, when it did (the peer-dead verdict, say).
     pub local_close: Arc<Mutex<Option<String>>>,
-    pub detector: Arc<Mutex<FailureDetector>>,
+    pub heartbeat: Arc<Mutex<Heartbeat>>,
     pub cancel: CancellationToken,
 }
 
@@ -218,8 +213,11 @@ pub(crate) struct Inner {
     pub config: Arc<SessionConfig>,
     pub peer: PeerIdentity,
     pub side: Side,
+    /// The session's phase and connection generations: every rule about goodbyes, lost
+    /// connections and reconnects is decided there. Changed together with `current` (under its
+    /// lock) where both change.
+    pub state: Mutex<SessionState>,
     pub current: watch::Sender<Option<Live>>,
-    pub generation: AtomicU64,
     pub outbox: Outbox,
     /// What the peer sent, for `recv`: priority ordered, bounded, never blocks the reader.
     pub inbox: Inbox,
@@ -230,10 +228,9 @@ pub(crate) struct Inner {
     pub pending: Mutex<HashMap<u64, oneshot::Sender<Envelope>>>,
     next_id: AtomicU64,
     pub stats: Mutex<Stats>,
-    /// The session is over: no more connections, sends fail.
+    /// Cancelled when the session is over (`state` closed), and with the token of the
+    /// `Client` or `Listener` that owns the session: its connections' tokens are children.
     pub closed: CancellationToken,
-    /// A close is under way (ours or the peer's goodbye): do not reconnect.
-    pub closing: AtomicBool,
     pub store: Arc<Store>,
     pub transfers_in_flight: AtomicUsize,
     /// Bounds the incoming transfers handled at once.
@@ -241,15 +238,13 @@ pub(crate) struct Inner {
     /// Progress of incoming transfers, by hash.
     pub incoming: Mutex<HashMap<String, IncomingTransfer>>,
     pub transfers_done: Notify,
-    /// Origin of heartbeat timestamps.
-    pub epoch: Instant,
+    /// Origin of heartbeat timestamps (tokio's clock).
+    pub epoch: tokio::time::Instant,
     /// The dialing side's session nonce (ours when dialing, the peer's when accepting).
     pub session_nonce: u64,
     /// A graceful close asks the control writer to send this goodbye.
     pub goodbye: Mutex<Option<GoodbyeRequest>>,
     pub goodbye_requested: Notify,
-    /// The goodbye the peer sent, if it did.
-    pub peer_goodbye: Mutex<Option<(u32, String)>>,
     /// The dialing side's supervisor waits on this to reconnect.
     pub reconnect_needed: Notify,
     /// The tasks of the session's connections (the current one and any ending). They stop on
@@ -265,6 +260,7 @@ impl Inner {
         peer: PeerIdentity,
         side: Side,
         session_nonce: u64,
+        owner: &CancellationToken,
     ) -> Arc<Self> {
         let (events, events_from_start) = broadcast::channel(256);
         let inbox = Inbox::new(config.max_inbound_messages);
@@ -274,8 +270,8 @@ impl Inner {
             config,
             peer,
             side,
+            state: Mutex::new(SessionState::new(side, session_nonce)),
             current: watch::channel(None).0,
-            generation: AtomicU64::new(0),
             outbox: Outbox::default(),
             inbox,
             events,
@@ -283,18 +279,16 @@ impl Inner {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(rand::random::<u32>() as u64 + 1),
             stats: Mutex::new(Stats::default()),
-            closed: CancellationToken::new(),
-            closing: AtomicBool::new(false),
+            closed: owner.child_token(),
             store,
             transfers_in_flight: AtomicUsize::new(0),
             receive_slots,
             incoming: Mutex::new(HashMap::new()),
             transfers_done: Notify::new(),
-            epoch: Instant::now(),
+            epoch: tokio::time::Instant::now(),
             session_nonce,
             goodbye: Mutex::new(None),
             goodbye_requested: Notify::new(),
-            peer_goodbye: Mutex::new(None),
             reconnect_needed: Notify::new(),
             tasks: Mutex::new(tokio::task::JoinSet::new()),
         })
@@ -385,7 +379,7 @@ impl Inner {
 
     /// Queue a message that already has its id and timestamp.
     pub fn enqueue_stamped(&self, env: Envelope) -> Result<u64, SendError> {
-        if self.closed.is_cancelled() || self.closing.load(Ordering::Acquire) {
+        if self.closed.is_cancelled() || !self.state.locked().is_open() {
             return Err(SendError::Closed);
         }
         // Refuse what the peer would refuse, here and now rather than on its side.
@@ -459,7 +453,7 @@ impl Session {
 
     /// How many connections this session has had.
     pub fn generation(&self) -> u64 {
-        self.inner.generation.load(Ordering::Acquire)
+        self.inner.state.locked().generation()
     }
 
     /// Whether the session is over.
@@ -579,8 +573,9 @@ impl Session {
         };
         drop(stats);
         if let Some(live) = self.inner.live() {
-            let d = live.detector.locked();
-            let now = Instant::now();
+            let h = live.heartbeat.locked();
+            let d = h.detector();
+            let now = tokio::time::Instant::now().into_std();
             status.connected = true;
             status.quality = d.quality(now);
             // Without pings of our own (`quiet_when_pinged`), QUIC's estimate.
@@ -596,7 +591,7 @@ impl Session {
     pub fn heartbeat_rtts(&self) -> Vec<Duration> {
         self.inner
             .live()
-            .map(|l| l.detector.locked().rtt_samples().collect())
+            .map(|l| l.heartbeat.locked().detector().rtt_samples().collect())
             .unwrap_or_default()
     }
 
@@ -744,7 +739,13 @@ mod tests {
             serial: vec![1],
             not_after: std::time::SystemTime::now(),
         };
-        Inner::new(Arc::new(config), peer, Side::Acceptor, 1)
+        Inner::new(
+            Arc::new(config),
+            peer,
+            Side::Acceptor,
+            1,
+            &CancellationToken::new(),
+        )
     }
 
     #[test]

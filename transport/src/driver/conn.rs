@@ -3,31 +3,28 @@
 //! `attach` installs a connection whose control stream is open and greeted, and spawns:
 //! - the control writer (outbox -> control stream, priority order);
 //! - the control reader (control stream -> deliver);
-//! - heartbeats: a ping every interval (every other one while the peer's arrive, with
-//!   `quiet_when_pinged`), a pong for every ping, and the liveness check that closes the
-//!   connection when the peer is dead;
+//! - heartbeats (`super::heartbeat`): pings on the schedule of `state::heartbeat`, pongs,
+//!   and the liveness check that closes the connection when the peer is dead;
 //! - the stream acceptor (transfers the peer opens);
 //! - the watcher that notices the connection's end and tells the session.
 //!
-//! The tasks live in the session's `JoinSet` and stop on the connection's cancellation token,
+//! What a goodbye, a lost connection or a close means is decided by the session's
+//! [`crate::state::SessionState`]; this module carries it out. The tasks live in the session's `JoinSet` and stop on the connection's cancellation token,
 //! a child of the session's `closed` token: a replaced or lost connection cancels its own, the
 //! end of the session cancels all, and a graceful close waits for them.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
-
-use super::session::{Inner, Live, SessionEvent, Side};
+use super::heartbeat::PulseEnd;
+use super::session::{Inner, Live, SessionEvent};
 use super::sync::Lock;
 use super::{read_frame, varint, write_frame, ReadFrameError};
-use crate::detector::{FailureDetector, Liveness};
 use crate::message::unix_ms;
-use crate::wire::{close_code, ControlFrame, Datagram, StreamOpen, MAX_DATAGRAM, MAX_OFFER_FRAME};
-
-/// Fallback interval for the liveness check when the detector names no next moment.
-const LIVENESS_RECHECK: Duration = Duration::from_millis(100);
+use crate::state::heartbeat::Heartbeat;
+use crate::state::{AfterEnd, Attach, ConnectionEnd, Goodbye};
+use crate::wire::{close_code, ControlFrame, StreamOpen, MAX_OFFER_FRAME};
 
 /// Install `conn` as the session's current connection and start its tasks. Returns false
 /// (and closes `conn`) if the session is closed or closing.
@@ -38,37 +35,38 @@ pub(crate) fn attach(
     control_recv: quinn::RecvStream,
     zero_rtt: bool,
 ) -> bool {
-    let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
     // Ends with the connection (replaced, lost) or with the session.
     let cancel = inner.closed.child_token();
-    let detector = Arc::new(Mutex::new(FailureDetector::new(
+    let heartbeat = Arc::new(Mutex::new(Heartbeat::new(
         inner.config.heartbeat,
-        Instant::now(),
+        inner.config.quiet_when_pinged,
+        tokio::time::Instant::now().into_std(),
     )));
-    let live = Live {
-        conn: conn.clone(),
-        generation,
-        zero_rtt,
-        local_close: Arc::default(),
-        detector: detector.clone(),
-        cancel: cancel.clone(),
-    };
-    // Replace (and close) whatever connection the session had, unless the session is over:
-    // decided under the same lock `finish` takes, so a close and a reconnect cannot cross.
-    let mut refused = false;
+    // Decided under the lock `finish_with` takes too, so a close and a reconnect cannot cross.
+    let mut verdict = Attach::Refused;
     let mut replaced = None;
+    let mut live = None;
     inner.current.send_if_modified(|cur| {
-        if inner.closed.is_cancelled() || inner.closing.load(Ordering::Acquire) {
-            refused = true;
+        verdict = inner.state.locked().attach();
+        let Attach::Installed { generation, .. } = verdict else {
             return false;
-        }
-        replaced = cur.replace(live.clone());
+        };
+        let l = Live {
+            conn: conn.clone(),
+            generation,
+            zero_rtt,
+            local_close: Arc::default(),
+            heartbeat: heartbeat.clone(),
+            cancel: cancel.clone(),
+        };
+        replaced = cur.replace(l.clone());
+        live = Some(l);
         true
     });
-    if refused {
+    let (Attach::Installed { generation, .. }, Some(live)) = (verdict, live) else {
         conn.close(varint(close_code::NORMAL), b"session closed");
         return false;
-    }
+    };
     if let Some(old) = replaced {
         old.cancel.cancel();
         old.conn.close(
@@ -93,7 +91,6 @@ pub(crate) fn attach(
     tasks.spawn(control_writer(inner.clone(), live.clone(), control_send).instrument(span.clone()));
     tasks.spawn(control_reader(inner.clone(), live.clone(), control_recv).instrument(span.clone()));
     tasks.spawn(heartbeats(inner.clone(), live.clone()).instrument(span.clone()));
-    tasks.spawn(datagrams(inner.clone(), live.clone()).instrument(span.clone()));
     tasks.spawn(accept_streams(inner.clone(), live.clone()).instrument(span.clone()));
     tasks.spawn(watch_end(inner.clone(), live).instrument(span));
     true
@@ -170,12 +167,10 @@ async fn control_reader(inner: Arc<Inner>, live: Live, recv: quinn::RecvStream) 
             Ok(ControlFrame::Message(env)) => inner.deliver(env),
             Ok(ControlFrame::Goodbye { code, reason }) => {
                 tracing::info!(code, %reason, "peer said goodbye");
-                if matches!(inner.side, Side::Dialer) && code == close_code::SHUTDOWN {
+                let verdict = inner.state.locked().on_goodbye(code, &reason);
+                if verdict == Goodbye::Reconnect {
                     // The accepting side is restarting: keep the session and reconnect.
                     *live.local_close.locked() = Some(format!("peer shutting down: {reason}"));
-                } else {
-                    inner.closing.store(true, Ordering::Release);
-                    *inner.peer_goodbye.locked() = Some((code, reason.clone()));
                 }
                 // Recorded: close the connection from this side, which tells the peer (waiting
                 // for it) that the goodbye was read. Had the peer closed first, data that QUIC
@@ -211,121 +206,23 @@ pub(crate) fn protocol_error(live: &Live, message: &str) {
 }
 
 async fn heartbeats(inner: Arc<Inner>, live: Live) {
-    let cfg = inner.config.heartbeat;
-    let mut ping = tokio::time::interval(cfg.interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // The liveness check sleeps until the detector's verdict could change (a peer heard from
-    // meanwhile only moves that moment later): a wake-up per `suspect_after` rather than a
-    // fixed tick, which matters with thousands of connections on one hub.
-    let check = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(check);
-    let mut seq = 0u64;
-    let mut suspect = false;
-    // Ticks skipped while answering the peer's pings (`quiet_when_pinged`).
-    let mut skipped = 0u64;
-    loop {
-        tokio::select! {
-            biased;
-            _ = live.cancel.cancelled() => return,
-            _ = ping.tick() => {
-                let answering = inner.config.quiet_when_pinged
-                    && live
-                        .detector
-                        .lock()
-                        .unwrap()
-                        .pinged_within(Instant::now(), cfg.interval * 3 / 2);
-                // Answering: every other tick only. The peer then hears our pongs and half
-                // our pings, so a lost pong alone never silences us for a whole interval run.
-                if answering {
-                    skipped += 1;
-                    if skipped % 2 == 1 {
-                        continue;
-                    }
-                } else {
-                    skipped = 0;
-                }
-                seq += 1;
-                let sent_us = inner.epoch.elapsed().as_micros() as u64;
-                live.detector.locked().on_ping_sent(seq);
-                send_datagram(&live, Datagram::Ping { seq, sent_us });
-            }
-            _ = &mut check => {
-                let now = Instant::now();
-                let (liveness, next) = {
-                    let d = live.detector.locked();
-                    (d.liveness(now), d.next_change(now))
-                };
-                match liveness {
-                    Liveness::Alive => suspect = false,
-                    Liveness::Suspect if !suspect => {
-                        suspect = true;
-                        tracing::warn!("peer suspect: no heartbeat");
-                        inner.emit(SessionEvent::Suspect);
-                    }
-                    Liveness::Suspect => {}
-                    Liveness::Dead => {
-                        let msg = format!("no heartbeat for {:?}", cfg.dead_after);
-                        tracing::warn!(%msg, "peer dead; closing connection");
-                        *live.local_close.locked() = Some(format!("peer declared dead: {msg}"));
-                        live.conn.close(varint(close_code::PEER_DEAD), msg.as_bytes());
-                        return;
-                    }
-                }
-                // The verdict is due at `next`; a little later so it has changed by then.
-                let at = next.unwrap_or(now + LIVENESS_RECHECK) + Duration::from_millis(1);
-                check.as_mut().reset(tokio::time::Instant::from_std(at));
-            }
-        }
-    }
-}
-
-fn send_datagram(live: &Live, d: Datagram) {
-    match postcard::to_stdvec(&d) {
-        Ok(bytes) => {
-            // Fails only when the connection is gone or datagrams are off; the liveness
-            // check reports the consequence.
-            let _ = live.conn.send_datagram(bytes.into());
-        }
-        Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
-    }
-}
-
-async fn datagrams(inner: Arc<Inner>, live: Live) {
-    loop {
-        let d = tokio::select! {
-            biased;
-            _ = live.cancel.cancelled() => return,
-            d = live.conn.read_datagram() => d,
-        };
-        let Ok(bytes) = d else { return };
-        if bytes.len() > MAX_DATAGRAM {
-            tracing::debug!(len = bytes.len(), "ignored oversized datagram");
-            continue;
-        }
-        match postcard::from_bytes::<Datagram>(&bytes) {
-            Ok(Datagram::Ping { seq, sent_us }) => {
-                live.detector
-                    .lock()
-                    .unwrap()
-                    .on_ping_received(Instant::now());
-                send_datagram(
-                    &live,
-                    Datagram::Pong {
-                        seq,
-                        echo_us: sent_us,
-                    },
-                );
-            }
-            Ok(Datagram::Pong { seq, echo_us }) => {
-                let now_us = inner.epoch.elapsed().as_micros() as u64;
-                let rtt = Duration::from_micros(now_us.saturating_sub(echo_us));
-                live.detector
-                    .lock()
-                    .unwrap()
-                    .on_pong(Instant::now(), seq, rtt);
-            }
-            Err(e) => tracing::debug!(error = %e, "ignored malformed datagram"),
-        }
+    let ended = super::heartbeat::pulse(
+        &live.conn,
+        &live.heartbeat,
+        inner.config.heartbeat.interval,
+        inner.epoch,
+        &live.cancel,
+        || {
+            tracing::warn!("peer suspect: no heartbeat");
+            inner.emit(SessionEvent::Suspect);
+        },
+    )
+    .await;
+    if let PulseEnd::Dead(msg) = ended {
+        tracing::warn!(%msg, "peer dead; closing connection");
+        *live.local_close.locked() = Some(format!("peer declared dead: {msg}"));
+        live.conn
+            .close(varint(close_code::PEER_DEAD), msg.as_bytes());
     }
 }
 
@@ -339,78 +236,78 @@ async fn accept_streams(inner: Arc<Inner>, live: Live) {
         let Ok((send, mut recv)) = accepted else {
             return;
         };
-        let inner = inner.clone();
-        let live = live.clone();
-        tokio::spawn(async move {
-            let opened = tokio::time::timeout(
-                inner.config.request_timeout,
-                read_frame::<StreamOpen>(&mut recv, MAX_OFFER_FRAME),
-            )
-            .await;
-            match opened {
-                Ok(Ok(StreamOpen::Transfer(offer))) => {
-                    super::files::transfer::receive(inner, offer, send, recv).await
-                }
-                Ok(Ok(StreamOpen::Control(_))) => {
-                    protocol_error(&live, "a second control stream was opened")
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "bad stream opening");
-                    recv.stop(varint(close_code::PROTOCOL_ERROR)).ok();
-                }
-                Err(_) => {
-                    recv.stop(varint(close_code::PROTOCOL_ERROR)).ok();
+        let task = {
+            let inner = inner.clone();
+            let live = live.clone();
+            async move {
+                let opened = tokio::time::timeout(
+                    inner.config.request_timeout,
+                    read_frame::<StreamOpen>(&mut recv, MAX_OFFER_FRAME),
+                )
+                .await;
+                match opened {
+                    Ok(Ok(StreamOpen::Transfer(offer))) => {
+                        super::files::transfer::receive(inner, offer, send, recv).await
+                    }
+                    Ok(Ok(StreamOpen::Control(_))) => {
+                        protocol_error(&live, "a second control stream was opened")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "bad stream opening");
+                        recv.stop(varint(close_code::PROTOCOL_ERROR)).ok();
+                    }
+                    Err(_) => {
+                        recv.stop(varint(close_code::PROTOCOL_ERROR)).ok();
+                    }
                 }
             }
-        });
+        };
+        // Owned by the session like the connection's own tasks; the stream (and so the
+        // transfer) ends with the connection.
+        inner.tasks.locked().spawn(task);
     }
 }
 
 async fn watch_end(inner: Arc<Inner>, live: Live) {
     let reason = live.conn.closed().await;
     live.cancel.cancel();
-    let still_current = {
-        let mut current_gen = None;
-        inner.current.send_if_modified(|cur| {
-            current_gen = cur.as_ref().map(|l| l.generation);
-            if current_gen == Some(live.generation) {
-                *cur = None;
-                true
-            } else {
-                false
-            }
-        });
-        current_gen == Some(live.generation)
+    let end = if is_superseded(&reason) {
+        ConnectionEnd::Superseded
+    } else {
+        ConnectionEnd::Other
     };
-    if !still_current {
-        return; // superseded by a newer connection
-    }
-    let goodbye = inner.peer_goodbye.locked().take();
-    if let Some((code, reason)) = goodbye {
-        finish_with(&inner, code, &reason, true);
-        return;
-    }
-    if inner.closed.is_cancelled() || inner.closing.load(Ordering::Acquire) {
-        return;
-    }
-    if matches!(inner.side, Side::Dialer) && is_superseded(&reason) {
-        // Another dialer with our identity took the session over: reconnecting would only
-        // knock it off again.
-        let msg =
-            "another connection with this identity replaced ours; not reconnecting".to_string();
-        tracing::error!(%msg);
-        inner.record_error(msg.clone());
-        inner.emit(SessionEvent::Refused { message: msg });
-        finish(&inner);
-        return;
-    }
-    let local = live.local_close.locked().take();
-    let text = local.unwrap_or_else(|| super::tls::describe_connection_error(&reason));
-    tracing::warn!(reason = %text, "connection lost");
-    inner.record_error(text.clone());
-    inner.emit(SessionEvent::Lost { reason: text });
-    if matches!(inner.side, Side::Dialer) {
-        inner.reconnect_needed.notify_one();
+    let mut after = AfterEnd::Stale;
+    inner.current.send_if_modified(|cur| {
+        after = inner.state.locked().on_connection_end(live.generation, end);
+        if after == AfterEnd::Stale {
+            return false;
+        }
+        *cur = None;
+        true
+    });
+    match after {
+        AfterEnd::Stale | AfterEnd::Quiet => {}
+        AfterEnd::Finish { code, reason } => finish_with(&inner, code, &reason, true),
+        AfterEnd::Replaced => {
+            // Another dialer with our identity took the session over: reconnecting would
+            // only knock it off again.
+            let msg =
+                "another connection with this identity replaced ours; not reconnecting".to_string();
+            tracing::error!(%msg);
+            inner.record_error(msg.clone());
+            inner.emit(SessionEvent::Refused { message: msg });
+            finish(&inner);
+        }
+        AfterEnd::Lost { reconnect } => {
+            let local = live.local_close.locked().take();
+            let text = local.unwrap_or_else(|| super::tls::describe_connection_error(&reason));
+            tracing::warn!(reason = %text, "connection lost");
+            inner.record_error(text.clone());
+            inner.emit(SessionEvent::Lost { reason: text });
+            if reconnect {
+                inner.reconnect_needed.notify_one();
+            }
+        }
     }
 }
 
@@ -430,8 +327,7 @@ pub(crate) fn finish_with(inner: &Inner, code: u32, reason: &str, by_peer: bool)
     let mut current = None;
     let mut first = false;
     inner.current.send_if_modified(|cur| {
-        inner.closing.store(true, Ordering::Release);
-        first = !inner.closed.is_cancelled();
+        first = inner.state.locked().finish().first;
         inner.closed.cancel();
         current = cur.take();
         current.is_some()
@@ -453,7 +349,7 @@ pub(crate) fn finish_with(inner: &Inner, code: u32, reason: &str, by_peer: bool)
 
 /// Graceful close; see [`super::Session::close`].
 pub(crate) async fn close_session(inner: &Arc<Inner>, code: u32, reason: &str) {
-    if inner.closing.swap(true, Ordering::AcqRel) {
+    if !inner.state.locked().begin_close() {
         // Already closing: wait for the close that is under way.
         let _ = tokio::time::timeout(inner.config.close_grace * 2, inner.closed.cancelled()).await;
         return;

@@ -18,6 +18,8 @@ struct ListenerShared {
 pub struct Listener {
     shared: Arc<ListenerShared>,
     incoming: tokio::sync::Mutex<mpsc::Receiver<Session>>,
+    /// The accept loop (which owns the handshakes under way); stops on `shared.cancel`.
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Listener {
@@ -27,7 +29,7 @@ impl Drop for Listener {
         if !self.shared.cancel.is_cancelled() {
             self.shared.cancel.cancel();
             for s in self.shared.sessions.locked().drain() {
-                crate::net::conn::finish_with(
+                crate::driver::conn::finish_with(
                     &s.1.inner,
                     close_code::SHUTDOWN,
                     "listener dropped",
@@ -66,10 +68,11 @@ impl Listener {
             new_sessions: tx,
             cancel: CancellationToken::new(),
         });
-        tokio::spawn(accept_loop(shared.clone()));
+        let accept_task = tokio::spawn(accept_loop(shared.clone()));
         Ok(Self {
             shared,
             incoming: tokio::sync::Mutex::new(rx),
+            accept_task: Mutex::new(Some(accept_task)),
         })
     }
 
@@ -130,14 +133,12 @@ impl Listener {
         for s in self.sessions() {
             if crl.is_revoked(&s.peer().serial) {
                 tracing::warn!(peer = %s.peer_id(), "closing session: certificate revoked");
-                s.inner
-                    .closing
-                    .store(true, std::sync::atomic::Ordering::Release);
+                s.inner.state.locked().begin_close();
                 if let Some(live) = s.inner.live() {
                     live.conn
                         .close(varint(close_code::REVOKED), b"certificate revoked");
                 }
-                crate::net::conn::finish_with(
+                crate::driver::conn::finish_with(
                     &s.inner,
                     close_code::REVOKED,
                     "certificate revoked",
@@ -147,7 +148,9 @@ impl Listener {
         }
     }
 
-    /// Close every session gracefully (in parallel), then the endpoint.
+    /// Close every session gracefully (in parallel), then the endpoint. Returns when nothing of
+    /// the listener runs any more and its UDP port is free to bind again (a restart in the same
+    /// process can take the same address at once).
     pub async fn close(&self, code: u32, reason: &str) {
         let mut closing = tokio::task::JoinSet::new();
         for s in self.sessions() {
@@ -158,27 +161,65 @@ impl Listener {
         self.shared.cancel.cancel();
         self.shared.sessions.locked().clear();
         self.shared.endpoint.close(varint(code), reason.as_bytes());
+        let accept_task = self.accept_task.locked().take();
+        if let Some(task) = accept_task {
+            let _ = task.await;
+        }
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        release_port(&self.shared.endpoint);
+    }
+}
+
+/// Let go of the endpoint's UDP socket now rather than when quinn's endpoint driver notices
+/// that the last handle is gone (a moment after the `Listener` is dropped). quinn keeps the
+/// socket it replaces on a rebind for stragglers and drops it on the next rebind: two rebinds to
+/// throwaway loopback sockets drop the original at once.
+fn release_port(endpoint: &quinn::Endpoint) {
+    let Ok(local) = endpoint.local_addr() else {
+        return;
+    };
+    let loopback: std::net::IpAddr = if local.is_ipv4() {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    };
+    for _ in 0..2 {
+        match std::net::UdpSocket::bind(SocketAddr::new(loopback, 0)) {
+            Ok(socket) => {
+                if let Err(e) = endpoint.rebind(socket) {
+                    tracing::debug!(error = %e, "could not release the listening socket early");
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not release the listening socket early");
+                return;
+            }
+        }
     }
 }
 
 async fn accept_loop(shared: Arc<ListenerShared>) {
+    // The handshakes under way: owned here, so the loop's end (the listener closing) ends them.
+    let mut handshakes = tokio::task::JoinSet::new();
     loop {
         let incoming = tokio::select! {
             biased;
-            _ = shared.cancel.cancelled() => return,
+            _ = shared.cancel.cancelled() => break,
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
             i = shared.endpoint.accept() => i,
         };
-        let Some(incoming) = incoming else { return };
+        let Some(incoming) = incoming else { break };
         let shared = shared.clone();
-        tokio::spawn(async move {
+        handshakes.spawn(async move {
             let remote = incoming.remote_address();
             if let Err(e) = accept_one(&shared, incoming).await {
                 tracing::warn!(%remote, error = %e, "refused connection");
             }
         });
     }
+    handshakes.shutdown().await;
 }
 
 async fn refuse(
@@ -275,53 +316,17 @@ async fn accept_greeting(
             })?
         }
     };
-    // rustls does not re-check revocation on resumption: this check covers both cases.
-    let refusal = if peer.not_after <= std::time::SystemTime::now() {
-        Some((
-            RefuseReason::Expired,
-            format!("certificate of {} has expired", peer.id),
-        ))
-    } else if shared.revocations.read_locked().is_revoked(&peer.serial) {
-        Some((
-            RefuseReason::Revoked,
-            format!(
-                "certificate of {} (serial {}) is revoked",
-                peer.id,
-                hex::encode(&peer.serial)
-            ),
-        ))
-    } else if !role_allowed(cfg, peer.role) {
-        Some((
-            RefuseReason::NotAllowed,
-            format!("peers with role {} may not connect here", peer.role),
-        ))
-    } else if hello.peer_id != peer.id {
-        Some((
-            RefuseReason::IdentityMismatch,
-            format!(
-                "hello claims id {:?} but the certificate is for {:?}",
-                hello.peer_id, peer.id
-            ),
-        ))
-    } else {
-        None
-    };
-    let version = negotiate(
-        cfg.protocol_versions,
-        (hello.min_version, hello.max_version),
-    );
-    let refusal = refusal.or_else(|| {
-        version.is_none().then(|| {
-            (
-                RefuseReason::VersionMismatch,
-                format!(
-                    "peer speaks protocol versions {}..={}, this side speaks {}..={}; upgrade the older side",
-                    hello.min_version, hello.max_version, cfg.protocol_versions.0, cfg.protocol_versions.1
-                ),
+    // rustls does not re-check revocation or expiry on resumption: this check covers both.
+    let admitted = admission(cfg, &shared.revocations.read_locked())
+        .check(&peer, &hello.peer_id, std::time::SystemTime::now())
+        .and_then(|()| {
+            negotiate_version(
+                cfg.protocol_versions,
+                (hello.min_version, hello.max_version),
             )
-        })
-    });
-    if let Some((reason, message)) = refusal {
+        });
+    if let Err(Refusal { reason, message }) = &admitted {
+        let (reason, message) = (*reason, message.clone());
         // A close during the handshake loses its code and reason (RFC 9000 10.2.3): let the
         // handshake finish first so the peer learns why it was refused.
         if !confirmed {
@@ -329,7 +334,7 @@ async fn accept_greeting(
         }
         return Err(refuse(&conn, &mut send, reason, message).await);
     }
-    let version = version.expect("checked above");
+    let version = admitted.expect("checked above");
     let welcome = ControlFrame::Welcome {
         version,
         peer_id: shared.own.id.clone(),
@@ -371,18 +376,14 @@ async fn accept_greeting(
         let (session, is_new) = match sessions.get(&peer.id) {
             // A session whose peer said goodbye (or that we are closing) is over even if its
             // connection has not finished closing: a reconnect starts a new session.
-            Some(s)
-                if !s.is_closed()
-                    && !s.inner.closing.load(std::sync::atomic::Ordering::Acquire)
-                    && s.inner.session_nonce == hello.session =>
-            {
+            Some(s) if !s.is_closed() && s.inner.state.locked().resumes(hello.session) => {
                 (s.clone(), false)
             }
             other => {
                 if let Some(old) = other {
                     // The peer restarted: its old session is over.
                     tracing::info!(peer = %peer.id, "peer restarted; replacing its session");
-                    crate::net::conn::finish_with(
+                    crate::driver::conn::finish_with(
                         &old.inner,
                         close_code::SUPERSEDED,
                         "peer started a new session",
@@ -390,13 +391,19 @@ async fn accept_greeting(
                     );
                 }
                 let session = Session {
-                    inner: Inner::new(cfg.clone(), peer.clone(), Side::Acceptor, hello.session),
+                    inner: Inner::new(
+                        cfg.clone(),
+                        peer.clone(),
+                        Side::Acceptor,
+                        hello.session,
+                        &shared.cancel,
+                    ),
                 };
                 sessions.insert(peer.id.clone(), session.clone());
                 (session, true)
             }
         };
-        if !crate::net::conn::attach(&session.inner, conn, send, recv, false) {
+        if !crate::driver::conn::attach(&session.inner, conn, send, recv, false) {
             return Err(ConnectError::Protocol(
                 "session closed while attaching".into(),
             ));
