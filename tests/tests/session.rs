@@ -396,7 +396,8 @@ async fn zero_rtt() {
     let mut events = EventLog::new(&s2);
     hub.crash();
     let crashed = Instant::now();
-    let listener2 = Listener::bind(addr, hub_side.config.clone()).expect("the crashed hub's port is free");
+    let listener2 =
+        Listener::bind(addr, hub_side.config.clone()).expect("the crashed hub's port is free");
     let (lost_at, lost) = events
         .wait_for(Duration::from_secs(5), is_lost)
         .await
@@ -457,7 +458,8 @@ async fn zero_rtt_rejected_on_fresh_connect_falls_back() {
 
     // The hub restarts; the client holds only tickets of the old one.
     hub.crash();
-    let listener2 = Listener::bind(addr, hub_side.config.clone()).expect("the crashed hub's port is free");
+    let listener2 =
+        Listener::bind(addr, hub_side.config.clone()).expect("the crashed hub's port is free");
     let t = Instant::now();
     let s2 = with_deadline(
         Duration::from_secs(10),

@@ -286,6 +286,12 @@ pub struct LinkConfig {
     pub time_threshold: f32,
     /// Round trip assumed before the first measurement (QUIC's default: 333 ms).
     pub initial_rtt: Duration,
+    /// The largest UDP payload path MTU discovery may raise packets to, and that this endpoint
+    /// accepts (QUIC's default: 1452 / 1472). Probing past the path's MTU is safe: a probe that
+    /// is lost leaves the size where it was, and black-hole detection falls back if a path
+    /// shrinks. Both ends' limits apply (the lower wins); a `Client` or `Listener` takes the
+    /// limit of the configuration it was made with.
+    pub max_udp_payload: u16,
 }
 
 impl Default for LinkConfig {
@@ -295,9 +301,13 @@ impl Default for LinkConfig {
             packet_threshold: 3,
             time_threshold: 9.0 / 8.0,
             initial_rtt: Duration::from_millis(333),
+            max_udp_payload: MAX_UDP_PAYLOAD_DEFAULT,
         }
     }
 }
+
+/// The default of [`LinkConfig::max_udp_payload`]; see BENCHMARKS.md ("Packet size").
+pub const MAX_UDP_PAYLOAD_DEFAULT: u16 = 1452;
 
 impl LinkConfig {
     /// What plain quinn does: NewReno and QUIC's default thresholds.
@@ -307,6 +317,7 @@ impl LinkConfig {
             packet_threshold: 3,
             time_threshold: 9.0 / 8.0,
             initial_rtt: Duration::from_millis(333),
+            max_udp_payload: 1452,
         }
     }
 
@@ -328,6 +339,12 @@ impl LinkConfig {
             return Err(format!(
                 "initial_rtt {:?} must be above zero and at most 10 s",
                 self.initial_rtt
+            ));
+        }
+        if !(1200..=65_527).contains(&self.max_udp_payload) {
+            return Err(format!(
+                "max_udp_payload {} must be 1200..=65527 bytes",
+                self.max_udp_payload
             ));
         }
         Ok(())
@@ -367,5 +384,7 @@ mod tests {
         assert!(bad(|c| c.time_threshold = 0.5).contains("time_threshold"));
         assert!(bad(|c| c.time_threshold = f32::NAN).contains("time_threshold"));
         assert!(bad(|c| c.initial_rtt = Duration::ZERO).contains("initial_rtt"));
+        assert!(bad(|c| c.max_udp_payload = 1199).contains("max_udp_payload"));
+        assert!(bad(|c| c.max_udp_payload = 65_528).contains("max_udp_payload"));
     }
 }

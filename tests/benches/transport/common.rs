@@ -59,6 +59,13 @@ impl Pki {
         {
             cfg.link.congestion = cc;
         }
+        // ... and of packet size: `MORAG_BENCH_MAX_UDP_PAYLOAD=8952`.
+        if let Some(n) = std::env::var("MORAG_BENCH_MAX_UDP_PAYLOAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.link.max_udp_payload = n;
+        }
         cfg
     }
 

@@ -81,10 +81,21 @@ pub async fn plain_quinn(
     bytes: u64,
     runs: usize,
 ) -> anyhow::Result<Baseline> {
-    let server_cfg = raw::server_config(&pki.hub_config(dir))?;
-    let client_cfg = raw::client_config(&pki.agent_config(dir))?;
-    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let (hub, agent) = (pki.hub_config(dir), pki.agent_config(dir));
+    let server_cfg = raw::server_config(&hub)?;
+    let client_cfg = raw::client_config(&agent)?;
+    let bind = |cfg, server| -> anyhow::Result<quinn::Endpoint> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let runtime = quinn::default_runtime().context("tokio runtime")?;
+        Ok(quinn::Endpoint::new(
+            raw::endpoint_config(cfg)?,
+            server,
+            socket,
+            runtime,
+        )?)
+    };
+    let server = bind(&hub, Some(server_cfg))?;
+    let mut client = bind(&agent, None)?;
     client.set_default_client_config(client_cfg);
 
     let (done_tx, mut done_rx) = mpsc::channel::<(u64, Instant)>(1);

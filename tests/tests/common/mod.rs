@@ -410,4 +410,3 @@ impl Drop for CrashableHub {
         self.crash();
     }
 }
-

@@ -39,6 +39,10 @@ pub mod raw {
     pub fn client_config(cfg: &SessionConfig) -> Result<quinn::ClientConfig, ConfigError> {
         super::tls::client_config(cfg, super::tls::ticket_store(), &cfg.alpn)
     }
+
+    pub fn endpoint_config(cfg: &SessionConfig) -> Result<quinn::EndpointConfig, ConfigError> {
+        super::endpoint::endpoint_config(cfg)
+    }
 }
 pub use files::{Transfer, TransferOutcome, TransferProgress};
 pub use session::{Inbound, IncomingTransfer, PathStats, ReceivedFile, Session, SessionEvent};

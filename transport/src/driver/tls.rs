@@ -75,6 +75,9 @@ pub(crate) fn transport_config(cfg: &SessionConfig) -> Result<quinn::TransportCo
     t.packet_threshold(link.packet_threshold);
     t.time_threshold(link.time_threshold);
     t.initial_rtt(link.initial_rtt);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(link.max_udp_payload);
+    t.mtu_discovery_config(Some(mtu));
     match link.congestion {
         CongestionControl::Bbr => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))

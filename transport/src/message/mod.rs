@@ -212,8 +212,8 @@ pub struct UserMessage {
 #[cfg(test)]
 pub(crate) mod strategies {
     use super::*;
-    use std::collections::BTreeMap;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn text() -> impl Strategy<Value = String> {
         ".{0,24}"

@@ -125,4 +125,3 @@ pub struct ServerCommand {
     /// Arguments by name.
     pub args: BTreeMap<String, String>,
 }
-

@@ -45,7 +45,7 @@ impl Client {
         config.validate()?;
         let own = own_identity(&config)?;
         let client_config = tls::client_config(&config, tls::ticket_store(), &config.alpn)?;
-        let endpoint = bind_endpoint(addr, None)?;
+        let endpoint = bind_endpoint(addr, &config, None)?;
         let revocations = RwLock::new(config.revocations.clone());
         Ok(Self {
             shared: Arc::new(ClientShared {

@@ -57,7 +57,7 @@ impl Listener {
         config.validate()?;
         let own = own_identity(&config)?;
         let server = tls::server_config(&config)?;
-        let endpoint = bind_endpoint(addr, Some(server))?;
+        let endpoint = bind_endpoint(addr, &config, Some(server))?;
         let (tx, rx) = mpsc::channel(64);
         let shared = Arc::new(ListenerShared {
             endpoint,

@@ -54,14 +54,25 @@ fn admission<'a>(cfg: &'a SessionConfig, revocations: &'a RevocationList) -> Adm
 
 fn bind_endpoint(
     addr: SocketAddr,
+    cfg: &SessionConfig,
     server: Option<quinn::ServerConfig>,
 ) -> Result<quinn::Endpoint, ConfigError> {
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|e| ConfigError::Bind { addr, source: e })?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ConfigError::Invalid("runtime", "must run inside a tokio runtime".into()))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+    quinn::Endpoint::new(endpoint_config(cfg)?, server, socket, runtime)
         .map_err(|e| ConfigError::Bind { addr, source: e })
+}
+
+/// The endpoint settings of `cfg`: the largest UDP payload accepted.
+pub(crate) fn endpoint_config(cfg: &SessionConfig) -> Result<quinn::EndpointConfig, ConfigError> {
+    let mut e = quinn::EndpointConfig::default();
+    // At least QUIC's default, so that a smaller `max_udp_payload` still accepts what peers
+    // with the default send.
+    e.max_udp_payload_size(cfg.link.max_udp_payload.max(1472))
+        .map_err(|e| ConfigError::Invalid("link.max_udp_payload", e.to_string()))?;
+    Ok(e)
 }
 
 // ---------------------------------------------------------------------------------------------
