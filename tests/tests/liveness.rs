@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use morag_tests::{FaultProxy, Faults};
 use morag_transport::{
-    Body, Client, DetectorConfig, Inbound, SessionEvent, TaskCancel, TransferOutcome,
+    close_code, Body, Client, DetectorConfig, Inbound, SessionEvent, TaskCancel, TransferOutcome,
 };
 
 /// The bound the failure detector must meet, from the moment the peer goes silent.
@@ -136,16 +136,23 @@ async fn dead_peer_endpoint_closed() {
         reason.contains("shutting down"),
         "the reason names the agent's shutdown: {reason}"
     );
-    // What the agent's own session does after its endpoint closed.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    eprintln!(
-        "agent session after Client::close: closed={} events={:?}",
+    // `Client::close` returned after ending the client's sessions: the agent's own session
+    // is over, and said why.
+    assert!(
         agent.is_closed(),
-        agent_events
-            .drain()
-            .iter()
-            .map(|(_, e)| e)
-            .collect::<Vec<_>>()
+        "the agent's session ends with its client"
+    );
+    let seen: Vec<SessionEvent> = agent_events
+        .drain()
+        .iter()
+        .map(|(_, e)| e.clone())
+        .collect();
+    assert!(
+        seen.iter().any(|e| matches!(
+            e,
+            SessionEvent::Closed { by_peer: false, code, .. } if *code == close_code::SHUTDOWN
+        )),
+        "agent events: {seen:?}"
     );
 }
 

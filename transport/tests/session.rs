@@ -107,8 +107,14 @@ async fn session_round_trip() {
         .unwrap();
     assert!(matches!(reply.body, Body::Reply(Reply { ok: true, ref message }) if message == "42"));
 
-    // Heartbeats flow.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Heartbeats flow: a few round trips measured.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while session.heartbeat_rtts().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("heartbeat round trips within 5 s");
     let status = session.status();
     assert!(status.connected);
     assert!(status.latency_ms.is_some(), "{status:?}");
@@ -340,4 +346,32 @@ async fn every_congestion_controller_carries_a_file() {
     bad.link.packet_threshold = 1;
     let e = Listener::bind("127.0.0.1:0".parse().unwrap(), bad).unwrap_err();
     assert!(e.to_string().contains("link"), "{e}");
+}
+
+/// Path MTU discovery raises the packet size from QUIC's 1200 bytes to what the path and
+/// both ends allow: on loopback, the configured upper bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_mtu_discovery_raises_packets_to_the_configured_bound() {
+    let Setup {
+        dir: _dir,
+        listener,
+        client,
+        ..
+    } = setup();
+    let addr = listener.local_addr().unwrap();
+    let session = client.connect(addr, "hub.test").await.unwrap();
+    let server = listener.accept().await.unwrap();
+    let mtu = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mtu = session.path_stats().unwrap().mtu;
+            if mtu >= morag_transport::config::MAX_UDP_PAYLOAD_DEFAULT {
+                return mtu;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("packets stayed at {:?}", session.path_stats()));
+    eprintln!("path MTU {mtu}, server side {:?}", server.path_stats());
+    session.close(0, "done").await;
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use morag_transport::raw::{self, quinn};
+use morag_transport::raw;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,10 +46,11 @@ pub async fn ours(pair: &mut Pair, file: &Path, runs: usize) -> anyhow::Result<O
             cpu: Duration::ZERO,
         };
         eprintln!(
-            "  morag run {run}: total {:.3?}, hashing {:.3?}, transfer {:.3?}",
+            "  morag run {run}: total {:.3?}, hashing {:.3?}, transfer {:.3?}, path {:?}",
             r.with_hash,
             t.hashed - t.start,
-            r.transfer
+            r.transfer,
+            pair.sender.path_stats()
         );
         best = Some(match best {
             Some(b) if b.transfer <= r.transfer => Ours {
@@ -84,16 +85,7 @@ pub async fn plain_quinn(
     let (hub, agent) = (pki.hub_config(dir), pki.agent_config(dir));
     let server_cfg = raw::server_config(&hub)?;
     let client_cfg = raw::client_config(&agent)?;
-    let bind = |cfg, server| -> anyhow::Result<quinn::Endpoint> {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let runtime = quinn::default_runtime().context("tokio runtime")?;
-        Ok(quinn::Endpoint::new(
-            raw::endpoint_config(cfg)?,
-            server,
-            socket,
-            runtime,
-        )?)
-    };
+    let bind = |cfg, server| raw::endpoint("127.0.0.1:0".parse().expect("addr"), cfg, server);
     let server = bind(&hub, Some(server_cfg))?;
     let mut client = bind(&agent, None)?;
     client.set_default_client_config(client_cfg);

@@ -136,7 +136,7 @@ async fn control_writer(inner: Arc<Inner>, live: Live, mut send: quinn::SendStre
                 let _ = write_frame(&mut send, &ControlFrame::Goodbye { code, reason }, max).await;
                 let _ = send.finish();
                 // Wait until the peer has the goodbye (and everything before it).
-                let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                let _ = tokio::time::timeout(inner.config.close_grace, send.stopped()).await;
                 let _ = done.send(());
                 return;
             }

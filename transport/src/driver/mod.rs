@@ -40,8 +40,14 @@ pub mod raw {
         super::tls::client_config(cfg, super::tls::ticket_store(), &cfg.alpn)
     }
 
-    pub fn endpoint_config(cfg: &SessionConfig) -> Result<quinn::EndpointConfig, ConfigError> {
-        super::endpoint::endpoint_config(cfg)
+    /// A quinn endpoint on `addr` bound as sessions bind theirs (endpoint settings, socket
+    /// buffers); `server` makes it accept connections.
+    pub fn endpoint(
+        addr: std::net::SocketAddr,
+        cfg: &SessionConfig,
+        server: Option<quinn::ServerConfig>,
+    ) -> Result<quinn::Endpoint, ConfigError> {
+        super::endpoint::bind_endpoint(addr, cfg, server)
     }
 }
 pub use files::{Transfer, TransferOutcome, TransferProgress};

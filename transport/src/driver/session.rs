@@ -604,6 +604,7 @@ impl Session {
                 lost_packets: s.path.lost_packets,
                 sent_packets: s.path.sent_packets,
                 congestion_window: s.path.cwnd,
+                mtu: s.path.current_mtu,
             }
         })
     }
@@ -719,6 +720,9 @@ pub struct PathStats {
     pub sent_packets: u64,
     /// Current congestion window, bytes.
     pub congestion_window: u64,
+    /// The UDP payload size packets use now, bytes (path MTU discovery raises it up to
+    /// [`crate::LinkConfig::max_udp_payload`]).
+    pub mtu: u16,
 }
 
 #[cfg(test)]

@@ -201,13 +201,13 @@ impl Client {
             .close(varint(close_code::SHUTDOWN), b"client shutting down");
         // The supervisors end the sessions (cancelled tokens) and return.
         let mut supervisors = std::mem::take(&mut *self.shared.supervisors.locked());
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let grace = self.shared.config.close_grace;
+        let _ = tokio::time::timeout(grace, async {
             while supervisors.join_next().await.is_some() {}
         })
         .await;
         supervisors.abort_all();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(grace, self.shared.endpoint.wait_idle()).await;
     }
 }
 

@@ -165,8 +165,11 @@ impl Listener {
         if let Some(task) = accept_task {
             let _ = task.await;
         }
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(
+            self.shared.config.close_grace,
+            self.shared.endpoint.wait_idle(),
+        )
+        .await;
         release_port(&self.shared.endpoint);
     }
 }

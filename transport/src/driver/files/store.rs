@@ -8,7 +8,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::direct::PieceWriter;
+use super::piece_io::PieceWriter;
 use crate::driver::sync::Lock;
 use crate::manifest::{read_full, Manifest};
 
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn piece_writer_writes_aligned_and_short_pieces() {
-        use crate::driver::files::direct::{PieceBuf, DIRECT_ALIGN};
+        use crate::driver::files::piece_io::{PieceBuf, DIRECT_ALIGN};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().to_path_buf());
         let p = MIN_PIECE_SIZE as usize;

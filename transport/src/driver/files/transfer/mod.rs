@@ -39,7 +39,7 @@ use tracing::Instrument;
 
 use super::store::Store;
 use crate::config::OfferInfo;
-use crate::driver::files::direct::{PieceBuf, PieceReader};
+use crate::driver::files::piece_io::{PieceBuf, PieceReader};
 use crate::driver::session::{Inbound, IncomingTransfer, Inner, ReceivedFile};
 use crate::driver::sync::Lock;
 use crate::driver::{read_frame, varint, write_frame};
