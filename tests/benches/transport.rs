@@ -10,7 +10,10 @@
 //! `MORAG_BENCH_LOAD_SECS` (seconds of transfer under which latency is sampled, default 3),
 //! `MORAG_BENCH_CONNECTS` (connects per mode, default 10), `MORAG_BENCH_ONLY` (`links`: only
 //! part (d), whose own settings are in `links`; `loopback`: all but (d); `throughput`: only
-//! (a); `ours`: only our side of (a), for profiling). Temp files go to `TMPDIR`.
+//! (a); `ours`: only our side of (a), for profiling), `MORAG_BENCH_IROH` (path of the
+//! `bench-iroh` binary: adds iroh-blobs to (a); build it with
+//! `cargo build --release --manifest-path tests/bench-iroh/Cargo.toml`). Temp files go to
+//! `TMPDIR`.
 //!
 //! # Layout
 //! - `common`: certificates, configs, settings, test data, percentiles.
@@ -99,6 +102,10 @@ async fn run() -> anyhow::Result<()> {
     }
     let quinn = throughput::plain_quinn(&pki, dir.path(), s.bytes, s.runs).await?;
     let (tcp, suite) = throughput::tls_tcp(&pki, s.bytes, s.runs).await?;
+    let iroh = match std::env::var_os("MORAG_BENCH_IROH") {
+        Some(bin) => Some(throughput::iroh_blobs(bin.as_ref(), &file, s.runs)?),
+        None => None,
+    };
 
     // ---- the table ----
     let ours_t = mib_per_s(s.bytes, ours.transfer);
@@ -141,6 +148,14 @@ async fn run() -> anyhow::Result<()> {
         tcp.time,
         Some(tcp.cpu),
     );
+    if let Some(iroh) = &iroh {
+        row(
+            "iroh-blobs 0.104, FsStore to FsStore (fetch alone)",
+            mib_per_s(s.bytes, iroh.time),
+            iroh.time,
+            Some(iroh.cpu),
+        );
+    }
     println!("  (TLS/TCP cipher suite: {suite}; CPU = both ends, whole process)");
     let r_quinn = ours_t / quinn_t;
     println!(
@@ -153,6 +168,18 @@ async fn run() -> anyhow::Result<()> {
     );
     println!("  ratio ours/tcp   (transfer alone) {:.2}", ours_t / tcp_t);
     println!("  ratio ours/tcp   (incl. hash)     {:.2}", ours_h / tcp_t);
+    match &iroh {
+        Some(iroh) => {
+            let r = ours_t / mib_per_s(s.bytes, iroh.time);
+            println!(
+                "  ratio ours/iroh-blobs (transfer alone vs fetch alone) {r:.2}  [target >= 1.25: {}]",
+                verdict(r >= 1.25)
+            );
+        }
+        None => println!(
+            "  (iroh-blobs comparison skipped: build tests/bench-iroh and set MORAG_BENCH_IROH)"
+        ),
+    }
     if only == "throughput" {
         pair.close().await;
         return Ok(());

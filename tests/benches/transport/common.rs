@@ -66,6 +66,13 @@ impl Pki {
         {
             cfg.link.max_udp_payload = n;
         }
+        // ... and of the UDP receive buffer: `MORAG_BENCH_SOCKET_BUFFER=4194304`.
+        if let Some(n) = std::env::var("MORAG_BENCH_SOCKET_BUFFER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.link.socket_receive_buffer = Some(n);
+        }
         cfg
     }
 

@@ -235,3 +235,31 @@ pub async fn tls_tcp(pki: &Pki, bytes: u64, runs: usize) -> anyhow::Result<(Base
         suite,
     ))
 }
+
+/// The optional iroh-blobs comparison: runs the `bench-iroh` binary (built from
+/// `tests/bench-iroh`, outside the workspace, so the default build never compiles iroh) on the
+/// same file, and reads its best time and CPU from its last line.
+pub fn iroh_blobs(binary: &Path, file: &Path, runs: usize) -> anyhow::Result<Baseline> {
+    let out = std::process::Command::new(binary)
+        .arg(file)
+        .arg(runs.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    anyhow::ensure!(out.status.success(), "{} failed", binary.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rfind(|l| l.starts_with("iroh-blobs:"))
+        .context("bench-iroh printed no result line")?;
+    // "iroh-blobs: <MiB/s> MiB/s <seconds> s <cpu> CPU s/GiB"
+    let f: Vec<&str> = line.split_whitespace().collect();
+    anyhow::ensure!(f.len() >= 6, "unexpected bench-iroh line {line:?}");
+    let secs: f64 = f[3].parse().context("seconds")?;
+    let cpu_per_gib: f64 = f[5].parse().context("CPU")?;
+    let bytes = std::fs::metadata(file)?.len() as f64;
+    Ok(Baseline {
+        time: Duration::from_secs_f64(secs),
+        cpu: Duration::from_secs_f64(cpu_per_gib * bytes / (1u64 << 30) as f64),
+    })
+}

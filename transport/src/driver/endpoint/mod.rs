@@ -59,64 +59,55 @@ pub(crate) fn bind_endpoint(
 ) -> Result<quinn::Endpoint, ConfigError> {
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|e| ConfigError::Bind { addr, source: e })?;
-    grow_socket_buffers(&socket);
+    size_receive_buffer(&socket, cfg.link.socket_receive_buffer);
     let runtime = quinn::default_runtime()
         .ok_or_else(|| ConfigError::Invalid("runtime", "must run inside a tokio runtime".into()))?;
     quinn::Endpoint::new(endpoint_config(cfg)?, server, socket, runtime)
         .map_err(|e| ConfigError::Bind { addr, source: e })
 }
 
-/// The socket buffer size asked for, each way.
-const SOCKET_BUFFER: libc::c_int = 4 << 20;
-
-/// Ask for socket buffers that hold a burst of packets (the kernel caps the request at
-/// `net.core.rmem_max` / `wmem_max`). With Linux's default of ~200 KiB, a receiver busy for a
-/// moment (verifying, writing) drops what arrives meanwhile, and a sender that paces at the
-/// path's rate rather than backing off on loss (BBR) then resends a large share of its packets:
-/// 30 % of them in the loopback benchmark (BENCHMARKS.md, "Socket buffers"). Says once per
-/// process, at info level, when the kernel granted less.
-fn grow_socket_buffers(socket: &std::net::UdpSocket) {
+/// Ask for the UDP receive buffer `LinkConfig::socket_receive_buffer` names, if it names one
+/// (the kernel caps the request at `net.core.rmem_max`); says once per process, at info level,
+/// when the kernel granted less.
+fn size_receive_buffer(socket: &std::net::UdpSocket, want: Option<u32>) {
     use std::os::fd::AsRawFd;
     static SMALL: std::sync::Once = std::sync::Once::new();
+    let Some(want) = want else { return };
+    let want = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
     let fd = socket.as_raw_fd();
     let int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    for (option, name, sysctl) in [
-        (libc::SO_RCVBUF, "receive", "net.core.rmem_max"),
-        (libc::SO_SNDBUF, "send", "net.core.wmem_max"),
-    ] {
-        // SAFETY: a valid socket descriptor, an option of type int and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&SOCKET_BUFFER as *const libc::c_int).cast(),
-                int_len,
-            )
-        };
-        let mut granted: libc::c_int = 0;
-        let mut len = int_len;
-        // SAFETY: as above, with room for the int the kernel writes back.
-        let read = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&mut granted as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        // Linux reports twice what it grants (the doubling covers its own bookkeeping).
-        if rc != 0 || read != 0 || granted / 2 < SOCKET_BUFFER {
-            SMALL.call_once(|| {
-                tracing::info!(
-                    granted_kib = granted / 2 / 1024,
-                    wanted_kib = SOCKET_BUFFER / 1024,
-                    "the UDP {name} buffer is smaller than asked for; fast transfers lose \
-                     packets to it: raise {sysctl} (sysctl -w {sysctl}={SOCKET_BUFFER})"
-                );
-            });
-        }
+    // SAFETY: a valid socket descriptor, an option of type int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&want as *const libc::c_int).cast(),
+            int_len,
+        )
+    };
+    let mut granted: libc::c_int = 0;
+    let mut len = int_len;
+    // SAFETY: as above, with room for the int the kernel writes back.
+    let read = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut granted as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // Linux reports twice what it grants (the doubling covers its own bookkeeping).
+    if rc != 0 || read != 0 || granted / 2 < want {
+        SMALL.call_once(|| {
+            tracing::info!(
+                granted_kib = granted / 2 / 1024,
+                wanted_kib = want / 1024,
+                "the UDP receive buffer is smaller than link.socket_receive_buffer asks for: \
+                 raise net.core.rmem_max (sysctl -w net.core.rmem_max={want})"
+            );
+        });
     }
 }
 
