@@ -12,6 +12,7 @@
 //!   directory) and the cache of manifests of files already hashed.
 //! - `sync`: locks that survive a panic elsewhere.
 
+mod congestion;
 mod conn;
 mod endpoint;
 mod files;

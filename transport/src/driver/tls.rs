@@ -80,7 +80,7 @@ pub(crate) fn transport_config(cfg: &SessionConfig) -> Result<quinn::TransportCo
     t.mtu_discovery_config(Some(mtu));
     match link.congestion {
         CongestionControl::Bbr => {
-            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            t.congestion_controller_factory(Arc::new(super::congestion::RateCappedBbr::default()))
         }
         CongestionControl::Cubic => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
