@@ -248,9 +248,9 @@ impl SessionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CongestionControl {
     /// Paces to the measured bottleneck bandwidth and round trip; random loss barely slows it.
-    /// quinn's BBR, with its window capped at twice the delivered bandwidth-delay product (at
-    /// least 128 packets): alone, it outran a busy receiver on fast paths and lost a third of
-    /// its packets (BENCHMARKS.md, "BBR's window").
+    /// quinn's BBR, with its window capped at twice the delivered bandwidth-delay product plus
+    /// 96 packets: alone, it outran a busy receiver on fast paths and lost a third of its
+    /// packets (BENCHMARKS.md, "Verified bytes").
     Bbr,
     /// Loss-based (RFC 9438), what most TCP stacks use.
     Cubic,

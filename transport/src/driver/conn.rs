@@ -47,6 +47,11 @@ pub(crate) fn attach(
     let mut replaced = None;
     let mut live = None;
     inner.current.send_if_modified(|cur| {
+        // The owner (Client, Listener) may have cancelled the session's token before the
+        // session's own state caught up: no new connection then either.
+        if inner.closed.is_cancelled() {
+            return false;
+        }
         verdict = inner.state.locked().attach();
         let Attach::Installed { generation, .. } = verdict else {
             return false;
@@ -263,8 +268,14 @@ async fn accept_streams(inner: Arc<Inner>, live: Live) {
             }
         };
         // Owned by the session like the connection's own tasks; the stream (and so the
-        // transfer) ends with the connection.
-        inner.tasks.locked().spawn(task);
+        // transfer) ends with the connection. Checked under the lock `close_session` takes the
+        // set under, after cancelling: nothing is spawned into a set nobody waits for.
+        let mut tasks = inner.tasks.locked();
+        if live.cancel.is_cancelled() {
+            return;
+        }
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
     }
 }
 
@@ -349,6 +360,11 @@ pub(crate) fn finish_with(inner: &Inner, code: u32, reason: &str, by_peer: bool)
 
 /// Graceful close; see [`super::Session::close`].
 pub(crate) async fn close_session(inner: &Arc<Inner>, code: u32, reason: &str) {
+    if inner.closed.is_cancelled() {
+        // Ended by its owner (or already over): nothing left to say goodbye on.
+        finish_with(inner, code, reason, false);
+        return;
+    }
     if !inner.state.locked().begin_close() {
         // Already closing: wait for the close that is under way.
         let _ = tokio::time::timeout(inner.config.close_grace * 2, inner.closed.cancelled()).await;

@@ -347,7 +347,11 @@ async fn supervise(
         }
         let mut attempt = 0u32;
         loop {
-            if inner.closed.is_cancelled() || !inner.state.locked().may_reconnect() {
+            if inner.closed.is_cancelled() {
+                stopped(&shared, &inner).await;
+                return;
+            }
+            if !inner.state.locked().may_reconnect() {
                 return;
             }
             let delay = inner.config.reconnect.delay(attempt, rand::random::<f64>());

@@ -159,12 +159,23 @@ impl Listener {
         }
         while closing.join_next().await.is_some() {}
         self.shared.cancel.cancel();
-        self.shared.sessions.locked().clear();
-        self.shared.endpoint.close(varint(code), reason.as_bytes());
         let accept_task = self.accept_task.locked().take();
         if let Some(task) = accept_task {
             let _ = task.await;
         }
+        // Sessions that arrived during the graceful closes (a dialer told SHUTDOWN comes back
+        // at once) end too, each with its `Closed` event.
+        let late: Vec<Session> = self
+            .shared
+            .sessions
+            .locked()
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in late {
+            crate::driver::conn::finish_with(&s.inner, code, reason, false);
+        }
+        self.shared.endpoint.close(varint(code), reason.as_bytes());
         let _ = tokio::time::timeout(
             self.shared.config.close_grace,
             self.shared.endpoint.wait_idle(),
@@ -179,6 +190,8 @@ impl Listener {
 /// socket it replaces on a rebind for stragglers and drops it on the next rebind: two rebinds to
 /// throwaway loopback sockets drop the original at once.
 fn release_port(endpoint: &quinn::Endpoint) {
+    // (A connection still alive keeps its own reference to the socket until its driver has
+    // moved to the new one; `close` calls this after `wait_idle`, when none should be.)
     let Ok(local) = endpoint.local_addr() else {
         return;
     };
