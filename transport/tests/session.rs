@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use morag_certs::{CertificateAuthority, Validity};
 use morag_transport::{
-    Body, Client, Credentials, Envelope, Inbound, Listener, Reply, SessionConfig, SessionEvent,
-    TaskProgress,
+    Body, Client, Credentials, Envelope, Inbound, Listener, Reply, Session, SessionConfig,
+    SessionEvent, TaskProgress,
 };
 
 fn config(
@@ -51,6 +51,18 @@ fn setup() -> Setup {
         listener,
         client,
     }
+}
+
+/// A setup with one session up: the agent's side and the hub's.
+async fn connected() -> (Setup, Session, Session) {
+    let s = setup();
+    let addr = s.listener.local_addr().unwrap();
+    let session = s.client.connect(addr, "hub.test").await.unwrap();
+    let server = tokio::time::timeout(Duration::from_secs(5), s.listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    (s, session, server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,15 +364,7 @@ async fn every_congestion_controller_carries_a_file() {
 /// both ends allow: on loopback, the configured upper bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_mtu_discovery_raises_packets_to_the_configured_bound() {
-    let Setup {
-        dir: _dir,
-        listener,
-        client,
-        ..
-    } = setup();
-    let addr = listener.local_addr().unwrap();
-    let session = client.connect(addr, "hub.test").await.unwrap();
-    let server = listener.accept().await.unwrap();
+    let (_setup, session, server) = connected().await;
     let mtu = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let mtu = session.path_stats().unwrap().mtu;
@@ -381,15 +385,8 @@ async fn path_mtu_discovery_raises_packets_to_the_configured_bound() {
 /// to the receiver's socket buffer here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_sender_does_not_overrun_a_busy_receiver() {
-    let Setup {
-        dir,
-        listener,
-        client,
-        ..
-    } = setup();
-    let addr = listener.local_addr().unwrap();
-    let session = client.connect(addr, "hub.test").await.unwrap();
-    let server = listener.accept().await.unwrap();
+    let (setup, session, server) = connected().await;
+    let dir = &setup.dir;
     let path = dir.path().join("big.bin");
     let mut data = vec![0u8; 48 << 20];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
