@@ -212,7 +212,6 @@ const RECENT_ERRORS: usize = 8;
 pub(crate) struct Inner {
     pub config: Arc<SessionConfig>,
     pub peer: PeerIdentity,
-    pub side: Side,
     /// The session's phase and connection generations: every rule about goodbyes, lost
     /// connections and reconnects is decided there. Changed together with `current` (under its
     /// lock) where both change.
@@ -240,8 +239,6 @@ pub(crate) struct Inner {
     pub transfers_done: Notify,
     /// Origin of heartbeat timestamps (tokio's clock).
     pub epoch: tokio::time::Instant,
-    /// The dialing side's session nonce (ours when dialing, the peer's when accepting).
-    pub session_nonce: u64,
     /// A graceful close asks the control writer to send this goodbye.
     pub goodbye: Mutex<Option<GoodbyeRequest>>,
     pub goodbye_requested: Notify,
@@ -269,7 +266,6 @@ impl Inner {
         Arc::new(Self {
             config,
             peer,
-            side,
             state: Mutex::new(SessionState::new(side, session_nonce)),
             current: watch::channel(None).0,
             outbox: Outbox::default(),
@@ -286,7 +282,6 @@ impl Inner {
             incoming: Mutex::new(HashMap::new()),
             transfers_done: Notify::new(),
             epoch: tokio::time::Instant::now(),
-            session_nonce,
             goodbye: Mutex::new(None),
             goodbye_requested: Notify::new(),
             reconnect_needed: Notify::new(),
@@ -425,7 +420,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("peer", &self.inner.peer.id)
-            .field("side", &self.inner.side)
+            .field("side", &self.inner.state.locked().side())
             .finish()
     }
 }
@@ -556,8 +551,9 @@ impl Session {
     /// restarted peer process a new one. `None` on the dialing side (the accepting peer sends
     /// no nonce).
     pub fn peer_nonce(&self) -> Option<u64> {
-        match self.inner.side {
-            Side::Acceptor => Some(self.inner.session_nonce),
+        let state = self.inner.state.locked();
+        match state.side() {
+            Side::Acceptor => Some(state.nonce()),
             Side::Dialer => None,
         }
     }
