@@ -135,7 +135,6 @@ impl Controller for RateCapped {
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
         // The packet's own round trip (quinn's estimator reports its configured initial value
         // until its first sample, and keeps its minimum for ever).
-        let _ = rtt;
         let sample = now.saturating_duration_since(sent);
         self.ceiling.on_ack(now, bytes, sample, app_limited);
     }
