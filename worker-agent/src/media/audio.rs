@@ -42,6 +42,9 @@ pub struct AudioOptions {
     pub translate: bool,
     /// Beam width; 1 means greedy decoding (fastest).
     pub beam_size: usize,
+    /// Encode only as much of Whisper's 30 s window as the audio fills (see
+    /// [`fitted_audio_ctx`]), instead of the silence it is padded with.
+    pub fit_context: bool,
 }
 
 impl Default for AudioOptions {
@@ -52,8 +55,30 @@ impl Default for AudioOptions {
             language: None,
             translate: false,
             beam_size: 1,
+            fit_context: true,
         }
     }
+}
+
+/// Samples per second whisper.cpp takes.
+pub const SAMPLE_RATE: usize = 16_000;
+/// Encoder positions per second of audio (one per two 10 ms mel frames).
+const POSITIONS_PER_SECOND: usize = 50;
+/// Positions encoded past the end of the audio, so the model sees it end.
+const FIT_MARGIN: usize = 64;
+
+/// The encoder context for `samples` of audio, when they fill less than the model's window:
+/// the audio's positions plus a margin, rounded up to a multiple of 64. `None` when the audio
+/// needs the whole window. The encoder's cost grows with the context (its attention with the
+/// square), and a short clip otherwise pays for 30 s of padding.
+///
+/// whisper.cpp applies the context to every window of a `full()` call but still advances
+/// through longer audio by up to 30 s, so only audio that fits one window may use it.
+pub fn fitted_audio_ctx(samples: usize, model_ctx: c_int) -> Option<c_int> {
+    let model_ctx = usize::try_from(model_ctx).ok().filter(|&n| n > 0)?;
+    let needed = samples.div_ceil(SAMPLE_RATE / POSITIONS_PER_SECOND) + FIT_MARGIN;
+    let rounded = needed.div_ceil(64) * 64;
+    (rounded < model_ctx).then_some(rounded as c_int)
 }
 
 /// Available cores, capped at 8 (whisper.cpp gains little beyond that).
@@ -193,6 +218,11 @@ impl Transcriber {
     }
 
     /// Transcribe 16 kHz mono samples. Progress is reported from `from` to `to` percent.
+    ///
+    /// With `opts.fit_context`, audio longer than one window is cut at its quietest moments
+    /// into pieces of at most [`MAX_PIECE_SECONDS`] ([`plan_pieces`]), each encoded with only
+    /// the context it fills; later pieces keep the text decoded so far as their prompt, as
+    /// whisper.cpp does between its own windows, and the language found in the first.
     pub fn transcribe(
         &self,
         samples: &[f32],
@@ -201,9 +231,6 @@ impl Transcriber {
         (from, to): (f32, f32),
         cancel: &Cancel,
     ) -> Result<Transcription, ProcessError> {
-        let failed = |what: &str, e: whisper_rs::WhisperError| {
-            ProcessError::Failed(format!("whisper {what} failed: {e}"))
-        };
         if cancel.is_cancelled() {
             return Err(ProcessError::Cancelled);
         }
@@ -214,7 +241,58 @@ impl Transcriber {
                 whisper_seconds: 0.0,
             });
         }
-        let mut state = self.ctx.create_state().map_err(|e| failed("state", e))?;
+        let mut state = self
+            .ctx
+            .create_state()
+            .map_err(|e| whisper_failed("state", e))?;
+        let pieces = if opts.fit_context {
+            plan_pieces(samples)
+        } else {
+            vec![0..samples.len()]
+        };
+        let mut language = if self.ctx.is_multilingual() {
+            opts.language.clone()
+        } else {
+            Some("en".to_string())
+        };
+        let total = samples.len() as f32;
+        let mut segments = Vec::new();
+        let mut whisper_seconds = 0.0;
+        for (i, piece) in pieces.iter().enumerate() {
+            let span = (
+                from + (to - from) * piece.start as f32 / total,
+                from + (to - from) * piece.end as f32 / total,
+            );
+            let window = Window {
+                samples: &samples[piece.clone()],
+                offset_seconds: piece.start as f64 / SAMPLE_RATE as f64,
+                language: language.as_deref(),
+                keep_context: i > 0,
+            };
+            let (found, lang, seconds) =
+                self.run_window(&mut state, &window, opts, progress, span, cancel)?;
+            whisper_seconds += seconds;
+            segments.extend(found);
+            language = language.or(lang);
+        }
+        Ok(Transcription {
+            segments,
+            language: language.unwrap_or_else(|| "unknown".into()),
+            whisper_seconds,
+        })
+    }
+
+    /// One `full()` call over `window`: its segments (timestamps from the start of the whole
+    /// audio), the language whisper used, and the seconds it took.
+    fn run_window(
+        &self,
+        state: &mut whisper_rs::WhisperState,
+        window: &Window<'_>,
+        opts: &AudioOptions,
+        progress: &dyn ProgressSink,
+        (from, to): (f32, f32),
+        cancel: &Cancel,
+    ) -> Result<(Vec<Segment>, Option<String>, f64), ProcessError> {
         let strategy = if opts.beam_size > 1 {
             SamplingStrategy::BeamSearch {
                 beam_size: opts.beam_size as c_int,
@@ -226,16 +304,17 @@ impl Transcriber {
         let mut params = FullParams::new(strategy);
         params.set_n_threads(opts.threads.max(1) as c_int);
         params.set_translate(opts.translate);
-        let language = if self.ctx.is_multilingual() {
-            opts.language.as_deref()
-        } else {
-            Some("en")
-        };
-        params.set_language(language.or(Some("auto")));
+        params.set_language(window.language.or(Some("auto")));
+        params.set_no_context(!window.keep_context);
         params.set_print_progress(false);
         params.set_print_realtime(false);
         params.set_print_special(false);
         params.set_print_timestamps(false);
+        if opts.fit_context {
+            if let Some(n) = fitted_audio_ctx(window.samples.len(), self.ctx.model_n_audio_ctx()) {
+                params.set_audio_ctx(n);
+            }
+        }
 
         let abort = AtomicBool::new(false);
         let done = AtomicBool::new(false);
@@ -264,15 +343,15 @@ impl Transcriber {
                     std::thread::sleep(CANCEL_POLL);
                 }
             });
-            let r = state.full(params, samples);
+            let r = state.full(params, window.samples);
             done.store(true, Ordering::Release);
             r
         });
-        let whisper_seconds = started.elapsed().as_secs_f64();
+        let seconds = started.elapsed().as_secs_f64();
         if abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
             return Err(ProcessError::Cancelled);
         }
-        outcome.map_err(|e| failed("transcription", e))?;
+        outcome.map_err(|e| whisper_failed("transcription", e))?;
 
         let eot = self.ctx.token_eot();
         let n = state.full_n_segments();
@@ -295,8 +374,8 @@ impl Transcriber {
                 }
             }
             segments.push(Segment {
-                start: seg.start_timestamp() as f64 / 100.0,
-                end: seg.end_timestamp() as f64 / 100.0,
+                start: window.offset_seconds + seg.start_timestamp() as f64 / 100.0,
+                end: window.offset_seconds + seg.end_timestamp() as f64 / 100.0,
                 text,
                 speaker: None,
                 confidence: if count > 0 { sum / count as f64 } else { 0.0 },
@@ -304,17 +383,77 @@ impl Transcriber {
                 topic_label: None,
             });
         }
-        let lang_id = state.full_lang_id_from_state();
-        let language = whisper_rs::get_lang_str(lang_id)
+        let language = whisper_rs::get_lang_str(state.full_lang_id_from_state())
             .map(str::to_string)
-            .or_else(|| language.map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
-        Ok(Transcription {
-            segments,
-            language,
-            whisper_seconds,
-        })
+            .or_else(|| window.language.map(str::to_string));
+        Ok((segments, language, seconds))
     }
+}
+
+/// One `full()` call's input.
+struct Window<'a> {
+    samples: &'a [f32],
+    /// Where `samples` start in the whole audio.
+    offset_seconds: f64,
+    /// The language to use, or `None` to detect.
+    language: Option<&'a str>,
+    /// Keep the text decoded by the previous call as the prompt.
+    keep_context: bool,
+}
+
+fn whisper_failed(what: &str, e: whisper_rs::WhisperError) -> ProcessError {
+    ProcessError::Failed(format!("whisper {what} failed: {e}"))
+}
+
+/// Longest piece [`plan_pieces`] makes: short enough that its fitted context
+/// ([`fitted_audio_ctx`]) stays under tiny-to-large's 1500 positions.
+pub const MAX_PIECE_SECONDS: usize = 28;
+/// Shortest piece [`plan_pieces`] cuts (the last piece may be shorter).
+pub const MIN_PIECE_SECONDS: usize = 10;
+/// Loudness is measured in hops of 10 ms ...
+const HOP: usize = SAMPLE_RATE / 100;
+/// ... averaged over 250 ms, so that a cut lands in a pause, not between two syllables.
+const QUIET_SPAN_HOPS: usize = 25;
+
+/// Where to cut `samples` for transcription: audio of at most [`MAX_PIECE_SECONDS`] stays
+/// whole; longer audio is cut at the quietest 250 ms between [`MIN_PIECE_SECONDS`] and
+/// [`MAX_PIECE_SECONDS`] after the previous cut. The ranges cover the audio in order without
+/// gaps.
+pub fn plan_pieces(samples: &[f32]) -> Vec<std::ops::Range<usize>> {
+    let (min, max) = (
+        MIN_PIECE_SECONDS * SAMPLE_RATE,
+        MAX_PIECE_SECONDS * SAMPLE_RATE,
+    );
+    // Energy per hop, and prefix sums to average any run of hops.
+    let hops = samples.len() / HOP;
+    let mut prefix = Vec::with_capacity(hops + 1);
+    prefix.push(0.0f64);
+    for h in 0..hops {
+        let e: f64 = samples[h * HOP..(h + 1) * HOP]
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum();
+        prefix.push(prefix[h] + e);
+    }
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while samples.len() - start > max {
+        // Candidate spans of QUIET_SPAN_HOPS hops lying within [start + min, start + max].
+        let first = (start + min).div_ceil(HOP);
+        let last = (start + max) / HOP - QUIET_SPAN_HOPS;
+        let quietest = (first..=last)
+            .min_by(|&a, &b| {
+                let ea = prefix[a + QUIET_SPAN_HOPS] - prefix[a];
+                let eb = prefix[b + QUIET_SPAN_HOPS] - prefix[b];
+                ea.total_cmp(&eb)
+            })
+            .unwrap_or(last);
+        let cut = (quietest + QUIET_SPAN_HOPS / 2) * HOP;
+        pieces.push(start..cut);
+        start = cut;
+    }
+    pieces.push(start..samples.len());
+    pieces
 }
 
 fn report(sink: &dyn ProgressSink, percent: f32, stage: &str) {

@@ -12,6 +12,7 @@ pub mod frames;
 pub mod image;
 pub mod morag;
 pub mod video;
+pub mod wer;
 
 use std::path::{Path, PathBuf};
 

@@ -6,16 +6,22 @@
 //! magic 0x67676d6c ("ggml")
 //! hparams: n_vocab n_audio_ctx n_audio_state n_audio_head n_audio_layer
 //!          n_text_ctx n_text_state n_text_head n_text_layer n_mels
-//! ftype 1 (f16 weights)
+//! ftype (ggml's file type of the big matrices; quantized types add 1000 x ggml's QNT_VERSION)
 //! mel filters: n_mel, n_fft, then n_mel * n_fft f32
 //! vocabulary: count, then per token: length, bytes (regular BPE tokens before <|endoftext|>)
-//! tensors: n_dims, name length, ftype (0 f32 / 1 f16), dims innermost first, name, data
+//! tensors: n_dims, name length, ggml type, dims innermost first, name, data
 //! ```
 //!
 //! Tensors carry OpenAI's state-dict names. CTranslate2 fuses the self-attention q/k/v
 //! projections (and the cross-attention k/v) into one matrix: they are split here, and the
-//! key bias, which Whisper does not have, is dropped. 2-D and 3-D weights are stored as f16,
-//! biases, norms and positional embeddings as f32.
+//! key bias, which Whisper does not have, is dropped.
+//!
+//! Which type each tensor gets is whisper.cpp's rule (it checks every tensor's size against it
+//! on load): the matrices of the attention and MLP layers and the token embedding take the
+//! chosen [`WeightType`]; the two convolution kernels are f32 in an f32 file and f16 otherwise;
+//! biases, norms and positional embeddings are always f32. Quantized blocks are made by ggml's
+//! own `ggml_quantize_chunk` (the library whisper.cpp loads them with), so the bytes are the ones
+//! whisper.cpp's `quantize` tool writes.
 
 use std::io::Write;
 use std::path::Path;
@@ -29,6 +35,92 @@ pub const GGML_MAGIC: i32 = 0x6767_6d6c;
 /// Longest vocabulary file accepted.
 pub const MAX_VOCAB_BYTES: u64 = 64 << 20;
 
+/// The storage type of a model's big matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightType {
+    /// 32-bit floats: the largest file, no conversion when computing.
+    F32,
+    /// 16-bit floats (what CTranslate2 ships and whisper.cpp publishes).
+    #[default]
+    F16,
+    /// 8-bit blocks of 32 with an f16 scale (the counterpart of CTranslate2's int8).
+    Q8_0,
+    /// 5-bit blocks of 32 with an f16 scale.
+    Q5_0,
+    /// 5-bit blocks of 32 with an f16 scale and minimum.
+    Q5_1,
+}
+
+impl WeightType {
+    /// Every type, in the order the CLI lists them.
+    pub const ALL: [WeightType; 5] = [
+        WeightType::F32,
+        WeightType::F16,
+        WeightType::Q8_0,
+        WeightType::Q5_0,
+        WeightType::Q5_1,
+    ];
+
+    /// The name used on the command line and in file names (`f16`, `q8_0`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightType::F32 => "f32",
+            WeightType::F16 => "f16",
+            WeightType::Q8_0 => "q8_0",
+            WeightType::Q5_0 => "q5_0",
+            WeightType::Q5_1 => "q5_1",
+        }
+    }
+
+    /// ggml's tensor type.
+    fn ggml_type(self) -> whisper_rs_sys::ggml_type {
+        match self {
+            WeightType::F32 => whisper_rs_sys::ggml_type_GGML_TYPE_F32,
+            WeightType::F16 => whisper_rs_sys::ggml_type_GGML_TYPE_F16,
+            WeightType::Q8_0 => whisper_rs_sys::ggml_type_GGML_TYPE_Q8_0,
+            WeightType::Q5_0 => whisper_rs_sys::ggml_type_GGML_TYPE_Q5_0,
+            WeightType::Q5_1 => whisper_rs_sys::ggml_type_GGML_TYPE_Q5_1,
+        }
+    }
+
+    /// The header's ftype: ggml's file type, plus 1000 x QNT_VERSION for quantized files.
+    fn header_ftype(self) -> i32 {
+        let (ftype, quantized) = match self {
+            WeightType::F32 => (whisper_rs_sys::ggml_ftype_GGML_FTYPE_ALL_F32, false),
+            WeightType::F16 => (whisper_rs_sys::ggml_ftype_GGML_FTYPE_MOSTLY_F16, false),
+            WeightType::Q8_0 => (whisper_rs_sys::ggml_ftype_GGML_FTYPE_MOSTLY_Q8_0, true),
+            WeightType::Q5_0 => (whisper_rs_sys::ggml_ftype_GGML_FTYPE_MOSTLY_Q5_0, true),
+            WeightType::Q5_1 => (whisper_rs_sys::ggml_ftype_GGML_FTYPE_MOSTLY_Q5_1, true),
+        };
+        let version = if quantized {
+            (whisper_rs_sys::GGML_QNT_VERSION * whisper_rs_sys::GGML_QNT_VERSION_FACTOR) as i32
+        } else {
+            0
+        };
+        ftype as i32 + version
+    }
+}
+
+impl std::fmt::Display for WeightType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WeightType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        WeightType::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = WeightType::ALL.iter().map(|w| w.name()).collect();
+                format!("unknown weight type {s:?}: use one of {}", names.join(", "))
+            })
+    }
+}
+
 /// What a conversion produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertSummary {
@@ -40,7 +132,11 @@ pub struct ConvertSummary {
 }
 
 /// Convert the CTranslate2 model in `src` (model.bin, vocabulary.txt) into a ggml file `dst`.
-pub fn convert_ct2_dir(src: &Path, dst: &Path) -> Result<ConvertSummary, ConvertError> {
+pub fn convert_ct2_dir(
+    src: &Path,
+    dst: &Path,
+    weights: WeightType,
+) -> Result<ConvertSummary, ConvertError> {
     let model_path = src.join("model.bin");
     let bytes = std::fs::read(&model_path).map_err(|e| ConvertError::io(&model_path, e))?;
     let model = Ct2Model::parse(bytes)?;
@@ -66,14 +162,19 @@ pub fn convert_ct2_dir(src: &Path, dst: &Path) -> Result<ConvertSummary, Convert
     let tokens = decode_vocabulary(&vocab)?;
 
     let (hparams, tensors) = whisper_tensors(&model)?;
+    // Check every tensor before writing anything.
+    let types = tensors
+        .iter()
+        .map(|(name, t)| tensor_type(name, t, weights))
+        .collect::<Result<Vec<_>, _>>()?;
     let filters = mel_filters(16000.0, 400, hparams[9] as usize);
 
     let file = std::fs::File::create(dst).map_err(|e| ConvertError::io(dst, e))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let io = |e| ConvertError::io(dst, e);
-    write_header(&mut w, &hparams, &filters, &tokens).map_err(io)?;
-    for (name, t) in &tensors {
-        write_tensor(&mut w, name, t).map_err(io)?;
+    write_header(&mut w, &hparams, weights, &filters, &tokens).map_err(io)?;
+    for ((name, t), ty) in tensors.iter().zip(types) {
+        write_tensor(&mut w, name, t, ty).map_err(io)?;
     }
     w.flush().map_err(io)?;
     drop(w);
@@ -309,6 +410,7 @@ pub fn whisper_tensors(
 fn write_header(
     w: &mut impl Write,
     hparams: &[i32; 10],
+    weights: WeightType,
     filters: &[f32],
     tokens: &[Vec<u8>],
 ) -> std::io::Result<()> {
@@ -316,7 +418,7 @@ fn write_header(
     for h in hparams {
         w.write_all(&h.to_le_bytes())?;
     }
-    w.write_all(&1i32.to_le_bytes())?; // ftype: f16
+    w.write_all(&weights.header_ftype().to_le_bytes())?;
     let n_mels = hparams[9];
     let n_fft = filters.len() as i32 / n_mels.max(1);
     w.write_all(&n_mels.to_le_bytes())?;
@@ -332,42 +434,99 @@ fn write_header(
     Ok(())
 }
 
-/// Whether a tensor is stored as f32 (else f16).
-fn stored_as_f32(name: &str, n_dims: usize) -> bool {
-    n_dims < 2
+/// A tensor's dimensions in the file: the conv biases become (n, 1), as whisper.cpp expects.
+fn file_dims(name: &str, t: &Tensor) -> Vec<usize> {
+    if name == "encoder.conv1.bias" || name == "encoder.conv2.bias" {
+        vec![t.data.len(), 1]
+    } else {
+        t.dims.clone()
+    }
+}
+
+/// The type whisper.cpp expects `name` in, in a file whose big matrices are `weights`.
+fn tensor_type(name: &str, t: &Tensor, weights: WeightType) -> Result<WeightType, ConvertError> {
+    let dims = file_dims(name, t);
+    let small = dims.len() < 2
         || matches!(
             name,
             "encoder.conv1.bias"
                 | "encoder.conv2.bias"
                 | "encoder.positional_embedding"
                 | "decoder.positional_embedding"
-        )
+        );
+    let ty = if small {
+        WeightType::F32
+    } else if dims.len() == 3 {
+        // The convolution kernels: whisper.cpp's "vtype".
+        if weights == WeightType::F32 {
+            WeightType::F32
+        } else {
+            WeightType::F16
+        }
+    } else {
+        weights
+    };
+    let row = dims.last().copied().unwrap_or(0);
+    // SAFETY: plain lookup in ggml's static type table.
+    let block = unsafe { whisper_rs_sys::ggml_blck_size(ty.ggml_type()) } as usize;
+    if block > 1 && row % block != 0 {
+        return Err(ConvertError::Format(format!(
+            "{name}: rows of {row} values cannot be stored as {ty} (blocks of {block})"
+        )));
+    }
+    Ok(ty)
 }
 
-fn write_tensor(w: &mut impl Write, name: &str, t: &Tensor) -> std::io::Result<()> {
-    let mut dims = t.dims.clone();
-    if name == "encoder.conv1.bias" || name == "encoder.conv2.bias" {
-        // whisper.cpp expects the conv biases as (n, 1).
-        dims = vec![t.data.len(), 1];
+/// `data` (rows of `row` values) in ggml's layout for `ty`.
+fn encode(data: &[f32], row: usize, ty: WeightType) -> Vec<u8> {
+    match ty {
+        WeightType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        WeightType::F16 => data
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        WeightType::Q8_0 | WeightType::Q5_0 | WeightType::Q5_1 => {
+            let rows = data.len() / row;
+            let gt = ty.ggml_type();
+            // SAFETY: plain lookups in ggml's static type table.
+            let row_bytes = unsafe { whisper_rs_sys::ggml_row_size(gt, row as i64) };
+            let mut out = vec![0u8; rows * row_bytes];
+            // SAFETY: `data` holds rows x row floats and `out` rows x row_bytes bytes, as
+            // ggml_quantize_chunk reads and writes; these types need no importance matrix
+            // (null) and no global init beyond what ggml_quantize_init does.
+            let written = unsafe {
+                whisper_rs_sys::ggml_quantize_init(gt);
+                whisper_rs_sys::ggml_quantize_chunk(
+                    gt,
+                    data.as_ptr(),
+                    out.as_mut_ptr().cast(),
+                    0,
+                    rows as i64,
+                    row as i64,
+                    std::ptr::null(),
+                )
+            };
+            debug_assert_eq!(written, out.len());
+            out
+        }
     }
-    let f32_out = stored_as_f32(name, dims.len());
+}
+
+fn write_tensor(w: &mut impl Write, name: &str, t: &Tensor, ty: WeightType) -> std::io::Result<()> {
+    let dims = file_dims(name, t);
     let nb = name.as_bytes();
     w.write_all(&(dims.len() as i32).to_le_bytes())?;
     w.write_all(&(nb.len() as i32).to_le_bytes())?;
-    w.write_all(&(if f32_out { 0i32 } else { 1i32 }).to_le_bytes())?;
+    w.write_all(&(ty.ggml_type() as i32).to_le_bytes())?;
     for d in dims.iter().rev() {
         w.write_all(&(*d as i32).to_le_bytes())?;
     }
     w.write_all(nb)?;
-    let mut buf = Vec::with_capacity(t.data.len() * if f32_out { 4 } else { 2 });
-    for &x in &t.data {
-        if f32_out {
-            buf.extend_from_slice(&x.to_le_bytes());
-        } else {
-            buf.extend_from_slice(&half::f16::from_f32(x).to_le_bytes());
-        }
-    }
-    w.write_all(&buf)
+    w.write_all(&encode(
+        &t.data,
+        dims.last().copied().unwrap_or(1).max(1),
+        ty,
+    ))
 }
 
 #[cfg(test)]
@@ -388,7 +547,9 @@ mod tests {
             dims: vec![2],
             data: vec![1.0, 2.0],
         };
-        write_tensor(&mut out, "encoder.conv1.bias", &t).unwrap();
+        let ty = tensor_type("encoder.conv1.bias", &t, WeightType::Q8_0).unwrap();
+        assert_eq!(ty, WeightType::F32);
+        write_tensor(&mut out, "encoder.conv1.bias", &t, ty).unwrap();
         let ints: Vec<i32> = out[..20]
             .chunks(4)
             .map(|b| i32::from_le_bytes(b.try_into().unwrap()))

@@ -13,7 +13,7 @@ pub mod ct2;
 pub mod fetch;
 pub mod mel;
 
-pub use convert::{convert_ct2_dir, ConvertSummary};
+pub use convert::{convert_ct2_dir, ConvertSummary, WeightType};
 pub use fetch::{fetch_model, FetchError, FetchSummary};
 
 /// Default model file, relative to the working directory, when neither a flag nor

@@ -106,6 +106,17 @@ impl MediaProcessor {
                         }
                     };
                 }
+                "beam_size" => {
+                    opts.audio.beam_size = value
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=16).contains(n))
+                        .ok_or_else(|| ProcessError::Option {
+                            name: name.clone(),
+                            reason: format!("expected a beam width from 1 to 16, got {value:?}"),
+                        })?;
+                }
                 "model" => {
                     tracing::debug!(option = %name, %value, "option ignored: the agent's model is loaded once at start");
                 }
@@ -161,12 +172,18 @@ mod tests {
             .job_options(&spec(&[
                 ("language", "de"),
                 ("translate", "true"),
+                ("beam_size", "5"),
                 ("model", "x"),
                 ("colour", "red"),
             ]))
             .unwrap();
         assert_eq!(o.audio.language.as_deref(), Some("de"));
         assert!(o.audio.translate);
+        assert_eq!(o.audio.beam_size, 5);
+        for bad in ["0", "17", "wide"] {
+            let err = p.job_options(&spec(&[("beam_size", bad)])).unwrap_err();
+            assert!(err.to_string().contains("beam width"), "{err}");
+        }
         let err = p
             .job_options(&spec(&[("language", "klingon")]))
             .unwrap_err();
