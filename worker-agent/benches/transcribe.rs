@@ -9,7 +9,7 @@
 //! # side by side with faster-whisper: scripts/bench-transcribe.sh prepares DIR and runs this
 //! cargo bench -p morag-agent --bench transcribe -- --compare DIR [--fw-python PY]
 //!     [--model F16.bin] [--model-q8 Q8_0.bin] [--ct2 DIR] [--beams 1,5] [--threads N]
-//!     [--runs N] [--also-full-context]
+//!     [--runs N] [--also-full-context] [--clips NAME,...]
 //! ```
 //!
 //! Overhead mode defaults: models/jfk.wav, $MORAG_MODEL or models/ggml-tiny.en.bin, all cores
@@ -61,6 +61,7 @@ struct Args {
     fw_python: Option<PathBuf>,
     beams: Vec<usize>,
     also_full_context: bool,
+    only: Option<Vec<String>>,
 }
 
 fn parse_args(root: &Path) -> Args {
@@ -77,6 +78,7 @@ fn parse_args(root: &Path) -> Args {
         fw_python: None,
         beams: vec![1, 5],
         also_full_context: false,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(x) = args.next() {
@@ -97,6 +99,7 @@ fn parse_args(root: &Path) -> Args {
                     .collect()
             }
             "--also-full-context" => a.also_full_context = true,
+            "--clips" => a.only = Some(value("NAMES").split(',').map(str::to_string).collect()),
             other => a.file = other.into(),
         }
     }
@@ -318,7 +321,10 @@ fn ours(
 fn compare(root: &Path, args: &Args, dir: &Path) {
     let threads = args.threads.unwrap_or(2);
     let runs = args.runs.unwrap_or(3);
-    let clips = clips(dir);
+    let mut clips = clips(dir);
+    if let Some(only) = &args.only {
+        clips.retain(|c| only.contains(&c.name));
+    }
     if clips.is_empty() {
         eprintln!(
             "bench skipped: no NAME.wav with NAME.txt in {}",
@@ -365,6 +371,8 @@ fn compare(root: &Path, args: &Args, dir: &Path) {
                     threads,
                     beam_size: beam,
                     language: Some("en".into()),
+                    // faster-whisper runs with temperature=0: no fallback on either side.
+                    temperature_fallback: false,
                     ..AudioOptions::default()
                 };
                 let r = ours(&transcriber, &opts, clip, runs, &out);

@@ -113,7 +113,7 @@ pub enum ModelCommand {
         dir: PathBuf,
         /// The ggml file to write.
         out: PathBuf,
-        /// Storage of the big matrices: f32, f16 (as shipped), q8_0 (the counterpart of
+        /// Storage of the big matrices: f16 (as shipped), q8_0 (the counterpart of
         /// CTranslate2's int8), q5_0 or q5_1.
         #[arg(long, default_value = "f16", value_name = "TYPE")]
         weights: models::WeightType,
@@ -273,6 +273,7 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
         translate: args.translate,
         beam_size: usize::from(args.beam_size),
         fit_context: !args.full_context,
+        ..AudioOptions::default()
     };
     let cancel = Cancel::new();
     let progress = |p: Progress| {

@@ -45,6 +45,9 @@ pub struct AudioOptions {
     /// Encode only as much of Whisper's 30 s window as the audio fills (see
     /// [`fitted_audio_ctx`]), instead of the silence it is padded with.
     pub fit_context: bool,
+    /// Decode again at rising temperatures when a window's text looks wrong (repetitive or
+    /// unlikely), as whisper.cpp and faster-whisper do by default. Off: temperature 0 only.
+    pub temperature_fallback: bool,
 }
 
 impl Default for AudioOptions {
@@ -56,6 +59,7 @@ impl Default for AudioOptions {
             translate: false,
             beam_size: 1,
             fit_context: true,
+            temperature_fallback: true,
         }
     }
 }
@@ -248,7 +252,7 @@ impl Transcriber {
         let pieces = if opts.fit_context {
             plan_pieces(samples)
         } else {
-            vec![0..samples.len()]
+            std::iter::once(0..samples.len()).collect()
         };
         let mut language = if self.ctx.is_multilingual() {
             opts.language.clone()
@@ -306,6 +310,9 @@ impl Transcriber {
         params.set_translate(opts.translate);
         params.set_language(window.language.or(Some("auto")));
         params.set_no_context(!window.keep_context);
+        if !opts.temperature_fallback {
+            params.set_temperature_inc(0.0);
+        }
         params.set_print_progress(false);
         params.set_print_realtime(false);
         params.set_print_special(false);
@@ -348,6 +355,12 @@ impl Transcriber {
             r
         });
         let seconds = started.elapsed().as_secs_f64();
+        tracing::debug!(
+            offset_s = window.offset_seconds,
+            audio_s = window.samples.len() as f64 / SAMPLE_RATE as f64,
+            whisper_s = seconds,
+            "whisper window"
+        );
         if abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
             return Err(ProcessError::Cancelled);
         }
@@ -417,8 +430,10 @@ const QUIET_SPAN_HOPS: usize = 25;
 
 /// Where to cut `samples` for transcription: audio of at most [`MAX_PIECE_SECONDS`] stays
 /// whole; longer audio is cut at the quietest 250 ms between [`MIN_PIECE_SECONDS`] and
-/// [`MAX_PIECE_SECONDS`] after the previous cut. The ranges cover the audio in order without
-/// gaps.
+/// [`MAX_PIECE_SECONDS`] after the previous cut, and a rest long enough for two pieces of
+/// [`MIN_PIECE_SECONDS`] is cut once more. Shorter pieces cost the encoder less per second (its
+/// attention grows with the square of the context) and are decoded in one window. The ranges
+/// cover the audio in order without gaps.
 pub fn plan_pieces(samples: &[f32]) -> Vec<std::ops::Range<usize>> {
     let (min, max) = (
         MIN_PIECE_SECONDS * SAMPLE_RATE,
@@ -437,10 +452,19 @@ pub fn plan_pieces(samples: &[f32]) -> Vec<std::ops::Range<usize>> {
     }
     let mut pieces = Vec::new();
     let mut start = 0;
-    while samples.len() - start > max {
-        // Candidate spans of QUIET_SPAN_HOPS hops lying within [start + min, start + max].
+    loop {
+        let left = samples.len() - start;
+        // Cut when the rest is too long for one piece, or long enough for two.
+        let end = if left > max {
+            start + max
+        } else if left >= 2 * min {
+            samples.len() - min
+        } else {
+            break;
+        };
+        // Candidate spans of QUIET_SPAN_HOPS hops lying within [start + min, end].
         let first = (start + min).div_ceil(HOP);
-        let last = (start + max) / HOP - QUIET_SPAN_HOPS;
+        let last = (end / HOP).saturating_sub(QUIET_SPAN_HOPS).max(first);
         let quietest = (first..=last)
             .min_by(|&a, &b| {
                 let ea = prefix[a + QUIET_SPAN_HOPS] - prefix[a];

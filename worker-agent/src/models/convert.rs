@@ -38,8 +38,6 @@ pub const MAX_VOCAB_BYTES: u64 = 64 << 20;
 /// The storage type of a model's big matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightType {
-    /// 32-bit floats: the largest file, no conversion when computing.
-    F32,
     /// 16-bit floats (what CTranslate2 ships and whisper.cpp publishes).
     #[default]
     F16,
@@ -53,8 +51,7 @@ pub enum WeightType {
 
 impl WeightType {
     /// Every type, in the order the CLI lists them.
-    pub const ALL: [WeightType; 5] = [
-        WeightType::F32,
+    pub const ALL: [WeightType; 4] = [
         WeightType::F16,
         WeightType::Q8_0,
         WeightType::Q5_0,
@@ -64,7 +61,6 @@ impl WeightType {
     /// The name used on the command line and in file names (`f16`, `q8_0`, ...).
     pub fn name(self) -> &'static str {
         match self {
-            WeightType::F32 => "f32",
             WeightType::F16 => "f16",
             WeightType::Q8_0 => "q8_0",
             WeightType::Q5_0 => "q5_0",
@@ -75,7 +71,6 @@ impl WeightType {
     /// ggml's tensor type.
     fn ggml_type(self) -> whisper_rs_sys::ggml_type {
         match self {
-            WeightType::F32 => whisper_rs_sys::ggml_type_GGML_TYPE_F32,
             WeightType::F16 => whisper_rs_sys::ggml_type_GGML_TYPE_F16,
             WeightType::Q8_0 => whisper_rs_sys::ggml_type_GGML_TYPE_Q8_0,
             WeightType::Q5_0 => whisper_rs_sys::ggml_type_GGML_TYPE_Q5_0,
@@ -86,7 +81,6 @@ impl WeightType {
     /// The header's ftype: ggml's file type, plus 1000 x QNT_VERSION for quantized files.
     fn header_ftype(self) -> i32 {
         let (ftype, quantized) = match self {
-            WeightType::F32 => (whisper_rs_sys::ggml_ftype_GGML_FTYPE_ALL_F32, false),
             WeightType::F16 => (whisper_rs_sys::ggml_ftype_GGML_FTYPE_MOSTLY_F16, false),
             WeightType::Q8_0 => (whisper_rs_sys::ggml_ftype_GGML_FTYPE_MOSTLY_Q8_0, true),
             WeightType::Q5_0 => (whisper_rs_sys::ggml_ftype_GGML_FTYPE_MOSTLY_Q5_0, true),
@@ -97,7 +91,7 @@ impl WeightType {
         } else {
             0
         };
-        ftype as i32 + version
+        ftype + version
     }
 }
 
@@ -443,8 +437,34 @@ fn file_dims(name: &str, t: &Tensor) -> Vec<usize> {
     }
 }
 
+/// How one tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// Biases, norms, positional embeddings.
+    F32,
+    Weights(WeightType),
+}
+
+impl Stored {
+    fn ggml_type(self) -> whisper_rs_sys::ggml_type {
+        match self {
+            Stored::F32 => whisper_rs_sys::ggml_type_GGML_TYPE_F32,
+            Stored::Weights(w) => w.ggml_type(),
+        }
+    }
+}
+
+impl std::fmt::Display for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stored::F32 => f.write_str("f32"),
+            Stored::Weights(w) => w.fmt(f),
+        }
+    }
+}
+
 /// The type whisper.cpp expects `name` in, in a file whose big matrices are `weights`.
-fn tensor_type(name: &str, t: &Tensor, weights: WeightType) -> Result<WeightType, ConvertError> {
+fn tensor_type(name: &str, t: &Tensor, weights: WeightType) -> Result<Stored, ConvertError> {
     let dims = file_dims(name, t);
     let small = dims.len() < 2
         || matches!(
@@ -455,16 +475,13 @@ fn tensor_type(name: &str, t: &Tensor, weights: WeightType) -> Result<WeightType
                 | "decoder.positional_embedding"
         );
     let ty = if small {
-        WeightType::F32
+        Stored::F32
     } else if dims.len() == 3 {
-        // The convolution kernels: whisper.cpp's "vtype".
-        if weights == WeightType::F32 {
-            WeightType::F32
-        } else {
-            WeightType::F16
-        }
+        // The convolution kernels: whisper.cpp's "vtype" (f16 in every file but an all-f32 one,
+        // which whisper.cpp 1.8.3's convolution cannot run, so it is not offered).
+        Stored::Weights(WeightType::F16)
     } else {
-        weights
+        Stored::Weights(weights)
     };
     let row = dims.last().copied().unwrap_or(0);
     // SAFETY: plain lookup in ggml's static type table.
@@ -478,9 +495,11 @@ fn tensor_type(name: &str, t: &Tensor, weights: WeightType) -> Result<WeightType
 }
 
 /// `data` (rows of `row` values) in ggml's layout for `ty`.
-fn encode(data: &[f32], row: usize, ty: WeightType) -> Vec<u8> {
+fn encode(data: &[f32], row: usize, ty: Stored) -> Vec<u8> {
+    let Stored::Weights(ty) = ty else {
+        return data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    };
     match ty {
-        WeightType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         WeightType::F16 => data
             .iter()
             .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
@@ -512,7 +531,7 @@ fn encode(data: &[f32], row: usize, ty: WeightType) -> Vec<u8> {
     }
 }
 
-fn write_tensor(w: &mut impl Write, name: &str, t: &Tensor, ty: WeightType) -> std::io::Result<()> {
+fn write_tensor(w: &mut impl Write, name: &str, t: &Tensor, ty: Stored) -> std::io::Result<()> {
     let dims = file_dims(name, t);
     let nb = name.as_bytes();
     w.write_all(&(dims.len() as i32).to_le_bytes())?;
@@ -548,7 +567,7 @@ mod tests {
             data: vec![1.0, 2.0],
         };
         let ty = tensor_type("encoder.conv1.bias", &t, WeightType::Q8_0).unwrap();
-        assert_eq!(ty, WeightType::F32);
+        assert_eq!(ty, Stored::F32);
         write_tensor(&mut out, "encoder.conv1.bias", &t, ty).unwrap();
         let ints: Vec<i32> = out[..20]
             .chunks(4)
@@ -556,5 +575,65 @@ mod tests {
             .collect();
         assert_eq!(ints, [2, 18, 0, 1, 2]);
         assert_eq!(out.len(), 20 + 18 + 8);
+    }
+
+    #[test]
+    fn q8_0_blocks_hold_the_values_to_within_half_a_step() {
+        // Two rows of 64: two blocks each of one f16 scale and 32 signed bytes.
+        let data: Vec<f32> = (0..128).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+        let bytes = encode(&data, 64, Stored::Weights(WeightType::Q8_0));
+        assert_eq!(bytes.len(), 4 * 34);
+        for (b, block) in bytes.chunks(34).enumerate() {
+            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            let values = &data[b * 32..(b + 1) * 32];
+            let amax = values.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!((d - amax / 127.0).abs() < 1e-3, "scale {d} for max {amax}");
+            for (q, x) in block[2..].iter().zip(values) {
+                let back = f32::from(*q as i8) * d;
+                assert!(
+                    (back - x).abs() <= d / 2.0 + 1e-3,
+                    "{x} came back as {back}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_types_use_ggml_block_sizes_and_header_versions() {
+        let row: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+        let q5_0 = encode(&row, 64, Stored::Weights(WeightType::Q5_0));
+        let q5_1 = encode(&row, 64, Stored::Weights(WeightType::Q5_1));
+        assert_eq!((q5_0.len(), q5_1.len()), (2 * 22, 2 * 24));
+        assert_eq!(WeightType::F16.header_ftype(), 1);
+        assert_eq!(WeightType::Q8_0.header_ftype(), 2007);
+        assert_eq!(WeightType::Q5_0.header_ftype(), 2008);
+        assert_eq!(WeightType::Q5_1.header_ftype(), 2009);
+        assert_eq!("Q8_0".parse::<WeightType>().unwrap(), WeightType::Q8_0);
+        let err = "f32".parse::<WeightType>().unwrap_err();
+        assert!(err.contains("f16, q8_0, q5_0, q5_1"), "{err}");
+    }
+
+    #[test]
+    fn rows_that_do_not_fill_blocks_are_refused_before_writing() {
+        let t = Tensor {
+            dims: vec![2, 48],
+            data: vec![0.0; 96],
+        };
+        let name = "decoder.blocks.0.mlp.0.weight";
+        assert_eq!(
+            tensor_type(name, &t, WeightType::F16).unwrap(),
+            Stored::Weights(WeightType::F16)
+        );
+        let err = tensor_type(name, &t, WeightType::Q8_0).unwrap_err();
+        assert!(err.to_string().contains("rows of 48 values"), "{err}");
+        // The convolution kernels stay f16 whatever the matrices are.
+        let conv = Tensor {
+            dims: vec![4, 2, 3],
+            data: vec![0.0; 24],
+        };
+        assert_eq!(
+            tensor_type("encoder.conv1.weight", &conv, WeightType::Q5_0).unwrap(),
+            Stored::Weights(WeightType::F16)
+        );
     }
 }
