@@ -7,7 +7,8 @@
 #   models/                      tiny.en as f16 and q8_0 ggml files and the CTranslate2 weights
 #                                they come from (scripts/setup-test-model.sh)
 #   target/bench-audio/          the clips and their reference texts: jfk.wav (11 s), jfk x6
-#                                (66 s), and espeak-ng paragraphs (about 20 s and 60 s)
+#                                (66 s), espeak-ng paragraphs (13 s and 40 s) and the tests'
+#                                espeak-ng sentence (scripts/make-test-media.sh, 7 s)
 #   target/faster-whisper-venv/  faster-whisper from PyPI (pinned below); when it cannot be
 #                                made, the bench prints ours alone and says why
 # then runs `cargo bench -p morag-agent --bench transcribe -- --compare target/bench-audio`,
@@ -33,7 +34,7 @@ PARA1="The library opens at nine in the morning and closes at six in the evening
 PARA2="Our team met on Monday to plan the next release. We agreed to fix the login problem first, because many customers reported it last week. After that, we will improve the search page and update the documentation. The release should be ready by the end of the month, if the tests pass. Remember to write down every decision in the shared notes, so that nobody has to guess later. Thank you all for the careful work."
 mkdir -p "$AUDIO"
 ff() { ffmpeg -nostdin -hide_banner -loglevel error -y "$@"; }
-if [ ! -s "$AUDIO/.complete-v1" ]; then
+if [ ! -f "$AUDIO/.complete-v2" ]; then
     cp models/jfk.wav "$AUDIO/jfk.wav"
     echo "$JFK_TEXT" > "$AUDIO/jfk.txt"
     ff -i models/jfk.wav -filter_complex "[0][0][0][0][0][0]concat=n=6:v=0:a=1" \
@@ -46,7 +47,10 @@ if [ ! -s "$AUDIO/.complete-v1" ]; then
     ff -i "$AUDIO/raw.wav" -ar 16000 -ac 1 -c:a pcm_s16le "$AUDIO/espeak_long.wav"
     echo "$PARA1 $PARA2" > "$AUDIO/espeak_long.txt"
     rm -f "$AUDIO/raw.wav"
-    touch "$AUDIO/.complete-v1"
+    scripts/make-test-media.sh "$ROOT/target/test-media"
+    cp "$ROOT/target/test-media/speech.wav" "$AUDIO/espeak_test.wav"
+    cp "$ROOT/target/test-media/speech.txt" "$AUDIO/espeak_test.txt"
+    touch "$AUDIO/.complete-v2"
 fi
 
 # faster-whisper in its own virtual environment.

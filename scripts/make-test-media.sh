@@ -3,7 +3,7 @@
 # Speech comes from espeak-ng; the other formats are made from it with ffmpeg. Nothing here is
 # committed: tests call this script into a temporary or target directory.
 #
-#   speech.wav            16 kHz mono s16 (the reference)
+#   speech.wav            16 kHz mono s16 (the reference); speech.txt: the sentence spoken
 #   speech_stereo44.wav   44.1 kHz stereo (resampling and downmix)
 #   speech.mp3 .m4a .ogg (opus) .flac
 #   speech_video.mp4      a 320x240 test pattern with the speech as its audio track
@@ -20,7 +20,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${1:-$ROOT/target/test-media}"
-STAMP="$DIR/.complete-v1"
+STAMP="$DIR/.complete-v2"
 SENTENCE="${MORAG_TEST_SENTENCE:-Hello world. The weather today is sunny and warm. Please send the quarterly report to the finance team.}"
 
 if [ -f "$STAMP" ]; then
@@ -36,6 +36,7 @@ ff() { ffmpeg -nostdin -hide_banner -loglevel error -y "$@"; }
 
 espeak-ng -s 150 -w "$tmp/raw.wav" "$SENTENCE"
 ff -i "$tmp/raw.wav" -ar 16000 -ac 1 -c:a pcm_s16le "$tmp/speech.wav"
+printf '%s\n' "$SENTENCE" > "$tmp/speech.txt"
 ff -i "$tmp/raw.wav" -ar 44100 -ac 2 -c:a pcm_s16le "$tmp/speech_stereo44.wav"
 ff -i "$tmp/speech.wav" -c:a libmp3lame -b:a 64k "$tmp/speech.mp3"
 ff -i "$tmp/speech.wav" -c:a aac -b:a 64k "$tmp/speech.m4a"

@@ -173,6 +173,35 @@ unsafe extern "C" fn should_abort(user_data: *mut c_void) -> bool {
     unsafe { &*(user_data as *const AtomicBool) }.load(Ordering::Relaxed)
 }
 
+/// Whether this CPU runs the whisper.cpp built into this binary. whisper.cpp's CPU code is
+/// compiled for x86-64 CPUs with AVX2, FMA, F16C and BMI2 (Intel Haswell, AMD Zen and newer;
+/// `.cargo/config.toml`), so that one binary runs on every such machine; on an older CPU it
+/// would die of an illegal instruction, so it is refused here with the reason instead.
+pub fn cpu_supports_whisper() -> Result<(), String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let missing: Vec<&str> = [
+            ("AVX2", std::arch::is_x86_feature_detected!("avx2")),
+            ("FMA", std::arch::is_x86_feature_detected!("fma")),
+            ("F16C", std::arch::is_x86_feature_detected!("f16c")),
+            ("BMI2", std::arch::is_x86_feature_detected!("bmi2")),
+        ]
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .map(|(name, _)| name)
+        .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "this CPU lacks {}, which this build of whisper.cpp needs (x86-64 with AVX2, FMA, \
+                 F16C and BMI2); to transcribe here, build the agent on this machine with \
+                 `GGML_NATIVE=ON cargo build --release` (after `cargo clean -p whisper-rs-sys`)",
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Transcriber {
     /// Load a ggml model.
     pub fn load(model: &Path) -> Result<Self, ProcessError> {
@@ -181,6 +210,7 @@ impl Transcriber {
             path: model.to_path_buf(),
             reason,
         };
+        cpu_supports_whisper().map_err(model_err)?;
         let meta = std::fs::metadata(model).map_err(|e| {
             model_err(format!(
                 "{e}; run scripts/setup-test-model.sh, `morag-agent model fetch tiny.en`, or pass --model"
@@ -599,5 +629,82 @@ mod tests {
         std::fs::write(f.path(), b"not a model at all").unwrap();
         let err = Transcriber::load(f.path()).unwrap_err();
         assert!(err.to_string().contains("bad magic"), "{err}");
+    }
+
+    #[test]
+    fn short_audio_gets_a_fitted_context_and_a_full_window_does_not() {
+        // 11 s: 550 positions + 64 of margin, rounded up to 640.
+        assert_eq!(fitted_audio_ctx(11 * SAMPLE_RATE, 1500), Some(640));
+        assert_eq!(fitted_audio_ctx(1, 1500), Some(128));
+        // The longest piece still fits; 30 s does not.
+        assert_eq!(
+            fitted_audio_ctx(MAX_PIECE_SECONDS * SAMPLE_RATE, 1500),
+            Some(1472)
+        );
+        assert_eq!(fitted_audio_ctx(30 * SAMPLE_RATE, 1500), None);
+        assert_eq!(fitted_audio_ctx(SAMPLE_RATE, 0), None);
+    }
+
+    /// `seconds` of a loud tone with silent gaps of 400 ms starting at `gaps` (seconds).
+    fn tone_with_gaps(seconds: f64, gaps: &[f64]) -> Vec<f32> {
+        let n = (seconds * SAMPLE_RATE as f64) as usize;
+        (0..n)
+            .map(|i| {
+                let t = i as f64 / SAMPLE_RATE as f64;
+                if gaps.iter().any(|&g| t >= g && t < g + 0.4) {
+                    0.0
+                } else {
+                    (t * 440.0 * std::f64::consts::TAU).sin() as f32 * 0.5
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn long_audio_is_cut_inside_its_pauses() {
+        let gaps = [6.0, 13.0, 24.0, 37.0, 52.0, 61.0];
+        let audio = tone_with_gaps(70.0, &gaps);
+        let pieces = plan_pieces(&audio);
+        // Contiguous, in order, covering everything.
+        assert_eq!(pieces.first().unwrap().start, 0);
+        assert_eq!(pieces.last().unwrap().end, audio.len());
+        for w in pieces.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        for (i, p) in pieces.iter().enumerate() {
+            let secs = p.len() as f64 / SAMPLE_RATE as f64;
+            assert!(secs <= MAX_PIECE_SECONDS as f64, "piece {i} is {secs} s");
+            assert!(secs >= MIN_PIECE_SECONDS as f64, "piece {i} is {secs} s");
+        }
+        // Every cut lies in a gap, never before 10 s into a piece (so not at 6 s).
+        let cuts: Vec<f64> = pieces[1..]
+            .iter()
+            .map(|p| p.start as f64 / SAMPLE_RATE as f64)
+            .collect();
+        for c in &cuts {
+            assert!(
+                gaps.iter().any(|&g| *c >= g && *c <= g + 0.4),
+                "cut at {c} s is not in a gap: {cuts:?}"
+            );
+        }
+        assert!(!cuts.iter().any(|c| *c < 10.0), "{cuts:?}");
+        assert!(cuts.len() >= 2, "{cuts:?}");
+    }
+
+    #[test]
+    fn audio_that_fits_one_piece_stays_whole() {
+        for secs in [0.5, 11.0, 19.9, 28.0] {
+            let audio = tone_with_gaps(secs, &[]);
+            let pieces = plan_pieces(&audio);
+            // Up to 28 s: one piece, unless it is long enough for two of 10 s.
+            if secs < 20.0 {
+                assert_eq!(pieces, vec![0..audio.len()], "{secs} s");
+            } else {
+                assert!(pieces
+                    .iter()
+                    .all(|p| p.len() >= MIN_PIECE_SECONDS * SAMPLE_RATE));
+            }
+        }
+        assert_eq!(plan_pieces(&[]), vec![0..0]);
     }
 }

@@ -60,7 +60,10 @@ impl MediaProcessor {
         gpu: &crate::gpu::GpuConfig,
         jpeg_quality: Option<u8>,
     ) -> Result<Self, ProcessError> {
-        let transcriber = if model.is_file() {
+        let transcriber = if let Err(why) = crate::media::audio::cpu_supports_whisper() {
+            tracing::warn!(%why, "audio jobs are not taken, videos are not transcribed");
+            None
+        } else if model.is_file() {
             Some(Arc::new(Transcriber::load(&model)?))
         } else {
             tracing::warn!(model = %model.display(), "no Whisper model: audio jobs are not taken, videos are not transcribed");

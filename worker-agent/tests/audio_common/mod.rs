@@ -89,6 +89,14 @@ pub fn model() -> Result<PathBuf, String> {
     models_file("ggml-tiny.en.bin")
 }
 
+/// The same model quantized to q8_0 (`model import-ct2 --weights q8_0`, set up on demand).
+pub fn model_q8() -> Result<PathBuf, String> {
+    models_file("ggml-tiny.en-q8_0.bin")
+}
+
+/// What is said in models/jfk.wav.
+pub const JFK_TEXT: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
+
 /// models/jfk.wav, an 11 s real recording.
 pub fn jfk() -> Result<PathBuf, String> {
     models_file("jfk.wav")
