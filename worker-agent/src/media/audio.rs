@@ -173,28 +173,56 @@ unsafe extern "C" fn should_abort(user_data: *mut c_void) -> bool {
     unsafe { &*(user_data as *const AtomicBool) }.load(Ordering::Relaxed)
 }
 
+/// Whether a `GGML_*` build switch was on when this crate was compiled (whisper-rs-sys passes
+/// the same environment to whisper.cpp's cmake).
+fn ggml_switch(value: Option<&str>) -> bool {
+    matches!(
+        value.map(str::to_ascii_uppercase).as_deref(),
+        Some("ON" | "1" | "TRUE" | "YES")
+    )
+}
+
 /// Whether this CPU runs the whisper.cpp built into this binary. whisper.cpp's CPU code is
 /// compiled for x86-64 CPUs with AVX2, FMA, F16C and BMI2 (Intel Haswell, AMD Zen and newer;
-/// `.cargo/config.toml`), so that one binary runs on every such machine; on an older CPU it
-/// would die of an illegal instruction, so it is refused here with the reason instead.
+/// `.cargo/config.toml`), so that one binary runs on every such machine, plus AVX-512 (and VNNI)
+/// when the build set `GGML_AVX512` (`GGML_AVX512_VNNI`); a `GGML_NATIVE=ON` build is for the
+/// machine that built it and is not checked. On a CPU without them whisper.cpp would die of an
+/// illegal instruction, so it is refused here with the reason instead.
 pub fn cpu_supports_whisper() -> Result<(), String> {
     #[cfg(target_arch = "x86_64")]
     {
-        let missing: Vec<&str> = [
-            ("AVX2", std::arch::is_x86_feature_detected!("avx2")),
-            ("FMA", std::arch::is_x86_feature_detected!("fma")),
-            ("F16C", std::arch::is_x86_feature_detected!("f16c")),
-            ("BMI2", std::arch::is_x86_feature_detected!("bmi2")),
-        ]
-        .into_iter()
-        .filter(|(_, present)| !present)
-        .map(|(name, _)| name)
-        .collect();
+        use std::arch::is_x86_feature_detected as has;
+        if ggml_switch(option_env!("GGML_NATIVE")) {
+            return Ok(());
+        }
+        let mut needed = vec![
+            ("AVX2", has!("avx2")),
+            ("FMA", has!("fma")),
+            ("F16C", has!("f16c")),
+            ("BMI2", has!("bmi2")),
+        ];
+        if ggml_switch(option_env!("GGML_AVX512")) {
+            needed.extend([
+                ("AVX512F", has!("avx512f")),
+                ("AVX512CD", has!("avx512cd")),
+                ("AVX512VL", has!("avx512vl")),
+                ("AVX512DQ", has!("avx512dq")),
+                ("AVX512BW", has!("avx512bw")),
+            ]);
+        }
+        if ggml_switch(option_env!("GGML_AVX512_VNNI")) {
+            needed.push(("AVX512VNNI", has!("avx512vnni")));
+        }
+        let missing: Vec<&str> = needed
+            .into_iter()
+            .filter(|(_, present)| !present)
+            .map(|(name, _)| name)
+            .collect();
         if !missing.is_empty() {
             return Err(format!(
-                "this CPU lacks {}, which this build of whisper.cpp needs (x86-64 with AVX2, FMA, \
-                 F16C and BMI2); to transcribe here, build the agent on this machine with \
-                 `GGML_NATIVE=ON cargo build --release` (after `cargo clean -p whisper-rs-sys`)",
+                "this CPU lacks {}, which this build of whisper.cpp was compiled for; to \
+                 transcribe here, build the agent on this machine with `GGML_NATIVE=ON cargo \
+                 build --release` (after `cargo clean -p whisper-rs-sys`)",
                 missing.join(", ")
             ));
         }
@@ -706,5 +734,13 @@ mod tests {
             }
         }
         assert_eq!(plan_pieces(&[]), vec![0..0]);
+    }
+
+    #[test]
+    fn build_switches_read_like_cmake() {
+        assert!(ggml_switch(Some("ON")) && ggml_switch(Some("on")) && ggml_switch(Some("1")));
+        assert!(!ggml_switch(Some("OFF")) && !ggml_switch(Some("0")) && !ggml_switch(None));
+        // This machine built the tests, so it runs what they were built for.
+        cpu_supports_whisper().unwrap();
     }
 }
