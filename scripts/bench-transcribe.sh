@@ -14,9 +14,10 @@
 # then runs `cargo bench -p morag-agent --bench transcribe -- --compare target/bench-audio`,
 # which prints the markdown table recorded in BENCHMARKS.md. Not part of the test run.
 #
-# On a machine with an NVIDIA GPU and the CUDA toolkit, MORAG_BENCH_CUDA=1 builds whisper.cpp
-# with CUDA (cargo feature `cuda`) and runs faster-whisper on CUDA too (it needs the CUDA 12
-# cuBLAS/cuDNN libraries that pip installs with it; see the end of this file).
+# On a machine with an NVIDIA GPU and the CUDA toolkit (nvcc), MORAG_BENCH_CUDA=1 builds
+# whisper.cpp with CUDA (cargo feature `cuda`) and runs faster-whisper on CUDA too (float16 and
+# int8_float16; it needs CUDA 12's cuBLAS and cuDNN 9, installed here from PyPI into the venv).
+# Not yet run on a GPU: no GPU machine was available when it was written.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -70,6 +71,11 @@ features=()
 if [ "${MORAG_BENCH_CUDA:-0}" = 1 ]; then
     features=(--features cuda)
     export MORAG_FW_DEVICE=cuda
+    if [ "${#fw_args[@]}" -gt 0 ]; then
+        "$VENV/bin/pip" install --quiet nvidia-cublas-cu12 'nvidia-cudnn-cu12==9.*'
+        libs="$("$VENV/bin/python" -c 'import os, nvidia.cublas.lib as b, nvidia.cudnn.lib as d; print(os.path.dirname(b.__file__) + ":" + os.path.dirname(d.__file__))')"
+        export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
 fi
 exec cargo bench -p morag-agent "${features[@]}" --bench transcribe -- \
     --compare "$AUDIO" "${fw_args[@]}" "$@"

@@ -33,7 +33,7 @@ use morag_agent::media::audio::{
     default_threads, transcribe_file_timed, AudioOptions, Transcriber,
 };
 use morag_agent::media::decode::decode_audio;
-use morag_agent::media::wer::word_error_rate;
+use morag_agent::media::wer::{word_error_rate, word_errors};
 use morag_agent::media::{Cancel, MediaKind, NoProgress};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -388,9 +388,25 @@ fn compare(root: &Path, args: &Args, dir: &Path) {
     }
     let _ = std::fs::remove_dir_all(&out);
 
+    let fw_device = std::env::var("MORAG_FW_DEVICE").unwrap_or_else(|_| "cpu".into());
     println!(
-        "threads {threads}, best of {runs} after a warm-up; ours: f16 model = float, q8_0 = 8-bit; \
-         faster-whisper: float32 = float, int8 = 8-bit; temperature 0"
+        "threads {threads}, best of {runs} after a warm-up, temperature 0; ours ({}): f16 model = \
+         float, q8_0 = 8-bit; faster-whisper ({fw_device}): {} = float, {} = 8-bit",
+        if cfg!(feature = "cuda") {
+            "whisper.cpp with CUDA"
+        } else {
+            "CPU"
+        },
+        if fw_device == "cuda" {
+            "float16"
+        } else {
+            "float32"
+        },
+        if fw_device == "cuda" {
+            "int8_float16"
+        } else {
+            "int8"
+        },
     );
     println!();
     let full_col = if args.also_full_context {
@@ -431,6 +447,43 @@ fn compare(root: &Path, args: &Args, dir: &Path) {
             cell(fw.map(|f| word_error_rate(&clip.reference, &f.text)), 3),
         );
     }
+    // Word errors over all clips of a setting: single clips differ by a word either way.
+    println!();
+    println!("| precision | beam | clips | WER ours, all clips | WER faster-whisper, all clips |");
+    println!("| --- | --- | --- | --- | --- |");
+    let mut settings: Vec<(&'static str, usize)> = mine.keys().map(|(c, b, _)| (*c, *b)).collect();
+    settings.dedup();
+    for (class, beam) in settings {
+        let (mut ours_err, mut fw_err, mut words, mut n, mut fw_n) = (0, 0, 0, 0, 0);
+        for ((c, b, name), r) in &mine {
+            if (*c, *b) != (class, beam) {
+                continue;
+            }
+            let clip = clips.iter().find(|x| &x.name == name).expect("clip");
+            let e = word_errors(&clip.reference, &r.text);
+            ours_err += e.substitutions + e.deletions + e.insertions;
+            words += e.reference_words;
+            n += 1;
+            if let Some(f) = theirs.get(&(class, beam, name.clone())) {
+                let e = word_errors(&clip.reference, &f.text);
+                fw_err += e.substitutions + e.deletions + e.insertions;
+                fw_n += 1;
+            }
+        }
+        let fw = if fw_n == n {
+            format!(
+                "{:.3} ({fw_err}/{words})",
+                fw_err as f64 / words.max(1) as f64
+            )
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {class} | {beam} | {n} | {:.3} ({ours_err}/{words}) | {fw} |",
+            ours_err as f64 / words.max(1) as f64
+        );
+    }
+
     for ((class, beam, name), r) in &mine {
         let clip = clips.iter().find(|c| &c.name == name).expect("clip");
         let wer = word_error_rate(&clip.reference, &r.text);

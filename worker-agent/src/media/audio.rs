@@ -4,11 +4,19 @@
 //! ~100 ms, large models seconds). Each job creates its own whisper state, so one
 //! `Transcriber` can serve several threads.
 //!
+//! Speed: Whisper's encoder always reads a 30 s window, padding shorter audio with silence, and
+//! its cost grows faster than the window (attention is quadratic). Audio that fills less is
+//! encoded for its own length ([`fitted_audio_ctx`]); longer audio is cut at pauses into pieces
+//! of 10-26 s ([`plan_pieces`]), each encoded for its length, with the text decoded so far as
+//! the next piece's prompt. `AudioOptions::fit_context = false` restores whisper.cpp's own
+//! windowing. BENCHMARKS.md has the measurements against faster-whisper.
+//!
 //! Cancellation: whisper.cpp calls an abort callback after every encoder pass (one 30 s window)
 //! and every decoder step. The callback reads an `AtomicBool` that a small watcher thread sets
-//! from the job's [`Cancel`] token, so a cancelled job stops after at most one encoder pass:
-//! about 0.5-1 s for tiny.en on 2 idle cores, more for larger models. (whisper.cpp 1.8.3 does not
-//! forward the callback into ggml's per-node check, so a pass cannot be cut short.)
+//! from the job's [`Cancel`] token (and no new piece starts once it is set), so a cancelled job
+//! stops after at most one encoder pass: about 0.5-1 s for tiny.en on 2 idle cores, more for
+//! larger models. (whisper.cpp 1.8.3 does not forward the callback into ggml's per-node check,
+//! so a pass cannot be cut short.)
 //! whisper-rs' `set_abort_callback_safe` installs the wrong trampoline, so the raw callback is
 //! used.
 
@@ -68,11 +76,13 @@ impl Default for AudioOptions {
 pub const SAMPLE_RATE: usize = 16_000;
 /// Encoder positions per second of audio (one per two 10 ms mel frames).
 const POSITIONS_PER_SECOND: usize = 50;
-/// Positions encoded past the end of the audio, so the model sees it end.
-const FIT_MARGIN: usize = 64;
+/// Positions encoded past the end of the audio (2.56 s), so the model sees it end. With 64
+/// (1.28 s), beam search split the tests' espeak sentence before its last words and misheard
+/// them; 128 costs about 7 % on short clips.
+const FIT_MARGIN: usize = 128;
 
 /// The encoder context for `samples` of audio, when they fill less than the model's window:
-/// the audio's positions plus a margin, rounded up to a multiple of 64. `None` when the audio
+/// the audio's positions plus a margin of 2.56 s, rounded up to a multiple of 64. `None` when the audio
 /// needs the whole window. The encoder's cost grows with the context (its attention with the
 /// square), and a short clip otherwise pays for 30 s of padding.
 ///
@@ -321,6 +331,9 @@ impl Transcriber {
         let mut segments = Vec::new();
         let mut whisper_seconds = 0.0;
         for (i, piece) in pieces.iter().enumerate() {
+            if cancel.is_cancelled() {
+                return Err(ProcessError::Cancelled);
+            }
             let span = (
                 from + (to - from) * piece.start as f32 / total,
                 from + (to - from) * piece.end as f32 / total,
@@ -478,7 +491,7 @@ fn whisper_failed(what: &str, e: whisper_rs::WhisperError) -> ProcessError {
 
 /// Longest piece [`plan_pieces`] makes: short enough that its fitted context
 /// ([`fitted_audio_ctx`]) stays under tiny-to-large's 1500 positions.
-pub const MAX_PIECE_SECONDS: usize = 28;
+pub const MAX_PIECE_SECONDS: usize = 26;
 /// Shortest piece [`plan_pieces`] cuts (the last piece may be shorter).
 pub const MIN_PIECE_SECONDS: usize = 10;
 /// Loudness is measured in hops of 10 ms ...
@@ -661,15 +674,15 @@ mod tests {
 
     #[test]
     fn short_audio_gets_a_fitted_context_and_a_full_window_does_not() {
-        // 11 s: 550 positions + 64 of margin, rounded up to 640.
-        assert_eq!(fitted_audio_ctx(11 * SAMPLE_RATE, 1500), Some(640));
-        assert_eq!(fitted_audio_ctx(1, 1500), Some(128));
+        // 11 s: 550 positions + 128 of margin, rounded up to 704.
+        assert_eq!(fitted_audio_ctx(11 * SAMPLE_RATE, 1500), Some(704));
+        assert_eq!(fitted_audio_ctx(1, 1500), Some(192));
         // The longest piece still fits; 30 s does not.
         assert_eq!(
             fitted_audio_ctx(MAX_PIECE_SECONDS * SAMPLE_RATE, 1500),
             Some(1472)
         );
-        assert_eq!(fitted_audio_ctx(30 * SAMPLE_RATE, 1500), None);
+        assert_eq!(fitted_audio_ctx(28 * SAMPLE_RATE, 1500), None);
         assert_eq!(fitted_audio_ctx(SAMPLE_RATE, 0), None);
     }
 
@@ -721,10 +734,10 @@ mod tests {
 
     #[test]
     fn audio_that_fits_one_piece_stays_whole() {
-        for secs in [0.5, 11.0, 19.9, 28.0] {
+        for secs in [0.5, 11.0, 19.9, 26.0] {
             let audio = tone_with_gaps(secs, &[]);
             let pieces = plan_pieces(&audio);
-            // Up to 28 s: one piece, unless it is long enough for two of 10 s.
+            // Up to 26 s: one piece, unless it is long enough for two of 10 s.
             if secs < 20.0 {
                 assert_eq!(pieces, vec![0..audio.len()], "{secs} s");
             } else {

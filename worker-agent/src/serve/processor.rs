@@ -109,7 +109,7 @@ impl MediaProcessor {
                         }
                     };
                 }
-                "beam_size" => {
+                "beam_size" | "beam" => {
                     opts.audio.beam_size = value
                         .trim()
                         .parse::<usize>()
@@ -175,7 +175,7 @@ mod tests {
             .job_options(&spec(&[
                 ("language", "de"),
                 ("translate", "true"),
-                ("beam_size", "5"),
+                ("beam", "5"),
                 ("model", "x"),
                 ("colour", "red"),
             ]))
