@@ -30,9 +30,10 @@ def main() -> int:
     )
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
 
     from faster_whisper import WhisperModel
-    from faster_whisper.audio import decode_audio
 
     on_gpu = {"float32": "float16", "int8": "int8_float16"}
     for requested in args.compute_types.split(","):

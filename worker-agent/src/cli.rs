@@ -63,8 +63,8 @@ pub struct ProcessArgs {
     /// CPU threads for transcription [default: cores, at most 8].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Beam width for decoding (1 = greedy).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    /// Beam width for decoding (1 = greedy; whisper.cpp runs at most 8 decoders).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
     pub beam_size: u16,
     /// Encode Whisper's whole 30 s window even for shorter audio (slower; the default encodes
     /// only what the audio fills).

@@ -177,7 +177,17 @@ fn jfk_transcribes_with_morag_shape_and_files() {
     assert_eq!(read("jfk.md"), md);
     let file_segs: Vec<Segment> = serde_json::from_str(&read("jfk_segments.json")).unwrap();
     let result_segs: Vec<Segment> = serde_json::from_value(r["segments"].clone()).unwrap();
-    assert_eq!(file_segs, result_segs);
+    // The same segments; a float read back from JSON text may differ in its last bit
+    // (serde_json parses fast, not round-trip exact), so confidences compare to 1e-12.
+    assert_eq!(file_segs.len(), result_segs.len());
+    for (f, r) in file_segs.iter().zip(&result_segs) {
+        assert!((f.confidence - r.confidence).abs() < 1e-12, "{f:?} / {r:?}");
+        let same = Segment {
+            confidence: r.confidence,
+            ..f.clone()
+        };
+        assert_eq!(&same, r);
+    }
     let file_meta: AudioMetadata = serde_json::from_str(&read("jfk_metadata.json")).unwrap();
     assert_eq!(file_meta.checksum, checksum);
 
@@ -333,7 +343,7 @@ fn long_audio_is_transcribed_in_pieces_with_whole_timestamps() {
 
 #[test]
 fn q8_0_model_transcribes_as_well_as_f16() {
-    let f16 = fixture_or_skip!("q8_0_model", audio_common::model());
+    let f16 = fixture_or_skip!("q8_0_model", audio_common::model_f16());
     let q8 = fixture_or_skip!("q8_0_model", audio_common::model_q8());
     let jfk = fixture_or_skip!("q8_0_model", audio_common::jfk());
     let media = fixture_or_skip!("q8_0_model", audio_common::media());

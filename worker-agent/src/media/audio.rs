@@ -5,10 +5,10 @@
 //! `Transcriber` can serve several threads.
 //!
 //! Speed: Whisper's encoder always reads a 30 s window, padding shorter audio with silence, and
-//! its cost grows faster than the window (attention is quadratic). Audio that fills less is
-//! encoded for its own length ([`fitted_audio_ctx`]); longer audio is cut at pauses into pieces
-//! of 10-26 s ([`plan_pieces`]), each encoded for its length, with the text decoded so far as
-//! the next piece's prompt. `AudioOptions::fit_context = false` restores whisper.cpp's own
+//! its cost grows faster than the window (attention is quadratic). Audio under 20 s is encoded
+//! for its own length ([`fitted_audio_ctx`]); longer audio is cut at pauses into pieces of
+//! 10-26 s ([`plan_pieces`]), each encoded for its length, with the text decoded so far as the
+//! next piece's prompt. `AudioOptions::fit_context = false` restores whisper.cpp's own
 //! windowing. BENCHMARKS.md has the measurements against faster-whisper.
 //!
 //! Cancellation: whisper.cpp calls an abort callback after every encoder pass (one 30 s window)
@@ -438,6 +438,7 @@ impl Transcriber {
         outcome.map_err(|e| whisper_failed("transcription", e))?;
 
         let eot = self.ctx.token_eot();
+        let window_seconds = window.samples.len() as f64 / SAMPLE_RATE as f64;
         let n = state.full_n_segments();
         let mut segments = Vec::with_capacity(n.max(0) as usize);
         for i in 0..n {
@@ -457,9 +458,12 @@ impl Transcriber {
                     }
                 }
             }
+            // Whisper may place an end in the margin past the window's audio: keep segments
+            // inside their piece, so that pieces do not overlap.
+            let clamp = |t: i64| (t.max(0) as f64 / 100.0).min(window_seconds);
             segments.push(Segment {
-                start: window.offset_seconds + seg.start_timestamp() as f64 / 100.0,
-                end: window.offset_seconds + seg.end_timestamp() as f64 / 100.0,
+                start: window.offset_seconds + clamp(seg.start_timestamp()),
+                end: window.offset_seconds + clamp(seg.end_timestamp()),
                 text,
                 speaker: None,
                 confidence: if count > 0 { sum / count as f64 } else { 0.0 },
@@ -499,10 +503,10 @@ const HOP: usize = SAMPLE_RATE / 100;
 /// ... averaged over 250 ms, so that a cut lands in a pause, not between two syllables.
 const QUIET_SPAN_HOPS: usize = 25;
 
-/// Where to cut `samples` for transcription: audio of at most [`MAX_PIECE_SECONDS`] stays
-/// whole; longer audio is cut at the quietest 250 ms between [`MIN_PIECE_SECONDS`] and
-/// [`MAX_PIECE_SECONDS`] after the previous cut, and a rest long enough for two pieces of
-/// [`MIN_PIECE_SECONDS`] is cut once more. Shorter pieces cost the encoder less per second (its
+/// Where to cut `samples` for transcription: audio shorter than two pieces of
+/// [`MIN_PIECE_SECONDS`] stays whole; longer audio is cut at the quietest 250 ms between
+/// [`MIN_PIECE_SECONDS`] and [`MAX_PIECE_SECONDS`] after the previous cut, never leaving less
+/// than [`MIN_PIECE_SECONDS`] behind, until the rest is too short for two pieces. Shorter pieces cost the encoder less per second (its
 /// attention grows with the square of the context) and are decoded in one window. The ranges
 /// cover the audio in order without gaps.
 pub fn plan_pieces(samples: &[f32]) -> Vec<std::ops::Range<usize>> {
@@ -526,8 +530,9 @@ pub fn plan_pieces(samples: &[f32]) -> Vec<std::ops::Range<usize>> {
     loop {
         let left = samples.len() - start;
         // Cut when the rest is too long for one piece, or long enough for two.
+        // (Never so far that less than a piece of MIN would be left.)
         let end = if left > max {
-            start + max
+            (start + max).min(samples.len() - min)
         } else if left >= 2 * min {
             samples.len() - min
         } else {

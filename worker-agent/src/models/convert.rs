@@ -18,7 +18,8 @@
 //!
 //! Which type each tensor gets is whisper.cpp's rule (it checks every tensor's size against it
 //! on load): the matrices of the attention and MLP layers and the token embedding take the
-//! chosen [`WeightType`]; the two convolution kernels are f32 in an f32 file and f16 otherwise;
+//! chosen [`WeightType`]; the two convolution kernels are f16 (whisper.cpp 1.8.3 cannot run the
+//! f32 kernels of an all-f32 file, so none is offered);
 //! biases, norms and positional embeddings are always f32. Quantized blocks are made by ggml's
 //! own `ggml_quantize_chunk` (the library whisper.cpp loads them with), so the bytes are the ones
 //! whisper.cpp's `quantize` tool writes.

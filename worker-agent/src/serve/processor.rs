@@ -114,10 +114,10 @@ impl MediaProcessor {
                         .trim()
                         .parse::<usize>()
                         .ok()
-                        .filter(|n| (1..=16).contains(n))
+                        .filter(|n| (1..=8).contains(n))
                         .ok_or_else(|| ProcessError::Option {
                             name: name.clone(),
-                            reason: format!("expected a beam width from 1 to 16, got {value:?}"),
+                            reason: format!("expected a beam width from 1 to 8, got {value:?}"),
                         })?;
                 }
                 "model" => {
@@ -183,7 +183,7 @@ mod tests {
         assert_eq!(o.audio.language.as_deref(), Some("de"));
         assert!(o.audio.translate);
         assert_eq!(o.audio.beam_size, 5);
-        for bad in ["0", "17", "wide"] {
+        for bad in ["0", "9", "wide"] {
             let err = p.job_options(&spec(&[("beam_size", bad)])).unwrap_err();
             assert!(err.to_string().contains("beam width"), "{err}");
         }

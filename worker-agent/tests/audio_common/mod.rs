@@ -89,6 +89,11 @@ pub fn model() -> Result<PathBuf, String> {
     models_file("ggml-tiny.en.bin")
 }
 
+/// models/ggml-tiny.en.bin whatever `$MORAG_MODEL` says (set up on demand).
+pub fn model_f16() -> Result<PathBuf, String> {
+    models_file("ggml-tiny.en.bin")
+}
+
 /// The same model quantized to q8_0 (`model import-ct2 --weights q8_0`, set up on demand).
 pub fn model_q8() -> Result<PathBuf, String> {
     models_file("ggml-tiny.en-q8_0.bin")
