@@ -287,7 +287,7 @@ async fn killed_hub_loses_no_job_and_runs_none_twice() {
 }
 
 #[tokio::test]
-async fn stale_result_is_refused_after_redispatch() {
+async fn result_of_a_redispatched_attempt_is_dropped_or_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let hub = Hub::start(&tmp.path().join("hub"), &["lost_grace=1s"]).await;
     let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), hub.quic_addr())
@@ -326,7 +326,10 @@ async fn stale_result_is_refused_after_redispatch() {
         attempts(&job)[1],
         ("agent-b".to_string(), "completed".to_string())
     );
-    // agent-a finished too, cut off; once back, its result is refused.
+    // agent-a finished too, cut off; once back, its result counts for nothing. Either way is
+    // right, and which one happens is a race on reconnect: the hub's answer to agent-a's
+    // registration names the attempt as abandoned and agent-a drops the result, or agent-a's
+    // delivery gets there first and the hub refuses it as stale.
     until(
         Duration::from_secs(120),
         "agent-a to finish its attempt",
@@ -337,16 +340,19 @@ async fn stale_result_is_refused_after_redispatch() {
     proxy.partition(false);
     until(
         Duration::from_secs(60),
-        "the stale result to be refused",
-        || async { (hub.api.metric("morag_hub_stale_reports").await > before).then_some(()) },
-    )
-    .await;
-    until(
-        Duration::from_secs(30),
-        "agent-a to drop the refused result",
+        "agent-a to drop its result",
         || async { (outbox_len(&a.dir) == 0).then_some(()) },
     )
     .await;
+    let refused = hub.api.metric("morag_hub_stale_reports").await > before;
+    let dropped = a
+        .proc
+        .log_text()
+        .contains("result of an abandoned attempt dropped");
+    assert!(
+        refused || dropped,
+        "agent-a's result left its outbox without being refused or abandoned"
+    );
     let job = hub.api.job(&id).await;
     assert_eq!(completed_attempts(&job), 1, "{job}");
     assert_eq!(attempts(&job)[1].0, "agent-b");
