@@ -426,9 +426,10 @@ impl Transcriber {
             r
         });
         let seconds = started.elapsed().as_secs_f64();
+        let window_seconds = window.samples.len() as f64 / SAMPLE_RATE as f64;
         tracing::debug!(
             offset_s = window.offset_seconds,
-            audio_s = window.samples.len() as f64 / SAMPLE_RATE as f64,
+            audio_s = window_seconds,
             whisper_s = seconds,
             "whisper window"
         );
@@ -438,7 +439,6 @@ impl Transcriber {
         outcome.map_err(|e| whisper_failed("transcription", e))?;
 
         let eot = self.ctx.token_eot();
-        let window_seconds = window.samples.len() as f64 / SAMPLE_RATE as f64;
         let n = state.full_n_segments();
         let mut segments = Vec::with_capacity(n.max(0) as usize);
         for i in 0..n {
