@@ -7,7 +7,14 @@ packages=(
   g++ cmake pkg-config libclang1-14 libclang-common-14-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev ffmpeg espeak-ng sox unzip
+  # The dashboard's browser test (tests/browser): Debian's Chromium, driven by playwright-core.
+  chromium
 )
+# Node.js and npm for the browser test, and venv for the Python client's tests: Debian's
+# packages unless the machine already has its own.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -283,7 +283,7 @@ async fn refusals() {
 
     // 6. No protocol version in common.
     let mut side = pki.agent_config("future");
-    side.config.protocol_versions = (2, 2);
+    side.config.protocol_versions = (9, 9);
     let e = refused(addr, side.config.clone()).await;
     eprintln!("version mismatch: {e}");
     assert!(
@@ -296,7 +296,7 @@ async fn refusals() {
         ),
         "{e:?}"
     );
-    assert_words(&e, &["version", "2"]);
+    assert_words(&e, &["version", "9"]);
     still_serving(&pki, &listener, addr, "good-7").await;
 }
 

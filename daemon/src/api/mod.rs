@@ -7,6 +7,8 @@
 mod agents;
 mod jobs;
 mod morag;
+mod overview;
+mod ui;
 mod view;
 
 use std::sync::Arc;
@@ -77,6 +79,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/agents/{id}/drain", post(agents::drain))
         .route("/api/v1/agents/{id}/undrain", post(agents::undrain))
         .route("/api/v1/agents/broadcast", post(agents::broadcast))
+        .route("/api/v1/overview", get(overview::overview))
+        .route("/api/v1/events", get(overview::events))
         .route("/api/v1/remote-jobs", post(morag::create))
         .route("/api/v1/remote-jobs/", post(morag::create))
         .route("/api/v1/remote-jobs/{id}/status", get(morag::status))
@@ -84,6 +88,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .layer(middleware::from_fn_with_state(hub.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
         .merge(api)
         .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
         .method_not_allowed_fallback(|| async {

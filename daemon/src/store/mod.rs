@@ -101,6 +101,15 @@ pub enum TokenRedemption {
 /// Every change to a job returns the events it wrote, for live subscribers.
 pub type Events = Vec<JobEvent>;
 
+/// A job's queue, state and times: one row of [`Store::activity_since`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobActivity {
+    pub queue: String,
+    pub state: JobState,
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Accept a job (state queued).
@@ -192,6 +201,9 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> StoreResult<Events>;
     async fn count_by_state(&self) -> StoreResult<Vec<(JobState, u64)>>;
+    /// Jobs created or finished at or after `since_ms`, and every job not yet final: what the
+    /// overview's throughput, failures and queue depth are counted from.
+    async fn activity_since(&self, since_ms: u64) -> StoreResult<Vec<JobActivity>>;
     /// Every content hash a job references (inputs and artifacts): what the store keeps.
     async fn referenced_content(&self) -> StoreResult<std::collections::HashSet<String>>;
 

@@ -239,6 +239,34 @@ async fn state_survives_reopening() {
 }
 
 #[tokio::test]
+async fn activity_lists_recent_and_unfinished_jobs() {
+    let (_d, s) = store().await;
+    let at = |id: &str, ms: u64| NewJob {
+        created_ms: ms,
+        ..job(id, 3)
+    };
+    // Old and finished long ago: left out. Old and still queued: in. New: in.
+    s.insert_job(&at("old-done", 1_000)).await.unwrap();
+    claim(&s, "old-done", "a1", "x").await;
+    s.complete("old-done", "a1", "{}", &[], 2_000)
+        .await
+        .unwrap();
+    s.insert_job(&at("old-queued", 1_000)).await.unwrap();
+    s.insert_job(&at("new", 50_000)).await.unwrap();
+    let mut got = s.activity_since(10_000).await.unwrap();
+    got.sort_by_key(|a| a.created_ms);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].state, JobState::Queued);
+    assert_eq!((got[0].created_ms, got[0].finished_ms), (1_000, None));
+    assert_eq!(got[1].created_ms, 50_000);
+    // Finished inside the window: in, with its finish time.
+    let all = s.activity_since(1_500).await.unwrap();
+    let done = all.iter().find(|a| a.state == JobState::Completed).unwrap();
+    assert_eq!(done.finished_ms, Some(2_000));
+    assert_eq!(done.queue, "q");
+}
+
+#[tokio::test]
 async fn referenced_content_lists_inputs_and_artifacts() {
     let (_d, s) = store().await;
     s.insert_job(&job("j", 3)).await.unwrap();

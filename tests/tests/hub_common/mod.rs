@@ -194,7 +194,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Start a hub in `dir` with fresh ports and these `--set key=value` settings.
+    /// Start a hub in `dir` with fresh ports and these `--set key=value` settings (an entry
+    /// that starts with `--` is passed as it is: `--config=FILE`).
     pub async fn start(dir: &Path, sets: &[&str]) -> Hub {
         Self::start_on(
             dir,
@@ -214,8 +215,13 @@ impl Hub {
             .arg(format!("127.0.0.1:{quic_port}"))
             .arg("--http")
             .arg(format!("127.0.0.1:{http_port}"));
+        // `key=value` settings, or whole flags (`--config=FILE`).
         for s in &sets {
-            cmd.arg("--set").arg(s);
+            if s.starts_with("--") {
+                cmd.arg(s);
+            } else {
+                cmd.arg("--set").arg(s);
+            }
         }
         let log = dir.with_extension("hub.log");
         let child = cmd

@@ -244,6 +244,16 @@ pub(crate) mod strategies {
                     last_task_completed_ms: last,
                     error_count: e,
                     warnings,
+                    gpus: (0..a % 3)
+                        .map(|i| GpuStatus {
+                            index: i,
+                            name: format!("gpu {i}"),
+                            utilization: gpu,
+                            memory_used_bytes: last,
+                            memory_total_bytes: last.map(|m| m / 2),
+                            temperature_c: gpu.map(|g| g / 2.0),
+                        })
+                        .collect(),
                 },
             )
     }

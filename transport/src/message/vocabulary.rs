@@ -28,6 +28,25 @@ pub struct WorkerHealth {
     pub error_count: u32,
     /// Problems worth an operator's attention, human-readable.
     pub warnings: Vec<String>,
+    /// Each GPU as sampled now (NVML); empty without a GPU or driver. Since protocol version 2.
+    pub gpus: Vec<GpuStatus>,
+}
+
+/// One GPU's live figures, as a worker samples them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuStatus {
+    /// Device index (NVML's order).
+    pub index: u32,
+    /// Model name, e.g. "NVIDIA H200".
+    pub name: String,
+    /// Percent of time a kernel ran over the last sample period, 0..=100.
+    pub utilization: Option<f32>,
+    /// Device memory in use, bytes.
+    pub memory_used_bytes: Option<u64>,
+    /// Device memory in all, bytes.
+    pub memory_total_bytes: Option<u64>,
+    /// Core temperature in degrees Celsius.
+    pub temperature_c: Option<f32>,
 }
 
 /// State of a connection, as one side sees it.

@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use morag_transport::WorkerHealth;
+use morag_transport::{GpuStatus, WorkerHealth};
 
 /// Machine figures from the last sample.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -13,6 +13,8 @@ pub struct Sample {
     pub memory_usage: f32,
     pub gpu_usage: Option<f32>,
     pub gpu_memory_free_bytes: Option<u64>,
+    /// Each GPU's figures (model, use, memory, temperature).
+    pub gpus: Vec<GpuStatus>,
 }
 
 /// Job outcomes, counted. No I/O.
@@ -97,6 +99,7 @@ impl Health {
             last_task_completed_ms: c.last_task_completed_ms,
             error_count: c.error_count,
             warnings,
+            gpus: s.gpus,
         }
     }
 }
@@ -143,18 +146,29 @@ impl Sampler {
             }
         }
         if let Some(nvml) = &self.nvml {
+            use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
             let (mut util, mut n, mut free) = (0.0f32, 0u32, 0u64);
             for i in 0..nvml.device_count().unwrap_or(0) {
                 let Ok(d) = nvml.device_by_index(i) else {
                     continue;
                 };
+                let mut g = GpuStatus {
+                    index: i,
+                    name: d.name().unwrap_or_default(),
+                    ..Default::default()
+                };
                 if let Ok(u) = d.utilization_rates() {
                     util += u.gpu as f32;
                     n += 1;
+                    g.utilization = Some(u.gpu as f32);
                 }
                 if let Ok(m) = d.memory_info() {
                     free += m.free;
+                    g.memory_used_bytes = Some(m.used);
+                    g.memory_total_bytes = Some(m.total);
                 }
+                g.temperature_c = d.temperature(TemperatureSensor::Gpu).ok().map(|t| t as f32);
+                s.gpus.push(g);
             }
             if n > 0 {
                 s.gpu_usage = Some(util / n as f32);

@@ -744,6 +744,28 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn activity_since(&self, since_ms: u64) -> StoreResult<Vec<super::JobActivity>> {
+        let rows = sqlx::query(
+            "SELECT queue, state, created_ms, finished_ms FROM jobs \
+             WHERE created_ms >= ?1 OR finished_ms >= ?1 \
+                OR state IN ('queued', 'assigned', 'running')",
+        )
+        .bind(i(since_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let st: String = r.try_get("state")?;
+            out.push(super::JobActivity {
+                queue: r.try_get("queue")?,
+                state: st.parse().map_err(|e| corrupt("jobs.state", e))?,
+                created_ms: u(r.try_get("created_ms")?),
+                finished_ms: r.try_get::<Option<i64>, _>("finished_ms")?.map(u),
+            });
+        }
+        Ok(out)
+    }
+
     async fn referenced_content(&self) -> StoreResult<std::collections::HashSet<String>> {
         let hashes: Vec<String> =
             sqlx::query_scalar("SELECT input_hash FROM jobs UNION SELECT hash FROM artifacts")
