@@ -244,6 +244,8 @@ pub struct Job {
     pub attempt_count: u32,
     /// The attempt whose reports count (the fence).
     pub current_attempt: Option<String>,
+    /// The agent of `current_attempt`.
+    pub agent_id: Option<String>,
     pub cancel_requested_ms: Option<u64>,
     pub progress: Option<JobProgress>,
     pub error: Option<String>,

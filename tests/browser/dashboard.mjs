@@ -93,6 +93,7 @@ try {
     check(Date.now() < deadline, `progress bar of ${short} never reached 100 (saw ${[...seen]})`);
     await page.waitForTimeout(50);
   }
+  check((await row.innerText()).includes(AGENT), "the finished job's row names its agent");
   step(`progress values seen: ${[...seen].sort((a, b) => a - b).join(", ")}`);
   await page.screenshot({ path: `${OUT}/03-jobs-completed.png`, fullPage: true });
 

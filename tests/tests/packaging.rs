@@ -78,7 +78,14 @@ async fn the_shipped_settings_files_start_the_daemons() {
     let dir = tmp.path().join("edge");
     std::fs::create_dir_all(&dir).unwrap();
     issue_agent_cert(&hub.dir, &dir, "edge-pkg");
-    let agent_toml = packaging().join("agent.toml");
+    // The shipped file plus one line whose effect the API shows, so the file is known read.
+    let shipped = std::fs::read_to_string(packaging().join("agent.toml")).unwrap();
+    let agent_toml = tmp.path().join("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!("{shipped}\nname = \"from-agent-toml\"\n"),
+    )
+    .unwrap();
     let _agent = Agent::start(
         &hub.quic(),
         &dir,
@@ -89,10 +96,8 @@ async fn the_shipped_settings_files_start_the_daemons() {
     let agents = hub.api.wait_agents(1).await;
     assert_eq!(agents, vec!["edge-pkg".to_string()]);
     let (_, list) = hub.api.get("/api/v1/agents").await;
-    assert_eq!(
-        list["agents"][0]["max_concurrent_tasks"], 1,
-        "agent.toml's setting: {list}"
-    );
+    assert_eq!(list["agents"][0]["name"], "from-agent-toml", "{list}");
+    assert_eq!(list["agents"][0]["max_concurrent_tasks"], 1, "{list}");
 }
 
 #[test]

@@ -76,7 +76,8 @@ def test_a_path_on_the_hub_and_an_open_file(client, hub):
     assert by_file.content_type == "audio" and by_file.input.name == "again.wav"
     for j in (by_path, by_file):
         assert client.wait(j.id, timeout=120).state == "completed"
-    assert by_file.id in {j.id for j in client.jobs(state="completed")}
+    listed = {j.id: j for j in client.jobs(state="completed")}
+    assert listed[by_file.id].agent_id == hub.agent_id, "listings name the agent"
 
 
 def test_events_come_in_order_and_end_with_the_job(client, hub):
@@ -218,11 +219,13 @@ def test_async_client_does_the_same(hub):
 def test_a_deadline_given_as_a_datetime_in_any_zone(client, hub):
     client.drain(hub.agent_id)  # nothing runs it: the deadline ends it
     try:
-        past = datetime.now(timezone.utc) - timedelta(seconds=5)
-        elsewhere = past.astimezone(timezone(timedelta(hours=2)))
+        soon = datetime.now(timezone.utc) + timedelta(seconds=2)
+        elsewhere = soon.astimezone(timezone(timedelta(hours=2)))
         job = client.submit_file(hub.jfk, "audio", deadline=elsewhere)
-        assert job.deadline is not None and abs((job.deadline - past).total_seconds()) < 0.01
+        assert job.deadline is not None and abs((job.deadline - soon).total_seconds()) < 0.01
         with pytest.raises(JobFailedError, match="timed_out"):
             client.wait(job.id, timeout=30)
+        with pytest.raises(BadRequestError, match="already past"):
+            client.submit_file(hub.jfk, "audio", deadline=soon - timedelta(minutes=1))
     finally:
         client.undrain(hub.agent_id)

@@ -40,6 +40,7 @@ pub fn job(j: &Job) -> Value {
         "source_path": j.source_path,
         "options": j.options,
         "external_ref": j.external_ref,
+        "agent_id": j.agent_id,
         "deadline": iso_opt(j.deadline_ms),
         "max_attempts": j.max_attempts,
         "attempt_count": j.attempt_count,

@@ -252,6 +252,24 @@ async fn activity_lists_recent_and_unfinished_jobs() {
         .await
         .unwrap();
     s.insert_job(&at("old-queued", 1_000)).await.unwrap();
+    // A job names the agent of its attempt, in a listing too; a queued one none.
+    let done = s.job("old-done").await.unwrap().unwrap();
+    assert_eq!(done.agent_id.as_deref(), Some("x"));
+    let listed = s
+        .list_jobs(&JobFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let names: Vec<_> = listed
+        .iter()
+        .map(|j| (j.id.as_str(), j.agent_id.as_deref()))
+        .collect();
+    assert!(
+        names.contains(&("old-done", Some("x"))) && names.contains(&("old-queued", None)),
+        "{names:?}"
+    );
     s.insert_job(&at("new", 50_000)).await.unwrap();
     let mut got = s.activity_since(10_000).await.unwrap();
     got.sort_by_key(|a| a.created_ms);

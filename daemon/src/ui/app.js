@@ -417,7 +417,7 @@ function jobsPanel(agentOf) {
       h("td", { class: "state" }, badge(j.state)),
       h("td", {}, `${j.content_type} · `, j.input.name, h("div", { class: "muted" }, bytes(j.input.size))),
       h("td", {}, j.queue),
-      h("td", {}, agentOf(j.id) || h("span", { class: "muted" }, "–")),
+      h("td", {}, j.agent_id || agentOf(j.id) || h("span", { class: "muted" }, "–")),
       bar,
       h("td", {}, duration(jobDuration(j))),
       h("td", { class: "error" }, j.error || ""),
@@ -527,7 +527,7 @@ function jobPage(id) {
       },
     }, "Cancel job");
     const dl = (k, v) => [h("dt", {}, k), h("dd", {}, v ?? "–")];
-    head.replaceChildren(
+    head.replaceChildren(...[
       h("h2", {}, job.input.name, " ", h("span", { id: "job-state", dataset: { state: job.state } }, badge(job.state))),
       h("div", { id: "job-progress" }, progressBar(p.percent, p.stage)),
       cancel,
@@ -539,7 +539,8 @@ function jobPage(id) {
         dl("created", when(job.created_at)), dl("started", when(job.started_at)), dl("finished", when(job.finished_at)),
         dl("duration", h("span", { id: "job-duration" }, duration(jobDuration(job)))),
         dl("attempts", `${job.attempt_count} of at most ${job.max_attempts}`),
-        job.error ? dl("error", h("span", { class: "error" }, job.error)) : null));
+        job.error ? dl("error", h("span", { class: "error" }, job.error)) : null),
+    ].filter(Boolean));
     attempts.replaceChildren(job.attempts.length
       ? h("table", {}, h("thead", {}, h("tr", {}, ["#", "agent", "dispatched", "started", "finished", "outcome", "error"].map((t) => h("th", {}, t)))),
         h("tbody", {}, job.attempts.map((a) => h("tr", {},

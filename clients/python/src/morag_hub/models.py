@@ -83,6 +83,7 @@ class Job:
     max_attempts: int
     attempt_count: int
     current_attempt: Optional[str]
+    agent_id: Optional[str]
     cancel_requested_at: Optional[datetime]
     progress: Optional[Progress]
     error: Optional[str]
@@ -121,6 +122,7 @@ class Job:
             max_attempts=int(v["max_attempts"]),
             attempt_count=int(v["attempt_count"]),
             current_attempt=v.get("current_attempt"),
+            agent_id=v.get("agent_id"),
             cancel_requested_at=_time(v.get("cancel_requested_at")),
             progress=Progress.from_json(v.get("progress")),
             error=v.get("error"),

@@ -49,7 +49,8 @@ type Tx<'a> = Transaction<'a, Sqlite>;
 const JOB_COLUMNS: &str = "id, content_type, state, queue, priority, gpu, input_hash, input_name, \
     input_size, source_path, options, external_ref, deadline_ms, max_attempts, attempt_count, \
     current_attempt, cancel_requested_ms, progress_percent, progress_stage, progress_message, \
-    progress_eta_ms, error, created_ms, updated_ms, started_ms, finished_ms, not_before_ms";
+    progress_eta_ms, error, created_ms, updated_ms, started_ms, finished_ms, not_before_ms, \
+    (SELECT agent_id FROM attempts WHERE attempts.id = jobs.current_attempt) AS agent_id";
 
 const ATTEMPT_COLUMNS: &str =
     "id, job_id, agent_id, number, dispatched_ms, started_ms, finished_ms, outcome, error";

@@ -61,6 +61,7 @@ pub(super) fn job_from_row(r: &SqliteRow) -> StoreResult<Job> {
         max_attempts: u(r.try_get("max_attempts")?) as u32,
         attempt_count: u(r.try_get("attempt_count")?) as u32,
         current_attempt: r.try_get("current_attempt")?,
+        agent_id: r.try_get("agent_id")?,
         cancel_requested_ms: opt_u(r.try_get("cancel_requested_ms")?),
         progress,
         error: r.try_get("error")?,
