@@ -11,7 +11,8 @@ command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb
 which=("${@:-hub agent}")
 for w in ${which[*]}; do
   case "$w" in
-    hub | agent) cargo deb -p "morag-$w" ;;
+    # Stripped: the release profile keeps line tables for the benchmarks' profiles.
+    hub | agent) cargo deb -p "morag-$w" --strip ;;
     *) echo "package-deb: unknown package $w (hub or agent)" >&2; exit 2 ;;
   esac
 done
