@@ -9,6 +9,8 @@ packages=(
   libavfilter-dev libavdevice-dev ffmpeg espeak-ng sox unzip
   # The dashboard's browser test (tests/browser): Debian's Chromium, driven by playwright-core.
   chromium
+  # The container images' test (scripts/build-images.sh): podman and a debootstrap base.
+  podman debootstrap
 )
 # Node.js and npm for the browser test, and venv for the Python client's tests: Debian's
 # packages unless the machine already has its own.

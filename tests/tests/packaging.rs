@@ -5,6 +5,7 @@ mod hub_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use hub_common::*;
 
@@ -128,4 +129,74 @@ fn every_packed_asset_exists() {
             .join(format!("{}.service", units["unit-name"].as_str().unwrap()));
         assert!(unit.is_file(), "{}", unit.display());
     }
+}
+
+fn healthcheck(bin_name: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin(bin_name))
+        .arg("healthcheck")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// What a container relies on: health checks for both daemons, and an agent that enrolls
+/// itself on first start with a join token from a file.
+#[tokio::test]
+async fn health_checks_and_enrollment_on_first_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hub = Hub::start(&tmp.path().join("hub"), &[]).await;
+    let (ok, text) = healthcheck("morag-hub", &["--url", &hub.api.base]);
+    assert!(ok && text.contains("healthy"), "{text}");
+    let data = hub.dir.to_str().unwrap().to_string();
+    let (ok, text) = healthcheck("morag-hub", &["--data", &data]);
+    assert!(ok, "the URL from the data directory: {text}");
+    let (ok, text) = healthcheck("morag-hub", &["--url", "http://127.0.0.1:9"]);
+    assert!(!ok && text.contains("no answer"), "{text}");
+
+    let dir = tmp.path().join("edge");
+    let dir_s = dir.to_str().unwrap().to_string();
+    let (ok, text) = healthcheck("morag-agent", &["--dir", &dir_s]);
+    assert!(!ok && text.contains("no status"), "{text}");
+    let token_file = tmp.path().join("join-token");
+    std::fs::write(&token_file, format!("{}\n", hub.join_token("10m"))).unwrap();
+    let token_env = token_file.to_str().unwrap().to_string();
+    let _agent = Agent::start(
+        &hub.quic(),
+        &dir,
+        "first-start",
+        &[],
+        &[
+            ("MORAG_REMOTE_JOIN_TOKEN_FILE", token_env.as_str()),
+            ("MORAG_REMOTE_WORKER_ID", "first-start"),
+        ],
+    );
+    assert_eq!(
+        hub.api.wait_agents(1).await,
+        vec!["first-start".to_string()]
+    );
+    assert!(dir.join("agent.pem").is_file(), "enrolled into --dir");
+    let healthy = until(Duration::from_secs(15), "agent healthcheck", || async {
+        let (ok, text) = healthcheck("morag-agent", &["--dir", &dir_s]);
+        ok.then_some(text)
+    })
+    .await;
+    assert!(
+        healthy.contains("first-start") && healthy.contains(&hub.quic()),
+        "{healthy}"
+    );
+
+    // The hub goes away: the agent says it is not connected.
+    hub.proc.kill9();
+    let unhealthy = until(Duration::from_secs(20), "agent unhealthy", || async {
+        let (ok, text) = healthcheck("morag-agent", &["--dir", &dir_s]);
+        (!ok).then_some(text)
+    })
+    .await;
+    assert!(unhealthy.contains("not connected"), "{unhealthy}");
 }

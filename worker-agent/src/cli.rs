@@ -39,6 +39,16 @@ pub enum Command {
     /// Manage Whisper models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Exit 0 when the agent serving from DIR holds a session with its hub, else say why and
+    /// exit 1 (a container's or a monitor's health check; reads DIR/status.json).
+    Healthcheck {
+        /// The agent's directory, as given to `serve --dir`.
+        #[arg(long, value_name = "DIR", default_value = "morag-agent")]
+        dir: PathBuf,
+        /// Oldest status accepted, in seconds (serve rewrites it every 2 s).
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        max_age: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +112,13 @@ pub struct ServeArgs {
     /// ggml Whisper model, loaded once [default: models/ggml-tiny.en.bin].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
+    /// When DIR holds no certificate yet, enroll with this join token first (a container's
+    /// first start) [env MORAG_REMOTE_JOIN_TOKEN]; ignored once enrolled.
+    #[arg(long, value_name = "TOKEN")]
+    pub join_token: Option<String>,
+    /// The same, read from a file [env MORAG_REMOTE_JOIN_TOKEN_FILE].
+    #[arg(long, value_name = "PATH")]
+    pub join_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +254,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Process(args) => process(args),
         Command::Serve(_) => anyhow::bail!("serve runs through cli::main"),
         Command::Enroll(args) => crate::enroll::run(args),
+        Command::Healthcheck { dir, max_age } => {
+            let s = crate::serve::status::check(
+                &dir,
+                std::time::Duration::from_secs(max_age),
+                morag_transport::unix_ms(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            println!(
+                "healthy: agent {} connected to the hub at {}",
+                s.agent_id, s.hub
+            );
+            Ok(())
+        }
         Command::Model(ModelCommand::ImportCt2 { dir, out, weights }) => {
             let s = models::convert_ct2_dir(&dir, &out, weights)
                 .with_context(|| format!("converting {}", dir.display()))?;
@@ -363,6 +393,44 @@ fn fetch(name: &str, dir: &Path) -> anyhow::Result<()> {
 
 /// Load the serve settings: `--config` (or `$MORAG_AGENT_CONFIG`, or `./agent.toml` when
 /// present), then `./.env`, then the environment, then the flags.
+/// `serve` with a join token and no certificate in DIR: enroll first, as `enroll` would.
+fn enroll_on_first_start(args: &ServeArgs, config: &ServeConfig) -> anyhow::Result<()> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let token = args
+        .join_token
+        .clone()
+        .or_else(|| env("MORAG_REMOTE_JOIN_TOKEN"));
+    let file = args
+        .join_token_file
+        .clone()
+        .or_else(|| env("MORAG_REMOTE_JOIN_TOKEN_FILE").map(PathBuf::from));
+    if token.is_none() && file.is_none() {
+        return Ok(());
+    }
+    if config.dir.join("agent.pem").is_file() {
+        tracing::info!(dir = %config.dir.display(), "already enrolled; the join token is not used");
+        return Ok(());
+    }
+    let token = match (token, file) {
+        (Some(t), _) => t,
+        (None, Some(p)) => std::fs::read_to_string(&p)
+            .with_context(|| format!("reading the join token from {}", p.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => unreachable!("checked above"),
+    };
+    tracing::info!(dir = %config.dir.display(), "not enrolled yet: enrolling with the join token");
+    crate::enroll::run(crate::enroll::EnrollArgs {
+        token,
+        hub: args.hub.clone(),
+        dir: config.dir.clone(),
+        id: config.worker_id.clone(),
+        name: config.name.clone(),
+        force: false,
+    })
+    .context("enrolling on first start")
+}
+
 pub fn load_serve_config(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     let file = args
         .config
@@ -422,6 +490,10 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
         None => None,
     };
     init_tracing_with(log_json, config.log_level.as_deref(), log_file);
+    if let Err(e) = enroll_on_first_start(&args, &config) {
+        eprintln!("morag-agent: error: {}", one_line(&e));
+        return ExitCode::from(69);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

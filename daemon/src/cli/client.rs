@@ -24,6 +24,28 @@ pub struct ApiClient {
 /// Files `serve` leaves in the data directory for the command line.
 pub const URL_FILE: &str = "hub-url";
 
+/// The hub's data directory: the flag, `MORAG_HUB_DATA`, or `./morag-hub`.
+pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var("MORAG_HUB_DATA").ok().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("morag-hub"))
+}
+
+/// The hub's URL: the flag, `MORAG_HUB_URL`, or what `serve` wrote in the data directory.
+pub fn base_url(flag: Option<String>, data: Option<PathBuf>) -> anyhow::Result<String> {
+    if let Some(u) = flag.or_else(|| std::env::var("MORAG_HUB_URL").ok()) {
+        return Ok(u);
+    }
+    let dir = data_dir(data);
+    std::fs::read_to_string(dir.join(URL_FILE))
+        .map(|s| s.trim().to_string())
+        .with_context(|| {
+            format!(
+                "no hub URL: pass --url or set MORAG_HUB_URL (or run where the hub's data directory {} is)",
+                dir.display()
+            )
+        })
+}
+
 impl ApiClient {
     pub fn new(base: &str, token: &str) -> Self {
         Self {
@@ -35,22 +57,8 @@ impl ApiClient {
 
     /// `--url`/`--token`, then `MORAG_HUB_URL`/`MORAG_HUB_TOKEN`, then the data directory.
     pub fn from_args(args: &ApiArgs) -> anyhow::Result<Self> {
-        let dir = args
-            .data
-            .clone()
-            .or_else(|| std::env::var("MORAG_HUB_DATA").ok().map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("morag-hub"));
-        let url = match args.url.clone().or_else(|| std::env::var("MORAG_HUB_URL").ok()) {
-            Some(u) => u,
-            None => std::fs::read_to_string(dir.join(URL_FILE))
-                .map(|s| s.trim().to_string())
-                .with_context(|| {
-                    format!(
-                        "no hub URL: pass --url or set MORAG_HUB_URL (or run where the hub's data directory {} is)",
-                        dir.display()
-                    )
-                })?,
-        };
+        let dir = data_dir(args.data.clone());
+        let url = base_url(args.url.clone(), Some(dir.clone()))?;
         let token = match args.token.clone().or_else(|| std::env::var("MORAG_HUB_TOKEN").ok()) {
             Some(t) => t,
             None => std::fs::read_to_string(dir.join("api-token"))

@@ -39,6 +39,16 @@ pub enum Command {
     Token(TokenCommand),
     /// Submit a media file as a job.
     Submit(submit::SubmitArgs),
+    /// Exit 0 when the hub answers /healthz with "ok", else say why and exit 1 (a container's
+    /// or a monitor's health check; needs no token).
+    Healthcheck {
+        /// Hub URL [env MORAG_HUB_URL; default: DIR/hub-url].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// The hub's data directory [env MORAG_HUB_DATA; default: ./morag-hub].
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
     /// List jobs.
     Jobs {
         #[arg(long)]
@@ -362,6 +372,28 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 );
             }
             Ok(0)
+        }
+        Command::Healthcheck { url, data } => {
+            let url = client::base_url(url, data)?;
+            let answer = reqwest::Client::new()
+                .get(format!("{}/healthz", url.trim_end_matches('/')))
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("no answer from the hub at {url}: {e}"))?;
+            let status = answer.status();
+            let v: serde_json::Value = answer.json().await.unwrap_or_default();
+            if status.is_success() && v["status"] == "ok" {
+                println!(
+                    "healthy: hub {} at {url}, {} agents connected",
+                    v["version"].as_str().unwrap_or("?"),
+                    v["agents_connected"]
+                );
+                Ok(0)
+            } else {
+                eprintln!("morag-hub: unhealthy: {url}/healthz answered {status}: {v}");
+                Ok(1)
+            }
         }
         Command::Workers { api } => {
             let c = ApiClient::from_args(&api)?;

@@ -24,7 +24,8 @@
 //! # Files in `dir`
 //! `agent.pem`, `agent.key`, `ca.pem` (optional `crl.pem`) and `hub` (the hub's `HOST:PORT`),
 //! written by `enroll`; `store/` (the transport's content store: inputs by hash),
-//! `jobs/<attempt_id>/` (work directories), `outbox/<attempt_id>.json` (undelivered reports).
+//! `jobs/<attempt_id>/` (work directories), `outbox/<attempt_id>.json` (undelivered reports),
+//! `status.json` (connected or not, for `morag-agent healthcheck`: `status.rs`).
 //!
 //! # Shutdown
 //! Cancelling `shutdown` drains: new work is refused, running work may finish for
@@ -43,6 +44,7 @@ pub mod processor;
 pub mod progress;
 pub mod runner;
 mod state;
+pub mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -240,6 +242,7 @@ async fn serve(
         agent.start_delivery(report);
     }
 
+    agent.spawn(status::run_loop(agent.clone(), hub.clone()));
     agent.spawn(connection::maintain(agent.clone(), client.clone(), hub));
     agent.spawn(health::run_loop(agent.clone()));
     agent.spawn(cleanup::run_loop(agent.clone()));
