@@ -54,22 +54,27 @@ deb $mirror bookworm-updates main
 deb $security bookworm-security main
 EOF
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-  tar -C "$root" -c . | podman import - "$BASE" >/dev/null
+  tar -C "$root" -c . | podman import --quiet - "$BASE" >/dev/null
   rm -rf "$root"
 fi
 
-# 2. The builder: the base with this machine's Rust toolchain (what `rust:1-bookworm` would be).
+# 2. The builder: the base with this machine's Rust toolchain (what `rust:1-bookworm` would be)
+# and this machine's certificate authorities, so cargo reaches crates.io through whatever TLS
+# proxy this machine trusts.
 sysroot=$(rustc --print sysroot)
-version=$(rustc --version | awk '{print $2}')
-if [ "$(podman image inspect --format '{{ index .Config.Labels "rust" }}' "$BUILDER" 2>/dev/null || true)" != "$version" ]; then
-  log "builder image with Rust $version from $sysroot"
+cas=/etc/ssl/certs/ca-certificates.crt
+stamp="$(rustc --version | awk '{print $2}')-$(sha256sum "$cas" | cut -c1-12)"
+if [ "$(podman image inspect --format '{{ index .Config.Labels "morag.builder" }}' "$BUILDER" 2>/dev/null || true)" != "$stamp" ]; then
+  log "builder image with $(rustc --version) from $sysroot"
   podman build --isolation chroot --format docker -q -t "$BUILDER" \
-    --volume "$sysroot:/opt/host-rust:ro" -f - . <<EOF >/dev/null
+    --volume "$sysroot:/opt/host-rust:ro" --volume "$cas:/opt/host-ca.crt:ro" -f - . <<EOF >/dev/null
 FROM $BASE
-RUN cp -a /opt/host-rust /usr/local/rust && rm -rf /usr/local/rust/share/doc
+RUN cp -a /opt/host-rust /usr/local/rust && rm -rf /usr/local/rust/share/doc \\
+ && install -D -m 0644 /opt/host-ca.crt /usr/local/share/morag-build/ca.crt
 ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
-    CARGO_HOME=/usr/local/cargo
-LABEL rust=$version
+    CARGO_HOME=/usr/local/cargo \\
+    CARGO_HTTP_CAINFO=/usr/local/share/morag-build/ca.crt
+LABEL morag.builder=$stamp
 EOF
 fi
 
@@ -106,8 +111,8 @@ bind() { # host-path image-mount path-inside
 hubfs=$(podman image mount "$HUB")
 agentfs=$(podman image mount "$AGENT")
 
-for spec in "$HUB:morag-hub:$hubfs" "$AGENT:morag-agent:$agentfs"; do
-  IFS=: read -r image bin fs <<<"$spec"
+for spec in "$HUB|morag-hub|$hubfs" "$AGENT|morag-agent|$agentfs"; do
+  IFS='|' read -r image bin fs <<<"$spec"
   # The user, the health check and the entry point the image declares.
   user=$(podman image inspect --format '{{.Config.User}}' "$image")
   [ "$user" = morag ] || fail "$image runs as '$user', not morag"
@@ -136,7 +141,8 @@ log "agent image transcribed jfk.wav: $(cat "$work/out/jfk_transcript.txt")"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 quic=$(port)
 http=$(port)
-mkdir -p "$work/hub-data" "$work/agent-data" "$work/join"
+# (the runtime makes a volume's mount point inside another volume; here it is made by hand)
+mkdir -p "$work/hub-data" "$work/agent-data/models" "$work/join"
 chown 10001:10001 "$work/hub-data" "$work/agent-data" "$work/join"
 bind "$work/hub-data" "$hubfs" /var/lib/morag-hub
 bind "$work/join" "$hubfs" /var/lib/morag-join
@@ -171,7 +177,7 @@ pids+=($!)
 hub_pid=$!
 until_ok 60 "the hub's health check" in_hub /usr/bin/morag-hub healthcheck
 log "hub image: $(in_hub /usr/bin/morag-hub healthcheck)"
-in_hub /bin/sh -c 'morag-hub token create --data /var/lib/morag-hub --ttl 10m | tail -n 1 > /var/lib/morag-join/token'
+in_hub /bin/sh -c 'morag-hub token create --data /var/lib/morag-hub --ttl 10m | tail -n 1 > /var/lib/morag-join/token' 2>>"$work/hub.log"
 [ -s "$work/join/token" ] || fail "no join token written"
 
 (in_agent /usr/bin/morag-agent serve --dir /var/lib/morag-agent >"$work/agent.log" 2>&1) &
