@@ -391,8 +391,6 @@ fn fetch(name: &str, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Load the serve settings: `--config` (or `$MORAG_AGENT_CONFIG`, or `./agent.toml` when
-/// present), then `./.env`, then the environment, then the flags.
 /// `serve` with a join token and no certificate in DIR: enroll first, as `enroll` would.
 fn enroll_on_first_start(args: &ServeArgs, config: &ServeConfig) -> anyhow::Result<()> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
@@ -404,20 +402,17 @@ fn enroll_on_first_start(args: &ServeArgs, config: &ServeConfig) -> anyhow::Resu
         .join_token_file
         .clone()
         .or_else(|| env("MORAG_REMOTE_JOIN_TOKEN_FILE").map(PathBuf::from));
-    if token.is_none() && file.is_none() {
-        return Ok(());
-    }
-    if config.dir.join("agent.pem").is_file() {
-        tracing::info!(dir = %config.dir.display(), "already enrolled; the join token is not used");
-        return Ok(());
-    }
     let token = match (token, file) {
+        (None, None) => return Ok(()),
+        _ if config.dir.join("agent.pem").is_file() => {
+            tracing::info!(dir = %config.dir.display(), "already enrolled; the join token is not used");
+            return Ok(());
+        }
         (Some(t), _) => t,
         (None, Some(p)) => std::fs::read_to_string(&p)
             .with_context(|| format!("reading the join token from {}", p.display()))?
             .trim()
             .to_string(),
-        (None, None) => unreachable!("checked above"),
     };
     tracing::info!(dir = %config.dir.display(), "not enrolled yet: enrolling with the join token");
     crate::enroll::run(crate::enroll::EnrollArgs {
@@ -431,6 +426,8 @@ fn enroll_on_first_start(args: &ServeArgs, config: &ServeConfig) -> anyhow::Resu
     .context("enrolling on first start")
 }
 
+/// Load the serve settings: `--config` (or `$MORAG_AGENT_CONFIG`, or `./agent.toml` when
+/// present), then `./.env`, then the environment, then the flags.
 pub fn load_serve_config(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     let file = args
         .config

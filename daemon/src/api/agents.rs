@@ -49,14 +49,8 @@ pub async fn list(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Val
                     "active_tasks": l.health.active_tasks,
                     "error_count": l.health.error_count,
                     "warnings": l.health.warnings,
-                    "gpus": l.health.gpus.iter().map(|g| json!({
-                        "index": g.index,
-                        "name": g.name,
-                        "utilization": g.utilization,
-                        "memory_used_bytes": g.memory_used_bytes,
-                        "memory_total_bytes": g.memory_total_bytes,
-                        "temperature_c": g.temperature_c,
-                    })).collect::<Vec<_>>(),
+                    // The agent's own field names (docs/api.md lists them).
+                    "gpus": l.health.gpus,
                 })),
                 "connection": status.map(|s| json!({
                     "quality": s.quality,
