@@ -11,6 +11,9 @@ packages=(
   chromium
   # The container images' test (scripts/build-images.sh): podman and a debootstrap base.
   podman debootstrap
+  # Several hubs on one database: the PostgreSQL tests start their own server from these
+  # binaries (scripts/test-postgres.sh), the main cluster the package makes is not used.
+  postgresql
 )
 # Node.js and npm for the browser test, and venv for the Python client's tests: Debian's
 # packages unless the machine already has its own.

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::store::sqlite::SyncMode;
+use crate::store::sql::SyncMode;
+use crate::store::StoreTarget;
 
 /// A setting could not be used. The binary exits 64 with this message.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,15 @@ pub struct HubConfig {
     pub name: String,
     pub dns_names: Vec<String>,
     pub ips: Vec<std::net::IpAddr>,
+    /// The database: `None` for the embedded SQLite file (`DATA/hub.db`), or a
+    /// `postgres://` URL that several hubs share.
+    pub store: Option<String>,
+    /// Commit durability of the embedded database.
     pub sync: SyncMode,
+    /// The content store (inputs and artifacts by BLAKE3); default `DATA/store`. Hubs sharing a
+    /// database must share this directory too (a network file system), so any hub can send
+    /// any input and serve any artifact.
+    pub content_dir: Option<PathBuf>,
     /// Queue for jobs that name none.
     pub default_queue: String,
     /// Where a queue's jobs that prefer a GPU may go when no GPU agent took them in time.
@@ -94,7 +103,9 @@ impl Default for HubConfig {
             name: "morag-hub".into(),
             dns_names: Vec::new(),
             ips: Vec::new(),
+            store: None,
             sync: SyncMode::Full,
+            content_dir: None,
             default_queue: "gpu_priority".into(),
             fallback_queues,
             max_attempts: 3,
@@ -128,7 +139,9 @@ pub const KEYS: &[&str] = &[
     "name",
     "dns_names",
     "ips",
+    "store",
     "sync",
+    "content_dir",
     "default_queue",
     "fallback_queues",
     "max_attempts",
@@ -227,6 +240,28 @@ impl HubConfig {
                         })
                     })
                     .collect::<Result<_, _>>()?
+            }
+            "store" => {
+                let v = value.trim();
+                self.store = match v {
+                    "" | "sqlite" | "embedded" => None,
+                    url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                        Some(url.to_string())
+                    }
+                    other => {
+                        return Err(ConfigError::new(
+                            field,
+                            format!(
+                                "expected sqlite (the embedded database) or a postgres:// URL, got {:?}",
+                                crate::store::redact_url(other)
+                            ),
+                        ))
+                    }
+                }
+            }
+            "content_dir" => {
+                let v = value.trim();
+                self.content_dir = (!v.is_empty()).then(|| PathBuf::from(v));
             }
             "sync" => {
                 self.sync = match value.trim() {
@@ -395,7 +430,16 @@ impl HubConfig {
         self.data.join("pki")
     }
     pub fn store_dir(&self) -> PathBuf {
-        self.data.join("store")
+        self.content_dir
+            .clone()
+            .unwrap_or_else(|| self.data.join("store"))
+    }
+    /// The database this hub uses.
+    pub fn store_target(&self) -> StoreTarget {
+        match &self.store {
+            Some(url) => StoreTarget::Postgres(url.clone()),
+            None => StoreTarget::Sqlite(self.db_path()),
+        }
     }
     pub fn uploads_dir(&self) -> PathBuf {
         self.data.join("uploads")

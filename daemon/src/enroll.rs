@@ -63,9 +63,10 @@ pub async fn create_token(
     };
     let fp = morag_certs::enroll::ca_fingerprint(&ca.cert_der());
     let token = JoinToken::generate(&hub, fp).map_err(|e| anyhow::anyhow!("--hub {hub:?}: {e}"))?;
-    let store = crate::store::sqlite::SqliteStore::open(&config.db_path(), config.sync)
+    let target = config.store_target();
+    let store = crate::store::sql::SqlStore::open(&target, config.sync, "cli")
         .await
-        .with_context(|| format!("opening the database {}", config.db_path().display()))?;
+        .with_context(|| format!("opening the database {}", target.redacted()))?;
     let now = unix_ms();
     store
         .insert_token(

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HubConfig;
 use crate::hub::Hub;
 use crate::init;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sql::SqlStore;
+use crate::store::Store;
 
 /// A hub that is up: where it listens and what a client needs.
 #[derive(Debug)]
@@ -51,9 +52,15 @@ impl Running {
 /// Open everything and start serving.
 pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let data = init::prepare(&config)?;
-    let store = SqliteStore::open(&config.db_path(), config.sync)
+    let hub_id = crate::hub::new_id("hub");
+    let target = config.store_target();
+    let store = SqlStore::open(&target, config.sync, &hub_id)
         .await
-        .with_context(|| format!("opening the database {}", config.db_path().display()))?;
+        .with_context(|| format!("opening the database {}", target.redacted()))?;
+    let notices = store
+        .notices()
+        .await
+        .with_context(|| format!("listening to the database {}", target.redacted()))?;
     let mut session = SessionConfig::new(data.credentials.clone());
     session.revocations = data.revocations.clone();
     session.store_dir = config.store_dir();
@@ -105,6 +112,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     let authority = Arc::new(crate::enroll::HubAuthority::new(store.clone(), data.ca));
     let chain = format!("{}{}", data.hub_cert_pem, data.credentials.ca_pem);
     let hub = Hub::new(
+        hub_id,
         config,
         store,
         listener,
@@ -113,7 +121,6 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         data.ca_fingerprint,
         shutdown.clone(),
     )?;
-    hub.recover().await?;
 
     let mut tasks = JoinSet::new();
     let key = data.hub_key_pem.clone();
@@ -128,6 +135,10 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
     tasks.spawn(hub.clone().accept_loop());
     tasks.spawn(hub.clone().dispatch_loop());
     tasks.spawn(hub.clone().rescue_loop());
+    tasks.spawn(hub.clone().lease_loop());
+    if let Some(notices) = notices {
+        tasks.spawn(hub.clone().notice_loop(notices));
+    }
     tasks.spawn(hub.clone().gc_loop());
     let app = crate::api::router(hub.clone());
     let stop = shutdown.clone();
@@ -141,7 +152,7 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    tracing::info!(%quic, %http, advertised, "hub up");
+    tracing::info!(%quic, %http, advertised, hub_id = %hub.hub_id, store = %target.redacted(), "hub up");
     Ok(Running {
         hub,
         quic,
@@ -169,6 +180,9 @@ pub async fn run(config: HubConfig, shutdown: CancellationToken) -> anyhow::Resu
     let fp = init::fingerprint_text(&running.hub.ca_fingerprint);
     println!("morag-hub {}", env!("CARGO_PKG_VERSION"));
     println!("  data:      {}", data_dir.display());
+    println!("  database:  {}", running.hub.config.store_target().redacted());
+    println!("  content:   {}", running.hub.config.store_dir().display());
+    println!("  hub id:    {}", running.hub.hub_id);
     println!(
         "  quic:      {} (agents dial {})",
         running.quic, running.advertised

@@ -14,16 +14,19 @@ use crate::hub::Hub;
 
 pub async fn list(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Value>> {
     let stored = hub.store.agents().await?;
+    // Open attempts from the database: every hub's, not only those this hub dispatched.
+    let open = hub.store.open_attempts().await?;
+    let now = morag_transport::unix_ms();
     let live = hub.agents.lock().unwrap();
-    let attempts = hub.attempts.lock().unwrap();
     let agents: Vec<_> = stored
         .iter()
         .map(|a| {
-            let l = live.get(&a.id);
-            let running: Vec<_> = attempts
+            let l = live.get(&a.id).filter(|l| l.connected || !hub.held_elsewhere(a, now));
+            let elsewhere = l.is_none() && hub.held_elsewhere(a, now);
+            let running: Vec<_> = open
                 .iter()
-                .filter(|(_, x)| x.agent_id == a.id)
-                .map(|(id, x)| json!({"attempt_id": id, "job_id": x.job_id}))
+                .filter(|x| x.agent_id == a.id)
+                .map(|x| json!({"attempt_id": x.id, "job_id": x.job_id}))
                 .collect();
             let status = l.map(|l| l.session.status());
             json!({
@@ -40,7 +43,10 @@ pub async fn list(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Val
                 "hardware": a.hardware,
                 "drained": a.drained,
                 "draining": l.is_some_and(|l| l.registration.draining),
-                "connected": l.is_some_and(|l| l.connected),
+                "connected": l.is_some_and(|l| l.connected) || elsewhere,
+                // The hub holding its session: this one, another (its health and connection
+                // are known there), or none.
+                "hub": if l.is_some_and(|l| l.connected) { Some(hub.hub_id.as_str()) } else if elsewhere { a.hub_id.as_deref() } else { None },
                 "health": l.map(|l| json!({
                     "healthy": l.health.healthy,
                     "cpu_usage": l.health.cpu_usage,

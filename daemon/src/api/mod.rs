@@ -122,7 +122,7 @@ async fn require_token(State(hub): State<Arc<Hub>>, req: Request, next: Next) ->
         .strip_prefix("Bearer ")
         .or_else(|| given.strip_prefix("bearer "))
         .unwrap_or("");
-    if !crate::store::sqlite::constant_time_eq(token.trim().as_bytes(), hub.api_token.as_bytes()) {
+    if !crate::store::sql::constant_time_eq(token.trim().as_bytes(), hub.api_token.as_bytes()) {
         return ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response();
     }
     next.run(req).await

@@ -28,15 +28,17 @@ pub async fn overview(State(hub): State<Arc<Hub>>) -> ApiResult<Json<Value>> {
     let counts = hub.store.count_by_state().await?;
     let activity = hub.store.activity_since(since).await?;
     let (known, connected, busy) = {
-        let stored = hub.store.agents().await?.len();
+        // Every hub's agents: those connected here, and those another hub holds a lease for.
+        let stored = hub.store.agents().await?;
+        let open = hub.store.open_attempts().await?;
         let live = hub.agents.lock().unwrap();
-        let attempts = hub.attempts.lock().unwrap();
-        let connected = live.values().filter(|a| a.connected).count();
-        let busy = live
-            .keys()
-            .filter(|id| attempts.values().any(|x| &x.agent_id == *id))
+        let connected = stored
+            .iter()
+            .filter(|a| live.get(&a.id).is_some_and(|l| l.connected) || hub.held_elsewhere(a, now))
             .count();
-        (stored, connected, busy)
+        let busy: std::collections::HashSet<&str> =
+            open.iter().map(|a| a.agent_id.as_str()).collect();
+        (stored.len(), connected, busy.len())
     };
     let mut jobs = serde_json::Map::new();
     for st in JobState::ALL {

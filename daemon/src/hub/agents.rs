@@ -108,10 +108,10 @@ impl Hub {
         match &env.body {
             Body::User(u) => match u.kind.as_str() {
                 kind::REGISTER => match env.decode_user::<Registration>(kind::REGISTER) {
-                    Some(Ok(reg)) => {
-                        let reply = self.register(peer, session, reg).await;
-                        respond_user(session, &env, kind::REGISTERED, &reply);
-                    }
+                    Some(Ok(reg)) => match self.register(peer, session, reg).await {
+                        Ok(reply) => respond_user(session, &env, kind::REGISTERED, &reply),
+                        Err(message) => refuse(session, &env, &message),
+                    },
                     _ => refuse(session, &env, "malformed registration"),
                 },
                 kind::FETCH_INPUT => match env.decode_user::<FetchInput>(kind::FETCH_INPUT) {
@@ -179,13 +179,16 @@ impl Hub {
         }
     }
 
-    /// A (re)registration: record the agent, reconcile its attempts with ours.
+    /// A (re)registration, first or after a failover from another hub: take the agent's
+    /// lease, reconcile the attempts it reports with those the database has open for it. An
+    /// error (the database is away) is sent back and the agent registers again later: until
+    /// it is registered, nothing is dispatched to it.
     async fn register(
         self: &Arc<Self>,
         peer: &str,
         session: &Session,
         reg: Registration,
-    ) -> Registered {
+    ) -> Result<Registered, String> {
         let now = unix_ms();
         let reported: HashSet<&str> = reg
             .running
@@ -193,44 +196,12 @@ impl Hub {
             .chain(&reg.undelivered)
             .map(|a: &AttemptRef| a.attempt_id.as_str())
             .collect();
-        let ours: Vec<(String, LiveAttempt)> = self
-            .attempts
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, a)| a.agent_id == peer)
-            .map(|(id, a)| (id.clone(), a.clone()))
-            .collect();
-        let mut keep = Vec::new();
-        for (attempt_id, live) in &ours {
-            if reported.contains(attempt_id.as_str()) {
-                keep.push(attempt_id.clone());
-            } else {
-                // The agent no longer has it (it restarted, or never got the assignment).
-                self.lose_attempt(
-                    &live.job_id,
-                    attempt_id,
-                    &format!("agent {peer} registered without this attempt (restarted?)"),
-                )
-                .await;
-            }
-        }
-        let abandon: Vec<String> = reported
-            .iter()
-            .filter(|id| !keep.iter().any(|k| k == *id))
-            .map(|s| s.to_string())
-            .collect();
-        // An operator's drain must hold even when it cannot be read now: fail closed.
-        let (stored, drained) = match self.store.agent(peer).await {
-            Ok(stored) => {
-                let drained = stored.as_ref().is_some_and(|a| a.drained);
-                (stored, drained)
-            }
-            Err(e) => {
-                tracing::error!(agent_id = %peer, error = %e, "cannot read the agent's drain mark; treating it as drained");
-                (None, true)
-            }
+        let db = |e: crate::store::StoreError| {
+            tracing::error!(agent_id = %peer, error = %e, "cannot register the agent");
+            format!("the hub cannot reach its database ({e}); register again later")
         };
+        let stored = self.store.agent(peer).await.map_err(db)?;
+        let drained = stored.as_ref().is_some_and(|a| a.drained);
         let record = AgentRecord {
             id: peer.to_string(),
             name: reg.name.clone(),
@@ -246,10 +217,38 @@ impl Hub {
             drained,
             first_seen_ms: stored.as_ref().map(|a| a.first_seen_ms).unwrap_or(now),
             last_seen_ms: now,
+            hub_id: Some(self.hub_id.clone()),
+            lease_ms: Some(self.lease_until(now)),
         };
-        if let Err(e) = self.store.upsert_agent(&record).await {
-            tracing::error!(agent_id = %peer, error = %e, "could not record the agent");
+        // The lease first: from here no hub's sweep takes the agent's attempts.
+        self.store.upsert_agent(&record).await.map_err(db)?;
+        let open = self.store.open_attempts_of(peer).await.map_err(db)?;
+        let mut keep = Vec::new();
+        for a in &open {
+            if reported.contains(a.id.as_str()) {
+                keep.push(a.id.clone());
+                self.attempts.lock().unwrap().insert(
+                    a.id.clone(),
+                    LiveAttempt {
+                        job_id: a.job_id.clone(),
+                        agent_id: peer.to_string(),
+                    },
+                );
+            } else {
+                // The agent no longer has it (it restarted, or never got the assignment).
+                self.lose_attempt(
+                    &a.job_id,
+                    &a.id,
+                    &format!("agent {peer} registered without this attempt (restarted?)"),
+                )
+                .await;
+            }
         }
+        let abandon: Vec<String> = reported
+            .iter()
+            .filter(|id| !keep.iter().any(|k| k == *id))
+            .map(|s| s.to_string())
+            .collect();
         tracing::info!(
             agent_id = %peer,
             name = %reg.name,
@@ -279,27 +278,30 @@ impl Hub {
                 .agents_connected
                 .set(agents.values().filter(|a| a.connected).count() as i64);
         }
-        // Cancels still waiting for this agent: ask again.
-        let pending: Vec<String> = {
+        // Cancels waiting for this agent's attempts (asked here or at another hub): ask again.
+        let asked: Vec<String> = {
             let cancels = self.cancels.lock().unwrap();
             keep.iter()
                 .filter(|a| cancels.values().any(|c| &c.attempt_id == *a))
                 .cloned()
                 .collect()
         };
-        for attempt_id in pending {
+        for attempt_id in asked {
             let _ = session.send_body(Body::TaskCancel(TaskCancel {
                 task_id: attempt_id,
                 reason: "cancelled by the operator".into(),
             }));
         }
+        if !keep.is_empty() {
+            self.sync_cancels().await;
+        }
         self.poke();
-        Registered {
+        Ok(Registered {
             agent_id: peer.to_string(),
             keep,
             abandon,
             drained,
-        }
+        })
     }
 
     /// The agent's attempt is gone: fence it off and queue the job again (or end it).

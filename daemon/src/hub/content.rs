@@ -57,7 +57,21 @@ impl Content {
         if slot.is_file() {
             std::fs::remove_file(staged)?;
         } else {
-            std::fs::rename(staged, &slot)?;
+            if let Err(e) = std::fs::rename(staged, &slot) {
+                // A content directory on another file system (a shared mount): copy into it
+                // under a temporary name, then rename there.
+                if e.kind() != std::io::ErrorKind::CrossesDevices {
+                    return Err(e);
+                }
+                let tmp = self
+                    .store
+                    .dir()
+                    .join(format!(".adopt-{}", uuid::Uuid::now_v7().simple()));
+                std::fs::copy(staged, &tmp)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &slot)?;
+                std::fs::remove_file(staged)?;
+            }
             // The rename itself must survive a crash: the job row that names this content is
             // committed next.
             std::fs::File::open(self.store.dir())?.sync_all()?;

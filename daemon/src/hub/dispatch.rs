@@ -209,10 +209,10 @@ impl Hub {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(RESCUE_INTERVAL) => {}
             }
-            self.rescue_lost().await;
             self.rescue_cancels().await;
             if last_deadlines.elapsed() >= Duration::from_secs(1) {
                 last_deadlines = Instant::now();
+                self.sync_cancels().await;
                 match self.store.expire_deadlines(unix_ms()).await {
                     Ok((attempts, events)) => {
                         self.publish(events);
@@ -224,35 +224,6 @@ impl Hub {
                     Err(e) => tracing::error!(error = %e, "deadline check failed"),
                 }
             }
-        }
-    }
-
-    /// Attempts whose agent has been away longer than the grace period are re-dispatched.
-    async fn rescue_lost(&self) {
-        let grace = self.config.lost_grace;
-        let lost: Vec<(String, String, String)> = {
-            let agents = self.agents.lock().unwrap();
-            let attempts = self.attempts.lock().unwrap();
-            attempts
-                .iter()
-                .filter_map(|(id, a)| {
-                    let away_since = match agents.get(&a.agent_id) {
-                        None => Some(self.started),
-                        Some(live) if !live.connected => Some(live.lost_at.unwrap_or(self.started)),
-                        Some(_) => None,
-                    }?;
-                    (away_since.elapsed() >= grace)
-                        .then(|| (a.job_id.clone(), id.clone(), a.agent_id.clone()))
-                })
-                .collect()
-        };
-        for (job_id, attempt_id, agent_id) in lost {
-            self.lose_attempt(
-                &job_id,
-                &attempt_id,
-                &format!("agent {agent_id} lost (no connection for {grace:?})"),
-            )
-            .await;
         }
     }
 
@@ -322,7 +293,7 @@ impl Hub {
         Ok(report)
     }
 
-    fn tell_cancel(&self, agent_id: &str, attempt_id: &str, reason: &str) -> bool {
+    pub(crate) fn tell_cancel(&self, agent_id: &str, attempt_id: &str, reason: &str) -> bool {
         let session = self
             .agents
             .lock()
@@ -352,6 +323,16 @@ impl Hub {
             agent_id,
         } = &outcome
         {
+            // The hub tracking the attempt waits for the acknowledgement: this one, or the
+            // one the agent is connected to (it hears of the cancel from the database). An
+            // attempt nobody tracks ends when its agent's lease runs out.
+            let local = self
+                .local_attempt_of_job(job_id)
+                .is_some_and(|(id, _)| &id == attempt_id);
+            if !local {
+                tracing::info!(job_id, attempt_id, agent_id, "cancel recorded; the agent's hub stops it");
+                return Ok(outcome);
+            }
             self.cancels
                 .lock()
                 .unwrap()
@@ -383,20 +364,24 @@ impl Hub {
             })
         };
         if let Some(s) = &session {
-            let _ = s.send_body(Body::ServerCommand(ServerCommand {
-                command: if drain {
-                    command::DRAIN
-                } else {
-                    command::UNDRAIN
-                }
-                .to_string(),
-                args: Default::default(),
-            }));
+            self.tell_drain(s, drain);
         }
         if !drain {
             self.poke();
         }
         Ok(known || session.is_some())
+    }
+
+    pub(crate) fn tell_drain(&self, session: &morag_transport::Session, drain: bool) {
+        let _ = session.send_body(Body::ServerCommand(ServerCommand {
+            command: if drain {
+                command::DRAIN
+            } else {
+                command::UNDRAIN
+            }
+            .to_string(),
+            args: Default::default(),
+        }));
     }
 
     /// Send a server command to every connected agent; how many got it.

@@ -2,13 +2,20 @@
 //! durable [`Store`].
 //!
 //! The database is the truth about jobs; memory holds what only makes sense while the process
-//! lives (sessions, health, which attempt runs where). On start the open attempts are loaded
-//! from the database and wait for their agents to register again; an attempt whose agent does
-//! not come back within `lost_grace` is re-dispatched (its id is fenced off for good).
+//! lives (sessions, health, which attempt runs where). Several hubs may share one database
+//! (PostgreSQL): each dispatches to the agents connected to it, and any of them answers the API
+//! for any job.
+//!
+//! An agent's attempts live as long as its lease: the hub holding its session renews it every
+//! quarter of `lost_grace`. An agent that registers (with this hub or, after a failover, with
+//! another) takes its lease over and keeps the attempts it reports; one that does not come
+//! back lets the lease run out, and then any hub re-dispatches its attempts (their ids are
+//! fenced off for good).
 
 mod agents;
 pub mod content;
 mod dispatch;
+mod leases;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -82,6 +89,8 @@ pub(crate) struct PendingCancel {
 
 /// The running hub. Shared (`Arc`) by the QUIC side, the dispatcher and the HTTP API.
 pub struct Hub {
+    /// This hub process's id (new on every start): the holder named in agents' leases.
+    pub hub_id: String,
     pub config: HubConfig,
     pub store: Arc<dyn Store>,
     pub content: Content,
@@ -101,6 +110,10 @@ pub struct Hub {
     pub shutdown: CancellationToken,
     accepting: AtomicBool,
     pub(crate) started: Instant,
+    /// Since when the database has answered without a break (`None`: it just failed). Leases
+    /// are only judged after it has answered for a whole `lost_grace`: while it was away, no
+    /// hub could renew them.
+    pub(crate) db_ok_since: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -119,6 +132,7 @@ pub fn new_id(prefix: &str) -> String {
 impl Hub {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        hub_id: String,
         config: HubConfig,
         store: Arc<dyn Store>,
         listener: Listener,
@@ -130,6 +144,7 @@ impl Hub {
         let quic_addr = listener.local_addr()?;
         let content = Content::new(config.store_dir(), config.uploads_dir())?;
         Ok(Arc::new(Self {
+            hub_id,
             config,
             store,
             content,
@@ -147,49 +162,8 @@ impl Hub {
             shutdown,
             accepting: AtomicBool::new(true),
             started: Instant::now(),
+            db_ok_since: Mutex::new(Some(Instant::now())),
         }))
-    }
-
-    /// Load what was open when the hub last stopped: attempts out with agents and cancels not
-    /// yet acknowledged. Their agents get `lost_grace` from now to register again.
-    pub(crate) async fn recover(&self) -> anyhow::Result<()> {
-        let open = self.store.open_attempts().await?;
-        let n = open.len();
-        {
-            let mut attempts = self.attempts.lock().unwrap();
-            for a in open {
-                attempts.insert(
-                    a.id,
-                    LiveAttempt {
-                        job_id: a.job_id,
-                        agent_id: a.agent_id,
-                    },
-                );
-            }
-        }
-        let cancels = self.store.pending_cancels().await?;
-        {
-            let mut pending = self.cancels.lock().unwrap();
-            for job in cancels {
-                if let Some(attempt_id) = job.current_attempt {
-                    pending.insert(
-                        job.id,
-                        PendingCancel {
-                            attempt_id,
-                            since: Instant::now(),
-                        },
-                    );
-                }
-            }
-        }
-        if n > 0 {
-            tracing::info!(
-                open_attempts = n,
-                grace = ?self.config.lost_grace,
-                "recovered attempts that were running; waiting for their agents to register"
-            );
-        }
-        Ok(())
     }
 
     /// Hand events to live subscribers (SSE).

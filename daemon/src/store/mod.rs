@@ -1,12 +1,15 @@
 //! Durable state: jobs, attempts, artifacts, events, agents and join tokens.
 //!
-//! The hub talks to a [`Store`]; [`sqlite::SqliteStore`] is the embedded default (a file in the
-//! data directory, no server to install). The SQL is kept portable so that a PostgreSQL store
-//! can follow with its own migrations and claim query. Every state change is one transaction
-//! that also writes the job's event, and every report from an agent is fenced by its attempt id:
+//! The hub talks to a [`Store`]; [`sql::SqlStore`] runs it on SQLite (the embedded default: a
+//! file in the data directory, no server to install) or on PostgreSQL (several hubs sharing
+//! one database). Every state change is one transaction that also writes the job's event, and
+//! every report from an agent is fenced by its attempt id:
 //! `UPDATE ... WHERE id = $1 AND current_attempt = $2 AND state IN (...)` must hit one row.
+//!
+//! An agent's attempts live as long as its lease: the hub holding the agent's session renews
+//! it, any hub re-dispatches the attempts of an agent whose lease ran out.
 
-pub mod sqlite;
+pub mod sql;
 
 use async_trait::async_trait;
 
@@ -96,6 +99,64 @@ pub enum TokenRedemption {
     WrongSecret,
     AlreadyUsed,
     Expired,
+}
+
+/// Where the hub keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreTarget {
+    /// The embedded database: a SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL (`postgres://...`): several hubs may share it.
+    Postgres(String),
+}
+
+impl StoreTarget {
+    /// The URL with any password replaced, for logs and errors.
+    pub fn redacted(&self) -> String {
+        match self {
+            StoreTarget::Sqlite(p) => p.display().to_string(),
+            StoreTarget::Postgres(url) => redact_url(url),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((creds, host)) => {
+            let user = creds.split(':').next().unwrap_or("");
+            let masked = if creds.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// What another hub changed, heard from the database (PostgreSQL's LISTEN/NOTIFY).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A job's event was committed by `origin` (a hub's id).
+    Job {
+        origin: String,
+        job_id: String,
+        seq: i64,
+        kind: String,
+    },
+    /// An agent's row changed (drained or undrained).
+    Agent { origin: String, agent_id: String },
+    /// The listening connection was lost and is back: notices may have been missed.
+    Resync,
 }
 
 /// Every change to a job returns the events it wrote, for live subscribers.
@@ -188,6 +249,31 @@ pub trait Store: Send + Sync + 'static {
     async fn expire_deadlines(&self, now_ms: u64) -> StoreResult<(Vec<Attempt>, Events)>;
     /// Attempts whose outcome is still open (`running`).
     async fn open_attempts(&self) -> StoreResult<Vec<Attempt>>;
+    /// One agent's open attempts.
+    async fn open_attempts_of(&self, agent_id: &str) -> StoreResult<Vec<Attempt>>;
+    /// Open attempts whose agent's lease ran out before `now_ms` (or that never had one).
+    async fn expired_attempts(&self, now_ms: u64) -> StoreResult<Vec<Attempt>>;
+    /// The attempt is lost (as [`Store::fail_attempt`] with outcome `lost`, retryable), but only
+    /// if its agent's lease has still run out when the transaction looks: an agent that
+    /// registered with another hub meanwhile keeps its work (`Fenced::Stale`).
+    async fn lose_expired(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> StoreResult<(Fenced, Option<AfterFailure>, Events)>;
+    /// Renew the leases of the agents whose sessions `hub_id` holds (until `until_ms`); returns
+    /// how many rows still named this hub.
+    async fn renew_leases(
+        &self,
+        hub_id: &str,
+        agent_ids: &[String],
+        until_ms: u64,
+        now_ms: u64,
+    ) -> StoreResult<u64>;
+    /// What other hubs change, as it commits: `None` where only one hub uses the database.
+    async fn notices(&self) -> StoreResult<Option<tokio::sync::mpsc::Receiver<Notice>>>;
     /// Jobs with a cancel requested and not yet ended.
     async fn pending_cancels(&self) -> StoreResult<Vec<Job>>;
     /// A job's events after `after_seq`.

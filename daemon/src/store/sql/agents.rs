@@ -1,23 +1,25 @@
-//! Agents and join tokens in SQLite.
+//! Agents (with the lease of the hub holding each one's session) and join tokens.
 
-use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use super::rows::*;
+use super::{notify, Dialect, SqlStore};
+use crate::store::Notice;
 use crate::model::AgentRecord;
 use crate::store::{StoreResult, TokenRedemption};
 
-pub(super) async fn upsert_agent(pool: &SqlitePool, a: &AgentRecord) -> StoreResult<()> {
+pub(super) async fn upsert_agent(store: &SqlStore, a: &AgentRecord) -> StoreResult<()> {
     let list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     sqlx::query(
         "INSERT INTO agents (id, name, capability, queues, hardware, hostname, address, max_concurrent, \
-         content_types, version, incarnation, drained, first_seen_ms, last_seen_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         content_types, version, incarnation, drained, first_seen_ms, last_seen_ms, hub_id, lease_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, capability = excluded.capability, \
          queues = excluded.queues, hardware = excluded.hardware, hostname = excluded.hostname, \
          address = excluded.address, max_concurrent = excluded.max_concurrent, \
          content_types = excluded.content_types, version = excluded.version, \
-         incarnation = excluded.incarnation, last_seen_ms = excluded.last_seen_ms",
+         incarnation = excluded.incarnation, last_seen_ms = excluded.last_seen_ms, \
+         hub_id = excluded.hub_id, lease_ms = excluded.lease_ms",
     )
     .bind(&a.id)
     .bind(&a.name)
@@ -33,42 +35,53 @@ pub(super) async fn upsert_agent(pool: &SqlitePool, a: &AgentRecord) -> StoreRes
     .bind(a.drained as i64)
     .bind(i(a.first_seen_ms))
     .bind(i(a.last_seen_ms))
-    .execute(pool)
+    .bind(&a.hub_id)
+    .bind(a.lease_ms.map(i))
+    .execute(&store.pool)
     .await?;
     Ok(())
 }
 
-pub(super) async fn agents(pool: &SqlitePool) -> StoreResult<Vec<AgentRecord>> {
+pub(super) async fn agents(store: &SqlStore) -> StoreResult<Vec<AgentRecord>> {
     let rows = sqlx::query("SELECT * FROM agents ORDER BY id")
-        .fetch_all(pool)
+        .fetch_all(&store.pool)
         .await?;
     rows.iter().map(agent_from_row).collect()
 }
 
-pub(super) async fn agent(pool: &SqlitePool, id: &str) -> StoreResult<Option<AgentRecord>> {
+pub(super) async fn agent(store: &SqlStore, id: &str) -> StoreResult<Option<AgentRecord>> {
     let row = sqlx::query("SELECT * FROM agents WHERE id = $1")
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(&store.pool)
         .await?;
     row.as_ref().map(agent_from_row).transpose()
 }
 
 pub(super) async fn set_drained(
-    pool: &SqlitePool,
+    store: &SqlStore,
     agent_id: &str,
     drained: bool,
 ) -> StoreResult<bool> {
+    let mut tx = store.tx().await?;
     let n = sqlx::query("UPDATE agents SET drained = $1 WHERE id = $2")
         .bind(drained as i64)
         .bind(agent_id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+    if n == 1 && store.dialect == Dialect::Postgres {
+        let notice = Notice::Agent {
+            origin: store.origin.clone(),
+            agent_id: agent_id.to_string(),
+        };
+        notify::send(&mut tx, &notice).await?;
+    }
+    tx.commit().await?;
     Ok(n == 1)
 }
 
 pub(super) async fn insert_token(
-    pool: &SqlitePool,
+    store: &SqlStore,
     id: &str,
     secret_hash: &str,
     now_ms: u64,
@@ -81,19 +94,19 @@ pub(super) async fn insert_token(
     .bind(secret_hash)
     .bind(i(now_ms))
     .bind(i(expires_ms))
-    .execute(pool)
+    .execute(&store.pool)
     .await?;
     Ok(())
 }
 
 pub(super) async fn redeem_token(
-    pool: &SqlitePool,
+    store: &SqlStore,
     id: &str,
     secret_hash: &str,
     agent_id: &str,
     now_ms: u64,
 ) -> StoreResult<TokenRedemption> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.tx().await?;
     let row = sqlx::query("SELECT secret_hash, expires_ms, used_ms FROM join_tokens WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -131,4 +144,29 @@ pub(super) async fn redeem_token(
 /// Compare secrets without leaking where they differ through timing.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Renew the leases of agents whose sessions `hub_id` holds; an agent another hub took over
+/// (its row names that hub now) is left alone.
+pub(super) async fn renew_leases(
+    store: &SqlStore,
+    hub_id: &str,
+    agent_ids: &[String],
+    until_ms: u64,
+    now_ms: u64,
+) -> StoreResult<u64> {
+    let mut renewed = 0;
+    for id in agent_ids {
+        renewed += sqlx::query(
+            "UPDATE agents SET lease_ms = $1, last_seen_ms = $2 WHERE id = $3 AND hub_id = $4",
+        )
+        .bind(i(until_ms))
+        .bind(i(now_ms))
+        .bind(id)
+        .bind(hub_id)
+        .execute(&store.pool)
+        .await?
+        .rows_affected();
+    }
+    Ok(renewed)
 }

@@ -1,29 +1,73 @@
-//! The embedded store: SQLite in WAL mode, one connection (one writer), `BEGIN IMMEDIATE`.
+//! The SQL store: one set of statements, run through sqlx's `Any` driver on either database.
 //!
-//! Durability: a transition is acknowledged only after its commit. `synchronous = FULL` (the
-//! default) syncs the WAL on every commit, so an accepted job survives a power cut;
-//! `NORMAL` survives a crash of the hub process (`kill -9`) but may lose the last commits on a
-//! power cut, and is faster.
+//! - **SQLite** (the embedded default): WAL, one connection (one writer), `BEGIN IMMEDIATE`.
+//!   `synchronous = FULL` (the default) syncs the WAL on every commit, so an accepted job
+//!   survives a power cut; `NORMAL` survives a crash of the hub process (`kill -9`) but may lose
+//!   the last commits on a power cut, and is faster. One hub per database file.
+//! - **PostgreSQL** (several hubs on one database): a pool, `READ COMMITTED`, and row locks where
+//!   a transition reads before it writes (`SELECT ... FOR UPDATE`); a claim skips a job another
+//!   hub is claiming (`FOR UPDATE SKIP LOCKED`) instead of waiting for it. Every event is also
+//!   sent with `pg_notify` in its transaction, so the other hubs hear of new jobs, cancels and
+//!   progress when it commits ([`Store::notices`]).
+//!
+//! The statements differ only where the databases do: how a transaction begins, row locks and
+//! notifications ([`Dialect`]); each database has its own migrations (`migrations/sqlite`,
+//! `migrations/postgres`), the same tables in each one's types. The `Any` driver carries only
+//! scalar values, which is all the schema holds (text, 64-bit integers, doubles).
 
 use std::path::Path;
-
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use tokio::sync::mpsc;
 
 use super::*;
 
 mod agents;
+mod notify;
 mod rows;
 
 pub use agents::constant_time_eq;
 use rows::*;
 
-/// How hard commits hold on to the disk.
+/// Which database the statements run on, for the few places where they differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// How a writing transaction begins: SQLite takes the write lock up front (a deferred
+    /// transaction that reads first can fail to upgrade); PostgreSQL locks rows as it goes.
+    fn begin(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        }
+    }
+
+    /// Appended to a read that a transition writes after: the row stays as read until commit.
+    /// (SQLite's one writer holds the whole database already.)
+    fn lock(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Like [`Dialect::lock`], but rows another transaction holds are left out, not waited for.
+    fn lock_skip(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+/// How hard commits hold on to the disk (SQLite only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
@@ -34,17 +78,24 @@ pub enum SyncMode {
     Normal,
 }
 
-pub struct SqliteStore {
-    pool: SqlitePool,
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// Who writes: a hub's id, sent with its notifications so it can ignore its own.
+    origin: String,
+    /// The PostgreSQL URL, for the notification listener's own connection.
+    url: Option<String>,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").finish_non_exhaustive()
+        f.debug_struct("SqlStore")
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
     }
 }
 
-type Tx<'a> = Transaction<'a, Sqlite>;
+type Tx<'a> = Transaction<'a, Any>;
 
 const JOB_COLUMNS: &str = "id, content_type, state, queue, priority, gpu, input_hash, input_name, \
     input_size, source_path, options, external_ref, deadline_ms, max_attempts, attempt_count, \
@@ -58,37 +109,285 @@ const ATTEMPT_COLUMNS: &str =
 /// States in which an attempt is out with an agent.
 const ACTIVE: &str = "('assigned', 'running')";
 
-impl SqliteStore {
-    /// Open (creating if needed) the database at `path` and apply migrations.
-    pub async fn open(path: &Path, sync: SyncMode) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match sync {
-                SyncMode::Full => SqliteSynchronous::Full,
-                SyncMode::Normal => SqliteSynchronous::Normal,
-            })
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+/// A SQLite path as the `Any` driver's URL wants it (`?` and `#` would end the path).
+fn sqlite_url(path: &Path) -> String {
+    let p = path.to_string_lossy();
+    let escaped = p
+        .replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23");
+    format!("sqlite://{escaped}")
+}
+
+impl SqlStore {
+    /// Open (creating if needed) the SQLite database at `path` and apply migrations.
+    pub async fn open_sqlite(path: &Path, sync: SyncMode, origin: &str) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        // Create the file in WAL mode first (WAL is a property of the file, kept by every
+        // later connection); the pool's connections set what is per connection.
+        {
+            use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+            use sqlx::ConnectOptions;
+            let conn = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .connect()
+                .await?;
+            sqlx::Connection::close(conn).await?;
+        }
+        let synchronous = match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        };
+        let pool = AnyPoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        format!(
+                            "PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 10000; \
+                             PRAGMA foreign_keys = ON"
+                        )
+                        .as_str(),
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&sqlite_url(path))
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            dialect: Dialect::Sqlite,
+            origin: origin.to_string(),
+            url: None,
+        })
+    }
+
+    /// Connect to PostgreSQL at `url` (`postgres://user:password@host:port/database`) and apply
+    /// migrations (several hubs starting at once take turns: sqlx holds an advisory lock while
+    /// it migrates).
+    pub async fn connect_postgres(url: &str, origin: &str) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self {
+            pool,
+            dialect: Dialect::Postgres,
+            origin: origin.to_string(),
+            url: Some(url.to_string()),
+        })
+    }
+
+    /// Open what `target` names: a `postgres://` URL, else a SQLite file path.
+    pub async fn open(target: &StoreTarget, sync: SyncMode, origin: &str) -> StoreResult<Self> {
+        match target {
+            StoreTarget::Sqlite(path) => Self::open_sqlite(path, sync, origin).await,
+            StoreTarget::Postgres(url) => Self::connect_postgres(url, origin).await,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     async fn tx(&self) -> StoreResult<Tx<'static>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.pool.begin_with(self.dialect.begin()).await?)
+    }
+
+    /// Write the job's event and commit: every state change ends this way.
+    async fn commit_with_event(
+        &self,
+        mut tx: Tx<'_>,
+        job_id: &str,
+        kind: &str,
+        data: serde_json::Value,
+        now_ms: u64,
+    ) -> StoreResult<Events> {
+        let ev = self.event(&mut tx, job_id, kind, data, now_ms).await?;
+        tx.commit().await?;
+        Ok(vec![ev])
+    }
+
+    /// Write one event in the transaction and return it; on PostgreSQL, also tell the other
+    /// hubs (delivered when the transaction commits, in commit order).
+    async fn event(
+        &self,
+        tx: &mut Tx<'_>,
+        job_id: &str,
+        kind: &str,
+        data: serde_json::Value,
+        now_ms: u64,
+    ) -> StoreResult<JobEvent> {
+        let ev = insert_event(tx, job_id, kind, data, now_ms).await?;
+        if self.dialect == Dialect::Postgres {
+            let notice = Notice::Job {
+                origin: self.origin.clone(),
+                job_id: job_id.to_string(),
+                seq: ev.seq,
+                kind: kind.to_string(),
+            };
+            notify::send(tx, &notice).await?;
+        }
+        Ok(ev)
+    }
+
+    /// The job row, locked until commit where the database locks rows.
+    async fn job_in(&self, tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{}",
+            self.dialect.lock()
+        ))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Whether the agent's lease has run out (or it never had one): its attempts are lost.
+    async fn lease_expired(&self, tx: &mut Tx<'_>, agent_id: &str, now_ms: u64) -> StoreResult<bool> {
+        let share = match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR SHARE",
+        };
+        let lease: Option<Option<i64>> = sqlx::query_scalar(&format!(
+            "SELECT lease_ms FROM agents WHERE id = $1{share}"
+        ))
+        .bind(agent_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(lease.flatten().is_none_or(|l| u(l) < now_ms))
+    }
+
+    /// [`Store::fail_attempt`]; with `only_if_lease_expired`, nothing changes (`Stale`) unless
+    /// the attempt's agent's lease has run out.
+    #[allow(clippy::too_many_arguments)]
+    async fn fail_in(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        outcome: &str,
+        error: &str,
+        retryable: bool,
+        requeue_at_ms: u64,
+        now_ms: u64,
+        only_if_lease_expired: bool,
+    ) -> StoreResult<(Fenced, Option<AfterFailure>, Events)> {
+        let mut tx = self.tx().await?;
+        let job = match self.job_in(&mut tx, job_id).await? {
+            Some(j)
+                if j.current_attempt.as_deref() == Some(attempt_id)
+                    && matches!(j.state, JobState::Assigned | JobState::Running) =>
+            {
+                j
+            }
+            _ => {
+                let verdict =
+                    classify_mismatch(&mut tx, attempt_id, &["failed", "timed_out", "lost"])
+                        .await?;
+                return Ok((verdict, None, vec![]));
+            }
+        };
+        if only_if_lease_expired {
+            let agent = attempt_in(&mut tx, attempt_id).await?.map(|a| a.agent_id);
+            let expired = match agent {
+                Some(agent) => self.lease_expired(&mut tx, &agent, now_ms).await?,
+                None => true,
+            };
+            if !expired {
+                return Ok((Fenced::Stale, None, vec![]));
+            }
+        }
+        close_attempt(&mut tx, attempt_id, outcome, Some(error), now_ms).await?;
+        let mut events = Vec::new();
+        let after = if job.cancel_requested_ms.is_some() {
+            // The operator asked for a cancel: whatever stopped the work, the job is cancelled.
+            sqlx::query(
+                "UPDATE jobs SET state = 'cancelled', updated_ms = $1, finished_ms = $1, error = $2 WHERE id = $3",
+            )
+            .bind(i(now_ms))
+            .bind(format!("cancelled (the attempt ended: {error})"))
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            events.push(
+                self.event(&mut tx, job_id, "cancelled", serde_json::json!({"state": "cancelled", "attempt_id": attempt_id, "acknowledged": false, "reason": error}), now_ms)
+                    .await?,
+            );
+            AfterFailure::Ended(JobState::Cancelled)
+        } else if retryable && job.attempt_count < job.max_attempts {
+            sqlx::query(
+                "UPDATE jobs SET state = 'queued', current_attempt = NULL, updated_ms = $1, not_before_ms = $2, \
+                 error = $3, progress_percent = NULL, progress_stage = NULL, progress_message = NULL, \
+                 progress_eta_ms = NULL WHERE id = $4",
+            )
+            .bind(i(now_ms))
+            .bind(i(requeue_at_ms))
+            .bind(error)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            events.push(
+                self.event(
+                    &mut tx,
+                    job_id,
+                    "requeued",
+                    serde_json::json!({"state": "queued", "attempt_id": attempt_id, "outcome": outcome,
+                        "reason": error, "not_before_ms": requeue_at_ms}),
+                    now_ms,
+                )
+                .await?,
+            );
+            AfterFailure::Requeued
+        } else {
+            let end = if outcome == "timed_out" {
+                JobState::TimedOut
+            } else {
+                JobState::Failed
+            };
+            let reason = if retryable {
+                format!("{error} (gave up after {} attempts)", job.attempt_count)
+            } else {
+                error.to_string()
+            };
+            sqlx::query(
+                "UPDATE jobs SET state = $1, updated_ms = $2, finished_ms = $2, error = $3 WHERE id = $4",
+            )
+            .bind(end.as_str())
+            .bind(i(now_ms))
+            .bind(&reason)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            events.push(
+                self.event(
+                    &mut tx,
+                    job_id,
+                    end.as_str(),
+                    serde_json::json!({"state": end.as_str(), "attempt_id": attempt_id, "error": reason}),
+                    now_ms,
+                )
+                .await?,
+            );
+            AfterFailure::Ended(end)
+        };
+        tx.commit().await?;
+        Ok((Fenced::Applied, Some(after), events))
     }
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn insert_job(&self, job: &NewJob) -> StoreResult<Events> {
         let mut tx = self.tx().await?;
         sqlx::query(
@@ -113,7 +412,7 @@ impl Store for SqliteStore {
         .bind(i(job.created_ms))
         .execute(&mut *tx)
         .await?;
-        let events = commit_with_event(
+        let events = self.commit_with_event(
             tx,
             &job.id,
             "queued",
@@ -215,11 +514,12 @@ impl Store for SqliteStore {
 
     async fn claim(&self, a: &NewAttempt) -> StoreResult<Option<Events>> {
         let mut tx = self.tx().await?;
-        let updated = sqlx::query(
+        let updated = sqlx::query(&format!(
             "UPDATE jobs SET state = 'assigned', current_attempt = $1, attempt_count = attempt_count + 1, \
              updated_ms = $2, progress_percent = NULL, progress_stage = NULL, progress_message = NULL, \
-             progress_eta_ms = NULL WHERE id = $3 AND state = 'queued'",
-        )
+             progress_eta_ms = NULL WHERE id = (SELECT id FROM jobs WHERE id = $3 AND state = 'queued'{})",
+            self.dialect.lock_skip()
+        ))
         .bind(&a.id)
         .bind(i(a.now_ms))
         .bind(&a.job_id)
@@ -244,7 +544,7 @@ impl Store for SqliteStore {
         .bind(i(a.now_ms))
         .execute(&mut *tx)
         .await?;
-        let events = commit_with_event(
+        let events = self.commit_with_event(
             tx,
             &a.job_id,
             "assigned",
@@ -280,7 +580,7 @@ impl Store for SqliteStore {
             .bind(attempt_id)
             .execute(&mut *tx)
             .await?;
-        let events = commit_with_event(
+        let events = self.commit_with_event(
             tx,
             job_id,
             "running",
@@ -313,7 +613,7 @@ impl Store for SqliteStore {
             return Ok(vec![]);
         }
         close_attempt(&mut tx, attempt_id, "refused", Some(reason), now_ms).await?;
-        let events = commit_with_event(
+        let events = self.commit_with_event(
             tx,
             job_id,
             "requeued",
@@ -351,7 +651,7 @@ impl Store for SqliteStore {
         if n != 1 {
             return Ok((Fenced::Stale, vec![]));
         }
-        let events = commit_with_event(
+        let events = self.commit_with_event(
             tx,
             job_id,
             "progress",
@@ -404,7 +704,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        let events = commit_with_event(
+        let events = self.commit_with_event(
             tx,
             job_id,
             "completed",
@@ -425,96 +725,28 @@ impl Store for SqliteStore {
         requeue_at_ms: u64,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Option<AfterFailure>, Events)> {
-        let mut tx = self.tx().await?;
-        let job = match job_in(&mut tx, job_id).await? {
-            Some(j)
-                if j.current_attempt.as_deref() == Some(attempt_id)
-                    && matches!(j.state, JobState::Assigned | JobState::Running) =>
-            {
-                j
-            }
-            _ => {
-                let verdict =
-                    classify_mismatch(&mut tx, attempt_id, &["failed", "timed_out", "lost"])
-                        .await?;
-                return Ok((verdict, None, vec![]));
-            }
-        };
-        close_attempt(&mut tx, attempt_id, outcome, Some(error), now_ms).await?;
-        let mut events = Vec::new();
-        let after = if job.cancel_requested_ms.is_some() {
-            // The operator asked for a cancel: whatever stopped the work, the job is cancelled.
-            sqlx::query(
-                "UPDATE jobs SET state = 'cancelled', updated_ms = $1, finished_ms = $1, error = $2 WHERE id = $3",
-            )
-            .bind(i(now_ms))
-            .bind(format!("cancelled (the attempt ended: {error})"))
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
-            events.push(
-                event(&mut tx, job_id, "cancelled", serde_json::json!({"state": "cancelled", "attempt_id": attempt_id, "acknowledged": false, "reason": error}), now_ms)
-                    .await?,
-            );
-            AfterFailure::Ended(JobState::Cancelled)
-        } else if retryable && job.attempt_count < job.max_attempts {
-            sqlx::query(
-                "UPDATE jobs SET state = 'queued', current_attempt = NULL, updated_ms = $1, not_before_ms = $2, \
-                 error = $3, progress_percent = NULL, progress_stage = NULL, progress_message = NULL, \
-                 progress_eta_ms = NULL WHERE id = $4",
-            )
-            .bind(i(now_ms))
-            .bind(i(requeue_at_ms))
-            .bind(error)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
-            events.push(
-                event(
-                    &mut tx,
-                    job_id,
-                    "requeued",
-                    serde_json::json!({"state": "queued", "attempt_id": attempt_id, "outcome": outcome,
-                        "reason": error, "not_before_ms": requeue_at_ms}),
-                    now_ms,
-                )
-                .await?,
-            );
-            AfterFailure::Requeued
-        } else {
-            let end = if outcome == "timed_out" {
-                JobState::TimedOut
-            } else {
-                JobState::Failed
-            };
-            let reason = if retryable {
-                format!("{error} (gave up after {} attempts)", job.attempt_count)
-            } else {
-                error.to_string()
-            };
-            sqlx::query(
-                "UPDATE jobs SET state = $1, updated_ms = $2, finished_ms = $2, error = $3 WHERE id = $4",
-            )
-            .bind(end.as_str())
-            .bind(i(now_ms))
-            .bind(&reason)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
-            events.push(
-                event(
-                    &mut tx,
-                    job_id,
-                    end.as_str(),
-                    serde_json::json!({"state": end.as_str(), "attempt_id": attempt_id, "error": reason}),
-                    now_ms,
-                )
-                .await?,
-            );
-            AfterFailure::Ended(end)
-        };
-        tx.commit().await?;
-        Ok((Fenced::Applied, Some(after), events))
+        self.fail_in(
+            job_id,
+            attempt_id,
+            outcome,
+            error,
+            retryable,
+            requeue_at_ms,
+            now_ms,
+            false,
+        )
+        .await
+    }
+
+    async fn lose_expired(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> StoreResult<(Fenced, Option<AfterFailure>, Events)> {
+        self.fail_in(job_id, attempt_id, "lost", reason, true, now_ms, now_ms, true)
+            .await
     }
 
     async fn request_cancel(
@@ -523,7 +755,7 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> StoreResult<(CancelRequest, Events)> {
         let mut tx = self.tx().await?;
-        let Some(job) = job_in(&mut tx, job_id).await? else {
+        let Some(job) = self.job_in(&mut tx, job_id).await? else {
             return Ok((CancelRequest::NotFound, vec![]));
         };
         if job.state.is_terminal() {
@@ -537,7 +769,7 @@ impl Store for SqliteStore {
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
-            let ev = event(
+            let ev = self.event(
                 &mut tx,
                 job_id,
                 "cancelled",
@@ -567,7 +799,7 @@ impl Store for SqliteStore {
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
-        let events = commit_with_event(
+        let events = self.commit_with_event(
             tx,
             job_id,
             "cancel_requested",
@@ -592,7 +824,7 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)> {
         let mut tx = self.tx().await?;
-        let job = match job_in(&mut tx, job_id).await? {
+        let job = match self.job_in(&mut tx, job_id).await? {
             Some(j) => j,
             None => return Ok((Fenced::Stale, vec![])),
         };
@@ -620,7 +852,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let latency = now_ms.saturating_sub(requested);
-        let events = commit_with_event(
+        let events = self.commit_with_event(
             tx,
             job_id,
             "cancelled",
@@ -636,7 +868,8 @@ impl Store for SqliteStore {
         let mut tx = self.tx().await?;
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE deadline_ms IS NOT NULL AND deadline_ms < $1 \
-             AND state IN ('queued', 'assigned', 'running')"
+             AND state IN ('queued', 'assigned', 'running'){}",
+            self.dialect.lock_skip()
         ))
         .bind(i(now_ms))
         .fetch_all(&mut *tx)
@@ -661,7 +894,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             events.push(
-                event(
+                self.event(
                     &mut tx,
                     &job.id,
                     "timed_out",
@@ -682,6 +915,48 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn open_attempts_of(&self, agent_id: &str) -> StoreResult<Vec<Attempt>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE outcome = 'running' AND agent_id = $1 \
+             ORDER BY dispatched_ms"
+        ))
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn expired_attempts(&self, now_ms: u64) -> StoreResult<Vec<Attempt>> {
+        let rows = sqlx::query(
+            "SELECT attempts.id, attempts.job_id, attempts.agent_id, attempts.number, \
+             attempts.dispatched_ms, attempts.started_ms, attempts.finished_ms, attempts.outcome, \
+             attempts.error FROM attempts LEFT JOIN agents ON agents.id = attempts.agent_id \
+             WHERE attempts.outcome = 'running' AND (agents.lease_ms IS NULL OR agents.lease_ms < $1) \
+             ORDER BY attempts.dispatched_ms",
+        )
+        .bind(i(now_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn renew_leases(
+        &self,
+        hub_id: &str,
+        agent_ids: &[String],
+        until_ms: u64,
+        now_ms: u64,
+    ) -> StoreResult<u64> {
+        agents::renew_leases(self, hub_id, agent_ids, until_ms, now_ms).await
+    }
+
+    async fn notices(&self) -> StoreResult<Option<mpsc::Receiver<Notice>>> {
+        match (&self.url, self.dialect) {
+            (Some(url), Dialect::Postgres) => Ok(Some(notify::listen(url.clone()).await?)),
+            _ => Ok(None),
+        }
     }
 
     async fn pending_cancels(&self) -> StoreResult<Vec<Job>> {
@@ -723,7 +998,12 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> StoreResult<Events> {
         let mut tx = self.tx().await?;
-        let ev = event(&mut tx, job_id, kind, data, now_ms).await?;
+        // Events of one job are written in the order of its row lock (so `seq` follows commit
+        // order, which a reader resuming after a `seq` relies on).
+        if self.job_in(&mut tx, job_id).await?.is_none() {
+            return Ok(vec![]);
+        }
+        let ev = self.event(&mut tx, job_id, kind, data, now_ms).await?;
         tx.commit().await?;
         Ok(vec![ev])
     }
@@ -748,7 +1028,7 @@ impl Store for SqliteStore {
     async fn activity_since(&self, since_ms: u64) -> StoreResult<Vec<super::JobActivity>> {
         let rows = sqlx::query(
             "SELECT queue, state, created_ms, finished_ms FROM jobs \
-             WHERE created_ms >= ?1 OR finished_ms >= ?1 \
+             WHERE created_ms >= $1 OR finished_ms >= $1 \
                 OR state IN ('queued', 'assigned', 'running')",
         )
         .bind(i(since_ms))
@@ -776,19 +1056,19 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_agent(&self, a: &AgentRecord) -> StoreResult<()> {
-        agents::upsert_agent(&self.pool, a).await
+        agents::upsert_agent(self, a).await
     }
 
     async fn agents(&self) -> StoreResult<Vec<AgentRecord>> {
-        agents::agents(&self.pool).await
+        agents::agents(self).await
     }
 
     async fn agent(&self, id: &str) -> StoreResult<Option<AgentRecord>> {
-        agents::agent(&self.pool, id).await
+        agents::agent(self, id).await
     }
 
     async fn set_drained(&self, agent_id: &str, drained: bool) -> StoreResult<bool> {
-        agents::set_drained(&self.pool, agent_id, drained).await
+        agents::set_drained(self, agent_id, drained).await
     }
 
     async fn insert_token(
@@ -798,7 +1078,7 @@ impl Store for SqliteStore {
         now_ms: u64,
         expires_ms: u64,
     ) -> StoreResult<()> {
-        agents::insert_token(&self.pool, id, secret_hash, now_ms, expires_ms).await
+        agents::insert_token(self, id, secret_hash, now_ms, expires_ms).await
     }
 
     async fn redeem_token(
@@ -808,6 +1088,6 @@ impl Store for SqliteStore {
         agent_id: &str,
         now_ms: u64,
     ) -> StoreResult<TokenRedemption> {
-        agents::redeem_token(&self.pool, id, secret_hash, agent_id, now_ms).await
+        agents::redeem_token(self, id, secret_hash, agent_id, now_ms).await
     }
 }

@@ -2,12 +2,12 @@
 
 use std::str::FromStr;
 
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{Tx, ATTEMPT_COLUMNS, JOB_COLUMNS};
+use super::{Tx, ATTEMPT_COLUMNS};
 use crate::model::{AgentRecord, Attempt, GpuNeed, Job, JobEvent, JobProgress, JobState, Priority};
-use crate::store::{Events, Fenced, StoreError, StoreResult};
+use crate::store::{Fenced, StoreError, StoreResult};
 
 pub(super) fn u(v: i64) -> u64 {
     v.max(0) as u64
@@ -28,7 +28,7 @@ pub(super) fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
     }
 }
 
-pub(super) fn job_from_row(r: &SqliteRow) -> StoreResult<Job> {
+pub(super) fn job_from_row(r: &AnyRow) -> StoreResult<Job> {
     let state: String = r.try_get("state")?;
     let gpu: String = r.try_get("gpu")?;
     let options: String = r.try_get("options")?;
@@ -75,7 +75,7 @@ pub(super) fn job_from_row(r: &SqliteRow) -> StoreResult<Job> {
     })
 }
 
-pub(super) fn attempt_from_row(r: &SqliteRow) -> StoreResult<Attempt> {
+pub(super) fn attempt_from_row(r: &AnyRow) -> StoreResult<Attempt> {
     Ok(Attempt {
         id: r.try_get("id")?,
         job_id: r.try_get("job_id")?,
@@ -89,7 +89,7 @@ pub(super) fn attempt_from_row(r: &SqliteRow) -> StoreResult<Attempt> {
     })
 }
 
-pub(super) fn agent_from_row(r: &SqliteRow) -> StoreResult<AgentRecord> {
+pub(super) fn agent_from_row(r: &AnyRow) -> StoreResult<AgentRecord> {
     let list = |col: &'static str| -> StoreResult<Vec<String>> {
         let s: String = r.try_get(col)?;
         serde_json::from_str(&s).map_err(|e| corrupt(col, e))
@@ -110,24 +110,13 @@ pub(super) fn agent_from_row(r: &SqliteRow) -> StoreResult<AgentRecord> {
         drained: r.try_get::<i64, _>("drained")? != 0,
         first_seen_ms: u(r.try_get("first_seen_ms")?),
         last_seen_ms: u(r.try_get("last_seen_ms")?),
+        hub_id: r.try_get("hub_id")?,
+        lease_ms: opt_u(r.try_get("lease_ms")?),
     })
 }
 
-/// Write the job's event and commit: every state change ends this way.
-pub(super) async fn commit_with_event(
-    mut tx: Tx<'_>,
-    job_id: &str,
-    kind: &str,
-    data: serde_json::Value,
-    now_ms: u64,
-) -> StoreResult<Events> {
-    let ev = event(&mut tx, job_id, kind, data, now_ms).await?;
-    tx.commit().await?;
-    Ok(vec![ev])
-}
-
 /// Write one event in the transaction and return it.
-pub(super) async fn event(
+pub(super) async fn insert_event(
     tx: &mut Tx<'_>,
     job_id: &str,
     kind: &str,
@@ -150,14 +139,6 @@ pub(super) async fn event(
         kind: kind.to_string(),
         data,
     })
-}
-
-pub(super) async fn job_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<Job>> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.as_ref().map(job_from_row).transpose()
 }
 
 pub(super) async fn attempt_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<Attempt>> {

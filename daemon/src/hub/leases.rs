@@ -1,0 +1,301 @@
+//! Leases and the other hubs: renewing the leases of this hub's agents, re-dispatching the
+//! attempts of agents whose lease ran out (whichever hub held them), and acting on what other
+//! hubs commit (new jobs, cancels, drains), heard through the database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use morag_transport::unix_ms;
+use tokio::sync::mpsc;
+
+use super::{Hub, PendingCancel};
+use crate::store::{Fenced, Notice};
+
+impl Hub {
+    /// Whether another hub holds this agent's session now (its lease, renewed by that hub,
+    /// still runs).
+    pub fn held_elsewhere(&self, agent: &crate::model::AgentRecord, now_ms: u64) -> bool {
+        agent.hub_id.as_deref().is_some_and(|h| h != self.hub_id)
+            && agent.lease_ms.is_some_and(|l| l >= now_ms)
+    }
+
+    /// How often leases are renewed and looked at: a quarter of the grace, so a hub that
+    /// misses one or two renewals (a slow database) loses nothing.
+    pub(crate) fn lease_interval(&self) -> Duration {
+        (self.config.lost_grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
+    /// Until when a lease renewed now holds.
+    pub(crate) fn lease_until(&self, now_ms: u64) -> u64 {
+        now_ms + self.config.lost_grace.as_millis() as u64
+    }
+
+    fn db_result<T, E: std::fmt::Display>(&self, what: &str, r: Result<T, E>) -> Option<T> {
+        let mut ok_since = self.db_ok_since.lock().unwrap();
+        match r {
+            Ok(v) => {
+                if ok_since.is_none() {
+                    tracing::info!("the database answers again");
+                    *ok_since = Some(Instant::now());
+                }
+                Some(v)
+            }
+            Err(e) => {
+                if ok_since.is_some() {
+                    tracing::error!(error = %e, what, "the database failed; leases are not judged until it has answered for a whole grace period");
+                }
+                *ok_since = None;
+                None
+            }
+        }
+    }
+
+    pub(crate) async fn lease_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.lease_interval()) => {}
+            }
+            self.renew_leases().await;
+            self.forget_departed();
+            self.sweep_expired().await;
+        }
+    }
+
+    /// Renew the leases of the agents connected here.
+    async fn renew_leases(&self) {
+        let held: Vec<String> = self
+            .agents
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, a)| a.connected && !a.session.is_closed())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if held.is_empty() {
+            // Still check that the database answers: leases are judged only when it does.
+            let r = self.store.count_by_state().await;
+            self.db_result("checking the database", r);
+            return;
+        }
+        let now = unix_ms();
+        let r = self
+            .store
+            .renew_leases(&self.hub_id, &held, self.lease_until(now), now)
+            .await;
+        if let Some(n) = self.db_result("renewing agent leases", r) {
+            if (n as usize) < held.len() {
+                tracing::debug!(
+                    held = held.len(),
+                    renewed = n,
+                    "some agents are held by another hub now"
+                );
+            }
+        }
+    }
+
+    /// Attempts of agents that left this hub more than a grace period ago are no longer ours
+    /// to track: the agent is with another hub, or its lease ran out and a sweep handles it.
+    fn forget_departed(&self) {
+        let grace = self.config.lost_grace;
+        let gone: Vec<String> = {
+            let agents = self.agents.lock().unwrap();
+            let attempts = self.attempts.lock().unwrap();
+            attempts
+                .iter()
+                .filter(|(_, a)| match agents.get(&a.agent_id) {
+                    None => true,
+                    Some(live) => {
+                        !live.connected && live.lost_at.is_some_and(|t| t.elapsed() >= grace)
+                    }
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in gone {
+            self.forget_attempt(&id);
+        }
+    }
+
+    /// Re-dispatch the attempts of agents whose lease ran out, whichever hub held them. Not
+    /// before this hub has been up, and the database reachable, for a whole grace period:
+    /// agents get that long to register (after a hub restart or a database outage nobody could
+    /// renew their leases).
+    async fn sweep_expired(&self) {
+        let grace = self.config.lost_grace;
+        let db_ok_for = self
+            .db_ok_since
+            .lock()
+            .unwrap()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        if self.started.elapsed() < grace || db_ok_for < grace {
+            return;
+        }
+        let now = unix_ms();
+        let r = self.store.expired_attempts(now).await;
+        let Some(expired) = self.db_result("looking for expired leases", r) else {
+            return;
+        };
+        for a in expired {
+            let reason = format!("agent {} lost (its lease ran out: no hub heard from it for {grace:?})", a.agent_id);
+            match self.store.lose_expired(&a.job_id, &a.id, &reason, now).await {
+                Ok((Fenced::Applied, after, events)) => {
+                    tracing::warn!(job_id = %a.job_id, attempt_id = %a.id, agent_id = %a.agent_id, ?after, "attempt lost; lease expired");
+                    self.publish(events);
+                    self.forget_attempt(&a.id);
+                    self.cancels.lock().unwrap().remove(&a.job_id);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.db_result("recording a lost attempt", Err::<(), _>(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The attempt of this job (and its agent) that this hub tracks, if any.
+    pub(crate) fn local_attempt_of_job(&self, job_id: &str) -> Option<(String, String)> {
+        self.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, a)| a.job_id == job_id)
+            .map(|(id, a)| (id.clone(), a.agent_id.clone()))
+    }
+
+    /// Cancels the database holds for attempts out with this hub's agents that this hub is not
+    /// yet waiting on: ask the agent, and start the acknowledgement clock.
+    pub(crate) async fn sync_cancels(&self) {
+        let pending = match self.store.pending_cancels().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read pending cancels");
+                return;
+            }
+        };
+        for job in pending {
+            let Some(attempt_id) = job.current_attempt else {
+                continue;
+            };
+            let Some((local, agent_id)) = self.local_attempt_of_job(&job.id) else {
+                continue;
+            };
+            if local != attempt_id {
+                continue;
+            }
+            let fresh = {
+                let mut cancels = self.cancels.lock().unwrap();
+                let fresh = !cancels.contains_key(&job.id);
+                if fresh {
+                    cancels.insert(
+                        job.id.clone(),
+                        PendingCancel {
+                            attempt_id: attempt_id.clone(),
+                            since: Instant::now(),
+                        },
+                    );
+                }
+                fresh
+            };
+            if fresh {
+                let told = self.tell_cancel(&agent_id, &attempt_id, "cancelled by the operator");
+                tracing::info!(job_id = %job.id, attempt_id, agent_id, told, "cancel (requested at another hub) sent to the agent");
+            }
+        }
+    }
+
+    /// Act on what other hubs commit, until shutdown.
+    pub(crate) async fn notice_loop(self: Arc<Self>, mut notices: mpsc::Receiver<Notice>) {
+        loop {
+            let notice = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                n = notices.recv() => match n {
+                    Some(n) => n,
+                    None => return,
+                },
+            };
+            match notice {
+                Notice::Job {
+                    origin,
+                    job_id,
+                    seq,
+                    kind,
+                } if origin != self.hub_id => self.remote_job_event(&job_id, seq, &kind).await,
+                Notice::Agent { origin, agent_id } if origin != self.hub_id => {
+                    self.remote_agent_change(&agent_id).await
+                }
+                Notice::Resync => {
+                    tracing::info!("notifications resumed; looking at the queue and cancels");
+                    self.poke();
+                    self.sync_cancels().await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn remote_job_event(&self, job_id: &str, seq: i64, kind: &str) {
+        // Live subscribers of this hub see every hub's events.
+        match self.store.events_since(job_id, seq - 1).await {
+            Ok(events) => {
+                let ev: Vec<_> = events.into_iter().filter(|e| e.seq == seq).collect();
+                if let Some(e) = ev.first() {
+                    // An attempt out with one of our agents ended at another hub (its deadline,
+                    // a fenced cancel, a lease judged expired): stop it here too.
+                    if let Some(attempt_id) = e.data["attempt_id"].as_str() {
+                        let ended = matches!(
+                            kind,
+                            "cancelled" | "timed_out" | "failed" | "requeued" | "completed"
+                        );
+                        let ours = self
+                            .local_attempt_of_job(job_id)
+                            .filter(|(id, _)| id == attempt_id);
+                        if let (true, Some((attempt_id, agent_id))) = (ended, ours) {
+                            self.tell_cancel(&agent_id, &attempt_id, &format!("the job was {kind} at another hub"));
+                            self.forget_attempt(&attempt_id);
+                            self.cancels.lock().unwrap().remove(job_id);
+                        }
+                    }
+                    if kind == "timed_out" {
+                        // A deadline ends the job whatever attempt it had.
+                        if let Some((attempt_id, agent_id)) = self.local_attempt_of_job(job_id) {
+                            self.tell_cancel(&agent_id, &attempt_id, "job deadline passed");
+                            self.forget_attempt(&attempt_id);
+                        }
+                    }
+                }
+                self.publish(ev);
+            }
+            Err(e) => tracing::debug!(job_id, error = %e, "cannot read another hub's event"),
+        }
+        match kind {
+            "queued" | "requeued" => self.poke(),
+            "cancel_requested" => self.sync_cancels().await,
+            _ => {}
+        }
+    }
+
+    async fn remote_agent_change(&self, agent_id: &str) {
+        let Ok(Some(record)) = self.store.agent(agent_id).await else {
+            return;
+        };
+        let session = {
+            let mut agents = self.agents.lock().unwrap();
+            match agents.get_mut(agent_id) {
+                Some(a) if a.drained != record.drained => {
+                    a.drained = record.drained;
+                    Some(a.session.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(s) = session {
+            tracing::info!(agent_id, drained = record.drained, "drain changed at another hub");
+            self.tell_drain(&s, record.drained);
+        }
+    }
+}
