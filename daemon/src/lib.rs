@@ -6,10 +6,11 @@
 //! # Layout
 //! - `config`: settings from TOML, `MORAG_HUB_*` and flags; `init`: the data directory.
 //! - `model`: jobs, attempts, agents as data; `scheduler`: choosing an agent (no I/O).
-//! - `store/`: the durable store trait and its SQLite implementation (migrations in
-//!   `migrations/sqlite`).
+//! - `store/`: the durable store trait and its SQL implementation on SQLite (embedded) or
+//!   PostgreSQL (several hubs); migrations in `migrations/sqlite` and `migrations/postgres`.
 //! - `hub/`: the running hub: agent sessions and their reports (`agents`), the dispatcher and
-//!   the rescuer (`dispatch`), the content store (`content`).
+//!   the rescuer (`dispatch`), agent leases and other hubs' notices (`leases`), the content
+//!   store (`content`).
 //! - `api/`: the HTTP API (axum); `enroll`: join tokens and the enrollment endpoint;
 //!   `metrics`: Prometheus.
 //! - `server`: start and stop; `cli/`: the `morag-hub` command line.
@@ -26,6 +27,8 @@ pub mod model;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 
 pub use config::HubConfig;
 pub use hub::Hub;

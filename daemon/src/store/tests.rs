@@ -1,18 +1,70 @@
-//! The store's fencing and life-cycle rules, on a real SQLite file.
+//! The store's fencing and life-cycle rules, each run on a real SQLite file and on a real
+//! PostgreSQL server (a fresh database per test).
 
 use std::collections::BTreeMap;
 
-use super::sqlite::{SqliteStore, SyncMode};
+use super::sql::{SqlStore, SyncMode};
 use super::*;
 use crate::model::{GpuNeed, JobState, NewJob, Priority};
 
-async fn store() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("hub.db"), SyncMode::Normal)
-        .await
-        .unwrap();
-    (dir, s)
+/// Each test body runs on both databases.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let s = super::SqlStore::open_sqlite(&dir.path().join("hub.db"), super::SyncMode::Normal, "test")
+                        .await
+                        .unwrap();
+                    super::$name(s).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(url) = super::pg_database().await else { return };
+                    let s = super::SqlStore::connect_postgres(&url, "test").await.unwrap();
+                    super::$name(s).await
+                }
+            )*
+        }
+    };
 }
+
+/// A fresh database on the test server, or `None` (skipped) when there is none.
+async fn pg_database() -> Option<String> {
+    let server = match crate::testing::shared() {
+        Ok(s) => s,
+        Err(e) => {
+            crate::testing::unavailable(&e);
+            return None;
+        }
+    };
+    match server.create_database("store").await {
+        Ok(url) => Some(url),
+        Err(e) => {
+            crate::testing::unavailable(&e);
+            None
+        }
+    }
+}
+
+on_both!(
+    one_result_per_job_stale_refused_duplicate_acknowledged,
+    out_of_attempts_the_job_fails_with_the_reason,
+    refused_assignment_does_not_count_and_requeue_waits,
+    cancel_queued_at_once_running_after_ack,
+    priority_then_age_and_deadlines,
+    join_tokens_work_once,
+    activity_lists_recent_and_unfinished_jobs,
+    referenced_content_lists_inputs_and_artifacts,
+    agents_are_found_by_id_and_keep_their_drain_mark,
+    leases_keep_attempts_alive_and_expired_ones_are_lost_once,
+);
 
 fn job(id: &str, max_attempts: u32) -> NewJob {
     NewJob {
@@ -33,7 +85,7 @@ fn job(id: &str, max_attempts: u32) -> NewJob {
     }
 }
 
-async fn claim(s: &SqliteStore, job: &str, attempt: &str, agent: &str) {
+async fn claim(s: &SqlStore, job: &str, attempt: &str, agent: &str) {
     let got = s
         .claim(&NewAttempt {
             id: attempt.into(),
@@ -46,9 +98,7 @@ async fn claim(s: &SqliteStore, job: &str, attempt: &str, agent: &str) {
     assert!(got.is_some(), "claim of {job} by {attempt}");
 }
 
-#[tokio::test]
-async fn one_result_per_job_stale_refused_duplicate_acknowledged() {
-    let (_d, s) = store().await;
+async fn one_result_per_job_stale_refused_duplicate_acknowledged(s: SqlStore) {
     s.insert_job(&job("j1", 3)).await.unwrap();
     claim(&s, "j1", "a1", "agent-1").await;
     // The first agent is lost; the job goes to another.
@@ -87,9 +137,7 @@ async fn one_result_per_job_stale_refused_duplicate_acknowledged() {
     );
 }
 
-#[tokio::test]
-async fn out_of_attempts_the_job_fails_with_the_reason() {
-    let (_d, s) = store().await;
+async fn out_of_attempts_the_job_fails_with_the_reason(s: SqlStore) {
     s.insert_job(&job("j", 2)).await.unwrap();
     claim(&s, "j", "a1", "x").await;
     s.fail_attempt("j", "a1", "lost", "gone", true, 0, 1)
@@ -106,9 +154,7 @@ async fn out_of_attempts_the_job_fails_with_the_reason() {
     assert!(s.dispatchable(u64::MAX / 2, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn refused_assignment_does_not_count_and_requeue_waits() {
-    let (_d, s) = store().await;
+async fn refused_assignment_does_not_count_and_requeue_waits(s: SqlStore) {
     s.insert_job(&job("j", 1)).await.unwrap();
     claim(&s, "j", "a1", "x").await;
     s.unclaim("j", "a1", "busy", 3).await.unwrap();
@@ -129,9 +175,7 @@ async fn refused_assignment_does_not_count_and_requeue_waits() {
     assert!(again.is_none());
 }
 
-#[tokio::test]
-async fn cancel_queued_at_once_running_after_ack() {
-    let (_d, s) = store().await;
+async fn cancel_queued_at_once_running_after_ack(s: SqlStore) {
     s.insert_job(&job("q", 3)).await.unwrap();
     let (c, _) = s.request_cancel("q", 10).await.unwrap();
     assert_eq!(c, CancelRequest::CancelledQueued);
@@ -160,9 +204,7 @@ async fn cancel_queued_at_once_running_after_ack() {
     assert_eq!(c, CancelRequest::AlreadyEnded(JobState::Cancelled));
 }
 
-#[tokio::test]
-async fn priority_then_age_and_deadlines() {
-    let (_d, s) = store().await;
+async fn priority_then_age_and_deadlines(s: SqlStore) {
     let mut low = job("low", 3);
     low.priority = Priority::Low;
     low.created_ms = 1;
@@ -192,9 +234,7 @@ async fn priority_then_age_and_deadlines() {
     );
 }
 
-#[tokio::test]
-async fn join_tokens_work_once() {
-    let (_d, s) = store().await;
+async fn join_tokens_work_once(s: SqlStore) {
     s.insert_token("abc123", "h", 0, 100).await.unwrap();
     s.insert_token("old123", "h", 0, 5).await.unwrap();
     assert_eq!(
@@ -224,11 +264,11 @@ async fn state_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.db");
     {
-        let s = SqliteStore::open(&path, SyncMode::Full).await.unwrap();
+        let s = SqlStore::open_sqlite(&path, SyncMode::Full, "test").await.unwrap();
         s.insert_job(&job("j", 3)).await.unwrap();
         claim(&s, "j", "a1", "x").await;
     }
-    let s = SqliteStore::open(&path, SyncMode::Full).await.unwrap();
+    let s = SqlStore::open_sqlite(&path, SyncMode::Full, "test").await.unwrap();
     let open = s.open_attempts().await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].id, "a1");
@@ -238,9 +278,7 @@ async fn state_survives_reopening() {
     );
 }
 
-#[tokio::test]
-async fn activity_lists_recent_and_unfinished_jobs() {
-    let (_d, s) = store().await;
+async fn activity_lists_recent_and_unfinished_jobs(s: SqlStore) {
     let at = |id: &str, ms: u64| NewJob {
         created_ms: ms,
         ..job(id, 3)
@@ -284,9 +322,7 @@ async fn activity_lists_recent_and_unfinished_jobs() {
     assert_eq!(done.queue, "q");
 }
 
-#[tokio::test]
-async fn referenced_content_lists_inputs_and_artifacts() {
-    let (_d, s) = store().await;
+async fn referenced_content_lists_inputs_and_artifacts(s: SqlStore) {
     s.insert_job(&job("j", 3)).await.unwrap();
     claim(&s, "j", "a1", "x").await;
     let art = crate::model::ArtifactRow {
@@ -301,9 +337,7 @@ async fn referenced_content_lists_inputs_and_artifacts() {
     assert_eq!(refs.len(), 2);
 }
 
-#[tokio::test]
-async fn agents_are_found_by_id_and_keep_their_drain_mark() {
-    let (_dir, s) = store().await;
+async fn agents_are_found_by_id_and_keep_their_drain_mark(s: SqlStore) {
     let rec = |id: &str| AgentRecord {
         id: id.into(),
         name: format!("{id}-name"),
@@ -319,6 +353,8 @@ async fn agents_are_found_by_id_and_keep_their_drain_mark() {
         drained: false,
         first_seen_ms: 1,
         last_seen_ms: 1,
+        hub_id: None,
+        lease_ms: None,
     };
     s.upsert_agent(&rec("a")).await.unwrap();
     s.upsert_agent(&rec("b")).await.unwrap();
@@ -329,4 +365,175 @@ async fn agents_are_found_by_id_and_keep_their_drain_mark() {
     assert_eq!(b.hardware["cpus"], 2);
     assert!(!s.agent("a").await.unwrap().unwrap().drained);
     assert_eq!(s.agents().await.unwrap().len(), 2);
+}
+
+fn agent_rec(id: &str, hub: &str, lease_ms: u64) -> AgentRecord {
+    AgentRecord {
+        id: id.into(),
+        name: id.into(),
+        capability: "cpu".into(),
+        queues: vec!["q".into()],
+        hardware: serde_json::Value::Null,
+        hostname: "h".into(),
+        address: None,
+        max_concurrent: 2,
+        content_types: vec!["audio".into()],
+        version: "1".into(),
+        incarnation: "i1".into(),
+        drained: false,
+        first_seen_ms: 1,
+        last_seen_ms: 1,
+        hub_id: Some(hub.into()),
+        lease_ms: Some(lease_ms),
+    }
+}
+
+async fn leases_keep_attempts_alive_and_expired_ones_are_lost_once(s: SqlStore) {
+    s.upsert_agent(&agent_rec("x", "hub-a", 10_000)).await.unwrap();
+    s.insert_job(&job("j", 3)).await.unwrap();
+    claim(&s, "j", "a1", "x").await;
+    // Within the lease: alive.
+    assert!(s.expired_attempts(9_000).await.unwrap().is_empty());
+    // Renewed by its hub only: another hub's renewal changes nothing.
+    assert_eq!(
+        s.renew_leases("hub-b", &["x".into()], 50_000, 9_500)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.renew_leases("hub-a", &["x".into()], 20_000, 9_500)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.expired_attempts(15_000).await.unwrap().is_empty());
+    let expired = s.expired_attempts(25_000).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!((expired[0].id.as_str(), expired[0].job_id.as_str()), ("a1", "j"));
+    // The agent registered with hub B before the sweep acted: its work stays.
+    s.upsert_agent(&agent_rec("x", "hub-b", 40_000)).await.unwrap();
+    let (f, after, events) = s.lose_expired("j", "a1", "lost", 25_000).await.unwrap();
+    assert_eq!((f, after, events.len()), (Fenced::Stale, None, 0));
+    assert_eq!(s.open_attempts_of("x").await.unwrap().len(), 1);
+    // Now it really is gone: lost once, requeued; a second sweep finds nothing.
+    let (f, after, _) = s.lose_expired("j", "a1", "lost", 45_000).await.unwrap();
+    assert_eq!((f, after), (Fenced::Applied, Some(AfterFailure::Requeued)));
+    let (f, _, _) = s.lose_expired("j", "a1", "lost", 46_000).await.unwrap();
+    assert_eq!(f, Fenced::Duplicate);
+    assert!(s.expired_attempts(50_000).await.unwrap().is_empty());
+    assert!(s.open_attempts_of("x").await.unwrap().is_empty());
+    let j = s.job("j").await.unwrap().unwrap();
+    assert_eq!((j.state, j.attempts[0].outcome.as_str()), (JobState::Queued, "lost"));
+}
+
+/// Several hubs on one PostgreSQL database claim the same queue at once: every job is
+/// claimed by exactly one of them.
+#[tokio::test]
+async fn postgres_concurrent_claims_give_each_job_to_one_hub() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let hubs: Vec<std::sync::Arc<SqlStore>> = vec![
+        std::sync::Arc::new(SqlStore::connect_postgres(&url, "hub-a").await.unwrap()),
+        std::sync::Arc::new(SqlStore::connect_postgres(&url, "hub-b").await.unwrap()),
+        std::sync::Arc::new(SqlStore::connect_postgres(&url, "hub-c").await.unwrap()),
+    ];
+    for n in 0..40 {
+        hubs[0].insert_job(&job(&format!("j{n:02}"), 3)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for (h, store) in hubs.iter().enumerate() {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            for n in 0..40 {
+                let attempt = format!("att-{h}-{n}");
+                let got = store
+                    .claim(&NewAttempt {
+                        id: attempt,
+                        job_id: format!("j{n:02}"),
+                        agent_id: format!("agent-{h}"),
+                        now_ms: 2_000,
+                    })
+                    .await
+                    .unwrap();
+                if got.is_some() {
+                    won.push(n);
+                }
+            }
+            won
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(all, (0..40).collect::<Vec<_>>(), "each job claimed exactly once");
+    for n in 0..40 {
+        let j = hubs[1].job(&format!("j{n:02}")).await.unwrap().unwrap();
+        assert_eq!((j.state, j.attempt_count, j.attempts.len()), (JobState::Assigned, 1, 1));
+    }
+}
+
+/// What one hub commits reaches another hub's listener, named with its origin.
+#[tokio::test]
+async fn postgres_notices_reach_the_other_hubs() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let a = SqlStore::connect_postgres(&url, "hub-a").await.unwrap();
+    let b = SqlStore::connect_postgres(&url, "hub-b").await.unwrap();
+    let mut heard = b.notices().await.unwrap().expect("PostgreSQL listens");
+    let events = a.insert_job(&job("j", 3)).await.unwrap();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv())
+        .await
+        .expect("a notice within 10 s")
+        .unwrap();
+    assert_eq!(
+        n,
+        Notice::Job {
+            origin: "hub-a".into(),
+            job_id: "j".into(),
+            seq: events[0].seq,
+            kind: "queued".into()
+        }
+    );
+    a.upsert_agent(&agent_rec("x", "hub-b", 1)).await.unwrap();
+    assert!(a.set_drained("x", true).await.unwrap());
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv())
+        .await
+        .expect("a notice within 10 s")
+        .unwrap();
+    assert_eq!(
+        n,
+        Notice::Agent {
+            origin: "hub-a".into(),
+            agent_id: "x".into()
+        }
+    );
+    // A rolled-back change tells nobody: a claim of a job that is not queued writes nothing.
+    assert!(a
+        .claim(&NewAttempt {
+            id: "z".into(),
+            job_id: "missing".into(),
+            agent_id: "x".into(),
+            now_ms: 3,
+        })
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), heard.recv())
+            .await
+            .is_err(),
+        "no notice for a change that did not happen"
+    );
+    // SQLite has no other hubs to hear.
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqlStore::open_sqlite(&dir.path().join("hub.db"), SyncMode::Normal, "x")
+        .await
+        .unwrap();
+    assert!(s.notices().await.unwrap().is_none());
 }
