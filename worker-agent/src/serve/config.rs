@@ -40,7 +40,8 @@ impl std::str::FromStr for OnHubLost {
 /// The agent's settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The hub's `HOST:PORT`; `None`: read `<dir>/hub` (written by `enroll`).
+    /// The hub's `HOST:PORT`, or several separated by commas (the agent fails over between
+    /// them); `None`: read `<dir>/hub` (written by `enroll`).
     pub hub: Option<String>,
     /// Holds `agent.pem`, `agent.key`, `ca.pem` (optional `crl.pem`), `hub`, `store/`,
     /// `jobs/`, `outbox/`.

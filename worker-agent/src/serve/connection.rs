@@ -29,37 +29,92 @@ pub fn split_host_port(hub: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
-async fn resolve(hub: &str) -> Result<(SocketAddr, String), String> {
-    let (host, port) = split_host_port(hub)?;
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} resolves to no address"))?;
-    Ok((addr, host))
+/// The hub addresses of `HOST:PORT[,HOST:PORT...]`, checked.
+pub fn hub_list(hubs: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = hubs
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.is_empty() {
+        return Err("no hub address (expected HOST:PORT, or several separated by commas)".into());
+    }
+    for h in &list {
+        split_host_port(h)?;
+    }
+    Ok(list)
 }
 
-/// Keep a session with the hub until the agent stops: dial (with backoff while the hub is
-/// not up), serve the session, and dial again when it ends.
+/// Every address of every hub, in the order given (a name with several addresses gives each):
+/// `(address, TLS server name)`. Names that do not resolve now are skipped, with the reason.
+async fn resolve_all(hubs: &[String]) -> (Vec<(SocketAddr, String)>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for hub in hubs {
+        let Ok((host, port)) = split_host_port(hub) else {
+            continue;
+        };
+        let found = tokio::net::lookup_host((host.as_str(), port)).await;
+        match found {
+            Ok(addrs) => {
+                let before = out.len();
+                for a in addrs {
+                    if !out.iter().any(|(x, _)| *x == a) {
+                        out.push((a, host.clone()));
+                    }
+                }
+                if out.len() == before {
+                    errors.push(format!("{host} resolves to no address"));
+                }
+            }
+            Err(e) => errors.push(format!("cannot resolve {host}: {e}")),
+        }
+    }
+    (out, errors)
+}
+
+/// How long a lost hub gets to come back before an agent with other hubs to try moves on.
+pub const FAILOVER_AFTER: Duration = Duration::from_secs(2);
+
+/// Keep a session with a hub until the agent stops: dial (with backoff while no hub is up),
+/// serve the session, and dial again when it ends. With several hubs (a list, or a name with
+/// several addresses) the agent dials them in turn, and leaves a hub it lost for
+/// [`FAILOVER_AFTER`] for the next one; the hub it lands on takes over its attempts when it
+/// registers.
 pub async fn maintain(agent: Arc<Agent>, client: Client, hub: String) {
+    let hubs = match hub_list(&hub) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "bad hub address");
+            return;
+        }
+    };
     let mut failures = 0u32;
+    let mut next = 0usize;
     loop {
         if agent.root.is_cancelled() {
             return;
         }
-        let dialed = match resolve(&hub).await {
-            Ok((addr, host)) => tokio::select! {
-                biased;
-                _ = agent.root.cancelled() => return,
-                r = client.connect(addr, &host) => r.map_err(|e| e.to_string()),
-            },
-            Err(e) => Err(e),
+        let (targets, errors) = resolve_all(&hubs).await;
+        let dialed = match targets.get(next % targets.len().max(1)) {
+            Some((addr, host)) => {
+                let (addr, host) = (*addr, host.clone());
+                tokio::select! {
+                    biased;
+                    _ = agent.root.cancelled() => return,
+                    r = client.connect(addr, &host) => r.map(|s| (s, addr)).map_err(|e| format!("{addr}: {e}")),
+                }
+            }
+            None => Err(errors.join("; ")),
         };
+        let several = targets.len() > 1;
+        next = next.wrapping_add(1);
         match dialed {
-            Ok(session) => {
+            Ok((session, addr)) => {
                 failures = 0;
-                tracing::info!(hub = %hub, peer = session.peer_id(), "connected to the hub");
-                serve_session(&agent, session).await;
+                tracing::info!(hub = %hub, %addr, peer = session.peer_id(), "connected to the hub");
+                serve_session(&agent, session, several.then_some(FAILOVER_AFTER)).await;
                 // Not straight back: a hub that closes every session must not be hammered.
                 let pause = agent.config.reconnect.delay(0, rand::random::<f64>());
                 tokio::select! {
@@ -69,10 +124,13 @@ pub async fn maintain(agent: Arc<Agent>, client: Client, hub: String) {
                 }
             }
             Err(error) => {
-                let delay = agent
-                    .config
-                    .reconnect
-                    .delay(failures, rand::random::<f64>());
+                // Try every hub before backing off.
+                let rounds = failures / targets.len().max(1) as u32;
+                let delay = if several && (failures + 1) % targets.len() as u32 != 0 {
+                    Duration::from_millis(50)
+                } else {
+                    agent.config.reconnect.delay(rounds, rand::random::<f64>())
+                };
                 if failures == 0 || failures.is_multiple_of(10) {
                     tracing::warn!(hub = %hub, %error, retry_in_ms = delay.as_millis() as u64, "cannot reach the hub");
                 } else {
@@ -90,16 +148,29 @@ pub async fn maintain(agent: Arc<Agent>, client: Client, hub: String) {
 }
 
 /// Route what arrives on `session` until it ends.
-async fn serve_session(agent: &Arc<Agent>, session: Session) {
+async fn serve_session(agent: &Arc<Agent>, session: Session, failover: Option<Duration>) {
     let mut events = session.events();
     let mut registered_gen = session.generation();
+    // While the hub is lost: when to give up on it for another.
+    let mut give_up_at: Option<tokio::time::Instant> = None;
     spawn_register(agent, &session);
     loop {
         tokio::select! {
             biased;
             _ = agent.root.cancelled() => return,
+            _ = async { tokio::time::sleep_until(give_up_at.expect("guarded")).await }, if give_up_at.is_some() => {
+                tracing::warn!(after = ?failover.unwrap_or_default(), "the hub is still lost; trying another hub");
+                // Stop this session's own reconnecting; the peer is gone, so do not wait long.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    session.close(morag_transport::close_code::NORMAL, "failing over to another hub"),
+                )
+                .await;
+                break;
+            }
             ev = events.recv() => match ev {
                 Ok(SessionEvent::Connected { generation, zero_rtt, .. }) => {
+                    give_up_at = None;
                     if generation > registered_gen {
                         registered_gen = generation;
                         tracing::info!(generation, zero_rtt, "reconnected to the hub");
@@ -108,6 +179,9 @@ async fn serve_session(agent: &Arc<Agent>, session: Session) {
                 }
                 Ok(SessionEvent::Lost { reason }) => {
                     tracing::warn!(%reason, "lost the hub; reconnecting");
+                    if let Some(after) = failover {
+                        give_up_at.get_or_insert(tokio::time::Instant::now() + after);
+                    }
                     hub_lost(agent);
                 }
                 Ok(SessionEvent::Closed { by_peer, code, reason }) => {
@@ -390,5 +464,11 @@ mod tests {
         assert!(split_host_port("hub.example").is_err());
         assert!(split_host_port(":7400").is_err());
         assert!(split_host_port("hub:x").is_err());
+        assert_eq!(
+            hub_list(" a:1, b:2 ,").unwrap(),
+            vec!["a:1".to_string(), "b:2".to_string()]
+        );
+        assert!(hub_list("a:1,b").is_err());
+        assert!(hub_list(" , ").is_err());
     }
 }

@@ -110,7 +110,8 @@ pub fn session_config(config: &ServeConfig) -> anyhow::Result<SessionConfig> {
     Ok(s)
 }
 
-/// The hub's address: the configured one, else `<dir>/hub` (written by `enroll`).
+/// The hub's address (`HOST:PORT`, or several separated by commas): the configured one, else
+/// `<dir>/hub` (written by `enroll`).
 pub fn hub_address(config: &ServeConfig) -> anyhow::Result<String> {
     if let Some(h) = &config.hub {
         return Ok(h.trim().to_string());
@@ -135,6 +136,7 @@ pub async fn run(
         tracing::warn!("{w}");
     }
     let hub = hub_address(&config)?;
+    connection::hub_list(&hub).map_err(|e| anyhow::anyhow!("hub address {hub:?}: {e}"))?;
     let session_config = session_config(&config)?;
     let store_dir = session_config.store_dir.clone();
     let jobs_dir = config.jobs_dir();
