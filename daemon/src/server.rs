@@ -180,7 +180,10 @@ pub async fn run(config: HubConfig, shutdown: CancellationToken) -> anyhow::Resu
     let fp = init::fingerprint_text(&running.hub.ca_fingerprint);
     println!("morag-hub {}", env!("CARGO_PKG_VERSION"));
     println!("  data:      {}", data_dir.display());
-    println!("  database:  {}", running.hub.config.store_target().redacted());
+    println!(
+        "  database:  {}",
+        running.hub.config.store_target().redacted()
+    );
     println!("  content:   {}", running.hub.config.store_dir().display());
     println!("  hub id:    {}", running.hub.hub_id);
     println!(

@@ -12,27 +12,6 @@ use hub_common::*;
 use morag_tests::faultproxy::FaultProxy;
 use serde_json::Value;
 
-fn attempts(job: &Value) -> Vec<(String, String)> {
-    job["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["agent_id"].as_str().unwrap().to_string(),
-                a["outcome"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn completed_attempts(job: &Value) -> usize {
-    attempts(job)
-        .iter()
-        .filter(|(_, o)| o == "completed")
-        .count()
-}
-
 /// An agent with a certificate issued from the hub's CA, serving through `via` (host:port).
 fn agent(hub: &Hub, root: &Path, id: &str, via: &str, args: &[&str]) -> Agent {
     let dir = root.join(id);

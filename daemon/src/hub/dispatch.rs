@@ -330,7 +330,12 @@ impl Hub {
                 .local_attempt_of_job(job_id)
                 .is_some_and(|(id, _)| &id == attempt_id);
             if !local {
-                tracing::info!(job_id, attempt_id, agent_id, "cancel recorded; the agent's hub stops it");
+                tracing::info!(
+                    job_id,
+                    attempt_id,
+                    agent_id,
+                    "cancel recorded; the agent's hub stops it"
+                );
                 return Ok(outcome);
             }
             self.cancels

@@ -139,8 +139,15 @@ impl Hub {
             return;
         };
         for a in expired {
-            let reason = format!("agent {} lost (its lease ran out: no hub heard from it for {grace:?})", a.agent_id);
-            match self.store.lose_expired(&a.job_id, &a.id, &reason, now).await {
+            let reason = format!(
+                "agent {} lost (its lease ran out: no hub heard from it for {grace:?})",
+                a.agent_id
+            );
+            match self
+                .store
+                .lose_expired(&a.job_id, &a.id, &reason, now)
+                .await
+            {
                 Ok((Fenced::Applied, after, events)) => {
                     tracing::warn!(job_id = %a.job_id, attempt_id = %a.id, agent_id = %a.agent_id, ?after, "attempt lost; lease expired");
                     self.publish(events);
@@ -255,7 +262,11 @@ impl Hub {
                             .local_attempt_of_job(job_id)
                             .filter(|(id, _)| id == attempt_id);
                         if let (true, Some((attempt_id, agent_id))) = (ended, ours) {
-                            self.tell_cancel(&agent_id, &attempt_id, &format!("the job was {kind} at another hub"));
+                            self.tell_cancel(
+                                &agent_id,
+                                &attempt_id,
+                                &format!("the job was {kind} at another hub"),
+                            );
                             self.forget_attempt(&attempt_id);
                             self.cancels.lock().unwrap().remove(job_id);
                         }
@@ -294,7 +305,11 @@ impl Hub {
             }
         };
         if let Some(s) = session {
-            tracing::info!(agent_id, drained = record.drained, "drain changed at another hub");
+            tracing::info!(
+                agent_id,
+                drained = record.drained,
+                "drain changed at another hub"
+            );
             self.tell_drain(&s, record.drained);
         }
     }

@@ -264,11 +264,15 @@ async fn state_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.db");
     {
-        let s = SqlStore::open_sqlite(&path, SyncMode::Full, "test").await.unwrap();
+        let s = SqlStore::open_sqlite(&path, SyncMode::Full, "test")
+            .await
+            .unwrap();
         s.insert_job(&job("j", 3)).await.unwrap();
         claim(&s, "j", "a1", "x").await;
     }
-    let s = SqlStore::open_sqlite(&path, SyncMode::Full, "test").await.unwrap();
+    let s = SqlStore::open_sqlite(&path, SyncMode::Full, "test")
+        .await
+        .unwrap();
     let open = s.open_attempts().await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].id, "a1");
@@ -389,7 +393,9 @@ fn agent_rec(id: &str, hub: &str, lease_ms: u64) -> AgentRecord {
 }
 
 async fn leases_keep_attempts_alive_and_expired_ones_are_lost_once(s: SqlStore) {
-    s.upsert_agent(&agent_rec("x", "hub-a", 10_000)).await.unwrap();
+    s.upsert_agent(&agent_rec("x", "hub-a", 10_000))
+        .await
+        .unwrap();
     s.insert_job(&job("j", 3)).await.unwrap();
     claim(&s, "j", "a1", "x").await;
     // Within the lease: alive.
@@ -410,9 +416,14 @@ async fn leases_keep_attempts_alive_and_expired_ones_are_lost_once(s: SqlStore) 
     assert!(s.expired_attempts(15_000).await.unwrap().is_empty());
     let expired = s.expired_attempts(25_000).await.unwrap();
     assert_eq!(expired.len(), 1);
-    assert_eq!((expired[0].id.as_str(), expired[0].job_id.as_str()), ("a1", "j"));
+    assert_eq!(
+        (expired[0].id.as_str(), expired[0].job_id.as_str()),
+        ("a1", "j")
+    );
     // The agent registered with hub B before the sweep acted: its work stays.
-    s.upsert_agent(&agent_rec("x", "hub-b", 40_000)).await.unwrap();
+    s.upsert_agent(&agent_rec("x", "hub-b", 40_000))
+        .await
+        .unwrap();
     let (f, after, events) = s.lose_expired("j", "a1", "lost", 25_000).await.unwrap();
     assert_eq!((f, after, events.len()), (Fenced::Stale, None, 0));
     assert_eq!(s.open_attempts_of("x").await.unwrap().len(), 1);
@@ -424,7 +435,10 @@ async fn leases_keep_attempts_alive_and_expired_ones_are_lost_once(s: SqlStore) 
     assert!(s.expired_attempts(50_000).await.unwrap().is_empty());
     assert!(s.open_attempts_of("x").await.unwrap().is_empty());
     let j = s.job("j").await.unwrap().unwrap();
-    assert_eq!((j.state, j.attempts[0].outcome.as_str()), (JobState::Queued, "lost"));
+    assert_eq!(
+        (j.state, j.attempts[0].outcome.as_str()),
+        (JobState::Queued, "lost")
+    );
 }
 
 /// Several hubs on one PostgreSQL database claim the same queue at once: every job is
@@ -440,7 +454,10 @@ async fn postgres_concurrent_claims_give_each_job_to_one_hub() {
         std::sync::Arc::new(SqlStore::connect_postgres(&url, "hub-c").await.unwrap()),
     ];
     for n in 0..40 {
-        hubs[0].insert_job(&job(&format!("j{n:02}"), 3)).await.unwrap();
+        hubs[0]
+            .insert_job(&job(&format!("j{n:02}"), 3))
+            .await
+            .unwrap();
     }
     let mut tasks = Vec::new();
     for (h, store) in hubs.iter().enumerate() {
@@ -470,10 +487,17 @@ async fn postgres_concurrent_claims_give_each_job_to_one_hub() {
         all.extend(t.await.unwrap());
     }
     all.sort();
-    assert_eq!(all, (0..40).collect::<Vec<_>>(), "each job claimed exactly once");
+    assert_eq!(
+        all,
+        (0..40).collect::<Vec<_>>(),
+        "each job claimed exactly once"
+    );
     for n in 0..40 {
         let j = hubs[1].job(&format!("j{n:02}")).await.unwrap().unwrap();
-        assert_eq!((j.state, j.attempt_count, j.attempts.len()), (JobState::Assigned, 1, 1));
+        assert_eq!(
+            (j.state, j.attempt_count, j.attempts.len()),
+            (JobState::Assigned, 1, 1)
+        );
     }
 }
 

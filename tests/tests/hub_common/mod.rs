@@ -183,6 +183,29 @@ impl Drop for Proc {
     }
 }
 
+/// A job's attempts as (agent, outcome).
+pub fn attempts(job: &Value) -> Vec<(String, String)> {
+    job["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["agent_id"].as_str().unwrap().to_string(),
+                a["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// How many of a job's attempts completed.
+pub fn completed_attempts(job: &Value) -> usize {
+    attempts(job)
+        .iter()
+        .filter(|(_, o)| o == "completed")
+        .count()
+}
+
 /// A hub process.
 pub struct Hub {
     pub proc: Proc,

@@ -4,8 +4,8 @@ use sqlx::Row;
 
 use super::rows::*;
 use super::{notify, Dialect, SqlStore};
-use crate::store::Notice;
 use crate::model::AgentRecord;
+use crate::store::Notice;
 use crate::store::{StoreResult, TokenRedemption};
 
 pub(super) async fn upsert_agent(store: &SqlStore, a: &AgentRecord) -> StoreResult<()> {

@@ -255,17 +255,21 @@ impl SqlStore {
     }
 
     /// Whether the agent's lease has run out (or it never had one): its attempts are lost.
-    async fn lease_expired(&self, tx: &mut Tx<'_>, agent_id: &str, now_ms: u64) -> StoreResult<bool> {
+    async fn lease_expired(
+        &self,
+        tx: &mut Tx<'_>,
+        agent_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
         let share = match self.dialect {
             Dialect::Sqlite => "",
             Dialect::Postgres => " FOR SHARE",
         };
-        let lease: Option<Option<i64>> = sqlx::query_scalar(&format!(
-            "SELECT lease_ms FROM agents WHERE id = $1{share}"
-        ))
-        .bind(agent_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let lease: Option<Option<i64>> =
+            sqlx::query_scalar(&format!("SELECT lease_ms FROM agents WHERE id = $1{share}"))
+                .bind(agent_id)
+                .fetch_optional(&mut **tx)
+                .await?;
         Ok(lease.flatten().is_none_or(|l| u(l) < now_ms))
     }
 
@@ -412,14 +416,15 @@ impl Store for SqlStore {
         .bind(i(job.created_ms))
         .execute(&mut *tx)
         .await?;
-        let events = self.commit_with_event(
-            tx,
-            &job.id,
-            "queued",
-            serde_json::json!({"state": "queued", "queue": job.queue}),
-            job.created_ms,
-        )
-        .await?;
+        let events = self
+            .commit_with_event(
+                tx,
+                &job.id,
+                "queued",
+                serde_json::json!({"state": "queued", "queue": job.queue}),
+                job.created_ms,
+            )
+            .await?;
         Ok(events)
     }
 
@@ -580,14 +585,15 @@ impl Store for SqlStore {
             .bind(attempt_id)
             .execute(&mut *tx)
             .await?;
-        let events = self.commit_with_event(
-            tx,
-            job_id,
-            "running",
-            serde_json::json!({"state": "running", "attempt_id": attempt_id}),
-            now_ms,
-        )
-        .await?;
+        let events = self
+            .commit_with_event(
+                tx,
+                job_id,
+                "running",
+                serde_json::json!({"state": "running", "attempt_id": attempt_id}),
+                now_ms,
+            )
+            .await?;
         Ok((Fenced::Applied, events))
     }
 
@@ -613,14 +619,15 @@ impl Store for SqlStore {
             return Ok(vec![]);
         }
         close_attempt(&mut tx, attempt_id, "refused", Some(reason), now_ms).await?;
-        let events = self.commit_with_event(
-            tx,
-            job_id,
-            "requeued",
-            serde_json::json!({"state": "queued", "attempt_id": attempt_id, "reason": reason}),
-            now_ms,
-        )
-        .await?;
+        let events = self
+            .commit_with_event(
+                tx,
+                job_id,
+                "requeued",
+                serde_json::json!({"state": "queued", "attempt_id": attempt_id, "reason": reason}),
+                now_ms,
+            )
+            .await?;
         Ok(events)
     }
 
@@ -651,15 +658,16 @@ impl Store for SqlStore {
         if n != 1 {
             return Ok((Fenced::Stale, vec![]));
         }
-        let events = self.commit_with_event(
-            tx,
-            job_id,
-            "progress",
-            serde_json::json!({"attempt_id": attempt_id, "percent": p.percent, "stage": p.stage,
+        let events = self
+            .commit_with_event(
+                tx,
+                job_id,
+                "progress",
+                serde_json::json!({"attempt_id": attempt_id, "percent": p.percent, "stage": p.stage,
                 "message": p.message, "eta_ms": p.eta_ms}),
-            now_ms,
-        )
-        .await?;
+                now_ms,
+            )
+            .await?;
         Ok((Fenced::Applied, events))
     }
 
@@ -745,8 +753,10 @@ impl Store for SqlStore {
         reason: &str,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Option<AfterFailure>, Events)> {
-        self.fail_in(job_id, attempt_id, "lost", reason, true, now_ms, now_ms, true)
-            .await
+        self.fail_in(
+            job_id, attempt_id, "lost", reason, true, now_ms, now_ms, true,
+        )
+        .await
     }
 
     async fn request_cancel(
@@ -769,14 +779,15 @@ impl Store for SqlStore {
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
-            let ev = self.event(
-                &mut tx,
-                job_id,
-                "cancelled",
-                serde_json::json!({"state": "cancelled", "latency_ms": 0, "while": "queued"}),
-                now_ms,
-            )
-            .await?;
+            let ev = self
+                .event(
+                    &mut tx,
+                    job_id,
+                    "cancelled",
+                    serde_json::json!({"state": "cancelled", "latency_ms": 0, "while": "queued"}),
+                    now_ms,
+                )
+                .await?;
             tx.commit().await?;
             return Ok((CancelRequest::CancelledQueued, vec![ev]));
         }
@@ -799,14 +810,15 @@ impl Store for SqlStore {
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
-        let events = self.commit_with_event(
-            tx,
-            job_id,
-            "cancel_requested",
-            serde_json::json!({"attempt_id": attempt_id, "agent_id": agent_id}),
-            now_ms,
-        )
-        .await?;
+        let events = self
+            .commit_with_event(
+                tx,
+                job_id,
+                "cancel_requested",
+                serde_json::json!({"attempt_id": attempt_id, "agent_id": agent_id}),
+                now_ms,
+            )
+            .await?;
         Ok((
             CancelRequest::Requested {
                 attempt_id,
@@ -852,15 +864,16 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?;
         let latency = now_ms.saturating_sub(requested);
-        let events = self.commit_with_event(
-            tx,
-            job_id,
-            "cancelled",
-            serde_json::json!({"state": "cancelled", "attempt_id": attempt_id,
+        let events = self
+            .commit_with_event(
+                tx,
+                job_id,
+                "cancelled",
+                serde_json::json!({"state": "cancelled", "attempt_id": attempt_id,
                 "acknowledged": acknowledged, "latency_ms": latency}),
-            now_ms,
-        )
-        .await?;
+                now_ms,
+            )
+            .await?;
         Ok((Fenced::Applied, events))
     }
 

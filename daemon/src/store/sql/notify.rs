@@ -69,7 +69,10 @@ pub(super) async fn listen(url: String) -> StoreResult<mpsc::Receiver<Notice>> {
             let notice = match listener.try_recv().await {
                 Ok(Some(n)) => {
                     if let Some(since) = down_since.take() {
-                        tracing::info!(down_ms = since.elapsed().as_millis() as u64, "listening to the database again");
+                        tracing::info!(
+                            down_ms = since.elapsed().as_millis() as u64,
+                            "listening to the database again"
+                        );
                     }
                     match decode(n.payload()) {
                         Some(notice) => notice,
