@@ -7,7 +7,11 @@
 //! cargo bench -p morag-tests --bench hub -- --only idle --idle 100,1000,3000,10000
 //! ```
 //!
-//! Arguments: `--seq N` sequential jobs per sync mode (default 200, after 5 warm-up jobs),
+//! Parts (1) and (2) run on each store: SQLite with `sync=full` and `sync=normal`, and
+//! PostgreSQL (a server of the bench's own from Debian's binaries, `fsync` on, started by
+//! `scripts/test-postgres.sh`; skipped with a note when it cannot start).
+//!
+//! Arguments: `--seq N` sequential jobs per store (default 200, after 5 warm-up jobs),
 //! `--burst M` jobs submitted at once (1000), `--agents K` and `--slots S` in-process agents
 //! and their slots (4 x 8), `--submitters N` submissions in flight during the burst (16),
 //! `--idle 100,1000,3000,10000` the idle-agent ramp (also `MORAG_BENCH_IDLE`), `--window SECS`
@@ -76,10 +80,26 @@ async fn run() -> anyhow::Result<()> {
     let mut runs = Vec::new();
     if s.jobs {
         for sync in ["full", "normal"] {
-            eprintln!("(1)+(2) sync={sync}");
+            let label = format!("sqlite sync={sync}");
+            eprintln!("(1)+(2) {label}");
             let d = dir.path().join(format!("jobs-{sync}"));
             std::fs::create_dir_all(&d)?;
-            runs.push(jobs::run(&s, sync, &d).await?);
+            runs.push(jobs::run(&s, &label, &[("sync", sync.to_string())], &d).await?);
+        }
+        // The same on PostgreSQL, durable as SQLite's `full` (fsync on every commit).
+        let pg = morag_hub::testing::PgServer::start(&dir.path().join("pg"), true);
+        match pg {
+            Ok(pg) => {
+                let url = pg
+                    .create_database("bench")
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                eprintln!("(1)+(2) postgres");
+                let d = dir.path().join("jobs-postgres");
+                std::fs::create_dir_all(&d)?;
+                runs.push(jobs::run(&s, "postgres", &[("store", url)], &d).await?);
+            }
+            Err(e) => eprintln!("note: PostgreSQL skipped: {e}"),
         }
     }
     let idle = if s.idle {
@@ -97,6 +117,7 @@ async fn run() -> anyhow::Result<()> {
     );
     if !runs.is_empty() {
         report_jobs(&s, &runs);
+        report_ratios(&runs);
     }
     if let Some(idle) = idle {
         report_idle(&s, &idle);
@@ -144,13 +165,13 @@ fn report_jobs(s: &Settings, runs: &[jobs::SyncRun]) {
     if !submit_placed {
         cols.push("response".into());
     }
-    print!("  {:<12}", "");
+    print!("  {:<18}", "");
     for c in &cols {
         print!(" {:>19}", c);
     }
     println!();
     for r in runs {
-        print!("  {:<12}", format!("sync={}", r.sync));
+        print!("  {:<18}", r.label);
         for c in &cols {
             let v: Vec<Duration> = if c == "response" {
                 r.samples.iter().map(|x| x.submit).collect()
@@ -172,8 +193,8 @@ fn report_jobs(s: &Settings, runs: &[jobs::SyncRun]) {
         let total: Vec<Duration> = r.samples.iter().map(|x| x.total).collect();
         let p50 = percentile(&total, 50.0).unwrap_or_default();
         println!(
-            "  sync={:<7} submit -> completed p50 {} ms, p99 {} ms  [target p50 < {} ms: {}]",
-            r.sync,
+            "  {:<18} submit -> completed p50 {} ms, p99 {} ms  [target p50 < {} ms: {}]",
+            r.label,
             ms(Some(p50)),
             ms(percentile(&total, 99.0)),
             JOB_TARGET.as_millis(),
@@ -187,20 +208,40 @@ fn report_jobs(s: &Settings, runs: &[jobs::SyncRun]) {
         s.submitters, s.agents, s.slots
     );
     println!(
-        "  {:<12} {:>6} {:>8} {:>12} {:>13} {:>14} {:>7}",
+        "  {:<18} {:>6} {:>8} {:>12} {:>13} {:>14} {:>7}",
         "", "jobs", "failed", "submitted s", "submit jobs/s", "all ended s", "jobs/s"
     );
     for r in runs {
         let b = &r.burst;
         println!(
-            "  {:<12} {:>6} {:>8} {:>12.3} {:>13.0} {:>14.3} {:>7.0}",
-            format!("sync={}", r.sync),
+            "  {:<18} {:>6} {:>8} {:>12.3} {:>13.0} {:>14.3} {:>7.0}",
+            r.label,
             b.jobs,
             b.failed,
             b.submitted.as_secs_f64(),
             b.jobs as f64 / b.submitted.as_secs_f64(),
             b.completed.as_secs_f64(),
             b.jobs as f64 / b.completed.as_secs_f64()
+        );
+    }
+}
+
+/// Each store against the embedded default (SQLite, `sync=full`), in this run.
+fn report_ratios(runs: &[jobs::SyncRun]) {
+    let Some(base) = runs.first() else { return };
+    let p50 = |r: &jobs::SyncRun| {
+        let total: Vec<Duration> = r.samples.iter().map(|x| x.total).collect();
+        percentile(&total, 50.0).unwrap_or_default().as_secs_f64()
+    };
+    let rate = |r: &jobs::SyncRun| r.burst.jobs as f64 / r.burst.completed.as_secs_f64();
+    println!();
+    println!("  against {} in this run:", base.label);
+    for r in &runs[1..] {
+        println!(
+            "  {:<18} per-job p50 x{:.2}, end-to-end jobs/s x{:.2}",
+            r.label,
+            p50(r) / p50(base),
+            rate(r) / rate(base)
         );
     }
 }

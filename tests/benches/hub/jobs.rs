@@ -63,7 +63,8 @@ pub struct Burst {
 }
 
 pub struct SyncRun {
-    pub sync: &'static str,
+    /// Which store: `sqlite sync=full`, `sqlite sync=normal`, `postgres`.
+    pub label: String,
     pub samples: Vec<Sample>,
     pub burst: Burst,
 }
@@ -87,9 +88,14 @@ struct Bench {
     lagged: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Both parts with the store's `sync` set to `sync`.
-pub async fn run(s: &Settings, sync: &'static str, dir: &Path) -> anyhow::Result<SyncRun> {
-    let mut b = Bench::start(s, sync, dir).await?;
+/// Both parts on the store these hub settings choose (`sync=...`, `store=postgres://...`).
+pub async fn run(
+    s: &Settings,
+    label: &str,
+    store: &[(&str, String)],
+    dir: &Path,
+) -> anyhow::Result<SyncRun> {
+    let mut b = Bench::start(s, store, dir).await?;
     let inputs = dir.join("inputs");
     std::fs::create_dir_all(&inputs)?;
     let total = WARMUP + s.seq_jobs;
@@ -112,7 +118,7 @@ pub async fn run(s: &Settings, sync: &'static str, dir: &Path) -> anyhow::Result
     }
     b.stop().await;
     Ok(SyncRun {
-        sync,
+        label: label.to_string(),
         samples,
         burst,
     })
@@ -133,16 +139,18 @@ fn make_inputs(dir: &Path, stem: &str, n: usize) -> anyhow::Result<Vec<PathBuf>>
 }
 
 impl Bench {
-    async fn start(s: &Settings, sync: &str, dir: &Path) -> anyhow::Result<Self> {
+    async fn start(s: &Settings, store: &[(&str, String)], dir: &Path) -> anyhow::Result<Self> {
         let data = dir.join("hub");
         let mut config = HubConfig::default();
         for (k, v) in [
             ("data", data.to_str().context("temp dir is not UTF-8")?),
             ("quic", "127.0.0.1:0"),
             ("http", "127.0.0.1:0"),
-            ("sync", sync),
             ("shutdown_grace", "1s"),
         ] {
+            config.set(k, v, k)?;
+        }
+        for (k, v) in store {
             config.set(k, v, k)?;
         }
         let hub_stop = CancellationToken::new();
