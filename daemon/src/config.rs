@@ -495,6 +495,49 @@ mod tests {
     }
 
     #[test]
+    fn store_and_content_dir() {
+        let mut c = HubConfig {
+            data: PathBuf::from("/d"),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.store_target(),
+            StoreTarget::Sqlite(PathBuf::from("/d/hub.db"))
+        );
+        assert_eq!(c.store_dir(), PathBuf::from("/d/store"));
+        c.apply_toml(
+            "store = \"postgres://morag:s3cret@db:5432/hub\"\ncontent_dir = \"/shared\"",
+            "hub.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store_target(),
+            StoreTarget::Postgres("postgres://morag:s3cret@db:5432/hub".into())
+        );
+        assert_eq!(
+            c.store_target().redacted(),
+            "postgres://morag:***@db:5432/hub"
+        );
+        assert_eq!(c.store_dir(), PathBuf::from("/shared"));
+        c.set("store", "sqlite", "--set store").unwrap();
+        assert_eq!(
+            c.store_target(),
+            StoreTarget::Sqlite(PathBuf::from("/d/hub.db"))
+        );
+        // Anything else is refused, and a password in it is not repeated.
+        let e = c
+            .set("store", "mysql://u:pw@h/db", "MORAG_HUB_STORE")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("MORAG_HUB_STORE: expected sqlite"), "{e}");
+        assert!(!e.contains("pw"), "{e}");
+        assert_eq!(
+            crate::store::redact_url("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
+    }
+
+    #[test]
     fn advertised_address() {
         let mut c = HubConfig {
             quic: "127.0.0.1:0".parse().unwrap(),

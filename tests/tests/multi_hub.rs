@@ -223,7 +223,7 @@ async fn two_hubs_three_agents_fifty_jobs_one_hub_killed() {
     }
     let lost = jobs
         .iter()
-        .flat_map(|j| attempts(j))
+        .flat_map(attempts)
         .filter(|(_, o)| o == "lost")
         .count();
     eprintln!("50 jobs completed once each; {lost} attempts lost (agent-3 died with hub A)");

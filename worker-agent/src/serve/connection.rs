@@ -126,7 +126,7 @@ pub async fn maintain(agent: Arc<Agent>, client: Client, hub: String) {
             Err(error) => {
                 // Try every hub before backing off.
                 let rounds = failures / targets.len().max(1) as u32;
-                let delay = if several && (failures + 1) % targets.len() as u32 != 0 {
+                let delay = if several && !(failures + 1).is_multiple_of(targets.len() as u32) {
                     Duration::from_millis(50)
                 } else {
                     agent.config.reconnect.delay(rounds, rand::random::<f64>())
