@@ -124,6 +124,42 @@ async fn running(api: &Api) -> HashMap<String, (String, String)> {
         .collect()
 }
 
+/// Follow a job's server-sent events until its final state (or 60 s): `(seq, kind)` of each.
+fn follow_events(api: &Api, id: &str) -> tokio::task::JoinHandle<Vec<(i64, String)>> {
+    let req = api
+        .http
+        .get(format!("{}/api/v1/jobs/{id}/events", api.base))
+        .bearer_auth(&api.token);
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let Ok(mut r) = req.send().await else {
+            return seen;
+        };
+        let mut text = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let chunk = match tokio::time::timeout(Duration::from_secs(5), r.chunk()).await {
+                Ok(Ok(Some(c))) => c,
+                Ok(_) => break,
+                Err(_) => continue,
+            };
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                };
+                if let (Some(id), Some(kind)) = (field("id:"), field("event:")) {
+                    seen.push((id.parse().unwrap_or(-1), kind));
+                }
+            }
+        }
+        seen
+    })
+}
+
 #[tokio::test]
 async fn two_hubs_three_agents_fifty_jobs_one_hub_killed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -258,6 +294,9 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
     })
     .await;
     let other = if agent == "agent-1" { &b.api } else { &a.api };
+    // The other hub's event stream of the job carries what the agent's hub writes.
+    let followed = follow_events(other, &long_id);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let asked = Instant::now();
     let (s, v) = other
         .post(
@@ -281,6 +320,18 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
         "acknowledged by the agent: {j}"
     );
     eprintln!("cancel through the other hub took {:?}", asked.elapsed());
+    let seen = followed.await.unwrap();
+    let kinds: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
+    assert!(kinds.contains(&"cancel_requested"), "{kinds:?}");
+    assert_eq!(
+        kinds.last(),
+        Some(&"cancelled"),
+        "the agent's hub's event, live: {kinds:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "in order, no repeats: {seen:?}"
+    );
 
     // A drain through hub B of the agent hub A holds: hub A gives it no work.
     let (s, v) = b

@@ -167,6 +167,8 @@ def test_agents_drain_overview_and_health(client, hub):
     agents = {a.id: a for a in client.agents()}
     me = agents[hub.agent_id]
     assert me.connected and me.health is not None and me.health.healthy
+    # One hub: it holds the agent's session itself.
+    assert me.hub and me.hub.startswith("hub_")
     assert 0 <= me.health.cpu_usage <= 100 and me.connection is not None
     assert me.health.gpus == [] or me.health.gpus[0].name
     assert client.drain(hub.agent_id) is True

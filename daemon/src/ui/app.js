@@ -330,6 +330,8 @@ function agentState(a) {
   if (a.drained) return badge("drained");
   if (a.draining) return badge("draining");
   if (a.health && !a.health.healthy) return badge("unhealthy");
+  // Connected to another hub on the same database: its health is known there.
+  if (!a.health) return badge("at another hub", "elsewhere");
   return badge("healthy");
 }
 
@@ -371,7 +373,7 @@ function renderAgents(agents, reload) {
       h("td", {}, a.capability, h("div", { class: "muted" }, a.queues.join(", ")), h("div", { class: "muted" }, a.content_types.join(", "))),
       h("td", {}, gpuCell(a)),
       h("td", {}, hl ? `CPU ${pct(hl.cpu_usage)} · mem ${pct(hl.memory_usage)}` : "–"),
-      h("td", {}, conn ? `quality ${Math.round(conn.quality * 100)} % · RTT ${conn.latency_ms == null ? "–" : conn.latency_ms.toFixed(1) + " ms"}` : h("span", { class: "muted" }, `last seen ${when(a.last_seen_at)}`)),
+      h("td", {}, conn ? `quality ${Math.round(conn.quality * 100)} % · RTT ${conn.latency_ms == null ? "–" : conn.latency_ms.toFixed(1) + " ms"}` : h("span", { class: "muted" }, a.connected && a.hub ? `via hub ${a.hub}` : `last seen ${when(a.last_seen_at)}`)),
       h("td", { class: "running" }, `${a.running.length} / ${a.max_concurrent_tasks}`,
         a.running.map((r) => h("div", {}, h("a", { href: `#/jobs/${r.job_id}` }, r.job_id.slice(0, 12) + "…")))),
       h("td", {}, drainBtn));

@@ -294,6 +294,9 @@ class Agent:
     hostname: str
     version: str
     connected: bool
+    #: The id of the hub holding the agent's session (this one or another on the same
+    #: database), None when none does.
+    hub: Optional[str]
     drained: bool
     draining: bool
     health: Optional[AgentHealth]
@@ -318,6 +321,7 @@ class Agent:
             hostname=v.get("hostname", ""),
             version=v.get("version", ""),
             connected=bool(v.get("connected")),
+            hub=v.get("hub"),
             drained=bool(v.get("drained")),
             draining=bool(v.get("draining")),
             health=None if h is None else AgentHealth(
