@@ -45,6 +45,8 @@ fn script(args: &[&str]) -> Result<String, String> {
 #[derive(Debug)]
 pub struct PgServer {
     pub dir: Option<PathBuf>,
+    /// fsync on (started without `--fast`).
+    pub durable: bool,
     /// URL of its `postgres` database.
     pub url: String,
 }
@@ -60,8 +62,26 @@ impl PgServer {
         let url = script(&args)?;
         Ok(PgServer {
             dir: Some(dir.to_path_buf()),
+            durable,
             url,
         })
+    }
+
+    /// Stop the server (an outage), to [`PgServer::start_again`] later on the same port.
+    pub fn stop(&self) -> Result<(), String> {
+        let dir = self.dir.as_ref().ok_or("not a server of ours")?;
+        script(&["stop", &dir.to_string_lossy()]).map(|_| ())
+    }
+
+    /// Start the stopped server again, on its port.
+    pub fn start_again(&self) -> Result<(), String> {
+        let dir = self.dir.as_ref().ok_or("not a server of ours")?;
+        let d = dir.to_string_lossy();
+        let mut args = vec!["start", &d];
+        if !self.durable {
+            args.push("--fast");
+        }
+        script(&args).map(|_| ())
     }
 
     /// Stop the server hard (as a crash would) and start it again.
@@ -110,11 +130,19 @@ static SHARED: OnceLock<Result<PgServer, String>> = OnceLock::new();
 pub fn shared() -> Result<&'static PgServer, String> {
     SHARED
         .get_or_init(|| match std::env::var("MORAG_TEST_PG_URL") {
-            Ok(url) if !url.is_empty() => Ok(PgServer { dir: None, url }),
+            Ok(url) if !url.is_empty() => Ok(PgServer {
+                dir: None,
+                durable: false,
+                url,
+            }),
             _ => {
                 let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pg-test/shared");
                 let d = dir.to_string_lossy().to_string();
-                script(&["start", &d, "--fast"]).map(|url| PgServer { dir: None, url })
+                script(&["start", &d, "--fast"]).map(|url| PgServer {
+                    dir: None,
+                    durable: false,
+                    url,
+                })
             }
         })
         .as_ref()

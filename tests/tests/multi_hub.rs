@@ -376,6 +376,45 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
     })
     .await;
     pg.restart().expect("restart PostgreSQL");
+    // Then an outage of a few seconds: the hubs say so on /healthz (a load balancer's probe),
+    // refuse new jobs with the database's error, and stay up.
+    pg.stop().expect("stop PostgreSQL");
+    let down_at = Instant::now();
+    for h in [&a, &b] {
+        until(
+            Duration::from_secs(30),
+            "/healthz to report the database",
+            || async {
+                let (s, v) = h.api.get("/healthz").await;
+                (s == 503 && v["status"] == "database_unavailable" && v["database_ok"] == false)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    let bytes = std::fs::read(jfk()).unwrap();
+    let form = reqwest::multipart::Form::new().text("type", "audio").part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name("jfk.wav"),
+    );
+    let r = a
+        .api
+        .http
+        .post(format!("{}/api/v1/jobs", a.api.base))
+        .bearer_auth(&a.api.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert!(status >= 500, "{status} {body}");
+    assert!(body.contains("error"), "says what is wrong: {body}");
+    pg.start_again().expect("start PostgreSQL again");
+    eprintln!(
+        "database down for {:?}; a submit meanwhile: {status} {body}",
+        down_at.elapsed()
+    );
     // The hubs answer again, and take new jobs.
     for api in [&a.api, &b.api] {
         let id = until(

@@ -612,18 +612,24 @@ pub async fn events(
             if st.ended {
                 return None;
             }
-            let received = tokio::select! {
-                biased;
-                // The hub is shutting down: end the stream (clients reconnect with
-                // Last-Event-ID to the next hub process).
-                _ = st.hub.shutdown.cancelled() => return None,
-                r = st.live.recv() => r,
-            };
-            match received {
-                Ok(ev) if ev.job_id == st.id && ev.seq > st.last => st.backlog.push_back(ev),
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            // Wait for a live event of this job. It is only a wake-up: the stream then reads
+            // the database after the last event it sent. Events of one job commit in `seq`
+            // order, but reach this hub in another order when other hubs write some of them
+            // (theirs come by notification), so taking them as they come could skip one.
+            loop {
+                let received = tokio::select! {
+                    biased;
+                    // The hub is shutting down: end the stream (clients reconnect with
+                    // Last-Event-ID to the next hub process).
+                    _ = st.hub.shutdown.cancelled() => return None,
+                    r = st.live.recv() => r,
+                };
+                match received {
+                    Ok(ev) if ev.job_id == st.id && ev.seq > st.last => break,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
             }
         }
     });

@@ -136,17 +136,27 @@ async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
         .values()
         .filter(|a| a.connected)
         .count();
-    let status = if hub.accepting() {
-        StatusCode::OK
+    // The lease loop talks to the database every quarter of `lost_grace`: its last verdict.
+    let db_ok = hub.db_ok_since.lock().unwrap().is_some();
+    let (status, text) = if !hub.accepting() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    } else if !db_ok {
+        (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::OK, "ok")
     };
     (
         status,
         Json(serde_json::json!({
-            "status": if hub.accepting() { "ok" } else { "shutting_down" },
+            "status": text,
             "version": env!("CARGO_PKG_VERSION"),
             "agents_connected": agents,
+            "hub_id": hub.hub_id,
+            "database": match hub.config.store_target() {
+                crate::store::StoreTarget::Sqlite(_) => "sqlite",
+                crate::store::StoreTarget::Postgres(_) => "postgres",
+            },
+            "database_ok": db_ok,
         })),
     )
         .into_response()

@@ -88,6 +88,10 @@ impl Hub {
             if !up && session.is_closed() && !a.session.is_closed() {
                 return;
             }
+            if up {
+                // Connected again: which attempts it still has, it says when it registers.
+                a.registered = false;
+            }
             if a.connected != up {
                 a.connected = up;
                 a.lost_at = (!up).then(Instant::now);
@@ -223,27 +227,10 @@ impl Hub {
         // The lease first: from here no hub's sweep takes the agent's attempts.
         self.store.upsert_agent(&record).await.map_err(db)?;
         let open = self.store.open_attempts_of(peer).await.map_err(db)?;
-        let mut keep = Vec::new();
-        for a in &open {
-            if reported.contains(a.id.as_str()) {
-                keep.push(a.id.clone());
-                self.attempts.lock().unwrap().insert(
-                    a.id.clone(),
-                    LiveAttempt {
-                        job_id: a.job_id.clone(),
-                        agent_id: peer.to_string(),
-                    },
-                );
-            } else {
-                // The agent no longer has it (it restarted, or never got the assignment).
-                self.lose_attempt(
-                    &a.job_id,
-                    &a.id,
-                    &format!("agent {peer} registered without this attempt (restarted?)"),
-                )
-                .await;
-            }
-        }
+        let (kept, unreported): (Vec<_>, Vec<_>) = open
+            .into_iter()
+            .partition(|a| reported.contains(a.id.as_str()));
+        let keep: Vec<String> = kept.iter().map(|a| a.id.clone()).collect();
         let abandon: Vec<String> = reported
             .iter()
             .filter(|id| !keep.iter().any(|k| k == *id))
@@ -255,11 +242,16 @@ impl Hub {
             capability = %reg.capability,
             incarnation = %reg.incarnation,
             kept = keep.len(),
+            lost = unreported.len(),
             abandoned = abandon.len(),
             "agent registered"
         );
         {
+            // The agent and the attempts it keeps appear together: the lease loop forgets
+            // attempts of agents it does not see connected, the reconciler loses attempts it
+            // does not see tracked.
             let mut agents = self.agents.lock().unwrap();
+            let mut attempts = self.attempts.lock().unwrap();
             let health = reg.health.clone();
             agents.insert(
                 peer.to_string(),
@@ -272,11 +264,30 @@ impl Hub {
                     health,
                     registered_ms: now,
                     last_seen_ms: now,
+                    registered: true,
                 },
             );
+            for a in &kept {
+                attempts.insert(
+                    a.id.clone(),
+                    LiveAttempt {
+                        job_id: a.job_id.clone(),
+                        agent_id: peer.to_string(),
+                    },
+                );
+            }
             self.metrics
                 .agents_connected
                 .set(agents.values().filter(|a| a.connected).count() as i64);
+        }
+        for a in &unreported {
+            // The agent no longer has it (it restarted, or never got the assignment).
+            self.lose_attempt(
+                &a.job_id,
+                &a.id,
+                &format!("agent {peer} registered without this attempt (restarted?)"),
+            )
+            .await;
         }
         // Cancels waiting for this agent's attempts (asked here or at another hub): ask again.
         let asked: Vec<String> = {
@@ -516,6 +527,19 @@ impl Hub {
             }
             Ok((Fenced::Duplicate, _)) => ack(AckOutcome::Duplicate),
             Ok((Fenced::Stale, _)) => {
+                // Finished while a cancel was pending (asked at any hub): the cancel wins, and
+                // this report is the agent's last word on the attempt.
+                if let Ok((Fenced::Applied, events)) = self
+                    .store
+                    .finish_cancel(&job_id, &c.attempt_id, true, unix_ms())
+                    .await
+                {
+                    tracing::info!(job_id, attempt_id = %c.attempt_id, "completed under a pending cancel: cancelled");
+                    self.publish(events);
+                    self.forget_attempt(&c.attempt_id);
+                    self.cancels.lock().unwrap().remove(&job_id);
+                    return ack(AckOutcome::Accepted);
+                }
                 self.forget_attempt(&c.attempt_id);
                 self.stale(peer, &job_id, &c.attempt_id, "complete").await;
                 ack(AckOutcome::Stale)

@@ -213,6 +213,7 @@ impl Hub {
             if last_deadlines.elapsed() >= Duration::from_secs(1) {
                 last_deadlines = Instant::now();
                 self.sync_cancels().await;
+                self.reconcile_attempts().await;
                 match self.store.expire_deadlines(unix_ms()).await {
                     Ok((attempts, events)) => {
                         self.publish(events);

@@ -2,6 +2,7 @@
 //! attempts of agents whose lease ran out (whichever hub held them), and acting on what other
 //! hubs commit (new jobs, cancels, drains), heard through the database.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -214,6 +215,73 @@ impl Hub {
         }
     }
 
+    /// Make memory agree with the database about the attempts out with this hub's agents.
+    /// - A tracked attempt the database has closed (another hub's deadline, fence or sweep,
+    ///   heard of through a notification that was missed): the agent is told to stop it and
+    ///   it is forgotten, once it has been seen closed twice in a row (a report being
+    ///   recorded right now closes it for a moment before it is forgotten as usual).
+    /// - An open attempt of an agent connected here that nothing tracks (its requeue or report
+    ///   could not be written while the database was away) would wait forever, its lease
+    ///   renewed: once older than the assignment timeout it is lost (dispatched again) and the
+    ///   agent told to stop it.
+    pub(crate) async fn reconcile_attempts(&self) {
+        let tracked: Vec<String> = self.attempts.lock().unwrap().keys().cloned().collect();
+        let open = match self.store.open_attempts().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read open attempts");
+                return;
+            }
+        };
+        let open_ids: HashSet<&str> = open.iter().map(|a| a.id.as_str()).collect();
+        let closed: HashSet<String> = tracked
+            .into_iter()
+            .filter(|id| !open_ids.contains(id.as_str()))
+            .collect();
+        let confirmed: Vec<String> = {
+            let mut suspects = self.closed_suspects.lock().unwrap();
+            let confirmed = closed.intersection(&suspects).cloned().collect();
+            *suspects = closed;
+            confirmed
+        };
+        for id in confirmed {
+            let live = self.attempts.lock().unwrap().get(&id).cloned();
+            if let Some(live) = live {
+                tracing::warn!(attempt_id = %id, job_id = %live.job_id, agent_id = %live.agent_id, "the attempt ended at another hub; stopping it here");
+                self.tell_cancel(&live.agent_id, &id, "the attempt ended at another hub");
+                self.forget_attempt(&id);
+                self.cancels.lock().unwrap().remove(&live.job_id);
+            }
+        }
+        let min_age = (self.config.assign_timeout + self.lease_interval()).as_millis() as u64;
+        let now = unix_ms();
+        let orphans: Vec<_> = {
+            let agents = self.agents.lock().unwrap();
+            let attempts = self.attempts.lock().unwrap();
+            open.into_iter()
+                .filter(|a| {
+                    agents
+                        .get(&a.agent_id)
+                        .is_some_and(|l| l.connected && l.registered)
+                        && !attempts.contains_key(&a.id)
+                        && now.saturating_sub(a.dispatched_ms) > min_age
+                })
+                .collect()
+        };
+        for a in orphans {
+            self.tell_cancel(&a.agent_id, &a.id, "the hub lost track of this attempt");
+            self.lose_attempt(
+                &a.job_id,
+                &a.id,
+                &format!(
+                    "agent {} is connected but no hub tracks this attempt",
+                    a.agent_id
+                ),
+            )
+            .await;
+        }
+    }
+
     /// Act on what other hubs commit, until shutdown.
     pub(crate) async fn notice_loop(self: Arc<Self>, mut notices: mpsc::Receiver<Notice>) {
         loop {
@@ -236,9 +304,12 @@ impl Hub {
                     self.remote_agent_change(&agent_id).await
                 }
                 Notice::Resync => {
-                    tracing::info!("notifications resumed; looking at the queue and cancels");
+                    tracing::info!(
+                        "notifications resumed; looking at the queue, cancels and attempts"
+                    );
                     self.poke();
                     self.sync_cancels().await;
+                    self.reconcile_attempts().await;
                 }
                 _ => {}
             }

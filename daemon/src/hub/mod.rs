@@ -71,6 +71,9 @@ pub(crate) struct AgentLive {
     pub health: WorkerHealth,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
+    /// Registered on the current connection (a reconnect clears it until the agent registers
+    /// again and says which attempts it has).
+    pub registered: bool,
 }
 
 /// An attempt out with an agent, as the dispatcher tracks it.
@@ -114,6 +117,8 @@ pub struct Hub {
     /// are only judged after it has answered for a whole `lost_grace`: while it was away, no
     /// hub could renew them.
     pub(crate) db_ok_since: Mutex<Option<Instant>>,
+    /// Tracked attempts the database had closed at the last reconciliation.
+    pub(crate) closed_suspects: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -163,6 +168,7 @@ impl Hub {
             accepting: AtomicBool::new(true),
             started: Instant::now(),
             db_ok_since: Mutex::new(Some(Instant::now())),
+            closed_suspects: Mutex::new(Default::default()),
         }))
     }
 

@@ -71,8 +71,17 @@ async fn resolve_all(hubs: &[String]) -> (Vec<(SocketAddr, String)>, Vec<String>
             Err(e) => errors.push(format!("cannot resolve {host}: {e}")),
         }
     }
+    // A stable order (resolvers may rotate their answers), so turning to the next address
+    // really moves on; one host's loopback addresses (localhost: 127.0.0.1 and ::1) are one hub.
+    out.sort();
+    if hubs.len() == 1 && out.len() > 1 && out.iter().all(|(a, _)| a.ip().is_loopback()) {
+        out.truncate(1);
+    }
     (out, errors)
 }
+
+/// The longest wait between registration attempts.
+const REGISTER_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How long a lost hub gets to come back before an agent with other hubs to try moves on.
 pub const FAILOVER_AFTER: Duration = Duration::from_secs(2);
@@ -300,7 +309,14 @@ async fn register(agent: Arc<Agent>, session: Session) {
             },
             Err(e) => e.to_string(),
         };
-        let delay = agent.config.retry.delay(attempt, rand::random::<f64>());
+        // Soon, whatever the delivery backoff says: a hub that refused (its database was
+        // away) renews this agent's lease only once it is registered, and the attempts it
+        // runs are judged by that lease.
+        let delay = agent
+            .config
+            .retry
+            .delay(attempt, rand::random::<f64>())
+            .min(REGISTER_RETRY_MAX);
         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "registration failed");
         attempt = attempt.saturating_add(1);
         tokio::select! {

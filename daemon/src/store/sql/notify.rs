@@ -56,44 +56,52 @@ pub(super) async fn send(tx: &mut Tx<'_>, notice: &Notice) -> StoreResult<()> {
     Ok(())
 }
 
-/// Listen on the channel until the receiver is dropped. A lost connection is dialed again;
-/// what was sent meanwhile is gone, so the receiver gets [`Notice::Resync`] and should look at
-/// the database itself.
-pub(super) async fn listen(url: String) -> StoreResult<mpsc::Receiver<Notice>> {
-    let mut listener = PgListener::connect(&url).await?;
+async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
     listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Listen on the channel until the receiver is dropped. A lost connection is dialed again
+/// (every 500 ms while the database is away); what was sent meanwhile is gone, so once the
+/// listener is back the receiver gets [`Notice::Resync`] and should look at the database itself.
+pub(super) async fn listen(url: String) -> StoreResult<mpsc::Receiver<Notice>> {
+    let mut listener = connect(&url).await?;
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(async move {
-        let mut down_since: Option<std::time::Instant> = None;
         loop {
             let notice = match listener.try_recv().await {
-                Ok(Some(n)) => {
-                    if let Some(since) = down_since.take() {
-                        tracing::info!(
-                            down_ms = since.elapsed().as_millis() as u64,
-                            "listening to the database again"
-                        );
+                Ok(Some(n)) => match decode(n.payload()) {
+                    Some(notice) => notice,
+                    None => {
+                        tracing::debug!(payload = n.payload(), "ignored a notification");
+                        continue;
                     }
-                    match decode(n.payload()) {
-                        Some(notice) => notice,
-                        None => {
-                            tracing::debug!(payload = n.payload(), "ignored a notification");
-                            continue;
+                },
+                lost => {
+                    if let Err(e) = lost {
+                        tracing::warn!(error = %e, "lost the database's notifications; listening again");
+                    } else {
+                        tracing::warn!("lost the database's notifications; listening again");
+                    }
+                    let since = std::time::Instant::now();
+                    listener = loop {
+                        if tx.is_closed() {
+                            return;
                         }
-                    }
-                }
-                // The connection dropped; the next call dials again and listens again.
-                Ok(None) => Notice::Resync,
-                Err(e) => {
-                    if down_since.is_none() {
-                        down_since = Some(std::time::Instant::now());
-                        tracing::warn!(error = %e, "lost the database's notifications; retrying");
-                    }
-                    if tx.is_closed() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+                        match connect(&url).await {
+                            Ok(l) => break l,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "the database is still away");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    };
+                    tracing::info!(
+                        down_ms = since.elapsed().as_millis() as u64,
+                        "listening to the database again"
+                    );
+                    Notice::Resync
                 }
             };
             if tx.send(notice).await.is_err() {
