@@ -59,6 +59,14 @@ async fn resolve_all(hubs: &[String]) -> (Vec<(SocketAddr, String)>, Vec<String>
         match found {
             Ok(addrs) => {
                 let before = out.len();
+                // A stable order within a name (resolvers may rotate their answers), so
+                // turning to the next address really moves on; the names keep their order.
+                let mut addrs: Vec<SocketAddr> = addrs.collect();
+                addrs.sort();
+                if addrs.len() > 1 && addrs.iter().all(|a| a.ip().is_loopback()) {
+                    // One host's loopback addresses (localhost: 127.0.0.1 and ::1): one hub.
+                    addrs.truncate(1);
+                }
                 for a in addrs {
                     if !out.iter().any(|(x, _)| *x == a) {
                         out.push((a, host.clone()));
@@ -70,12 +78,6 @@ async fn resolve_all(hubs: &[String]) -> (Vec<(SocketAddr, String)>, Vec<String>
             }
             Err(e) => errors.push(format!("cannot resolve {host}: {e}")),
         }
-    }
-    // A stable order (resolvers may rotate their answers), so turning to the next address
-    // really moves on; one host's loopback addresses (localhost: 127.0.0.1 and ::1) are one hub.
-    out.sort();
-    if hubs.len() == 1 && out.len() > 1 && out.iter().all(|(a, _)| a.ip().is_loopback()) {
-        out.truncate(1);
     }
     (out, errors)
 }
