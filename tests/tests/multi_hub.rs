@@ -392,22 +392,7 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
         )
         .await;
     }
-    let bytes = std::fs::read(jfk()).unwrap();
-    let form = reqwest::multipart::Form::new().text("type", "audio").part(
-        "file",
-        reqwest::multipart::Part::bytes(bytes).file_name("jfk.wav"),
-    );
-    let r = a
-        .api
-        .http
-        .post(format!("{}/api/v1/jobs", a.api.base))
-        .bearer_auth(&a.api.token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let body = r.text().await.unwrap();
+    let (status, body) = a.api.try_submit(&jfk(), "audio", &[]).await.unwrap();
     assert!(status >= 500, "{status} {body}");
     assert!(body.contains("error"), "says what is wrong: {body}");
     pg.start_again().expect("start PostgreSQL again");
@@ -421,24 +406,9 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
             Duration::from_secs(60),
             "a job accepted after the restart",
             || async {
-                let bytes = std::fs::read(jfk()).unwrap();
-                let form = reqwest::multipart::Form::new().text("type", "audio").part(
-                    "file",
-                    reqwest::multipart::Part::bytes(bytes).file_name("jfk.wav"),
-                );
-                let r = api
-                    .http
-                    .post(format!("{}/api/v1/jobs", api.base))
-                    .bearer_auth(&api.token)
-                    .multipart(form)
-                    .send()
-                    .await
-                    .ok()?;
-                if r.status().as_u16() != 201 {
-                    return None;
-                }
-                let v: Value = r.json().await.ok()?;
-                Some(v["id"].as_str()?.to_string())
+                let (status, body) = api.try_submit(&jfk(), "audio", &[]).await?;
+                let v: Value = serde_json::from_str(&body).ok()?;
+                (status == 201).then(|| v["id"].as_str().map(str::to_string))?
             },
         )
         .await;

@@ -343,22 +343,11 @@ async fn referenced_content_lists_inputs_and_artifacts(s: SqlStore) {
 
 async fn agents_are_found_by_id_and_keep_their_drain_mark(s: SqlStore) {
     let rec = |id: &str| AgentRecord {
-        id: id.into(),
         name: format!("{id}-name"),
-        capability: "cpu".into(),
-        queues: vec!["q".into()],
         hardware: serde_json::json!({"cpus": 2}),
-        hostname: "h".into(),
-        address: None,
-        max_concurrent: 2,
-        content_types: vec!["audio".into()],
-        version: "1".into(),
-        incarnation: "i1".into(),
-        drained: false,
-        first_seen_ms: 1,
-        last_seen_ms: 1,
         hub_id: None,
         lease_ms: None,
+        ..agent_rec(id, "", 0)
     };
     s.upsert_agent(&rec("a")).await.unwrap();
     s.upsert_agent(&rec("b")).await.unwrap();
