@@ -17,6 +17,9 @@ use crate::store::{Store, TokenRedemption};
 
 /// The file in the data directory holding the address agents dial (written by `serve`).
 pub const ADVERTISE_FILE: &str = "advertise";
+/// `DATA/store-url` (mode 0600): the PostgreSQL URL the hub serves with, for the command line
+/// on its host (`token create`); absent with the embedded database.
+pub const STORE_FILE: &str = "store-url";
 
 /// Agent certificates are valid this long.
 const AGENT_CERT_DAYS: u32 = 365;
@@ -63,7 +66,17 @@ pub async fn create_token(
     };
     let fp = morag_certs::enroll::ca_fingerprint(&ca.cert_der());
     let token = JoinToken::generate(&hub, fp).map_err(|e| anyhow::anyhow!("--hub {hub:?}: {e}"))?;
-    let target = config.store_target();
+    // The database the hub in this data directory serves with, unless one is given: a token
+    // written anywhere else would be unknown to the hubs.
+    let target = match &config.store {
+        Some(_) => config.store_target(),
+        None => match std::fs::read_to_string(config.data.join(STORE_FILE)) {
+            Ok(url) if !url.trim().is_empty() => {
+                crate::store::StoreTarget::Postgres(url.trim().to_string())
+            }
+            _ => config.store_target(),
+        },
+    };
     let store = crate::store::sql::SqlStore::open(&target, config.sync, "cli")
         .await
         .with_context(|| format!("opening the database {}", target.redacted()))?;

@@ -9,6 +9,7 @@
 //! DIR/store/                         content by BLAKE3 (inputs and artifacts)
 //! DIR/uploads/                       uploads in flight
 //! DIR/api-token (0600)               the bearer token of the HTTP API
+//! DIR/store-url (0600)               the PostgreSQL URL it serves with (absent on SQLite)
 //! ```
 
 use std::net::IpAddr;

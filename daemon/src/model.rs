@@ -301,8 +301,10 @@ pub struct AgentRecord {
     pub drained: bool,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
-    /// The hub holding the agent's session, and until when (ms) unless it renews: while the
-    /// lease runs, the agent's attempts are alive; after, any hub re-dispatches them.
+    /// The hub holding the agent's session, and until when (ms, the database's clock) unless
+    /// it renews: while the lease runs, the agent's attempts are alive; after, any hub
+    /// re-dispatches them. Read only: [`crate::store::Store::take_lease`] and
+    /// `renew_leases` write them.
     pub hub_id: Option<String>,
     pub lease_ms: Option<u64>,
 }

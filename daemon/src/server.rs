@@ -104,6 +104,13 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         config.data.join(crate::enroll::ADVERTISE_FILE),
         format!("{advertised}\n"),
     )?;
+    let store_file = config.data.join(crate::enroll::STORE_FILE);
+    match &config.store {
+        Some(url) => init::write_private(&store_file, &format!("{url}\n"))?,
+        None => {
+            let _ = std::fs::remove_file(&store_file);
+        }
+    }
     // Enrollment: TLS on the TCP port with the QUIC port's number.
     let enroll_listener = tokio::net::TcpListener::bind(quic)
         .await

@@ -278,6 +278,19 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
         return;
     };
     let (a, b) = two_hubs(tmp.path(), &url, &["lost_grace=10s"]).await;
+    // A join token made on hub B's host (its data directory names the database) is redeemed
+    // at hub A: tokens live in the shared database.
+    let token = b.join_token("10m");
+    let out = std::process::Command::new(bin("morag-agent"))
+        .args(["enroll", "--token", &token, "--hub", &a.quic(), "--dir"])
+        .arg(tmp.path().join("edge-enrolled"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "enroll at hub A with hub B's token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _one = agent_of(tmp.path(), &a, "agent-1", &[&a]);
     let _two = agent_of(tmp.path(), &a, "agent-2", &[&b]);
     until(Duration::from_secs(60), "two agents", || async {

@@ -104,6 +104,13 @@ pub struct ServeArgs {
     /// host:port agents dial (put in join tokens).
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
+    /// The database: `sqlite` (embedded, the default) or a `postgres://` URL several hubs
+    /// share.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// The content store directory (shared by hubs on one database) [default: DATA/store].
+    #[arg(long, value_name = "DIR")]
+    pub content_dir: Option<String>,
     /// Any other setting as key=value (see docs/api.md for the keys).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -124,6 +131,9 @@ pub enum TokenCommand {
         /// host:port agents dial [default: the address the hub advertises].
         #[arg(long, value_name = "HOST:PORT")]
         hub: Option<String>,
+        /// The hubs' database [default: the one the hub in DATA last served with].
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
 }
 
@@ -259,6 +269,8 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ("quic", &args.quic),
                 ("http", &args.http),
                 ("advertise", &args.advertise),
+                ("store", &args.store),
+                ("content_dir", &args.content_dir),
             ] {
                 if let Some(v) = v {
                     overrides.push((key, v.clone(), format!("--{key}")));
@@ -289,10 +301,14 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             config,
             ttl,
             hub,
+            store,
         }) => {
             let mut overrides = Vec::new();
             if let Some(d) = &data {
                 overrides.push(("data", d.display().to_string(), "--data".to_string()));
+            }
+            if let Some(s) = &store {
+                overrides.push(("store", s.clone(), "--store".to_string()));
             }
             let config = load_config(config.as_deref(), &overrides)?;
             let ttl = match ttl {

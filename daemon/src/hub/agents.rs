@@ -222,10 +222,14 @@ impl Hub {
             first_seen_ms: stored.as_ref().map(|a| a.first_seen_ms).unwrap_or(now),
             last_seen_ms: now,
             hub_id: Some(self.hub_id.clone()),
-            lease_ms: Some(self.lease_until(now)),
+            lease_ms: None,
         };
-        // The lease first: from here no hub's sweep takes the agent's attempts.
         self.store.upsert_agent(&record).await.map_err(db)?;
+        // The lease before the attempts are read: from here no hub's sweep takes them.
+        self.store
+            .take_lease(peer, &self.hub_id, self.lease_ms())
+            .await
+            .map_err(db)?;
         let open = self.store.open_attempts_of(peer).await.map_err(db)?;
         let (kept, unreported): (Vec<_>, Vec<_>) = open
             .into_iter()

@@ -26,9 +26,9 @@ impl Hub {
         (self.config.lost_grace / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
     }
 
-    /// Until when a lease renewed now holds.
-    pub(crate) fn lease_until(&self, now_ms: u64) -> u64 {
-        now_ms + self.config.lost_grace.as_millis() as u64
+    /// How long a lease taken or renewed now holds: the grace.
+    pub(crate) fn lease_ms(&self) -> u64 {
+        self.config.lost_grace.as_millis() as u64
     }
 
     fn db_result<T, E: std::fmt::Display>(&self, what: &str, r: Result<T, E>) -> Option<T> {
@@ -83,7 +83,7 @@ impl Hub {
         let now = unix_ms();
         let r = self
             .store
-            .renew_leases(&self.hub_id, &held, self.lease_until(now), now)
+            .renew_leases(&self.hub_id, &held, self.lease_ms(), now)
             .await;
         if let Some(n) = self.db_result("renewing agent leases", r) {
             if (n as usize) < held.len() {
@@ -135,7 +135,7 @@ impl Hub {
             return;
         }
         let now = unix_ms();
-        let r = self.store.expired_attempts(now).await;
+        let r = self.store.expired_attempts().await;
         let Some(expired) = self.db_result("looking for expired leases", r) else {
             return;
         };

@@ -251,8 +251,9 @@ pub trait Store: Send + Sync + 'static {
     async fn open_attempts(&self) -> StoreResult<Vec<Attempt>>;
     /// One agent's open attempts.
     async fn open_attempts_of(&self, agent_id: &str) -> StoreResult<Vec<Attempt>>;
-    /// Open attempts whose agent's lease ran out before `now_ms` (or that never had one).
-    async fn expired_attempts(&self, now_ms: u64) -> StoreResult<Vec<Attempt>>;
+    /// Open attempts whose agent's lease has run out (or that never had one). Leases are
+    /// times of the database's clock, so hubs whose clocks differ still agree on them.
+    async fn expired_attempts(&self) -> StoreResult<Vec<Attempt>>;
     /// The attempt is lost (as [`Store::fail_attempt`] with outcome `lost`, retryable), but only
     /// if its agent's lease has still run out when the transaction looks: an agent that
     /// registered with another hub meanwhile keeps its work (`Fenced::Stale`).
@@ -263,13 +264,17 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Option<AfterFailure>, Events)>;
-    /// Renew the leases of the agents whose sessions `hub_id` holds (until `until_ms`); returns
+    /// `hub_id` holds the agent's session from now: its lease runs `lease_ms` from now (the
+    /// database's clock).
+    async fn take_lease(&self, agent_id: &str, hub_id: &str, lease_ms: u64) -> StoreResult<()>;
+    /// Renew the leases of the agents whose sessions `hub_id` holds (for `lease_ms` from now on
+    /// the database's clock; `now_ms`, the hub's, is the last time it heard from them); returns
     /// how many rows still named this hub.
     async fn renew_leases(
         &self,
         hub_id: &str,
         agent_ids: &[String],
-        until_ms: u64,
+        lease_ms: u64,
         now_ms: u64,
     ) -> StoreResult<u64>;
     /// What other hubs change, as it commits: `None` where only one hub uses the database.

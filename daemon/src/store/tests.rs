@@ -345,9 +345,7 @@ async fn agents_are_found_by_id_and_keep_their_drain_mark(s: SqlStore) {
     let rec = |id: &str| AgentRecord {
         name: format!("{id}-name"),
         hardware: serde_json::json!({"cpus": 2}),
-        hub_id: None,
-        lease_ms: None,
-        ..agent_rec(id, "", 0)
+        ..agent_rec(id)
     };
     s.upsert_agent(&rec("a")).await.unwrap();
     s.upsert_agent(&rec("b")).await.unwrap();
@@ -360,7 +358,8 @@ async fn agents_are_found_by_id_and_keep_their_drain_mark(s: SqlStore) {
     assert_eq!(s.agents().await.unwrap().len(), 2);
 }
 
-fn agent_rec(id: &str, hub: &str, lease_ms: u64) -> AgentRecord {
+/// An agent as a hub records it (hub and lease are written by `take_lease`, not here).
+fn agent_rec(id: &str) -> AgentRecord {
     AgentRecord {
         id: id.into(),
         name: id.into(),
@@ -376,52 +375,55 @@ fn agent_rec(id: &str, hub: &str, lease_ms: u64) -> AgentRecord {
         drained: false,
         first_seen_ms: 1,
         last_seen_ms: 1,
-        hub_id: Some(hub.into()),
-        lease_ms: Some(lease_ms),
+        hub_id: None,
+        lease_ms: None,
     }
 }
 
 async fn leases_keep_attempts_alive_and_expired_ones_are_lost_once(s: SqlStore) {
-    s.upsert_agent(&agent_rec("x", "hub-a", 10_000))
-        .await
-        .unwrap();
+    // Leases run on the database's clock: a minute is "alive", 0 ms is "run out" a moment later.
+    const ALIVE: u64 = 60_000;
+    let run_out = || tokio::time::sleep(std::time::Duration::from_millis(20));
+    s.upsert_agent(&agent_rec("x")).await.unwrap();
     s.insert_job(&job("j", 3)).await.unwrap();
     claim(&s, "j", "a1", "x").await;
-    // Within the lease: alive.
-    assert!(s.expired_attempts(9_000).await.unwrap().is_empty());
+    // Never leased: lost.
+    assert_eq!(s.expired_attempts().await.unwrap().len(), 1);
+    s.take_lease("x", "hub-a", ALIVE).await.unwrap();
+    let x = s.agent("x").await.unwrap().unwrap();
+    assert_eq!(x.hub_id.as_deref(), Some("hub-a"));
+    assert!(x.lease_ms.unwrap() > morag_transport::unix_ms() + ALIVE / 2);
+    assert!(s.expired_attempts().await.unwrap().is_empty());
     // Renewed by its hub only: another hub's renewal changes nothing.
     assert_eq!(
-        s.renew_leases("hub-b", &["x".into()], 50_000, 9_500)
-            .await
-            .unwrap(),
+        s.renew_leases("hub-b", &["x".into()], 0, 1).await.unwrap(),
         0
     );
+    assert!(s.expired_attempts().await.unwrap().is_empty());
     assert_eq!(
-        s.renew_leases("hub-a", &["x".into()], 20_000, 9_500)
-            .await
-            .unwrap(),
+        s.renew_leases("hub-a", &["x".into()], 0, 1).await.unwrap(),
         1
     );
-    assert!(s.expired_attempts(15_000).await.unwrap().is_empty());
-    let expired = s.expired_attempts(25_000).await.unwrap();
+    run_out().await;
+    let expired = s.expired_attempts().await.unwrap();
     assert_eq!(expired.len(), 1);
     assert_eq!(
         (expired[0].id.as_str(), expired[0].job_id.as_str()),
         ("a1", "j")
     );
     // The agent registered with hub B before the sweep acted: its work stays.
-    s.upsert_agent(&agent_rec("x", "hub-b", 40_000))
-        .await
-        .unwrap();
-    let (f, after, events) = s.lose_expired("j", "a1", "lost", 25_000).await.unwrap();
+    s.take_lease("x", "hub-b", ALIVE).await.unwrap();
+    let (f, after, events) = s.lose_expired("j", "a1", "lost", 5).await.unwrap();
     assert_eq!((f, after, events.len()), (Fenced::Stale, None, 0));
     assert_eq!(s.open_attempts_of("x").await.unwrap().len(), 1);
     // Now it really is gone: lost once, requeued; a second sweep finds nothing.
-    let (f, after, _) = s.lose_expired("j", "a1", "lost", 45_000).await.unwrap();
+    s.take_lease("x", "hub-b", 0).await.unwrap();
+    run_out().await;
+    let (f, after, _) = s.lose_expired("j", "a1", "lost", 6).await.unwrap();
     assert_eq!((f, after), (Fenced::Applied, Some(AfterFailure::Requeued)));
-    let (f, _, _) = s.lose_expired("j", "a1", "lost", 46_000).await.unwrap();
+    let (f, _, _) = s.lose_expired("j", "a1", "lost", 7).await.unwrap();
     assert_eq!(f, Fenced::Duplicate);
-    assert!(s.expired_attempts(50_000).await.unwrap().is_empty());
+    assert!(s.expired_attempts().await.unwrap().is_empty());
     assert!(s.open_attempts_of("x").await.unwrap().is_empty());
     let j = s.job("j").await.unwrap().unwrap();
     assert_eq!(
@@ -513,7 +515,7 @@ async fn postgres_notices_reach_the_other_hubs() {
             kind: "queued".into()
         }
     );
-    a.upsert_agent(&agent_rec("x", "hub-b", 1)).await.unwrap();
+    a.upsert_agent(&agent_rec("x")).await.unwrap();
     assert!(a.set_drained("x", true).await.unwrap());
     let n = tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv())
         .await

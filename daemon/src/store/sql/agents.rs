@@ -12,14 +12,13 @@ pub(super) async fn upsert_agent(store: &SqlStore, a: &AgentRecord) -> StoreResu
     let list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     sqlx::query(
         "INSERT INTO agents (id, name, capability, queues, hardware, hostname, address, max_concurrent, \
-         content_types, version, incarnation, drained, first_seen_ms, last_seen_ms, hub_id, lease_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         content_types, version, incarnation, drained, first_seen_ms, last_seen_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, capability = excluded.capability, \
          queues = excluded.queues, hardware = excluded.hardware, hostname = excluded.hostname, \
          address = excluded.address, max_concurrent = excluded.max_concurrent, \
          content_types = excluded.content_types, version = excluded.version, \
-         incarnation = excluded.incarnation, last_seen_ms = excluded.last_seen_ms, \
-         hub_id = excluded.hub_id, lease_ms = excluded.lease_ms",
+         incarnation = excluded.incarnation, last_seen_ms = excluded.last_seen_ms",
     )
     .bind(&a.id)
     .bind(&a.name)
@@ -35,8 +34,6 @@ pub(super) async fn upsert_agent(store: &SqlStore, a: &AgentRecord) -> StoreResu
     .bind(a.drained as i64)
     .bind(i(a.first_seen_ms))
     .bind(i(a.last_seen_ms))
-    .bind(&a.hub_id)
-    .bind(a.lease_ms.map(i))
     .execute(&store.pool)
     .await?;
     Ok(())
@@ -146,27 +143,48 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `hub_id` holds the agent's session now: its lease, for `lease_ms` from the database's now.
+pub(super) async fn take_lease(
+    store: &SqlStore,
+    agent_id: &str,
+    hub_id: &str,
+    lease_ms: u64,
+) -> StoreResult<()> {
+    sqlx::query(&format!(
+        "UPDATE agents SET hub_id = $1, lease_ms = {} + $2 WHERE id = $3",
+        store.dialect.now_ms()
+    ))
+    .bind(hub_id)
+    .bind(i(lease_ms))
+    .bind(agent_id)
+    .execute(&store.pool)
+    .await?;
+    Ok(())
+}
+
 /// Renew the leases of agents whose sessions `hub_id` holds; an agent another hub took over
 /// (its row names that hub now) is left alone.
 pub(super) async fn renew_leases(
     store: &SqlStore,
     hub_id: &str,
     agent_ids: &[String],
-    until_ms: u64,
+    lease_ms: u64,
     now_ms: u64,
 ) -> StoreResult<u64> {
     let mut renewed = 0;
+    let sql = format!(
+        "UPDATE agents SET lease_ms = {} + $1, last_seen_ms = $2 WHERE id = $3 AND hub_id = $4",
+        store.dialect.now_ms()
+    );
     for id in agent_ids {
-        renewed += sqlx::query(
-            "UPDATE agents SET lease_ms = $1, last_seen_ms = $2 WHERE id = $3 AND hub_id = $4",
-        )
-        .bind(i(until_ms))
-        .bind(i(now_ms))
-        .bind(id)
-        .bind(hub_id)
-        .execute(&store.pool)
-        .await?
-        .rows_affected();
+        renewed += sqlx::query(&sql)
+            .bind(i(lease_ms))
+            .bind(i(now_ms))
+            .bind(id)
+            .bind(hub_id)
+            .execute(&store.pool)
+            .await?
+            .rows_affected();
     }
     Ok(renewed)
 }

@@ -58,6 +58,15 @@ impl Dialect {
         }
     }
 
+    /// The database's clock, ms since the Unix epoch, as an SQL expression: leases are
+    /// written and judged by it, so hubs whose clocks differ still agree.
+    fn now_ms(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
     /// Like [`Dialect::lock`], but rows another transaction holds are left out, not waited for.
     fn lock_skip(self) -> &'static str {
         match self {
@@ -255,22 +264,22 @@ impl SqlStore {
     }
 
     /// Whether the agent's lease has run out (or it never had one): its attempts are lost.
-    async fn lease_expired(
-        &self,
-        tx: &mut Tx<'_>,
-        agent_id: &str,
-        now_ms: u64,
-    ) -> StoreResult<bool> {
+    async fn lease_expired(&self, tx: &mut Tx<'_>, agent_id: &str) -> StoreResult<bool> {
         let share = match self.dialect {
             Dialect::Sqlite => "",
             Dialect::Postgres => " FOR SHARE",
         };
-        let lease: Option<Option<i64>> =
-            sqlx::query_scalar(&format!("SELECT lease_ms FROM agents WHERE id = $1{share}"))
-                .bind(agent_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        Ok(lease.flatten().is_none_or(|l| u(l) < now_ms))
+        let row = sqlx::query(&format!(
+            "SELECT lease_ms, {} AS db_now FROM agents WHERE id = $1{share}",
+            self.dialect.now_ms()
+        ))
+        .bind(agent_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(row) = row else { return Ok(true) };
+        let lease: Option<i64> = row.try_get("lease_ms")?;
+        let now: i64 = row.try_get("db_now")?;
+        Ok(lease.is_none_or(|l| l < now))
     }
 
     /// [`Store::fail_attempt`]; with `only_if_lease_expired`, nothing changes (`Stale`) unless
@@ -305,7 +314,7 @@ impl SqlStore {
         if only_if_lease_expired {
             let agent = attempt_in(&mut tx, attempt_id).await?.map(|a| a.agent_id);
             let expired = match agent {
-                Some(agent) => self.lease_expired(&mut tx, &agent, now_ms).await?,
+                Some(agent) => self.lease_expired(&mut tx, &agent).await?,
                 None => true,
             };
             if !expired {
@@ -941,28 +950,32 @@ impl Store for SqlStore {
         rows.iter().map(attempt_from_row).collect()
     }
 
-    async fn expired_attempts(&self, now_ms: u64) -> StoreResult<Vec<Attempt>> {
-        let rows = sqlx::query(
+    async fn expired_attempts(&self) -> StoreResult<Vec<Attempt>> {
+        let rows = sqlx::query(&format!(
             "SELECT attempts.id, attempts.job_id, attempts.agent_id, attempts.number, \
              attempts.dispatched_ms, attempts.started_ms, attempts.finished_ms, attempts.outcome, \
              attempts.error FROM attempts LEFT JOIN agents ON agents.id = attempts.agent_id \
-             WHERE attempts.outcome = 'running' AND (agents.lease_ms IS NULL OR agents.lease_ms < $1) \
+             WHERE attempts.outcome = 'running' AND (agents.lease_ms IS NULL OR agents.lease_ms < {}) \
              ORDER BY attempts.dispatched_ms",
-        )
-        .bind(i(now_ms))
+            self.dialect.now_ms()
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn take_lease(&self, agent_id: &str, hub_id: &str, lease_ms: u64) -> StoreResult<()> {
+        agents::take_lease(self, agent_id, hub_id, lease_ms).await
     }
 
     async fn renew_leases(
         &self,
         hub_id: &str,
         agent_ids: &[String],
-        until_ms: u64,
+        lease_ms: u64,
         now_ms: u64,
     ) -> StoreResult<u64> {
-        agents::renew_leases(self, hub_id, agent_ids, until_ms, now_ms).await
+        agents::renew_leases(self, hub_id, agent_ids, lease_ms, now_ms).await
     }
 
     async fn notices(&self) -> StoreResult<Option<mpsc::Receiver<Notice>>> {
