@@ -277,6 +277,8 @@ pub trait Store: Send + Sync + 'static {
         lease_ms: u64,
         now_ms: u64,
     ) -> StoreResult<u64>;
+    /// Whether the database answers (one trivial query).
+    async fn ping(&self) -> StoreResult<()>;
     /// What other hubs change, as it commits: `None` where only one hub uses the database.
     async fn notices(&self) -> StoreResult<Option<tokio::sync::mpsc::Receiver<Notice>>>;
     /// Jobs with a cancel requested and not yet ended.

@@ -545,6 +545,7 @@ async fn postgres_notices_reach_the_other_hubs() {
             .is_err(),
         "no notice for a change that did not happen"
     );
+    a.ping().await.unwrap();
     // SQLite has no other hubs to hear.
     let dir = tempfile::tempdir().unwrap();
     let s = SqlStore::open_sqlite(&dir.path().join("hub.db"), SyncMode::Normal, "x")

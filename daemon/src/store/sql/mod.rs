@@ -978,6 +978,11 @@ impl Store for SqlStore {
         agents::renew_leases(self, hub_id, agent_ids, lease_ms, now_ms).await
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn notices(&self) -> StoreResult<Option<mpsc::Receiver<Notice>>> {
         match (&self.url, self.dialect) {
             (Some(url), Dialect::Postgres) => Ok(Some(notify::listen(url.clone()).await?)),
