@@ -321,33 +321,26 @@ impl Hub {
         match self.store.events_since(job_id, seq - 1).await {
             Ok(events) => {
                 let ev: Vec<_> = events.into_iter().filter(|e| e.seq == seq).collect();
-                if let Some(e) = ev.first() {
-                    // An attempt out with one of our agents ended at another hub (its deadline,
-                    // a fenced cancel, a lease judged expired): stop it here too.
-                    if let Some(attempt_id) = e.data["attempt_id"].as_str() {
-                        let ended = matches!(
-                            kind,
-                            "cancelled" | "timed_out" | "failed" | "requeued" | "completed"
+                // An attempt out with one of our agents ended at another hub (its deadline, a
+                // fenced cancel, a lease judged expired): stop it here too. The event names the
+                // attempt, except a deadline's, which ends the job whatever attempt it had.
+                let ended = matches!(
+                    kind,
+                    "cancelled" | "timed_out" | "failed" | "requeued" | "completed"
+                );
+                if let (true, Some(e)) = (ended, ev.first()) {
+                    let named = e.data["attempt_id"].as_str();
+                    let ours = self
+                        .local_attempt_of_job(job_id)
+                        .filter(|(id, _)| named.is_none_or(|n| n == id));
+                    if let Some((attempt_id, agent_id)) = ours {
+                        self.tell_cancel(
+                            &agent_id,
+                            &attempt_id,
+                            &format!("the job was {kind} at another hub"),
                         );
-                        let ours = self
-                            .local_attempt_of_job(job_id)
-                            .filter(|(id, _)| id == attempt_id);
-                        if let (true, Some((attempt_id, agent_id))) = (ended, ours) {
-                            self.tell_cancel(
-                                &agent_id,
-                                &attempt_id,
-                                &format!("the job was {kind} at another hub"),
-                            );
-                            self.forget_attempt(&attempt_id);
-                            self.cancels.lock().unwrap().remove(job_id);
-                        }
-                    }
-                    if kind == "timed_out" {
-                        // A deadline ends the job whatever attempt it had.
-                        if let Some((attempt_id, agent_id)) = self.local_attempt_of_job(job_id) {
-                            self.tell_cancel(&agent_id, &attempt_id, "job deadline passed");
-                            self.forget_attempt(&attempt_id);
-                        }
+                        self.forget_attempt(&attempt_id);
+                        self.cancels.lock().unwrap().remove(job_id);
                     }
                 }
                 self.publish(ev);
