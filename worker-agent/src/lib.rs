@@ -6,6 +6,8 @@
 //! - `hardware.rs`: the hardware fingerprint (CPU, memory, OS, NVIDIA GPUs).
 //! - `models/`: Whisper model import (CTranslate2 -> ggml) and download.
 //! - `serve/`: the daemon (`morag-agent serve`): hub session, job runner, outbox, health.
+//! - `speech/`: speaker diarization and topic segmentation of transcripts (ONNX Runtime,
+//!   the GE2E speaker encoder).
 //! - `cli`: the `morag-agent` command line (`serve`, `process`, `model import-ct2`, `model fetch`).
 pub mod cli;
 pub mod enroll;
@@ -14,3 +16,4 @@ pub mod hardware;
 pub mod media;
 pub mod models;
 pub mod serve;
+pub mod speech;

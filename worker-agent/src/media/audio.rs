@@ -56,6 +56,8 @@ pub struct AudioOptions {
     /// Decode again at rising temperatures when a window's text looks wrong (repetitive or
     /// unlikely), as whisper.cpp and faster-whisper do by default. Off: temperature 0 only.
     pub temperature_fallback: bool,
+    /// Speaker diarization and topic segmentation after transcription.
+    pub speech: crate::speech::SpeechOptions,
 }
 
 impl Default for AudioOptions {
@@ -68,6 +70,7 @@ impl Default for AudioOptions {
             beam_size: 1,
             fit_context: true,
             temperature_fallback: true,
+            speech: Default::default(),
         }
     }
 }
@@ -568,6 +571,9 @@ fn report(sink: &dyn ProgressSink, percent: f32, stage: &str) {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AudioTimings {
     pub whisper_seconds: f64,
+    /// Speaker diarization and topic segmentation (0 when skipped).
+    pub diarization_seconds: f64,
+    pub topics_seconds: f64,
     pub total_seconds: f64,
 }
 
@@ -586,7 +592,9 @@ pub fn transcribe_decoded(
     started: Instant,
 ) -> Result<(ProcessOutput, AudioTimings), ProcessError> {
     let facts = file_facts(path)?;
-    let t = transcriber.transcribe(&audio.samples, opts, progress, (10.0, 95.0), cancel)?;
+    let mut t = transcriber.transcribe(&audio.samples, opts, progress, (10.0, 85.0), cancel)?;
+    report(progress, 85.0, "speakers and topics");
+    let notes = crate::speech::annotate(&audio.samples, &mut t.segments, &opts.speech, cancel)?;
     report(progress, 95.0, "write");
     let model = transcriber
         .model_path()
@@ -598,6 +606,8 @@ pub fn transcribe_decoded(
         language: t.language,
         model: &model,
         processing_time: started.elapsed().as_secs_f64(),
+        diarization_skipped: notes.diarization_skipped,
+        topic_segmentation_skipped: notes.topics_skipped,
     };
     let result = build_audio_result(&facts, &audio.info, parts);
     let artifacts = write_audio_artifacts(&result, &facts.stem, out_dir)?;
@@ -612,6 +622,8 @@ pub fn transcribe_decoded(
         },
         AudioTimings {
             whisper_seconds: t.whisper_seconds,
+            diarization_seconds: notes.diarization_seconds,
+            topics_seconds: notes.topics_seconds,
             total_seconds: started.elapsed().as_secs_f64(),
         },
     ))

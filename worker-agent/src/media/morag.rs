@@ -63,6 +63,12 @@ pub struct AudioMetadata {
     pub format: String,
     /// File name of the Whisper model used.
     pub model: String,
+    /// Why `speaker` is null, when diarization did not run (no models, turned off, failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diarization_skipped: Option<String>,
+    /// Why `topic_id`/`topic_label` are null, when topic segmentation did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_segmentation_skipped: Option<String>,
 }
 
 /// MoRAG's `AudioProcessingResult`, plus its markdown.
@@ -158,6 +164,9 @@ pub struct TranscriptParts<'a> {
     pub language: String,
     pub model: &'a str,
     pub processing_time: f64,
+    /// Why speakers / topics were not filled.
+    pub diarization_skipped: Option<String>,
+    pub topic_segmentation_skipped: Option<String>,
 }
 
 /// Assemble MoRAG's result for an input whose audio was decoded to `info`.
@@ -193,6 +202,8 @@ pub fn build_audio_result(
         codec: info.codec.clone(),
         format: info.container.clone(),
         model: parts.model.to_string(),
+        diarization_skipped: parts.diarization_skipped,
+        topic_segmentation_skipped: parts.topic_segmentation_skipped,
     };
     let mut result = AudioResult {
         transcript,
@@ -383,6 +394,8 @@ mod tests {
             language: "en".into(),
             model: "ggml-tiny.en.bin",
             processing_time: 1.5,
+            diarization_skipped: None,
+            topic_segmentation_skipped: None,
         };
         let r = build_audio_result(&facts, &info, parts);
         assert_eq!(r.transcript, "Hello there.  Bye.");

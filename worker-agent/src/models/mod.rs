@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 pub mod convert;
 pub mod ct2;
 pub mod fetch;
+pub mod import;
 pub mod mel;
+pub mod torch_legacy;
 
 pub use convert::{convert_ct2_dir, ConvertSummary, WeightType};
 pub use fetch::{fetch_model, FetchError, FetchSummary};
@@ -44,6 +46,12 @@ pub enum ConvertError {
     /// The CTranslate2 files are malformed or not a Whisper model.
     #[error("not a usable CTranslate2 Whisper model: {0}")]
     Format(String),
+    /// A PyTorch checkpoint could not be read or is not the expected model.
+    #[error("not a usable PyTorch checkpoint: {0}")]
+    Checkpoint(String),
+    /// An imported file is not the release it should be.
+    #[error("{0}")]
+    Checksum(String),
     /// A tensor the Whisper layout needs is absent.
     #[error("model.bin has no variable {0}")]
     MissingTensor(String),

@@ -86,6 +86,11 @@ pub struct ServeConfig {
     pub model: Option<PathBuf>,
     /// JPEG quality of thumbnails, 1..=100; `None`: MoRAG's default (85).
     pub thumbnail_quality: Option<u8>,
+    /// Speaker labels in transcripts: `None` (default) when the models are present beside the
+    /// Whisper model; `false` off; `true` on, with a warning at start when they are missing.
+    pub enable_diarization: Option<bool>,
+    /// Topics in transcripts, likewise.
+    pub enable_topic_segmentation: Option<bool>,
     /// Congestion controller of the connection to the hub (results travel agent -> hub).
     pub congestion: morag_transport::CongestionControl,
     pub on_hub_lost: OnHubLost,
@@ -129,6 +134,8 @@ impl Default for ServeConfig {
             whisper_model_size: None,
             model: None,
             thumbnail_quality: None,
+            enable_diarization: None,
+            enable_topic_segmentation: None,
             congestion: morag_transport::LinkConfig::default().congestion,
             on_hub_lost: OnHubLost::FinishRunning,
             shutdown_grace: Duration::from_secs(30),
@@ -175,6 +182,11 @@ impl ServeConfig {
             return PathBuf::from("models").join(format!("ggml-{size}.bin"));
         }
         crate::models::default_model_path(None)
+    }
+
+    /// Where the diarization and topic models are: beside the Whisper model.
+    pub fn speech_models_dir(&self) -> PathBuf {
+        crate::speech::models_dir(&self.model_path())
     }
 
     /// Where job work directories live.
@@ -242,6 +254,8 @@ struct FileConfig {
     whisper_model_size: Option<String>,
     model: Option<PathBuf>,
     thumbnail_quality: Option<i64>,
+    enable_diarization: Option<bool>,
+    enable_topic_segmentation: Option<bool>,
     congestion: Option<String>,
     on_hub_lost: Option<String>,
     shutdown_grace: Option<String>,
@@ -528,6 +542,12 @@ fn apply_file(c: &mut ServeConfig, path: &str, text: &str) -> Result<(), ConfigE
     if let Some(v) = f.thumbnail_quality {
         c.thumbnail_quality = Some(quality("thumbnail_quality", &v.to_string())?);
     }
+    if let Some(v) = f.enable_diarization {
+        c.enable_diarization = Some(v);
+    }
+    if let Some(v) = f.enable_topic_segmentation {
+        c.enable_topic_segmentation = Some(v);
+    }
     if let Some(v) = f.congestion {
         c.congestion = v.parse().map_err(|m: String| invalid("congestion", m))?;
     }
@@ -617,6 +637,12 @@ fn apply_env(c: &mut ServeConfig, get: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     if let Some((k, v)) = var("THUMBNAIL_QUALITY") {
         c.thumbnail_quality = Some(quality(&k, &v)?);
+    }
+    if let Some((k, v)) = var("ENABLE_DIARIZATION") {
+        c.enable_diarization = Some(boolean(&k, &v)?);
+    }
+    if let Some((k, v)) = var("ENABLE_TOPIC_SEGMENTATION") {
+        c.enable_topic_segmentation = Some(boolean(&k, &v)?);
     }
     if let Some((k, v)) = var("CONGESTION") {
         c.congestion = v.parse().map_err(|m: String| invalid(&k, m))?;

@@ -79,6 +79,12 @@ impl MediaProcessor {
         Ok(Self::new(opts))
     }
 
+    /// Diarization and topic models shared by every job.
+    pub fn with_speech(mut self, models: crate::speech::SpeechModels) -> Self {
+        self.opts.audio.speech.models = Arc::new(models);
+        self
+    }
+
     /// Whisper threads per job (e.g. the cores divided by the jobs that run at once).
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.opts.audio.threads = threads.max(1);
@@ -98,16 +104,7 @@ impl MediaProcessor {
                         })?;
                 }
                 "translate" => {
-                    opts.audio.translate = match value.trim().to_ascii_lowercase().as_str() {
-                        "" | "1" | "true" | "yes" => true,
-                        "0" | "false" | "no" => false,
-                        other => {
-                            return Err(ProcessError::Option {
-                                name: name.clone(),
-                                reason: format!("expected true or false, got {other:?}"),
-                            })
-                        }
-                    };
+                    opts.audio.translate = switch(name, value)?;
                 }
                 "beam_size" | "beam" => {
                     opts.audio.beam_size = value
@@ -120,6 +117,25 @@ impl MediaProcessor {
                             reason: format!("expected a beam width from 1 to 8, got {value:?}"),
                         })?;
                 }
+                "enable_diarization" | "diarization" => {
+                    opts.audio.speech.diarization = switch(name, value)?;
+                }
+                "enable_topic_segmentation" | "topics" => {
+                    opts.audio.speech.topics = switch(name, value)?;
+                }
+                "num_speakers" => {
+                    opts.audio.speech.num_speakers = Some(
+                        value
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=32).contains(n))
+                            .ok_or_else(|| ProcessError::Option {
+                                name: name.clone(),
+                                reason: format!("expected a speaker count from 1 to 32, got {value:?}"),
+                            })?,
+                    );
+                }
                 "model" => {
                     tracing::debug!(option = %name, %value, "option ignored: the agent's model is loaded once at start");
                 }
@@ -127,6 +143,18 @@ impl MediaProcessor {
             }
         }
         Ok(opts)
+    }
+}
+
+/// A job option that is true or false.
+fn switch(name: &str, value: &str) -> Result<bool, ProcessError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(ProcessError::Option {
+            name: name.to_string(),
+            reason: format!("expected true or false, got {other:?}"),
+        }),
     }
 }
 

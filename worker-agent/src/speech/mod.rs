@@ -1,0 +1,257 @@
+//! Speaker diarization and topic segmentation of transcripts, filling MoRAG's `speaker`,
+//! `topic_id` and `topic_label` segment fields.
+//!
+//! # Layout
+//! - `onnx`: ONNX Runtime loaded at run time; one session per model.
+//! - `ge2e`: the GE2E speaker encoder (mel spectrogram, LSTM) on the CPU.
+//! - `diarize`: segmentation-3.0 windows, embeddings, clustering, speaker turns, DER.
+//! - `topics`: sentence embeddings (all-MiniLM-L6-v2), boundaries, labels.
+//!
+//! The models live beside the Whisper model (`models/` by default), under the names in
+//! [`files`]; `morag-agent model import KIND FILE` puts them there after a checksum check.
+//! Each feature is on when its models are present unless the config turns it off
+//! (`enable_diarization`, `enable_topic_segmentation`); when it cannot run, the result's
+//! metadata says why (`diarization_skipped`, `topic_segmentation_skipped`) and the transcript
+//! is delivered without it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub mod diarize;
+pub mod ge2e;
+pub mod onnx;
+pub mod topics;
+
+pub use diarize::{DiarizeOptions, Diarizer, Turn};
+pub use topics::TopicSegmenter;
+
+use crate::media::morag::Segment;
+use crate::media::Cancel;
+
+/// File names inside the models directory.
+pub mod files {
+    /// ONNX Runtime's shared library (from the `onnxruntime` wheel).
+    pub const ONNXRUNTIME: &str = "libonnxruntime.so";
+    /// pyannote segmentation-3.0.
+    pub const SEGMENTATION: &str = "segmentation-3.0.onnx";
+    /// The GE2E speaker encoder, converted to safetensors.
+    pub const SPEAKER_ENCODER: &str = "ge2e-speaker-encoder.safetensors";
+    /// all-MiniLM-L6-v2, int8 ONNX.
+    pub const SENTENCE_ENCODER: &str = "all-minilm-l6-v2-int8.onnx";
+    /// Its tokenizer.
+    pub const SENTENCE_TOKENIZER: &str = "all-minilm-l6-v2-tokenizer.json";
+}
+
+/// The directory of the diarization and topic models: the Whisper model's.
+pub fn models_dir(whisper_model: &Path) -> PathBuf {
+    match whisper_model.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A feature's model, or why it is not available.
+pub type Loaded<T> = Result<Arc<T>, String>;
+
+/// The models loaded at start, shared by every job.
+#[derive(Debug)]
+pub struct SpeechModels {
+    pub diarizer: Loaded<Diarizer>,
+    pub topics: Loaded<TopicSegmenter>,
+}
+
+impl SpeechModels {
+    /// Neither feature, for `why`.
+    pub fn none(why: &str) -> Self {
+        Self {
+            diarizer: Err(why.to_string()),
+            topics: Err(why.to_string()),
+        }
+    }
+
+    /// Load what `dir` holds. `enable_*`: `Some(false)` turns a feature off; `None` and
+    /// `Some(true)` load it when its files are present (a feature asked for but missing is
+    /// logged as a warning).
+    pub fn load(
+        dir: &Path,
+        threads: usize,
+        enable_diarization: Option<bool>,
+        enable_topics: Option<bool>,
+    ) -> Self {
+        let runtime = || onnx::runtime(&dir.join(files::ONNXRUNTIME));
+        let need = |names: &[&str]| -> Result<Vec<PathBuf>, String> {
+            let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+            let missing: Vec<String> = paths
+                .iter()
+                .filter(|p| !p.is_file())
+                .map(|p| p.display().to_string())
+                .collect();
+            if missing.is_empty() {
+                Ok(paths)
+            } else {
+                Err(format!(
+                    "missing {} (scripts/setup-test-model.sh or `morag-agent model import` puts them there)",
+                    missing.join(", ")
+                ))
+            }
+        };
+        let diarizer = match enable_diarization {
+            Some(false) => Err("enable_diarization is false".to_string()),
+            _ => need(&[files::ONNXRUNTIME, files::SEGMENTATION, files::SPEAKER_ENCODER])
+                .and_then(|p| {
+                    let env = runtime()?;
+                    let seg = onnx::OnnxModel::load(env, &p[1], threads)?;
+                    let enc = ge2e::Ge2e::load(&p[2])?;
+                    Ok(Arc::new(Diarizer::new(seg, enc)))
+                }),
+        };
+        let topics = match enable_topics {
+            Some(false) => Err("enable_topic_segmentation is false".to_string()),
+            _ => need(&[
+                files::ONNXRUNTIME,
+                files::SENTENCE_ENCODER,
+                files::SENTENCE_TOKENIZER,
+            ])
+            .and_then(|p| {
+                let env = runtime()?;
+                let model = onnx::OnnxModel::load(env, &p[1], threads)?;
+                Ok(Arc::new(TopicSegmenter::new(model, &p[2])?))
+            }),
+        };
+        for (what, asked, loaded) in [
+            ("diarization", enable_diarization, diarizer.as_ref().err()),
+            ("topic segmentation", enable_topics, topics.as_ref().err()),
+        ] {
+            match (loaded, asked) {
+                (None, _) => tracing::info!(feature = what, "speech model loaded"),
+                (Some(why), Some(true)) => tracing::warn!(feature = what, %why, "turned on but not available: results will say why"),
+                (Some(why), _) => tracing::info!(feature = what, %why, "off"),
+            }
+        }
+        Self { diarizer, topics }
+    }
+}
+
+/// Per-job settings: the shared models and what this job wants.
+#[derive(Debug, Clone)]
+pub struct SpeechOptions {
+    pub models: Arc<SpeechModels>,
+    pub diarization: bool,
+    pub topics: bool,
+    /// Speakers when the caller knows how many.
+    pub num_speakers: Option<usize>,
+}
+
+impl Default for SpeechOptions {
+    fn default() -> Self {
+        Self {
+            models: Arc::new(SpeechModels::none(
+                "no speech models were loaded for this run",
+            )),
+            diarization: true,
+            topics: true,
+            num_speakers: None,
+        }
+    }
+}
+
+impl PartialEq for SpeechOptions {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.models, &other.models)
+            && self.diarization == other.diarization
+            && self.topics == other.topics
+            && self.num_speakers == other.num_speakers
+    }
+}
+
+/// What [`annotate`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Annotation {
+    /// Why speakers are missing (`None` when they were filled).
+    pub diarization_skipped: Option<String>,
+    pub topics_skipped: Option<String>,
+    /// Speaker turns found (empty when skipped).
+    pub turns: Vec<Turn>,
+    pub diarization_seconds: f64,
+    pub topics_seconds: f64,
+}
+
+/// Fill `segments`' speakers and topics from 16 kHz `samples`. A feature that cannot run is
+/// recorded in the returned [`Annotation`] and leaves its fields null; only cancellation is an
+/// error.
+pub fn annotate(
+    samples: &[f32],
+    segments: &mut [Segment],
+    opts: &SpeechOptions,
+    cancel: &Cancel,
+) -> Result<Annotation, crate::media::ProcessError> {
+    let mut out = Annotation::default();
+    let cancelled = |cancel: &Cancel| cancel.is_cancelled();
+    if segments.is_empty() {
+        return Ok(out);
+    }
+    let t0 = Instant::now();
+    out.diarization_skipped = if !opts.diarization {
+        Some("turned off for this job (enable_diarization)".into())
+    } else {
+        match &opts.models.diarizer {
+            Err(why) => Some(why.clone()),
+            Ok(d) => {
+                let dopts = DiarizeOptions {
+                    num_speakers: opts.num_speakers,
+                    ..Default::default()
+                };
+                match d.diarize(samples, &dopts, cancel) {
+                    Ok(turns) => {
+                        for s in segments.iter_mut() {
+                            s.speaker = diarize::speaker_of(&turns, s.start, s.end)
+                                .map(diarize::speaker_name);
+                        }
+                        out.turns = turns;
+                        None
+                    }
+                    Err(_) if cancelled(cancel) => {
+                        return Err(crate::media::ProcessError::Cancelled)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "diarization failed; the transcript goes without speakers");
+                        Some(format!("diarization failed: {e}"))
+                    }
+                }
+            }
+        }
+    };
+    out.diarization_seconds = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    out.topics_skipped = if !opts.topics {
+        Some("turned off for this job (enable_topic_segmentation)".into())
+    } else {
+        match &opts.models.topics {
+            Err(why) => Some(why.clone()),
+            Ok(t) => {
+                let texts: Vec<&str> = segments.iter().map(|s| s.text.trim()).collect();
+                match t.segment(&texts, cancel) {
+                    Ok(topics) => {
+                        for (id, topic) in topics.iter().enumerate() {
+                            for s in &mut segments[topic.start..topic.end] {
+                                s.topic_id = Some(id as i64);
+                                s.topic_label = Some(topic.label.clone());
+                            }
+                        }
+                        None
+                    }
+                    Err(_) if cancelled(cancel) => {
+                        return Err(crate::media::ProcessError::Cancelled)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "topic segmentation failed; the transcript goes without topics");
+                        Some(format!("topic segmentation failed: {e}"))
+                    }
+                }
+            }
+        }
+    };
+    out.topics_seconds = t1.elapsed().as_secs_f64();
+    Ok(out)
+}

@@ -1,0 +1,81 @@
+//! ONNX Runtime, loaded at run time from a shared library (the one the `onnxruntime` wheel
+//! ships, imported with `morag-agent model import onnxruntime`), so the agent builds offline and
+//! starts on machines without it: only the features that need it are skipped, with the reason.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::Session;
+
+/// The runtime loaded once per process (the library's path is fixed by the first load).
+static RUNTIME: OnceLock<Result<(PathBuf, Environment), String>> = OnceLock::new();
+
+/// Load ONNX Runtime from `lib` (first call wins; later calls get the same result).
+pub fn runtime(lib: &Path) -> Result<&'static Environment, String> {
+    let loaded = RUNTIME.get_or_init(|| {
+        if !lib.is_file() {
+            return Err(format!("no ONNX Runtime library at {}", lib.display()));
+        }
+        let env = ort::init_from(lib)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?
+            .with_name("morag-agent")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| format!("ONNX Runtime from {} failed to start: {e}", lib.display()))?;
+        Ok((lib.to_path_buf(), env))
+    });
+    match loaded {
+        Ok((_, env)) => Ok(env),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// One ONNX model, run by one caller at a time.
+pub struct OnnxModel {
+    session: Mutex<Session>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnnxModel {
+    /// Load `path` with `threads` threads for its operators.
+    pub fn load(env: &Environment, path: &Path, threads: usize) -> Result<Self, String> {
+        let fail = |e: &dyn std::fmt::Display| format!("cannot load {}: {e}", path.display());
+        if !path.is_file() {
+            return Err(format!("no model at {}", path.display()));
+        }
+        let session = Session::builder(env)
+            .map_err(|e| fail(&e))?
+            .with_intra_threads(threads.max(1))
+            .map_err(|e| fail(&e))?
+            .with_inter_threads(1)
+            .map_err(|e| fail(&e))?
+            .commit_from_file(path)
+            .map_err(|e| fail(&e))?;
+        Ok(Self {
+            session: Mutex::new(session),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Run `f` with the session (models are not re-entrant here; jobs take turns).
+    pub fn with<T>(&self, f: impl FnOnce(&mut Session) -> Result<T, String>) -> Result<T, String> {
+        let mut s = self
+            .session
+            .lock()
+            .map_err(|_| format!("{}: a previous run panicked", self.path.display()))?;
+        f(&mut s)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
