@@ -169,6 +169,16 @@ async fn enrolled_agent_transcribes_jfk_and_the_artifacts_come_back() {
     assert_eq!(s, 200);
     assert_eq!(result["success"], true);
     assert!(result["segments"][0].get("confidence").is_some());
+    // The agent found the diarization and topic models beside its Whisper model
+    // (scripts/setup-test-model.sh): one speaker, one topic, carried through the hub unchanged.
+    assert_eq!(result["metadata"]["has_speaker_info"], true, "{result}");
+    assert_eq!(result["metadata"]["has_topic_info"], true, "{result}");
+    assert_eq!(result["segments"][0]["speaker"], "SPEAKER_00");
+    assert_eq!(result["segments"][0]["topic_id"], 0);
+    assert!(result["markdown_transcript"]
+        .as_str()
+        .unwrap()
+        .contains("[SPEAKER_00]"));
 }
 
 #[tokio::test]

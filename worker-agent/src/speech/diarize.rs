@@ -33,11 +33,11 @@ const POWERSET: [&[usize]; 7] = [&[], &[0], &[1], &[2], &[0, 1], &[0, 2], &[1, 2
 const MIN_EMBED_SECONDS: f64 = 0.25;
 const MIN_CLUSTER_SECONDS: f64 = 1.0;
 /// Partials per local speaker (each 1.6 s; more costs time and changes little).
-const MAX_PARTIALS: usize = 2;
+const MAX_PARTIALS: usize = 3;
 /// Partials per encoder batch (bounds memory on long recordings).
 const BATCH: usize = 64;
 /// Clusters whose average cosine similarity is below this are different speakers.
-pub const DEFAULT_THRESHOLD: f32 = 0.80;
+pub const DEFAULT_THRESHOLD: f32 = 0.72;
 /// pyannote's clean-up: fill gaps shorter than this within a speaker, drop shorter turns.
 const MIN_DURATION_OFF: f64 = 0.5;
 const MIN_DURATION_ON: f64 = 0.3;
@@ -75,14 +75,22 @@ pub struct Diarizer {
     encoder: Ge2e,
 }
 
-/// A local speaker of one window.
+/// One local speaker's speech in one window (frames `first..end`): the unit that gets an
+/// embedding and a speaker. A pause of [`RUN_GAP_FRAMES`] would split it into runs; that is set
+/// to a whole window, because embeddings of 1-2 s runs of one real voice were too noisy to
+/// cluster (jfk.wav's runs fell to 0.67 similarity, below two different espeak-ng voices).
 struct Local {
     window: usize,
     local: usize,
+    first: usize,
+    end: usize,
     /// Seconds of clean speech.
     clean: f64,
     embedding: Vec<f32>,
 }
+
+/// Inactive frames that end a run (a whole window: one run per local speaker).
+const RUN_GAP_FRAMES: usize = FRAMES;
 
 impl Diarizer {
     pub fn new(segmentation: OnnxModel, encoder: Ge2e) -> Self {
@@ -105,10 +113,19 @@ impl Diarizer {
         let activity = self.segment(samples, cancel)?;
         let mut locals = self.embed_locals(samples, &activity, cancel)?;
         let labels = cluster(&mut locals, opts);
-        let mut map: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+        let mut map: BTreeMap<(usize, usize), Vec<(usize, usize, usize)>> = BTreeMap::new();
         for (l, lab) in locals.iter().zip(&labels) {
-            map.insert((l.window, l.local), *lab);
+            map.entry((l.window, l.local))
+                .or_default()
+                .push((l.first, l.end, *lab));
         }
+        let label_of = |w: usize, local: usize, frame: usize| {
+            map.get(&(w, local)).and_then(|runs| {
+                runs.iter()
+                    .find(|(a, b, _)| (*a..*b).contains(&frame))
+                    .map(|r| r.2)
+            })
+        };
         // Per-speaker frame activity on the global timeline.
         let mut per: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
         let total = samples.len() as f64 / SAMPLE_RATE as f64;
@@ -120,7 +137,7 @@ impl Diarizer {
                     break;
                 }
                 for &local in POWERSET[*class as usize] {
-                    if let Some(&spk) = map.get(&(w, local)) {
+                    if let Some(spk) = label_of(w, local, i) {
                         per.entry(spk)
                             .or_default()
                             .push((start, (start + FRAME_STEP).min(total)));
@@ -199,7 +216,7 @@ impl Diarizer {
         Ok(out)
     }
 
-    /// One embedding per local speaker with enough clean speech.
+    /// One embedding per run of a local speaker with enough clean speech.
     fn embed_locals(
         &self,
         samples: &[f32],
@@ -212,10 +229,10 @@ impl Diarizer {
         let mut owners: Vec<(usize, usize)> = Vec::new(); // (local index, partial start)
         for (w, frames) in activity.iter().enumerate() {
             let w0 = w * WINDOW;
-            for local in 0..3 {
+            for (local, first, end) in runs(frames) {
                 // Samples of the frames where only this speaker talks.
                 let mut speech: Vec<f32> = Vec::new();
-                for (i, class) in frames.iter().enumerate() {
+                for (i, class) in frames.iter().enumerate().take(end).skip(first) {
                     if POWERSET[*class as usize] != [local] {
                         continue;
                     }
@@ -243,6 +260,8 @@ impl Diarizer {
                 locals.push(Local {
                     window: w,
                     local,
+                    first,
+                    end,
                     clean,
                     embedding: Vec::new(),
                 });
@@ -276,6 +295,31 @@ impl Diarizer {
         }
         Ok(locals)
     }
+}
+
+/// The runs of each local speaker in one window's frames: `(local, first, end)`.
+fn runs(frames: &[u8]) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    for local in 0..3 {
+        let mut current: Option<(usize, usize)> = None;
+        for (i, class) in frames.iter().enumerate() {
+            if !POWERSET[*class as usize].contains(&local) {
+                continue;
+            }
+            current = match current {
+                Some((a, b)) if i - b < RUN_GAP_FRAMES => Some((a, i + 1)),
+                Some((a, b)) => {
+                    out.push((local, a, b));
+                    Some((i, i + 1))
+                }
+                None => Some((i, i + 1)),
+            };
+        }
+        if let Some((a, b)) = current {
+            out.push((local, a, b));
+        }
+    }
+    out
 }
 
 /// Cluster labels for `locals`: average-linkage agglomerative clustering of the trusted

@@ -271,6 +271,7 @@ const STOP_WORDS: &[&str] = &[
     "during", "without", "within", "around", "among", "ask", "asked", "let's", "gets", "got",
     "make", "made", "one", "first", "second", "third", "people", "something", "anything",
     "everything", "nothing", "lot", "lots", "kind", "sort", "part", "parts", "uses", "used",
+    "until", "unless", "usually", "always", "never", "often", "across", "along", "back",
 ];
 
 #[cfg(test)]

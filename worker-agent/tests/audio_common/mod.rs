@@ -68,7 +68,7 @@ fn setup_models() -> Result<(), String> {
     .clone()
 }
 
-fn models_file(rel: &str) -> Result<PathBuf, String> {
+pub fn models_file(rel: &str) -> Result<PathBuf, String> {
     let path = repo_root().join("models").join(rel);
     if path.exists() {
         return Ok(path);
