@@ -354,8 +354,12 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
             crate::speech::SpeechModels::load(
                 &crate::speech::models_dir(&model),
                 threads,
-                args.diarization.then_some(true).or(args.no_diarization.then_some(false)),
-                args.topics.then_some(true).or(args.no_topics.then_some(false)),
+                args.diarization
+                    .then_some(true)
+                    .or(args.no_diarization.then_some(false)),
+                args.topics
+                    .then_some(true)
+                    .or(args.no_topics.then_some(false)),
             )
         } else {
             crate::speech::SpeechModels::none("not audio")
@@ -583,12 +587,8 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
         let speech_dir = config.speech_models_dir();
         let (diarization, topics) = (config.enable_diarization, config.enable_topic_segmentation);
         let processor = tokio::task::spawn_blocking(move || {
-            let speech = crate::speech::SpeechModels::load(
-                &speech_dir,
-                threads.max(1),
-                diarization,
-                topics,
-            );
+            let speech =
+                crate::speech::SpeechModels::load(&speech_dir, threads.max(1), diarization, topics);
             crate::serve::MediaProcessor::load(model, &gpu, quality)
                 .map(|p| p.with_threads(threads).with_speech(speech))
         })

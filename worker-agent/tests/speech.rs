@@ -43,7 +43,11 @@ fn ge2e_import_matches_the_checkpoint_byte_for_byte() {
         .arg(tmp.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("14 tensors"));
     let converted = tmp.path().join("ge2e-speaker-encoder.safetensors");
     let check = Command::new("python3")
@@ -72,7 +76,10 @@ fn ge2e_import_matches_the_checkpoint_byte_for_byte() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected 39373b86"));
-    assert!(!tmp.path().join("other/ge2e-speaker-encoder.safetensors").exists());
+    assert!(!tmp
+        .path()
+        .join("other/ge2e-speaker-encoder.safetensors")
+        .exists());
 }
 
 #[test]
@@ -88,7 +95,11 @@ fn ge2e_embedding_matches_the_reference_value_for_value() {
         .arg(&jfk)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let theirs: Vec<f32> = v["embedding"]
         .as_array()
@@ -105,7 +116,9 @@ fn ge2e_embedding_matches_the_reference_value_for_value() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     let cos = cosine(&ours, &theirs);
-    println!("GE2E on jfk.wav: cosine to the reference {cos:.7}, largest difference {max_diff:.2e}");
+    println!(
+        "GE2E on jfk.wav: cosine to the reference {cos:.7}, largest difference {max_diff:.2e}"
+    );
     assert!(max_diff < 1e-4, "largest difference {max_diff}");
     assert!(cos > 0.99999, "cosine {cos}");
 }
@@ -220,13 +233,13 @@ fn a_change_of_subject_is_a_topic_boundary_and_speakers_reach_morags_fields() {
     assert_eq!(r["metadata"]["has_speaker_info"], true);
     assert!(r["metadata"].get("diarization_skipped").is_none());
     // Two topics, in order, the second starting within one sentence of the change.
-    let ids: Vec<i64> = segments.iter().map(|s| s["topic_id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = segments
+        .iter()
+        .map(|s| s["topic_id"].as_i64().unwrap())
+        .collect();
     assert_eq!(*ids.iter().max().unwrap(), 1, "{ids:?}");
     assert!(ids.windows(2).all(|w| w[0] <= w[1]), "{ids:?}");
-    let first_b = segments
-        .iter()
-        .find(|s| s["topic_id"] == 1)
-        .unwrap()["start"]
+    let first_b = segments.iter().find(|s| s["topic_id"] == 1).unwrap()["start"]
         .as_f64()
         .unwrap();
     let change = conv.sentence_starts[ASTRONOMY.len()];
@@ -238,7 +251,10 @@ fn a_change_of_subject_is_a_topic_boundary_and_speakers_reach_morags_fields() {
     println!(
         "topic boundary at {first_b:.2} s, subject changes at {change:.2} s: {sentences_off} sentence(s) apart"
     );
-    assert!(sentences_off <= 1, "boundary {first_b:.2} s, change {change:.2} s");
+    assert!(
+        sentences_off <= 1,
+        "boundary {first_b:.2} s, change {change:.2} s"
+    );
     let labels: Vec<&str> = segments
         .iter()
         .map(|s| s["topic_label"].as_str().unwrap())
@@ -250,17 +266,77 @@ fn a_change_of_subject_is_a_topic_boundary_and_speakers_reach_morags_fields() {
     assert_eq!(segments[0]["speaker"], "SPEAKER_00");
     assert_eq!(segments[segments.len() - 1]["speaker"], "SPEAKER_01");
     let md = r["markdown_transcript"].as_str().unwrap();
-    assert!(md.contains("] [SPEAKER_00] ") || md.contains("][SPEAKER_00]") || md.contains("[SPEAKER_00]"), "{md}");
-    let files: Vec<String> = output
-        .artifacts
-        .iter()
-        .map(|a| a.name.clone())
-        .collect();
-    assert!(files.contains(&"two_subjects_segments.json".to_string()), "{files:?}");
+    assert!(
+        md.contains("] [SPEAKER_00] ")
+            || md.contains("][SPEAKER_00]")
+            || md.contains("[SPEAKER_00]"),
+        "{md}"
+    );
+    let files: Vec<String> = output.artifacts.iter().map(|a| a.name.clone()).collect();
+    assert!(
+        files.contains(&"two_subjects_segments.json".to_string()),
+        "{files:?}"
+    );
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("two_subjects_segments.json")).unwrap())
             .unwrap();
     assert_eq!(on_disk[0]["speaker"], "SPEAKER_00");
+}
+
+#[test]
+fn transcript_segments_follow_the_speakers_in_a_quick_exchange() {
+    let _lock = audio_common::whisper_lock();
+    let models = fixture_or_skip!("quick_exchange", speech_models_dir());
+    let model = fixture_or_skip!("quick_exchange", audio_common::model());
+    // Turns 0.15 s apart: Whisper puts several in one segment, which must then be split.
+    let conv = fixture_or_skip!(
+        "quick_exchange",
+        conversation_with_gaps(&VOICES[..2], TWO_SPEAKER_TURNS, |_| 2_400)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let wav = tmp.path().join("exchange.wav");
+    write_wav(&wav, &conv.samples);
+    let transcriber = Transcriber::load(&model).unwrap();
+    let opts = AudioOptions {
+        model: model.clone(),
+        speech: SpeechOptions {
+            models: std::sync::Arc::new(SpeechModels::load(&models, 2, None, Some(false))),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let output = transcribe_file(
+        &wav,
+        &opts,
+        &transcriber,
+        &NoProgress,
+        &Cancel::new(),
+        &tmp.path().join("out"),
+    )
+    .unwrap();
+    let segments = output.result["segments"].as_array().unwrap();
+    // Time of each segment spoken by each reference speaker, per label.
+    let mut by_label: std::collections::BTreeMap<String, [f64; 2]> = Default::default();
+    for s in segments {
+        let (a, b) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+        let label = s["speaker"].as_str().unwrap().to_string();
+        println!("{a:6.2}-{b:6.2} {label} {}", s["text"]);
+        let e = by_label.entry(label).or_default();
+        for t in &conv.reference {
+            e[t.speaker] += (t.end.min(b) - t.start.max(a)).max(0.0);
+        }
+    }
+    let right: f64 = by_label.values().map(|v| v[0].max(v[1])).sum();
+    let total: f64 = by_label.values().map(|v| v[0] + v[1]).sum();
+    let accuracy = right / total;
+    println!(
+        "{} segments for {} turns; speech time under the right speaker: {:.1} %",
+        segments.len(),
+        conv.reference.len(),
+        accuracy * 100.0
+    );
+    assert_eq!(by_label.len(), 2, "{by_label:?}");
+    assert!(accuracy > 0.9, "{:.1} %", accuracy * 100.0);
 }
 
 #[test]
@@ -285,7 +361,10 @@ fn without_models_the_result_says_why() {
     assert_eq!(meta["has_speaker_info"], false);
     assert_eq!(meta["has_topic_info"], false);
     let why = meta["diarization_skipped"].as_str().unwrap();
-    assert!(why.contains("missing") && why.contains("segmentation-3.0.onnx"), "{why}");
+    assert!(
+        why.contains("missing") && why.contains("segmentation-3.0.onnx"),
+        "{why}"
+    );
     assert_eq!(
         meta["topic_segmentation_skipped"],
         "enable_topic_segmentation is false"
@@ -299,11 +378,25 @@ fn voice_similarity_matrix() {
     let models = speech_models_dir().unwrap();
     let enc = Ge2e::load(&models.join("ge2e-speaker-encoder.safetensors")).unwrap();
     let cands: Vec<Voice> = vec![
-        ("en-us", 30, 160), ("en+f3", 75, 170), ("en-us+m3", 90, 190), ("en-gb-scotland+m7", 50, 150),
-        ("en-gb-x-rp+f4", 45, 140), ("en+f2", 60, 150), ("en-029+m2", 20, 150), ("en+klatt", 50, 160),
-        ("en+croak", 40, 150), ("en+whisper", 50, 150), ("en-gb+f5", 85, 160), ("en+m1", 5, 140), ("en+Alicia", 50, 160), ("en+Andy", 50, 160),
+        ("en-us", 30, 160),
+        ("en+f3", 75, 170),
+        ("en-us+m3", 90, 190),
+        ("en-gb-scotland+m7", 50, 150),
+        ("en-gb-x-rp+f4", 45, 140),
+        ("en+f2", 60, 150),
+        ("en-029+m2", 20, 150),
+        ("en+klatt", 50, 160),
+        ("en+croak", 40, 150),
+        ("en+whisper", 50, 150),
+        ("en-gb+f5", 85, 160),
+        ("en+m1", 5, 140),
+        ("en+Alicia", 50, 160),
+        ("en+Andy", 50, 160),
     ];
-    let texts = ["We planted the tomatoes last weekend, and the beans are coming up.", "Then I will bring coffee and the old tools from my garage."];
+    let texts = [
+        "We planted the tomatoes last weekend, and the beans are coming up.",
+        "Then I will bring coffee and the old tools from my garage.",
+    ];
     let mut embs = Vec::new();
     for v in &cands {
         let mut e = Vec::new();
@@ -314,7 +407,9 @@ fn voice_similarity_matrix() {
         embs.push(e);
     }
     for (i, v) in cands.iter().enumerate() {
-        let row: Vec<String> = (0..cands.len()).map(|j| format!("{:.2}", cosine(&embs[i][0], &embs[j][1]))).collect();
+        let row: Vec<String> = (0..cands.len())
+            .map(|j| format!("{:.2}", cosine(&embs[i][0], &embs[j][1])))
+            .collect();
         println!("{:>22} {}", v.0, row.join(" "));
     }
 }

@@ -30,7 +30,7 @@ use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextPar
 
 use super::decode::{decode_audio, DecodedAudio};
 use super::morag::{
-    build_audio_result, file_facts, write_audio_artifacts, Segment, TranscriptParts,
+    build_audio_result, file_facts, write_audio_artifacts, Segment, TimedToken, TranscriptParts,
 };
 use super::{Cancel, MediaKind, ProcessError, ProcessOutput, Progress, ProgressSink};
 
@@ -391,6 +391,9 @@ impl Transcriber {
         params.set_print_realtime(false);
         params.set_print_special(false);
         params.set_print_timestamps(false);
+        // Token times, for splitting segments where the speaker changes.
+        let want_tokens = opts.speech.splits_segments();
+        params.set_token_timestamps(want_tokens);
         if opts.fit_context {
             if let Some(n) = fitted_audio_ctx(window.samples.len(), self.ctx.model_n_audio_ctx()) {
                 params.set_audio_ctx(n);
@@ -452,18 +455,27 @@ impl Transcriber {
                 .to_str_lossy()
                 .map(|t| t.into_owned())
                 .unwrap_or_default();
-            let (mut sum, mut count) = (0.0f64, 0usize);
-            for j in 0..seg.n_tokens() {
-                if let Some(tok) = seg.get_token(j) {
-                    if tok.token_id() < eot {
-                        sum += f64::from(tok.token_data().plog);
-                        count += 1;
-                    }
-                }
-            }
             // Whisper may place an end in the margin past the window's audio: keep segments
             // inside their piece, so that pieces do not overlap.
             let clamp = |t: i64| (t.max(0) as f64 / 100.0).min(window_seconds);
+            let (mut sum, mut count) = (0.0f64, 0usize);
+            let mut tokens = Vec::new();
+            for j in 0..seg.n_tokens() {
+                if let Some(tok) = seg.get_token(j) {
+                    if tok.token_id() < eot {
+                        let data = tok.token_data();
+                        sum += f64::from(data.plog);
+                        count += 1;
+                        if want_tokens {
+                            tokens.push(TimedToken {
+                                start: window.offset_seconds + clamp(data.t0),
+                                end: window.offset_seconds + clamp(data.t1),
+                                bytes: tok.to_bytes().map(<[u8]>::to_vec).unwrap_or_default(),
+                            });
+                        }
+                    }
+                }
+            }
             segments.push(Segment {
                 start: window.offset_seconds + clamp(seg.start_timestamp()),
                 end: window.offset_seconds + clamp(seg.end_timestamp()),
@@ -472,6 +484,7 @@ impl Transcriber {
                 confidence: if count > 0 { sum / count as f64 } else { 0.0 },
                 topic_id: None,
                 topic_label: None,
+                tokens,
             });
         }
         let language = whisper_rs::get_lang_str(state.full_lang_id_from_state())

@@ -33,6 +33,19 @@ pub struct Segment {
     pub confidence: f64,
     pub topic_id: Option<i64>,
     pub topic_label: Option<String>,
+    /// Whisper's tokens with their times, when asked for (to split a segment where the speaker
+    /// changes); not part of MoRAG's output.
+    #[serde(skip)]
+    pub tokens: Vec<TimedToken>,
+}
+
+/// One text token of a segment and when it was said (whisper.cpp's token timestamps).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TimedToken {
+    pub start: f64,
+    pub end: f64,
+    /// The token's bytes (a token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
 }
 
 /// MoRAG's `metadata` object for audio. Keys are MoRAG's; a few of ours follow.
@@ -359,6 +372,7 @@ mod tests {
             confidence: -0.25,
             topic_id: None,
             topic_label: None,
+            tokens: Vec::new(),
         }
     }
 

@@ -38,7 +38,9 @@ impl ImportKind {
     pub fn known_sha256(self) -> &'static str {
         match self {
             Self::Onnxruntime => "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3",
-            Self::Segmentation => "b78fc48113bb46fd247ae6a9aea737079550c647638db961df7e0e1e9f4ba62e",
+            Self::Segmentation => {
+                "b78fc48113bb46fd247ae6a9aea737079550c647638db961df7e0e1e9f4ba62e"
+            }
             Self::SpeakerEncoder => {
                 "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
             }
@@ -154,6 +156,9 @@ mod tests {
         let sha = sha256_file(&src).unwrap();
         let s = import(ImportKind::Segmentation, &src, &out, Some(&sha)).unwrap();
         assert_eq!(s.bytes, 13);
-        assert_eq!(std::fs::read(out.join(files::SEGMENTATION)).unwrap(), b"not the model");
+        assert_eq!(
+            std::fs::read(out.join(files::SEGMENTATION)).unwrap(),
+            b"not the model"
+        );
     }
 }

@@ -104,15 +104,21 @@ impl<'a> Cursor<'a> {
     }
 
     fn u16(&mut self) -> Result<u16, ConvertError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, ConvertError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, ConvertError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn line(&mut self) -> Result<String, ConvertError> {
@@ -218,15 +224,33 @@ fn unpickle(c: &mut Cursor<'_>) -> Result<Value, ConvertError> {
             }
             b'q' => {
                 let k = c.u8()? as u32;
-                memo.insert(k, stack.last().cloned().ok_or_else(|| bad("BINPUT on empty stack"))?);
+                memo.insert(
+                    k,
+                    stack
+                        .last()
+                        .cloned()
+                        .ok_or_else(|| bad("BINPUT on empty stack"))?,
+                );
             }
             b'r' => {
                 let k = c.u32()?;
-                memo.insert(k, stack.last().cloned().ok_or_else(|| bad("BINPUT on empty stack"))?);
+                memo.insert(
+                    k,
+                    stack
+                        .last()
+                        .cloned()
+                        .ok_or_else(|| bad("BINPUT on empty stack"))?,
+                );
             }
             0x94 => {
                 let k = memo.len() as u32;
-                memo.insert(k, stack.last().cloned().ok_or_else(|| bad("MEMOIZE on empty stack"))?);
+                memo.insert(
+                    k,
+                    stack
+                        .last()
+                        .cloned()
+                        .ok_or_else(|| bad("MEMOIZE on empty stack"))?,
+                );
             }
             b'h' | b'j' => {
                 let k = if op == b'h' { c.u8()? as u32 } else { c.u32()? };
@@ -295,7 +319,7 @@ fn unpickle(c: &mut Cursor<'_>) -> Result<Value, ConvertError> {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, ConvertError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(bad("odd number of dict items"));
     }
     let mut it = items.into_iter();
@@ -546,9 +570,16 @@ mod tests {
     #[test]
     fn a_zip_checkpoint_or_junk_is_refused_clearly() {
         let err = read_state_dict(b"PK\x03\x04junk", None).unwrap_err();
-        assert!(err.to_string().contains("unsupported pickle opcode") || err.to_string().contains("truncated"), "{err}");
+        assert!(
+            err.to_string().contains("unsupported pickle opcode")
+                || err.to_string().contains("truncated"),
+            "{err}"
+        );
         let err = read_state_dict(&[0x80, 0x02, b'K', 7, b'.'], None).unwrap_err();
-        assert!(err.to_string().contains("not a legacy PyTorch checkpoint"), "{err}");
+        assert!(
+            err.to_string().contains("not a legacy PyTorch checkpoint"),
+            "{err}"
+        );
     }
 
     #[test]

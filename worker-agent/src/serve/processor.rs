@@ -132,7 +132,9 @@ impl MediaProcessor {
                             .filter(|n| (1..=32).contains(n))
                             .ok_or_else(|| ProcessError::Option {
                                 name: name.clone(),
-                                reason: format!("expected a speaker count from 1 to 32, got {value:?}"),
+                                reason: format!(
+                                    "expected a speaker count from 1 to 32, got {value:?}"
+                                ),
                             })?,
                     );
                 }

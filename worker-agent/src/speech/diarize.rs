@@ -75,22 +75,17 @@ pub struct Diarizer {
     encoder: Ge2e,
 }
 
-/// One local speaker's speech in one window (frames `first..end`): the unit that gets an
-/// embedding and a speaker. A pause of [`RUN_GAP_FRAMES`] would split it into runs; that is set
-/// to a whole window, because embeddings of 1-2 s runs of one real voice were too noisy to
-/// cluster (jfk.wav's runs fell to 0.67 similarity, below two different espeak-ng voices).
+/// One local speaker of one window: the unit that gets an embedding and a speaker. (Splitting
+/// it at pauses into shorter runs was tried: embeddings of 1-2 s runs of one real voice were
+/// too noisy to cluster, jfk.wav's falling to 0.67 similarity, below two different espeak-ng
+/// voices.)
 struct Local {
     window: usize,
     local: usize,
-    first: usize,
-    end: usize,
     /// Seconds of clean speech.
     clean: f64,
     embedding: Vec<f32>,
 }
-
-/// Inactive frames that end a run (a whole window: one run per local speaker).
-const RUN_GAP_FRAMES: usize = FRAMES;
 
 impl Diarizer {
     pub fn new(segmentation: OnnxModel, encoder: Ge2e) -> Self {
@@ -113,19 +108,11 @@ impl Diarizer {
         let activity = self.segment(samples, cancel)?;
         let mut locals = self.embed_locals(samples, &activity, cancel)?;
         let labels = cluster(&mut locals, opts);
-        let mut map: BTreeMap<(usize, usize), Vec<(usize, usize, usize)>> = BTreeMap::new();
-        for (l, lab) in locals.iter().zip(&labels) {
-            map.entry((l.window, l.local))
-                .or_default()
-                .push((l.first, l.end, *lab));
-        }
-        let label_of = |w: usize, local: usize, frame: usize| {
-            map.get(&(w, local)).and_then(|runs| {
-                runs.iter()
-                    .find(|(a, b, _)| (*a..*b).contains(&frame))
-                    .map(|r| r.2)
-            })
-        };
+        let map: BTreeMap<(usize, usize), usize> = locals
+            .iter()
+            .zip(&labels)
+            .map(|(l, lab)| ((l.window, l.local), *lab))
+            .collect();
         // Per-speaker frame activity on the global timeline.
         let mut per: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
         let total = samples.len() as f64 / SAMPLE_RATE as f64;
@@ -137,7 +124,7 @@ impl Diarizer {
                     break;
                 }
                 for &local in POWERSET[*class as usize] {
-                    if let Some(spk) = label_of(w, local, i) {
+                    if let Some(&spk) = map.get(&(w, local)) {
                         per.entry(spk)
                             .or_default()
                             .push((start, (start + FRAME_STEP).min(total)));
@@ -216,7 +203,7 @@ impl Diarizer {
         Ok(out)
     }
 
-    /// One embedding per run of a local speaker with enough clean speech.
+    /// One embedding per local speaker with enough clean speech.
     fn embed_locals(
         &self,
         samples: &[f32],
@@ -229,14 +216,15 @@ impl Diarizer {
         let mut owners: Vec<(usize, usize)> = Vec::new(); // (local index, partial start)
         for (w, frames) in activity.iter().enumerate() {
             let w0 = w * WINDOW;
-            for (local, first, end) in runs(frames) {
+            for local in 0..3 {
                 // Samples of the frames where only this speaker talks.
                 let mut speech: Vec<f32> = Vec::new();
-                for (i, class) in frames.iter().enumerate().take(end).skip(first) {
+                for (i, class) in frames.iter().enumerate() {
                     if POWERSET[*class as usize] != [local] {
                         continue;
                     }
-                    let a = w0 + ((FRAME_OFFSET + i as f64 * FRAME_STEP) * SAMPLE_RATE as f64) as usize;
+                    let a =
+                        w0 + ((FRAME_OFFSET + i as f64 * FRAME_STEP) * SAMPLE_RATE as f64) as usize;
                     let b = (a + 270).min(samples.len());
                     if a < b {
                         speech.extend_from_slice(&samples[a..b]);
@@ -260,13 +248,15 @@ impl Diarizer {
                 locals.push(Local {
                     window: w,
                     local,
-                    first,
-                    end,
                     clean,
                     embedding: Vec::new(),
                 });
                 for p in 0..parts {
-                    let at = if parts == 1 { room / 2 } else { room * p / (parts - 1) };
+                    let at = if parts == 1 {
+                        room / 2
+                    } else {
+                        room * p / (parts - 1)
+                    };
                     owners.push((index, at / HOP));
                 }
                 mels.push(mel);
@@ -295,31 +285,6 @@ impl Diarizer {
         }
         Ok(locals)
     }
-}
-
-/// The runs of each local speaker in one window's frames: `(local, first, end)`.
-fn runs(frames: &[u8]) -> Vec<(usize, usize, usize)> {
-    let mut out = Vec::new();
-    for local in 0..3 {
-        let mut current: Option<(usize, usize)> = None;
-        for (i, class) in frames.iter().enumerate() {
-            if !POWERSET[*class as usize].contains(&local) {
-                continue;
-            }
-            current = match current {
-                Some((a, b)) if i - b < RUN_GAP_FRAMES => Some((a, i + 1)),
-                Some((a, b)) => {
-                    out.push((local, a, b));
-                    Some((i, i + 1))
-                }
-                None => Some((i, i + 1)),
-            };
-        }
-        if let Some((a, b)) = current {
-            out.push((local, a, b));
-        }
-    }
-    out
 }
 
 /// Cluster labels for `locals`: average-linkage agglomerative clustering of the trusted
@@ -398,7 +363,9 @@ fn cluster(locals: &mut [Local], opts: &DiarizeOptions) -> Vec<usize> {
         labels[i] = centroids
             .iter()
             .enumerate()
-            .max_by(|a, b| ge2e::cosine(&l.embedding, a.1).total_cmp(&ge2e::cosine(&l.embedding, b.1)))
+            .max_by(|a, b| {
+                ge2e::cosine(&l.embedding, a.1).total_cmp(&ge2e::cosine(&l.embedding, b.1))
+            })
             .map(|(k, _)| k)
             .unwrap_or(0);
     }
@@ -544,7 +511,14 @@ fn best_mapping(co: &[Vec<usize>], n_ref: usize, n_hyp: usize) -> Vec<Option<usi
         }
     }
     let mut best = (0, vec![None; n_ref]);
-    go(co, 0, &mut vec![false; n_hyp], &mut Vec::new(), &mut best, 0);
+    go(
+        co,
+        0,
+        &mut vec![false; n_hyp],
+        &mut Vec::new(),
+        &mut best,
+        0,
+    );
     best.1
 }
 

@@ -104,7 +104,10 @@ impl Ge2e {
             .collect();
         Ok(Self {
             layers,
-            linear: (w.t().as_standard_layout().into_owned(), b.iter().copied().collect()),
+            linear: (
+                w.t().as_standard_layout().into_owned(),
+                b.iter().copied().collect(),
+            ),
             filters,
             window,
             fft: RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT),
@@ -204,7 +207,9 @@ impl Ge2e {
         let wav = normalise_volume(wav, -30.0);
         let n_frames = (wav.len() + 1).div_ceil(HOP);
         let frame_step = ((16_000.0 / 1.3) / HOP as f64).round() as usize;
-        let steps = (n_frames + frame_step + 1).saturating_sub(PARTIAL_FRAMES).max(1);
+        let steps = (n_frames + frame_step + 1)
+            .saturating_sub(PARTIAL_FRAMES)
+            .max(1);
         let mut starts: Vec<usize> = (0..steps).step_by(frame_step).collect();
         if starts.len() > 1 {
             let last = starts[starts.len() - 1] * HOP;

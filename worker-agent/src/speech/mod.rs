@@ -98,13 +98,17 @@ impl SpeechModels {
         };
         let diarizer = match enable_diarization {
             Some(false) => Err("enable_diarization is false".to_string()),
-            _ => need(&[files::ONNXRUNTIME, files::SEGMENTATION, files::SPEAKER_ENCODER])
-                .and_then(|p| {
-                    let env = runtime()?;
-                    let seg = onnx::OnnxModel::load(env, &p[1], threads)?;
-                    let enc = ge2e::Ge2e::load(&p[2])?;
-                    Ok(Arc::new(Diarizer::new(seg, enc)))
-                }),
+            _ => need(&[
+                files::ONNXRUNTIME,
+                files::SEGMENTATION,
+                files::SPEAKER_ENCODER,
+            ])
+            .and_then(|p| {
+                let env = runtime()?;
+                let seg = onnx::OnnxModel::load(env, &p[1], threads)?;
+                let enc = ge2e::Ge2e::load(&p[2])?;
+                Ok(Arc::new(Diarizer::new(seg, enc)))
+            }),
         };
         let topics = match enable_topics {
             Some(false) => Err("enable_topic_segmentation is false".to_string()),
@@ -125,7 +129,9 @@ impl SpeechModels {
         ] {
             match (loaded, asked) {
                 (None, _) => tracing::info!(feature = what, "speech model loaded"),
-                (Some(why), Some(true)) => tracing::warn!(feature = what, %why, "turned on but not available: results will say why"),
+                (Some(why), Some(true)) => {
+                    tracing::warn!(feature = what, %why, "turned on but not available: results will say why")
+                }
                 (Some(why), _) => tracing::info!(feature = what, %why, "off"),
             }
         }
@@ -156,6 +162,14 @@ impl Default for SpeechOptions {
     }
 }
 
+impl SpeechOptions {
+    /// Whether transcription should keep token times (diarization will run and may split
+    /// segments where the speaker changes).
+    pub fn splits_segments(&self) -> bool {
+        self.diarization && self.models.diarizer.is_ok()
+    }
+}
+
 impl PartialEq for SpeechOptions {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.models, &other.models)
@@ -182,7 +196,7 @@ pub struct Annotation {
 /// error.
 pub fn annotate(
     samples: &[f32],
-    segments: &mut [Segment],
+    segments: &mut Vec<Segment>,
     opts: &SpeechOptions,
     cancel: &Cancel,
 ) -> Result<Annotation, crate::media::ProcessError> {
@@ -204,10 +218,7 @@ pub fn annotate(
                 };
                 match d.diarize(samples, &dopts, cancel) {
                     Ok(turns) => {
-                        for s in segments.iter_mut() {
-                            s.speaker = diarize::speaker_of(&turns, s.start, s.end)
-                                .map(diarize::speaker_name);
-                        }
+                        *segments = assign_speakers(std::mem::take(segments), &turns);
                         out.turns = turns;
                         None
                     }
@@ -254,4 +265,174 @@ pub fn annotate(
     };
     out.topics_seconds = t1.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// Shortest stretch of a segment given to another speaker than its neighbours (shorter ones
+/// are taken to be timing noise and keep their neighbours' speaker).
+const MIN_SPLIT_SECONDS: f64 = 1.0;
+
+/// Give every segment the speaker who talks most during it; a segment with token times is
+/// split at word boundaries where the speaker changes for at least [`MIN_SPLIT_SECONDS`].
+pub fn assign_speakers(segments: Vec<Segment>, turns: &[Turn]) -> Vec<Segment> {
+    let mut out = Vec::with_capacity(segments.len());
+    for seg in segments {
+        let whole = diarize::speaker_of(turns, seg.start, seg.end);
+        if seg.tokens.len() < 2 || turns.is_empty() {
+            out.push(Segment {
+                speaker: whole.map(diarize::speaker_name),
+                ..seg
+            });
+            continue;
+        }
+        // Words: a token starting with a space (or the first) begins one.
+        let mut words: Vec<(usize, usize)> = Vec::new(); // token ranges
+        for (i, t) in seg.tokens.iter().enumerate() {
+            if i == 0 || t.bytes.first() == Some(&b' ') {
+                words.push((i, i + 1));
+            } else if let Some(w) = words.last_mut() {
+                w.1 = i + 1;
+            }
+        }
+        // Runs of words with one speaker: (speaker, first word, end word).
+        let mut runs: Vec<(Option<usize>, usize, usize)> = Vec::new();
+        for (k, &(a, b)) in words.iter().enumerate() {
+            let spk = diarize::speaker_of(turns, seg.tokens[a].start, seg.tokens[b - 1].end);
+            match runs.last_mut() {
+                Some(r) if r.0 == spk => r.2 = k + 1,
+                _ => runs.push((spk, k, k + 1)),
+            }
+        }
+        let span = |r: &(Option<usize>, usize, usize)| {
+            seg.tokens[words[r.2 - 1].1 - 1].end - seg.tokens[words[r.1].0].start
+        };
+        // Fold short runs into the previous one (the next one for the first).
+        let mut i = 0;
+        while runs.len() > 1 && i < runs.len() {
+            if span(&runs[i]) < MIN_SPLIT_SECONDS {
+                if i > 0 {
+                    runs[i - 1].2 = runs[i].2;
+                    runs.remove(i);
+                } else {
+                    runs[1].1 = runs[0].1;
+                    runs.remove(0);
+                }
+                // Neighbours with one speaker become one run.
+                let mut j = 1;
+                while j < runs.len() {
+                    if runs[j].0 == runs[j - 1].0 {
+                        runs[j - 1].2 = runs[j].2;
+                        runs.remove(j);
+                    } else {
+                        j += 1;
+                    }
+                }
+                i = 0;
+            } else {
+                i += 1;
+            }
+        }
+        if runs.len() < 2 {
+            out.push(Segment {
+                speaker: whole.map(diarize::speaker_name),
+                ..seg
+            });
+            continue;
+        }
+        let last = runs.len() - 1;
+        for (n, r) in runs.iter().enumerate() {
+            let tokens = seg.tokens[words[r.1].0..words[r.2 - 1].1].to_vec();
+            let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.bytes.clone()).collect();
+            out.push(Segment {
+                start: if n == 0 { seg.start } else { tokens[0].start },
+                end: if n == last {
+                    seg.end
+                } else {
+                    tokens[tokens.len() - 1].end
+                },
+                text: String::from_utf8_lossy(&bytes).into_owned(),
+                speaker: r.0.map(diarize::speaker_name),
+                confidence: seg.confidence,
+                topic_id: seg.topic_id,
+                topic_label: seg.topic_label.clone(),
+                tokens,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(start: f64, text: &str) -> crate::media::morag::TimedToken {
+        crate::media::morag::TimedToken {
+            start,
+            end: start + 0.4,
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    fn segment(tokens: Vec<crate::media::morag::TimedToken>) -> Segment {
+        Segment {
+            start: tokens[0].start,
+            end: tokens[tokens.len() - 1].end,
+            text: tokens
+                .iter()
+                .map(|t| String::from_utf8_lossy(&t.bytes).into_owned())
+                .collect(),
+            speaker: None,
+            confidence: -0.3,
+            topic_id: None,
+            topic_label: None,
+            tokens,
+        }
+    }
+
+    fn turn(start: f64, end: f64, speaker: usize) -> Turn {
+        Turn {
+            start,
+            end,
+            speaker,
+        }
+    }
+
+    #[test]
+    fn a_segment_is_split_at_the_word_where_the_speaker_changes() {
+        // " Are you there? Yes, I am here." with the answer from 2.0 s on; "the" + "re"
+        // is one word.
+        let words = [
+            (0.0, " Are"),
+            (0.4, " you"),
+            (0.8, " the"),
+            (1.2, "re?"),
+            (2.0, " Yes,"),
+            (2.4, " I"),
+            (2.8, " am"),
+            (3.2, " here."),
+        ];
+        let seg = segment(words.iter().map(|(t, w)| token(*t, w)).collect());
+        let turns = [turn(0.0, 1.7, 0), turn(1.9, 4.0, 1)];
+        let out = assign_speakers(vec![seg.clone()], &turns);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].text, " Are you there?");
+        assert_eq!(out[0].speaker.as_deref(), Some("SPEAKER_00"));
+        assert_eq!((out[0].start, out[0].end), (0.0, 1.6));
+        assert_eq!(out[1].text, " Yes, I am here.");
+        assert_eq!(out[1].speaker.as_deref(), Some("SPEAKER_01"));
+        assert_eq!((out[1].start, out[1].end), (2.0, 3.6));
+        // A blip of another speaker under a second long does not split.
+        let blip = [turn(0.0, 1.7, 0), turn(1.9, 2.5, 1), turn(2.6, 4.0, 0)];
+        let out = assign_speakers(vec![seg.clone()], &blip);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].speaker.as_deref(), Some("SPEAKER_00"));
+        // Without token times: the speaker who talks most.
+        let plain = Segment {
+            tokens: Vec::new(),
+            ..seg
+        };
+        let out = assign_speakers(vec![plain], &turns);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].speaker.as_deref(), Some("SPEAKER_01"));
+    }
 }

@@ -104,13 +104,24 @@ pub fn load_16k(path: &Path) -> Vec<f32> {
 fn say(voice: Voice, text: &str, dir: &Path, i: usize) -> Result<Vec<f32>, String> {
     let wav = dir.join(format!("turn{i}.wav"));
     let out = Command::new("espeak-ng")
-        .args(["-v", voice.0, "-p", &voice.1.to_string(), "-s", &voice.2.to_string(), "-w"])
+        .args([
+            "-v",
+            voice.0,
+            "-p",
+            &voice.1.to_string(),
+            "-s",
+            &voice.2.to_string(),
+            "-w",
+        ])
         .arg(&wav)
         .arg(text)
         .output()
         .map_err(|e| format!("espeak-ng: {e}"))?;
     if !out.status.success() {
-        return Err(format!("espeak-ng failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "espeak-ng failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let s = load_16k(&wav);
     let loud = |x: &f32| x.abs() > 0.01;
@@ -121,6 +132,15 @@ fn say(voice: Voice, text: &str, dir: &Path, i: usize) -> Result<Vec<f32>, Strin
 
 /// Speak `turns` ((speaker, text)) with `voices`, 0.4-0.7 s apart, 0.5 s of silence around.
 pub fn conversation(voices: &[Voice], turns: &[(usize, &str)]) -> Result<Conversation, String> {
+    conversation_with_gaps(voices, turns, |i| 6_400 + (i % 4) * 1_600)
+}
+
+/// The same with `gap(i)` samples of silence after turn `i`.
+pub fn conversation_with_gaps(
+    voices: &[Voice],
+    turns: &[(usize, &str)],
+    gap: impl Fn(usize) -> usize,
+) -> Result<Conversation, String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut samples = vec![0f32; 8_000];
     let mut reference = Vec::new();
@@ -135,8 +155,7 @@ pub fn conversation(voices: &[Voice], turns: &[(usize, &str)]) -> Result<Convers
             end: samples.len() as f64 / 16_000.0,
             speaker: *spk,
         });
-        let gap = 6_400 + (i % 4) * 1_600;
-        samples.extend(std::iter::repeat_n(0f32, gap));
+        samples.extend(std::iter::repeat_n(0f32, gap(i)));
     }
     samples.extend(std::iter::repeat_n(0f32, 1_600));
     Ok(Conversation {
