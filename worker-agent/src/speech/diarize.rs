@@ -33,7 +33,7 @@ const POWERSET: [&[usize]; 7] = [&[], &[0], &[1], &[2], &[0, 1], &[0, 2], &[1, 2
 const MIN_EMBED_SECONDS: f64 = 0.25;
 const MIN_CLUSTER_SECONDS: f64 = 1.0;
 /// Partials per local speaker (each 1.6 s; more costs time and changes little).
-const MAX_PARTIALS: usize = 3;
+const MAX_PARTIALS: usize = 2;
 /// Partials per encoder batch (bounds memory on long recordings).
 const BATCH: usize = 64;
 /// Clusters whose average cosine similarity is below this are different speakers.
@@ -73,6 +73,8 @@ impl Default for DiarizeOptions {
 pub struct Diarizer {
     segmentation: OnnxModel,
     encoder: Ge2e,
+    /// Threads the speaker encoder's batches are spread over.
+    threads: usize,
 }
 
 /// One local speaker of one window: the unit that gets an embedding and a speaker. (Splitting
@@ -88,10 +90,11 @@ struct Local {
 }
 
 impl Diarizer {
-    pub fn new(segmentation: OnnxModel, encoder: Ge2e) -> Self {
+    pub fn new(segmentation: OnnxModel, encoder: Ge2e, threads: usize) -> Self {
         Self {
             segmentation,
             encoder,
+            threads: threads.max(1),
         }
     }
 
@@ -105,8 +108,17 @@ impl Diarizer {
         if samples.is_empty() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let activity = self.segment(samples, cancel)?;
+        let segmented = started.elapsed().as_secs_f64();
         let mut locals = self.embed_locals(samples, &activity, cancel)?;
+        tracing::debug!(
+            windows = activity.len(),
+            local_speakers = locals.len(),
+            segmentation_s = segmented,
+            embeddings_s = started.elapsed().as_secs_f64() - segmented,
+            "diarization"
+        );
         let labels = cluster(&mut locals, opts);
         let map: BTreeMap<(usize, usize), usize> = locals
             .iter()
@@ -262,22 +274,42 @@ impl Diarizer {
                 mels.push(mel);
             }
         }
-        // Batch every partial of the recording (bounded) through the encoder.
+        // Every partial of the recording through the encoder in batches (bounded), the
+        // batches of each round spread over the threads.
         let mut sums: Vec<Vec<Vec<f32>>> = vec![Vec::new(); locals.len()];
-        for chunk in owners.chunks(BATCH) {
+        let per_batch = owners.len().div_ceil(self.threads).clamp(1, BATCH);
+        let batches: Vec<&[(usize, usize)]> = owners.chunks(per_batch).collect();
+        for round in batches.chunks(self.threads) {
             if cancel.is_cancelled() {
                 return Err("cancelled".into());
             }
-            let views: Vec<_> = chunk
-                .iter()
-                .map(|&(i, f)| {
-                    let mel = &mels[i];
-                    let f = f.min(mel.nrows().saturating_sub(PARTIAL_FRAMES));
-                    mel.slice(s![f..(f + PARTIAL_FRAMES).min(mel.nrows()), ..])
-                })
-                .collect();
-            for ((i, _), e) in chunk.iter().zip(self.encoder.embed_partials(&views)) {
-                sums[*i].push(e);
+            let embedded: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = round
+                    .iter()
+                    .map(|batch| {
+                        let mels = &mels;
+                        scope.spawn(move || {
+                            let views: Vec<_> = batch
+                                .iter()
+                                .map(|&(i, f)| {
+                                    let mel = &mels[i];
+                                    let f = f.min(mel.nrows().saturating_sub(PARTIAL_FRAMES));
+                                    mel.slice(s![f..(f + PARTIAL_FRAMES).min(mel.nrows()), ..])
+                                })
+                                .collect();
+                            self.encoder.embed_partials(&views)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("speaker encoder thread"))
+                    .collect()
+            });
+            for (batch, embeddings) in round.iter().zip(embedded) {
+                for ((i, _), e) in batch.iter().zip(embeddings) {
+                    sums[*i].push(e);
+                }
             }
         }
         for (l, parts) in locals.iter_mut().zip(sums) {

@@ -29,8 +29,7 @@ const LAYERS: usize = 3;
 
 /// One loaded encoder (shareable between threads).
 pub struct Ge2e {
-    /// Per layer: W_ih^T [in, 4H], W_hh^T [H, 4H], b_ih + b_hh [4H].
-    layers: Vec<(Array2<f32>, Array2<f32>, Vec<f32>)>,
+    layers: Vec<Layer>,
     /// Linear W^T [H, E] and bias.
     linear: (Array2<f32>, Vec<f32>),
     filters: Array2<f32>,
@@ -43,6 +42,21 @@ impl std::fmt::Debug for Ge2e {
         f.debug_struct("Ge2e").finish_non_exhaustive()
     }
 }
+
+/// One LSTM layer's weights.
+struct Layer {
+    /// W_ih^T [in, 4H].
+    w_ih_t: Array2<f32>,
+    /// W_hh [4H, H] row-major (for small batches) and W_hh^T [H, 4H] (for matrix products).
+    w_hh: Vec<f32>,
+    w_hh_t: Array2<f32>,
+    /// b_ih + b_hh [4H].
+    bias: Vec<f32>,
+}
+
+/// Batches up to this size take the recurrent product row by row (no packing of W_hh for
+/// every step, which dominates sgemm at small batches); larger ones use sgemm.
+const SMALL_BATCH: usize = 16;
 
 /// A mel spectrogram: one row of [`N_MELS`] per 10 ms frame.
 pub type Mel = Array2<f32>;
@@ -83,11 +97,12 @@ impl Ge2e {
             let b_ih = get(&format!("lstm.bias_ih_l{l}"), &[4 * HIDDEN])?;
             let b_hh = get(&format!("lstm.bias_hh_l{l}"), &[4 * HIDDEN])?;
             let bias: Vec<f32> = b_ih.iter().zip(b_hh.iter()).map(|(a, b)| a + b).collect();
-            layers.push((
-                w_ih.t().as_standard_layout().into_owned(),
-                w_hh.t().as_standard_layout().into_owned(),
+            layers.push(Layer {
+                w_ih_t: w_ih.t().as_standard_layout().into_owned(),
+                w_hh: w_hh.iter().copied().collect(),
+                w_hh_t: w_hh.t().as_standard_layout().into_owned(),
                 bias,
-            ));
+            });
         }
         let w = get("linear.weight", &[EMBED, HIDDEN])?;
         let b = get("linear.bias", &[EMBED])?;
@@ -158,18 +173,26 @@ impl Ge2e {
             }
         }
         let mut h = Array2::<f32>::zeros((b, HIDDEN));
-        for (w_ih, w_hh, bias) in &self.layers {
+        for layer in &self.layers {
             // Input projections of every step at once, biases folded in.
-            let mut gx = x.dot(w_ih);
+            let mut gx = x.dot(&layer.w_ih_t);
             for mut row in gx.axis_iter_mut(Axis(0)) {
-                row.iter_mut().zip(bias).for_each(|(g, b)| *g += b);
+                row.iter_mut().zip(&layer.bias).for_each(|(g, b)| *g += b);
             }
             let mut out = Array2::<f32>::zeros((t_len * b, HIDDEN));
             h.fill(0.0);
             let mut c = Array2::<f32>::zeros((b, HIDDEN));
             for t in 0..t_len {
                 let mut g = gx.slice(s![t * b..(t + 1) * b, ..]).to_owned();
-                general_mat_mul(1.0, &h, w_hh, 1.0, &mut g);
+                if b <= SMALL_BATCH {
+                    recurrent(
+                        &layer.w_hh,
+                        h.as_slice().expect("standard layout"),
+                        g.as_slice_mut().expect("standard layout"),
+                    );
+                } else {
+                    general_mat_mul(1.0, &h, &layer.w_hh_t, 1.0, &mut g);
+                }
                 for i in 0..b {
                     let gi = g.row(i);
                     let gi = gi.as_slice().expect("standard layout");
@@ -229,6 +252,41 @@ impl Ge2e {
             .map(|&s0| mel.slice(s![s0..s0 + PARTIAL_FRAMES, ..]))
             .collect();
         mean_normalised(&self.embed_partials(&views))
+    }
+}
+
+/// `g[b][j] += w[j] . h[b]` for every row `j` of `w` ([4H, H] row-major) and batch row `b`
+/// (`h`: [B, H], `g`: [B, 4H], both row-major).
+fn recurrent(w: &[f32], h: &[f32], g: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { recurrent_avx2(w, h, g) };
+        return;
+    }
+    recurrent_any(w, h, g);
+}
+
+/// [`recurrent`] compiled for AVX2 (the same code, 8 lanes wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn recurrent_avx2(w: &[f32], h: &[f32], g: &mut [f32]) {
+    recurrent_any(w, h, g);
+}
+
+#[inline(always)]
+fn recurrent_any(w: &[f32], h: &[f32], g: &mut [f32]) {
+    let gates = w.len() / HIDDEN;
+    for (j, row) in w.chunks_exact(HIDDEN).enumerate() {
+        for (hb, gb) in h.chunks_exact(HIDDEN).zip(g.chunks_exact_mut(gates)) {
+            let mut acc = [0f32; 8];
+            for (x, y) in row.chunks_exact(8).zip(hb.chunks_exact(8)) {
+                for k in 0..8 {
+                    acc[k] += x[k] * y[k];
+                }
+            }
+            gb[j] += acc.iter().sum::<f32>();
+        }
     }
 }
 

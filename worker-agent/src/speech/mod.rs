@@ -107,7 +107,7 @@ impl SpeechModels {
                 let env = runtime()?;
                 let seg = onnx::OnnxModel::load(env, &p[1], threads)?;
                 let enc = ge2e::Ge2e::load(&p[2])?;
-                Ok(Arc::new(Diarizer::new(seg, enc)))
+                Ok(Arc::new(Diarizer::new(seg, enc, threads)))
             }),
         };
         let topics = match enable_topics {
