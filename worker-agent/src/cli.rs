@@ -354,6 +354,7 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
             crate::speech::SpeechModels::load(
                 &crate::speech::models_dir(&model),
                 threads,
+                crate::gpu::GpuConfig::default().enabled,
                 args.diarization
                     .then_some(true)
                     .or(args.no_diarization.then_some(false)),
@@ -586,9 +587,15 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
         let threads = audio::default_threads() / config.max_concurrent_tasks.max(1) as usize;
         let speech_dir = config.speech_models_dir();
         let (diarization, topics) = (config.enable_diarization, config.enable_topic_segmentation);
+        let speech_gpu = config.enable_gpu;
         let processor = tokio::task::spawn_blocking(move || {
-            let speech =
-                crate::speech::SpeechModels::load(&speech_dir, threads.max(1), diarization, topics);
+            let speech = crate::speech::SpeechModels::load(
+                &speech_dir,
+                threads.max(1),
+                speech_gpu,
+                diarization,
+                topics,
+            );
             crate::serve::MediaProcessor::load(model, &gpu, quality)
                 .map(|p| p.with_threads(threads).with_speech(speech))
         })

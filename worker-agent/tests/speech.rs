@@ -139,7 +139,7 @@ fn score(name: &str, voices: &[Voice], turns: &[(usize, &str)]) -> Option<(f64, 
             return None;
         }
     };
-    let loaded = SpeechModels::load(&models, 2, Some(true), Some(false));
+    let loaded = SpeechModels::load(&models, 2, false, Some(true), Some(false));
     let diarizer = loaded.diarizer.as_ref().expect("diarization models load");
     let t = std::time::Instant::now();
     let hyp = diarizer
@@ -185,7 +185,9 @@ fn three_speakers_are_told_apart() {
 fn jfk_is_one_speaker() {
     let models = fixture_or_skip!("jfk_one_speaker", speech_models_dir());
     let jfk = fixture_or_skip!("jfk_one_speaker", audio_common::jfk());
-    let loaded = SpeechModels::load(&models, 2, None, Some(false));
+    // Asking for the GPU with the CPU build of ONNX Runtime falls back to the CPU.
+    let loaded = SpeechModels::load(&models, 2, true, None, Some(false));
+    assert!(!morag_agent::speech::onnx::cuda_available());
     let diarizer = loaded.diarizer.as_ref().expect("diarization models load");
     let turns = diarizer
         .diarize(&load_16k(&jfk), &DiarizeOptions::default(), &Cancel::new())
@@ -213,7 +215,7 @@ fn a_change_of_subject_is_a_topic_boundary_and_speakers_reach_morags_fields() {
     let opts = AudioOptions {
         model: model.clone(),
         speech: SpeechOptions {
-            models: std::sync::Arc::new(SpeechModels::load(&models, 2, None, None)),
+            models: std::sync::Arc::new(SpeechModels::load(&models, 2, false, None, None)),
             ..Default::default()
         },
         ..Default::default()
@@ -300,7 +302,7 @@ fn transcript_segments_follow_the_speakers_in_a_quick_exchange() {
     let opts = AudioOptions {
         model: model.clone(),
         speech: SpeechOptions {
-            models: std::sync::Arc::new(SpeechModels::load(&models, 2, None, Some(false))),
+            models: std::sync::Arc::new(SpeechModels::load(&models, 2, false, None, Some(false))),
             ..Default::default()
         },
         ..Default::default()
@@ -349,7 +351,13 @@ fn without_models_the_result_says_why() {
     let opts = AudioOptions {
         model: model.clone(),
         speech: SpeechOptions {
-            models: std::sync::Arc::new(SpeechModels::load(empty.path(), 1, None, Some(false))),
+            models: std::sync::Arc::new(SpeechModels::load(
+                empty.path(),
+                1,
+                false,
+                None,
+                Some(false),
+            )),
             ..Default::default()
         },
         ..Default::default()

@@ -20,8 +20,8 @@ use crate::media::Cancel;
 pub const SAMPLE_RATE: usize = 16_000;
 /// The segmentation model's window (10 s).
 const WINDOW: usize = 10 * SAMPLE_RATE;
-/// Output frames per window.
-const FRAMES: usize = 589;
+/// The shortest input given to the model (the last window of a recording, zero padded).
+const MIN_LAST_WINDOW: usize = 2 * SAMPLE_RATE;
 /// Frame step and the centre offset of the first frame, in seconds (the model's receptive
 /// field is 991 samples moved by 270).
 const FRAME_STEP: f64 = 270.0 / 16_000.0;
@@ -171,13 +171,15 @@ impl Diarizer {
     /// The powerset class of every frame of every window.
     fn segment(&self, samples: &[f32], cancel: &Cancel) -> Result<Vec<Vec<u8>>, String> {
         let mut out = Vec::new();
-        let mut input = Array3::<f32>::zeros((1, 1, WINDOW));
         for start in (0..samples.len()).step_by(WINDOW) {
             if cancel.is_cancelled() {
                 return Err("cancelled".into());
             }
             let end = (start + WINDOW).min(samples.len());
-            input.fill(0.0);
+            // The model takes any length: the last window is only as long as the audio left
+            // (at least [`MIN_LAST_WINDOW`], zero padded), not a mostly silent 10 s.
+            let len = WINDOW.min((end - start).max(MIN_LAST_WINDOW));
+            let mut input = Array3::<f32>::zeros((1, 1, len));
             input
                 .slice_mut(s![0, 0, ..end - start])
                 .assign(&ndarray::ArrayView1::from(&samples[start..end]));
@@ -209,7 +211,6 @@ impl Diarizer {
                     })
                     .collect::<Vec<u8>>())
             })?;
-            debug_assert_eq!(classes.len(), FRAMES);
             out.push(classes);
         }
         Ok(out)

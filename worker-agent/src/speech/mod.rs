@@ -70,12 +70,13 @@ impl SpeechModels {
         }
     }
 
-    /// Load what `dir` holds. `enable_*`: `Some(false)` turns a feature off; `None` and
-    /// `Some(true)` load it when its files are present (a feature asked for but missing is
-    /// logged as a warning).
+    /// Load what `dir` holds, the ONNX models on CUDA when `gpu` is set and the runtime allows.
+    /// `enable_*`: `Some(false)` turns a feature off; `None` and `Some(true)` load it when its
+    /// files are present (a feature asked for but missing is logged as a warning).
     pub fn load(
         dir: &Path,
         threads: usize,
+        gpu: bool,
         enable_diarization: Option<bool>,
         enable_topics: Option<bool>,
     ) -> Self {
@@ -105,7 +106,7 @@ impl SpeechModels {
             ])
             .and_then(|p| {
                 let env = runtime()?;
-                let seg = onnx::OnnxModel::load(env, &p[1], threads)?;
+                let seg = onnx::OnnxModel::load(env, &p[1], threads, gpu)?;
                 let enc = ge2e::Ge2e::load(&p[2])?;
                 Ok(Arc::new(Diarizer::new(seg, enc, threads)))
             }),
@@ -119,7 +120,7 @@ impl SpeechModels {
             ])
             .and_then(|p| {
                 let env = runtime()?;
-                let model = onnx::OnnxModel::load(env, &p[1], threads)?;
+                let model = onnx::OnnxModel::load(env, &p[1], threads, gpu)?;
                 Ok(Arc::new(TopicSegmenter::new(model, &p[2])?))
             }),
         };

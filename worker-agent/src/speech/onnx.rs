@@ -31,6 +31,12 @@ pub fn runtime(lib: &Path) -> Result<&'static Environment, String> {
     }
 }
 
+/// Whether the loaded ONNX Runtime was built with CUDA.
+pub fn cuda_available() -> bool {
+    use ort::ep::ExecutionProvider;
+    ort::ep::CUDA::is_available().unwrap_or(false)
+}
+
 /// One ONNX model, run by one caller at a time.
 pub struct OnnxModel {
     session: Mutex<Session>,
@@ -46,20 +52,27 @@ impl std::fmt::Debug for OnnxModel {
 }
 
 impl OnnxModel {
-    /// Load `path` with `threads` threads for its operators.
-    pub fn load(env: &Environment, path: &Path, threads: usize) -> Result<Self, String> {
+    /// Load `path` with `threads` threads for its operators; on the GPU when `gpu` is set and
+    /// the loaded ONNX Runtime has CUDA (the `onnxruntime-gpu` build; the CPU build has not,
+    /// and a missing driver falls back to the CPU).
+    pub fn load(env: &Environment, path: &Path, threads: usize, gpu: bool) -> Result<Self, String> {
         let fail = |e: &dyn std::fmt::Display| format!("cannot load {}: {e}", path.display());
         if !path.is_file() {
             return Err(format!("no model at {}", path.display()));
         }
-        let session = Session::builder(env)
+        let mut builder = Session::builder(env)
             .map_err(|e| fail(&e))?
             .with_intra_threads(threads.max(1))
             .map_err(|e| fail(&e))?
             .with_inter_threads(1)
-            .map_err(|e| fail(&e))?
-            .commit_from_file(path)
             .map_err(|e| fail(&e))?;
+        if gpu && cuda_available() {
+            builder = builder
+                .with_execution_providers([ort::ep::CUDA::default().build()])
+                .map_err(|e| fail(&e))?;
+            tracing::info!(model = %path.display(), "ONNX model on CUDA where its operators allow");
+        }
+        let session = builder.commit_from_file(path).map_err(|e| fail(&e))?;
         Ok(Self {
             session: Mutex::new(session),
             path: path.to_path_buf(),
