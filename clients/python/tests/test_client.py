@@ -52,7 +52,10 @@ def test_upload_wait_with_progress_and_the_morag_result(client, hub):
     assert "country" in result.transcript.lower()
     assert result.segments and all(isinstance(s, Segment) for s in result.segments)
     first = result.segments[0]
-    assert 0 <= first.start < first.end <= 12 and first.speaker is None and isinstance(first.confidence, float)
+    assert 0 <= first.start < first.end <= 12 and isinstance(first.confidence, float)
+    # The agent has the diarization and topic models (scripts/setup-test-model.sh): one speaker.
+    assert first.speaker == "SPEAKER_00" and first.topic_id == 0 and first.topic_label
+    assert result.metadata["has_speaker_info"] is True and result.metadata["has_topic_info"] is True
     assert result.metadata["file_name"] == "jfk.wav" and result.metadata["segment_count"] == len(result.segments)
     assert result.markdown_transcript.startswith("# Audio Transcription: jfk.wav")
 
