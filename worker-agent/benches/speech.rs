@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo bench -p morag-agent --bench speech -- [--model PATH] [--threads N] [--runs N]
+//! cargo bench -p morag-agent --bench speech -- --voices   # GE2E similarity of espeak-ng voices
 //! ```
 //!
 //! Clips: models/jfk.wav (11 s, one speaker), jfk six times over (66 s), a two-voice and a
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use morag_agent::media::audio::{transcribe_file_timed, AudioOptions, Transcriber};
 use morag_agent::media::{Cancel, NoProgress};
 use morag_agent::speech::diarize::{der, DiarizeOptions};
+use morag_agent::speech::ge2e::{cosine, Ge2e};
 use morag_agent::speech::{SpeechModels, SpeechOptions};
 use speech_common::*;
 
@@ -46,6 +48,7 @@ fn main() {
                     .expect("--threads N")
             }
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--voices" => return voice_similarity(),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -138,5 +141,46 @@ fn main() {
             samples.len() as f64 / 16_000.0,
             (d + tp) / w * 100.0
         );
+    }
+}
+
+/// GE2E similarity between two sentences of each espeak-ng voice tried for the fixtures: row
+/// voice's first sentence against column voice's second (the diagonal is one voice).
+fn voice_similarity() {
+    let models = speech_models_dir().expect("speech models (scripts/setup-test-model.sh)");
+    let encoder = Ge2e::load(&models.join("ge2e-speaker-encoder.safetensors")).expect("encoder");
+    let voices: [Voice; 8] = [
+        ("en-us", 30, 160),
+        ("en+f3", 75, 170),
+        ("en+whisper", 50, 150),
+        ("en-us+m3", 90, 190),
+        ("en-gb-scotland+m7", 50, 150),
+        ("en-gb-x-rp+f4", 45, 140),
+        ("en+m1", 5, 140),
+        ("en+Alicia", 50, 160),
+    ];
+    let texts = [
+        "We planted the tomatoes last weekend, and the beans are coming up.",
+        "Then I will bring coffee and the old tools from my garage.",
+    ];
+    let embeddings: Vec<Vec<Vec<f32>>> = voices
+        .iter()
+        .map(|v| {
+            texts
+                .iter()
+                .map(|t| {
+                    let c = conversation(&[*v], &[(0, t)]).expect("espeak-ng");
+                    encoder.embed_utterance(&c.samples)
+                })
+                .collect()
+        })
+        .collect();
+    println!("| voice | {} |", voices.map(|v| v.0).join(" | "));
+    println!("| --- |{}", " --- |".repeat(voices.len()));
+    for (i, v) in voices.iter().enumerate() {
+        let row: Vec<String> = (0..voices.len())
+            .map(|j| format!("{:.2}", cosine(&embeddings[i][0], &embeddings[j][1])))
+            .collect();
+        println!("| {} | {} |", v.0, row.join(" | "));
     }
 }

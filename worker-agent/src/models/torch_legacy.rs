@@ -77,6 +77,20 @@ impl Dtype {
     }
 }
 
+/// A value's debug form, cut short for an error message.
+fn brief(v: &impl std::fmt::Debug) -> String {
+    let mut s = format!("{v:?}");
+    if s.len() > 120 {
+        let mut end = 120;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
 fn bad(msg: impl Into<String>) -> ConvertError {
     ConvertError::Checkpoint(msg.into())
 }
@@ -133,23 +147,64 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Deepest nesting of containers accepted (a state dict needs a handful; deeper input could
+/// exhaust the stack in the recursive walks below).
+const MAX_DEPTH: u32 = 64;
+/// Most values one pickle may build, memo copies included (a state dict needs thousands).
+const MAX_VALUES: u64 = 4_000_000;
+
+/// A value on the machine's stack, with its nesting depth.
+type Entry = (Value, u32);
+
+/// The number of values in `v` (recursion bounded by [`MAX_DEPTH`]).
+fn size_of(v: &Value) -> u64 {
+    1 + match v {
+        Value::List(items) | Value::Tuple(items) => items.iter().map(size_of).sum(),
+        Value::Dict(items) => items.iter().map(|(k, v)| size_of(k) + size_of(v)).sum(),
+        Value::Persistent(p) => size_of(p),
+        _ => 0,
+    }
+}
+
 /// Run one pickle from the cursor's position to its STOP opcode.
 fn unpickle(c: &mut Cursor<'_>) -> Result<Value, ConvertError> {
-    let mut stack: Vec<Value> = Vec::new();
-    let mut memo: HashMap<u32, Value> = HashMap::new();
-    let pop = |stack: &mut Vec<Value>| stack.pop().ok_or_else(|| bad("pickle stack underflow"));
-    let pop_mark = |stack: &mut Vec<Value>| -> Result<Vec<Value>, ConvertError> {
+    let mut stack: Vec<Entry> = Vec::new();
+    let mut memo: HashMap<u32, (Value, u32, u64)> = HashMap::new();
+    let mut made: u64 = 0;
+    // Charge `n` new values to the budget.
+    let mut charge = |n: u64| -> Result<(), ConvertError> {
+        made += n;
+        if made > MAX_VALUES {
+            Err(bad(format!("pickle builds more than {MAX_VALUES} values")))
+        } else {
+            Ok(())
+        }
+    };
+    let nested = |depth: u32| -> Result<u32, ConvertError> {
+        if depth > MAX_DEPTH {
+            Err(bad(format!("pickle nests deeper than {MAX_DEPTH}")))
+        } else {
+            Ok(depth)
+        }
+    };
+    let pop = |stack: &mut Vec<Entry>| stack.pop().ok_or_else(|| bad("pickle stack underflow"));
+    let pop_mark = |stack: &mut Vec<Entry>| -> Result<(Vec<Value>, u32), ConvertError> {
         let at = stack
             .iter()
-            .rposition(|v| *v == Value::Mark)
+            .rposition(|(v, _)| *v == Value::Mark)
             .ok_or_else(|| bad("pickle MARK missing"))?;
         let items = stack.split_off(at + 1);
         stack.pop();
-        Ok(items)
+        let depth = items.iter().map(|(_, d)| *d).max().unwrap_or(0);
+        Ok((items.into_iter().map(|(v, _)| v).collect(), depth))
     };
     loop {
         let at = c.pos;
         let op = c.u8()?;
+        if !matches!(op, 0x80 | 0x95 | b'.' | b'q' | b'r' | 0x94 | b'b') {
+            charge(1)?;
+        }
+        let leaf = |v: Value| (v, 0u32);
         match op {
             0x80 => {
                 c.u8()?; // PROTO
@@ -157,14 +212,14 @@ fn unpickle(c: &mut Cursor<'_>) -> Result<Value, ConvertError> {
             0x95 => {
                 c.u64()?; // FRAME
             }
-            b'.' => return pop(&mut stack),
-            b'(' => stack.push(Value::Mark),
-            b'N' => stack.push(Value::None),
-            0x88 => stack.push(Value::Bool(true)),
-            0x89 => stack.push(Value::Bool(false)),
-            b'J' => stack.push(Value::Int(c.u32()? as i32 as i128)),
-            b'K' => stack.push(Value::Int(c.u8()? as i128)),
-            b'M' => stack.push(Value::Int(c.u16()? as i128)),
+            b'.' => return pop(&mut stack).map(|(v, _)| v),
+            b'(' => stack.push(leaf(Value::Mark)),
+            b'N' => stack.push(leaf(Value::None)),
+            0x88 => stack.push(leaf(Value::Bool(true))),
+            0x89 => stack.push(leaf(Value::Bool(false))),
+            b'J' => stack.push(leaf(Value::Int(c.u32()? as i32 as i128))),
+            b'K' => stack.push(leaf(Value::Int(c.u8()? as i128))),
+            b'M' => stack.push(leaf(Value::Int(c.u16()? as i128))),
             0x8a => {
                 let n = c.u8()? as usize;
                 let bytes = c.take(n)?;
@@ -178,41 +233,45 @@ fn unpickle(c: &mut Cursor<'_>) -> Result<Value, ConvertError> {
                 if n > 0 && n < 16 && bytes[n - 1] & 0x80 != 0 {
                     v -= 1i128 << (8 * n);
                 }
-                stack.push(Value::Int(v));
+                stack.push(leaf(Value::Int(v)));
             }
-            b'G' => stack.push(Value::Float(f64::from_be_bytes(
+            b'G' => stack.push(leaf(Value::Float(f64::from_be_bytes(
                 c.take(8)?.try_into().expect("8 bytes"),
-            ))),
+            )))),
             b'X' => {
                 let n = c.u32()? as usize;
-                stack.push(Value::Str(String::from_utf8_lossy(c.take(n)?).into_owned()));
+                stack.push(leaf(Value::Str(
+                    String::from_utf8_lossy(c.take(n)?).into_owned(),
+                )));
             }
             0x8c => {
                 let n = c.u8()? as usize;
-                stack.push(Value::Str(String::from_utf8_lossy(c.take(n)?).into_owned()));
+                stack.push(leaf(Value::Str(
+                    String::from_utf8_lossy(c.take(n)?).into_owned(),
+                )));
             }
             b'T' => {
                 let n = c.u32()? as usize;
-                stack.push(Value::Bytes(c.take(n)?.to_vec()));
+                stack.push(leaf(Value::Bytes(c.take(n)?.to_vec())));
             }
             b'U' => {
                 let n = c.u8()? as usize;
-                stack.push(Value::Bytes(c.take(n)?.to_vec()));
+                stack.push(leaf(Value::Bytes(c.take(n)?.to_vec())));
             }
-            b'}' => stack.push(Value::Dict(Vec::new())),
-            b']' => stack.push(Value::List(Vec::new())),
-            b')' => stack.push(Value::Tuple(Vec::new())),
+            b'}' => stack.push(leaf(Value::Dict(Vec::new()))),
+            b']' => stack.push(leaf(Value::List(Vec::new()))),
+            b')' => stack.push(leaf(Value::Tuple(Vec::new()))),
             b'd' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Value::Dict(pairs(items)?));
+                let (items, d) = pop_mark(&mut stack)?;
+                stack.push((Value::Dict(pairs(items)?), nested(d + 1)?));
             }
             b'l' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Value::List(items));
+                let (items, d) = pop_mark(&mut stack)?;
+                stack.push((Value::List(items), nested(d + 1)?));
             }
             b't' => {
-                let items = pop_mark(&mut stack)?;
-                stack.push(Value::Tuple(items));
+                let (items, d) = pop_mark(&mut stack)?;
+                stack.push((Value::Tuple(items), nested(d + 1)?));
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
@@ -220,89 +279,87 @@ fn unpickle(c: &mut Cursor<'_>) -> Result<Value, ConvertError> {
                     return Err(bad("pickle stack underflow"));
                 }
                 let items = stack.split_off(stack.len() - n);
-                stack.push(Value::Tuple(items));
+                let d = items.iter().map(|(_, d)| *d).max().unwrap_or(0);
+                let items = items.into_iter().map(|(v, _)| v).collect();
+                stack.push((Value::Tuple(items), nested(d + 1)?));
             }
-            b'q' => {
-                let k = c.u8()? as u32;
-                memo.insert(
-                    k,
-                    stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| bad("BINPUT on empty stack"))?,
-                );
-            }
-            b'r' => {
-                let k = c.u32()?;
-                memo.insert(
-                    k,
-                    stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| bad("BINPUT on empty stack"))?,
-                );
-            }
-            0x94 => {
-                let k = memo.len() as u32;
-                memo.insert(
-                    k,
-                    stack
-                        .last()
-                        .cloned()
-                        .ok_or_else(|| bad("MEMOIZE on empty stack"))?,
-                );
+            b'q' | b'r' | 0x94 => {
+                let k = match op {
+                    b'q' => c.u8()? as u32,
+                    b'r' => c.u32()?,
+                    _ => memo.len() as u32,
+                };
+                let (v, d) = stack
+                    .last()
+                    .cloned()
+                    .ok_or_else(|| bad("memo store on an empty stack"))?;
+                let size = size_of(&v);
+                charge(size)?;
+                memo.insert(k, (v, d, size));
             }
             b'h' | b'j' => {
                 let k = if op == b'h' { c.u8()? as u32 } else { c.u32()? };
-                stack.push(
-                    memo.get(&k)
-                        .cloned()
-                        .ok_or_else(|| bad(format!("memo {k} missing")))?,
-                );
+                let (v, d, size) = memo
+                    .get(&k)
+                    .ok_or_else(|| bad(format!("memo {k} missing")))?;
+                charge(*size)?;
+                stack.push((v.clone(), *d));
             }
             b'c' => {
                 let module = c.line()?;
                 let name = c.line()?;
-                stack.push(Value::Global(module, name));
+                stack.push(leaf(Value::Global(module, name)));
             }
             b'Q' => {
-                let pid = pop(&mut stack)?;
-                stack.push(Value::Persistent(Box::new(pid)));
+                let (pid, d) = pop(&mut stack)?;
+                stack.push((Value::Persistent(Box::new(pid)), nested(d + 1)?));
             }
             b's' => {
-                let v = pop(&mut stack)?;
-                let k = pop(&mut stack)?;
+                let (v, dv) = pop(&mut stack)?;
+                let (k, dk) = pop(&mut stack)?;
                 match stack.last_mut() {
-                    Some(Value::Dict(d)) => d.push((k, v)),
+                    Some((Value::Dict(items), d)) => {
+                        items.push((k, v));
+                        *d = nested((*d).max(dv.max(dk) + 1))?;
+                    }
                     _ => return Err(bad("SETITEM on a non-dict")),
                 }
             }
             b'u' => {
-                let items = pop_mark(&mut stack)?;
+                let (items, di) = pop_mark(&mut stack)?;
                 let new = pairs(items)?;
                 match stack.last_mut() {
-                    Some(Value::Dict(d)) => d.extend(new),
+                    Some((Value::Dict(items), d)) => {
+                        items.extend(new);
+                        *d = nested((*d).max(di + 1))?;
+                    }
                     _ => return Err(bad("SETITEMS on a non-dict")),
                 }
             }
             b'a' => {
-                let v = pop(&mut stack)?;
+                let (v, dv) = pop(&mut stack)?;
                 match stack.last_mut() {
-                    Some(Value::List(l)) => l.push(v),
+                    Some((Value::List(items), d)) => {
+                        items.push(v);
+                        *d = nested((*d).max(dv + 1))?;
+                    }
                     _ => return Err(bad("APPEND on a non-list")),
                 }
             }
             b'e' => {
-                let items = pop_mark(&mut stack)?;
+                let (new, di) = pop_mark(&mut stack)?;
                 match stack.last_mut() {
-                    Some(Value::List(l)) => l.extend(items),
+                    Some((Value::List(items), d)) => {
+                        items.extend(new);
+                        *d = nested((*d).max(di + 1))?;
+                    }
                     _ => return Err(bad("APPENDS on a non-list")),
                 }
             }
             b'R' | 0x81 => {
-                let args = pop(&mut stack)?;
-                let callable = pop(&mut stack)?;
-                stack.push(call(callable, args)?);
+                let (args, _) = pop(&mut stack)?;
+                let (callable, _) = pop(&mut stack)?;
+                stack.push(leaf(call(callable, args)?));
             }
             b'b' => {
                 // BUILD: state for the object below it (an OrderedDict's `_metadata` and the
@@ -333,21 +390,24 @@ fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, ConvertError> {
 fn as_usize(v: &Value) -> Result<usize, ConvertError> {
     match v {
         Value::Int(i) if *i >= 0 && *i <= usize::MAX as i128 => Ok(*i as usize),
-        other => Err(bad(format!("expected a size, got {other:?}"))),
+        other => Err(bad(format!("expected a size, got {}", brief(other)))),
     }
 }
 
 fn usizes(v: &Value) -> Result<Vec<usize>, ConvertError> {
     match v {
         Value::Tuple(items) | Value::List(items) => items.iter().map(as_usize).collect(),
-        other => Err(bad(format!("expected a tuple of sizes, got {other:?}"))),
+        other => Err(bad(format!(
+            "expected a tuple of sizes, got {}",
+            brief(other)
+        ))),
     }
 }
 
 /// The calls a state dict is made of.
 fn call(callable: Value, args: Value) -> Result<Value, ConvertError> {
     let Value::Global(module, name) = &callable else {
-        return Err(bad(format!("call of {callable:?}")));
+        return Err(bad(format!("call of {}", brief(&callable))));
     };
     let Value::Tuple(args) = args else {
         return Err(bad(format!("{module}.{name} called without a tuple")));
@@ -364,15 +424,18 @@ fn call(callable: Value, args: Value) -> Result<Value, ConvertError> {
             let Value::Tuple(pid) = &**pid else {
                 return Err(bad("storage id is not a tuple"));
             };
+            if !matches!(pid.get(5), None | Some(Value::None)) {
+                return Err(bad("storage views (old torch.save files) are not read"));
+            }
             let (Some(Value::Global(_, storage)), Some(key)) = (pid.get(1), pid.get(2)) else {
-                return Err(bad(format!("unexpected storage id {pid:?}")));
+                return Err(bad(format!("unexpected storage id {}", brief(pid))));
             };
             let dtype = Dtype::from_storage(storage)
                 .ok_or_else(|| bad(format!("unsupported storage type {storage}")))?;
             let key = match key {
                 Value::Str(s) => s.clone(),
                 Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-                other => return Err(bad(format!("storage key {other:?}"))),
+                other => return Err(bad(format!("storage key {}", brief(other)))),
             };
             let size = usizes(&args[2])?;
             let stride = usizes(&args[3])?;
@@ -404,6 +467,11 @@ pub fn read_state_dict(
     bytes: &[u8],
     field: Option<&str>,
 ) -> Result<BTreeMap<String, Tensor>, ConvertError> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        return Err(bad(
+            "a zip checkpoint (torch.save's newer format); only the legacy format is read",
+        ));
+    }
     let mut c = Cursor {
         data: bytes,
         pos: 0,
@@ -421,7 +489,12 @@ pub fn read_state_dict(
     let object = unpickle(&mut c)?;
     let keys = match unpickle(&mut c)? {
         Value::List(keys) => keys,
-        other => return Err(bad(format!("storage key list expected, got {other:?}"))),
+        other => {
+            return Err(bad(format!(
+                "storage key list expected, got {}",
+                brief(&other)
+            )))
+        }
     };
     // Storages follow in key order; which dtype each has comes from the tensors, anywhere in
     // the object (an optimizer's state has storages of its own).
@@ -452,7 +525,7 @@ pub fn read_state_dict(
         let key = match key {
             Value::Str(s) => s.clone(),
             Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-            other => return Err(bad(format!("storage key {other:?}"))),
+            other => return Err(bad(format!("storage key {}", brief(other)))),
         };
         let n = c.u64()? as usize;
         let size = *elem_size
@@ -491,16 +564,36 @@ fn collect_storage_sizes(v: &Value, out: &mut HashMap<String, usize>) {
 
 /// Gather a strided view into a row-major f32 vector.
 fn materialise(name: &str, t: &TensorRef, data: &[u8]) -> Result<Tensor, ConvertError> {
-    let n: usize = t.size.iter().product();
     let esize = t.dtype.size();
     let elems = data.len() / esize;
+    let past = || bad(format!("{name}: view reaches past its storage"));
+    // Every index the view can reach, checked before anything is allocated.
+    let n = t
+        .size
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(past)?;
+    if n > elems {
+        return Err(past());
+    }
+    if n > 0 {
+        let last = t
+            .size
+            .iter()
+            .zip(&t.stride)
+            .try_fold(t.offset, |a, (&d, &st)| {
+                (d - 1).checked_mul(st).and_then(|x| a.checked_add(x))
+            })
+            .ok_or_else(past)?;
+        if last >= elems {
+            return Err(past());
+        }
+    }
     let mut out = Vec::with_capacity(n);
     let mut idx = vec![0usize; t.size.len()];
     for _ in 0..n {
+        // In bounds: each index is at most the last one checked above.
         let at = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
-        if at >= elems {
-            return Err(bad(format!("{name}: view reaches past its storage")));
-        }
         let b = &data[at * esize..(at + 1) * esize];
         out.push(match t.dtype {
             Dtype::F32 => f32::from_le_bytes(b.try_into().expect("4 bytes")),
@@ -569,10 +662,10 @@ mod tests {
 
     #[test]
     fn a_zip_checkpoint_or_junk_is_refused_clearly() {
-        let err = read_state_dict(b"PK\x03\x04junk", None).unwrap_err();
+        let err = read_state_dict(b"\x00junk", None).unwrap_err();
         assert!(
-            err.to_string().contains("unsupported pickle opcode")
-                || err.to_string().contains("truncated"),
+            err.to_string()
+                .contains("unsupported pickle opcode 0x00 at byte 0"),
             "{err}"
         );
         let err = read_state_dict(&[0x80, 0x02, b'K', 7, b'.'], None).unwrap_err();
@@ -580,6 +673,27 @@ mod tests {
             err.to_string().contains("not a legacy PyTorch checkpoint"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn hostile_pickles_are_refused_without_exhausting_memory_or_stack() {
+        // A list copied into itself through the memo, doubling each time.
+        let mut p = vec![b']', b'q', 0];
+        for _ in 0..64 {
+            p.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+        }
+        p.push(b'.');
+        let err = unpickle(&mut Cursor { data: &p, pos: 0 }).unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
+        // Lists nested a million deep.
+        let mut p = vec![b']'; 1_000_000];
+        p.extend(std::iter::repeat_n(b'a', 999_999));
+        p.push(b'.');
+        let err = unpickle(&mut Cursor { data: &p, pos: 0 }).unwrap_err();
+        assert!(err.to_string().contains("nests deeper"), "{err}");
+        // A zip checkpoint says what it is.
+        let err = read_state_dict(b"PK\x03\x04rest", None).unwrap_err();
+        assert!(err.to_string().contains("zip checkpoint"), "{err}");
     }
 
     #[test]
@@ -607,7 +721,23 @@ mod tests {
         };
         let m = materialise("t", &t, &data).unwrap();
         assert_eq!(m.data, vec![1., 4., 2., 5., 3., 6.]);
-        let past = TensorRef { offset: 1, ..t };
+        let past = TensorRef {
+            offset: 1,
+            ..t.clone()
+        };
         assert!(materialise("t", &past, &data).is_err());
+        // Sizes and strides that overflow, or ask for more than the storage holds.
+        let huge = TensorRef {
+            size: vec![1 << 40],
+            stride: vec![0],
+            ..t.clone()
+        };
+        assert!(materialise("t", &huge, &data).is_err());
+        let wraps = TensorRef {
+            size: vec![2, 2],
+            stride: vec![usize::MAX / 2, 1],
+            ..t
+        };
+        assert!(materialise("t", &wraps, &data).is_err());
     }
 }

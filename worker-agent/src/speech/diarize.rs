@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use ndarray::{s, Array3};
 use ort::value::TensorRef;
 
-use super::ge2e::{self, Ge2e, HOP, PARTIAL_FRAMES};
+use super::ge2e::{self, Ge2e, Mel, HOP, PARTIAL_FRAMES};
 use super::onnx::OnnxModel;
 use crate::media::Cancel;
 
@@ -34,6 +34,10 @@ const MIN_EMBED_SECONDS: f64 = 0.25;
 const MIN_CLUSTER_SECONDS: f64 = 1.0;
 /// Partials per local speaker (each 1.6 s; more costs time and changes little).
 const MAX_PARTIALS: usize = 2;
+/// Most embeddings clustered (the longest speech; the others join the nearest cluster), which
+/// bounds the clustering's time and memory on long recordings (600 is 100 min of one speaker
+/// per window, or 50 min of two).
+const MAX_CLUSTERED: usize = 600;
 /// Partials per encoder batch (bounds memory on long recordings).
 const BATCH: usize = 64;
 /// Clusters whose average cosine similarity is below this are different speakers.
@@ -111,7 +115,7 @@ impl Diarizer {
         let started = std::time::Instant::now();
         let activity = self.segment(samples, cancel)?;
         let segmented = started.elapsed().as_secs_f64();
-        let mut locals = self.embed_locals(samples, &activity, cancel)?;
+        let locals = self.embed_locals(samples, &activity, cancel)?;
         tracing::debug!(
             windows = activity.len(),
             local_speakers = locals.len(),
@@ -119,7 +123,7 @@ impl Diarizer {
             embeddings_s = started.elapsed().as_secs_f64() - segmented,
             "diarization"
         );
-        let labels = cluster(&mut locals, opts);
+        let labels = cluster(&locals, opts, cancel)?;
         let map: BTreeMap<(usize, usize), usize> = locals
             .iter()
             .zip(&labels)
@@ -192,7 +196,10 @@ impl Diarizer {
                 let scores = outputs[0]
                     .try_extract_array::<f32>()
                     .map_err(|e| format!("segmentation output: {e}"))?;
-                if scores.ndim() != 3 || scores.shape()[2] != POWERSET.len() {
+                if scores.ndim() != 3
+                    || scores.shape()[0] != 1
+                    || scores.shape()[2] != POWERSET.len()
+                {
                     return Err(format!(
                         "segmentation output has shape {:?}, expected [1, frames, 7]",
                         scores.shape()
@@ -225,8 +232,8 @@ impl Diarizer {
     ) -> Result<Vec<Local>, String> {
         let partial_len = PARTIAL_FRAMES * HOP;
         let mut locals = Vec::new();
-        let mut mels = Vec::new();
-        let mut owners: Vec<(usize, usize)> = Vec::new(); // (local index, partial start)
+        // (local index, the partial's mel rows): only those rows are kept.
+        let mut partials: Vec<(usize, Mel)> = Vec::new();
         for (w, frames) in activity.iter().enumerate() {
             let w0 = w * WINDOW;
             for local in 0..3 {
@@ -270,16 +277,17 @@ impl Diarizer {
                     } else {
                         room * p / (parts - 1)
                     };
-                    owners.push((index, at / HOP));
+                    let f = (at / HOP).min(mel.nrows().saturating_sub(PARTIAL_FRAMES));
+                    let end = (f + PARTIAL_FRAMES).min(mel.nrows());
+                    partials.push((index, mel.slice(s![f..end, ..]).to_owned()));
                 }
-                mels.push(mel);
             }
         }
         // Every partial of the recording through the encoder in batches (bounded), the
         // batches of each round spread over the threads.
         let mut sums: Vec<Vec<Vec<f32>>> = vec![Vec::new(); locals.len()];
-        let per_batch = owners.len().div_ceil(self.threads).clamp(1, BATCH);
-        let batches: Vec<&[(usize, usize)]> = owners.chunks(per_batch).collect();
+        let per_batch = partials.len().div_ceil(self.threads).clamp(1, BATCH);
+        let batches: Vec<&[(usize, Mel)]> = partials.chunks(per_batch).collect();
         for round in batches.chunks(self.threads) {
             if cancel.is_cancelled() {
                 return Err("cancelled".into());
@@ -288,16 +296,8 @@ impl Diarizer {
                 let handles: Vec<_> = round
                     .iter()
                     .map(|batch| {
-                        let mels = &mels;
                         scope.spawn(move || {
-                            let views: Vec<_> = batch
-                                .iter()
-                                .map(|&(i, f)| {
-                                    let mel = &mels[i];
-                                    let f = f.min(mel.nrows().saturating_sub(PARTIAL_FRAMES));
-                                    mel.slice(s![f..(f + PARTIAL_FRAMES).min(mel.nrows()), ..])
-                                })
-                                .collect();
+                            let views: Vec<_> = batch.iter().map(|(_, m)| m.view()).collect();
                             self.encoder.embed_partials(&views)
                         })
                     })
@@ -321,15 +321,21 @@ impl Diarizer {
 }
 
 /// Cluster labels for `locals`: average-linkage agglomerative clustering of the trusted
-/// embeddings (enough clean speech), merging while the closest pair's average similarity is at
-/// least the threshold (or until the given count is left); the others join the nearest cluster.
-fn cluster(locals: &mut [Local], opts: &DiarizeOptions) -> Vec<usize> {
+/// embeddings (enough clean speech; at most [`MAX_CLUSTERED`], the longest), merging while the
+/// closest pair's average similarity is at least the threshold (or until the given count is
+/// left); the others join the nearest cluster.
+fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<Vec<usize>, String> {
     if locals.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let mut trusted: Vec<usize> = (0..locals.len())
         .filter(|&i| locals[i].clean >= MIN_CLUSTER_SECONDS)
         .collect();
+    if trusted.len() > MAX_CLUSTERED {
+        trusted.sort_by(|&a, &b| locals[b].clean.total_cmp(&locals[a].clean));
+        trusted.truncate(MAX_CLUSTERED);
+        trusted.sort_unstable();
+    }
     if trusted.is_empty() {
         // Only short speech: trust the longest.
         let best = (0..locals.len())
@@ -338,29 +344,30 @@ fn cluster(locals: &mut [Local], opts: &DiarizeOptions) -> Vec<usize> {
         trusted.push(best);
     }
     let n = trusted.len();
-    let mut sim = vec![vec![0f32; n]; n];
+    // Sums of similarities between clusters (one per trusted embedding at first), kept up to
+    // date as clusters merge, so a merge costs one pass over the clusters.
+    let mut total = vec![vec![0f32; n]; n];
     for a in 0..n {
         for b in 0..n {
-            sim[a][b] = ge2e::cosine(&locals[trusted[a]].embedding, &locals[trusted[b]].embedding);
+            total[a][b] =
+                ge2e::cosine(&locals[trusted[a]].embedding, &locals[trusted[b]].embedding);
         }
     }
-    let mut clusters: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
+    let mut members: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
+    let mut alive: Vec<usize> = (0..n).collect();
     loop {
+        if cancel.is_cancelled() {
+            return Err("cancelled".into());
+        }
         if let Some(k) = opts.num_speakers {
-            if clusters.len() <= k.max(1) {
+            if alive.len() <= k.max(1) {
                 break;
             }
         }
         let mut best: Option<(f32, usize, usize)> = None;
-        for a in 0..clusters.len() {
-            for b in a + 1..clusters.len() {
-                let mut total = 0f32;
-                for &x in &clusters[a] {
-                    for &y in &clusters[b] {
-                        total += sim[x][y];
-                    }
-                }
-                let avg = total / (clusters[a].len() * clusters[b].len()) as f32;
+        for (ia, &a) in alive.iter().enumerate() {
+            for &b in &alive[ia + 1..] {
+                let avg = total[a][b] / (members[a].len() * members[b].len()) as f32;
                 if best.is_none_or(|(s, _, _)| avg > s) {
                     best = Some((avg, a, b));
                 }
@@ -370,9 +377,16 @@ fn cluster(locals: &mut [Local], opts: &DiarizeOptions) -> Vec<usize> {
         if opts.num_speakers.is_none() && avg < opts.threshold {
             break;
         }
-        let merged = clusters.remove(b);
-        clusters[a].extend(merged);
+        for &x in &alive {
+            let t = total[b][x];
+            total[a][x] += t;
+            total[x][a] = total[a][x];
+        }
+        let moved = std::mem::take(&mut members[b]);
+        members[a].extend(moved);
+        alive.retain(|&x| x != b);
     }
+    let clusters: Vec<&Vec<usize>> = alive.iter().map(|&a| &members[a]).collect();
     let centroids: Vec<Vec<f32>> = clusters
         .iter()
         .map(|c| {
@@ -383,14 +397,14 @@ fn cluster(locals: &mut [Local], opts: &DiarizeOptions) -> Vec<usize> {
             ge2e::mean_normalised(&vs)
         })
         .collect();
-    let mut labels = vec![0usize; locals.len()];
+    let mut labels = vec![usize::MAX; locals.len()];
     for (ci, c) in clusters.iter().enumerate() {
-        for &i in c {
+        for &i in c.iter() {
             labels[trusted[i]] = ci;
         }
     }
     for (i, l) in locals.iter().enumerate() {
-        if trusted.contains(&i) {
+        if labels[i] != usize::MAX {
             continue;
         }
         labels[i] = centroids
@@ -402,7 +416,7 @@ fn cluster(locals: &mut [Local], opts: &DiarizeOptions) -> Vec<usize> {
             .map(|(k, _)| k)
             .unwrap_or(0);
     }
-    labels
+    Ok(labels)
 }
 
 /// Merge a speaker's frames into turns: gaps under [`MIN_DURATION_OFF`] filled, turns under
@@ -584,6 +598,47 @@ mod tests {
         let late = vec![turn(0.2, 10.0, 0), turn(10.0, 20.0, 1)];
         assert!(der(&reference, &late, 0.25).0 < 1e-9);
         assert!(der(&reference, &late, 0.0).0 > 0.005);
+    }
+
+    #[test]
+    fn clustering_finds_the_groups_or_the_given_count() {
+        // Three voices, four windows each, plus a short local that joins its nearest group.
+        let dirs = [[1.0, 0.1, 0.0], [0.0, 1.0, 0.1], [0.1, 0.0, 1.0]];
+        let mut locals: Vec<Local> = (0..12)
+            .map(|i| Local {
+                window: i,
+                local: 0,
+                clean: 3.0,
+                embedding: ge2e::normalised(
+                    dirs[i % 3]
+                        .iter()
+                        .enumerate()
+                        .map(|(k, v)| v + 0.05 * ((i + k) % 2) as f32)
+                        .collect(),
+                ),
+            })
+            .collect();
+        locals.push(Local {
+            window: 12,
+            local: 1,
+            clean: 0.4,
+            embedding: ge2e::normalised(vec![0.9, 0.2, 0.1]),
+        });
+        let cancel = Cancel::new();
+        let labels = cluster(&locals, &DiarizeOptions::default(), &cancel).unwrap();
+        assert_eq!(labels.iter().max(), Some(&2), "{labels:?}");
+        for i in 0..12 {
+            assert_eq!(labels[i], labels[i % 3], "{labels:?}");
+        }
+        assert_eq!(labels[12], labels[0]);
+        let two = DiarizeOptions {
+            num_speakers: Some(2),
+            ..Default::default()
+        };
+        let labels = cluster(&locals, &two, &cancel).unwrap();
+        assert_eq!(labels.iter().max(), Some(&1), "{labels:?}");
+        cancel.cancel();
+        assert!(cluster(&locals, &DiarizeOptions::default(), &cancel).is_err());
     }
 
     #[test]

@@ -98,7 +98,9 @@ impl SpeechModels {
             }
         };
         let diarizer = match enable_diarization {
-            Some(false) => Err("enable_diarization is false".to_string()),
+            Some(false) => {
+                Err("turned off (enable_diarization = false, or --no-diarization)".to_string())
+            }
             _ => need(&[
                 files::ONNXRUNTIME,
                 files::SEGMENTATION,
@@ -112,7 +114,9 @@ impl SpeechModels {
             }),
         };
         let topics = match enable_topics {
-            Some(false) => Err("enable_topic_segmentation is false".to_string()),
+            Some(false) => {
+                Err("turned off (enable_topic_segmentation = false, or --no-topics)".to_string())
+            }
             _ => need(&[
                 files::ONNXRUNTIME,
                 files::SENTENCE_ENCODER,
@@ -218,6 +222,9 @@ pub fn annotate(
                     ..Default::default()
                 };
                 match d.diarize(samples, &dopts, cancel) {
+                    Ok(turns) if turns.is_empty() => {
+                        Some("no speaker had enough clear speech to be identified".to_string())
+                    }
                     Ok(turns) => {
                         *segments = assign_speakers(std::mem::take(segments), &turns);
                         out.turns = turns;

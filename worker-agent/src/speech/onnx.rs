@@ -17,13 +17,15 @@ pub fn runtime(lib: &Path) -> Result<&'static Environment, String> {
         if !lib.is_file() {
             return Err(format!("no ONNX Runtime library at {}", lib.display()));
         }
-        let env = ort::init_from(lib)
+        // Absolute: the loader would otherwise try the executable's directory first.
+        let lib = std::path::absolute(lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+        let env = ort::init_from(&lib)
             .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?
             .with_name("morag-agent")
             .with_telemetry(false)
             .build()
             .map_err(|e| format!("ONNX Runtime from {} failed to start: {e}", lib.display()))?;
-        Ok((lib.to_path_buf(), env))
+        Ok((lib, env))
     });
     match loaded {
         Ok((_, env)) => Ok(env),
@@ -70,7 +72,7 @@ impl OnnxModel {
             builder = builder
                 .with_execution_providers([ort::ep::CUDA::default().build()])
                 .map_err(|e| fail(&e))?;
-            tracing::info!(model = %path.display(), "ONNX model on CUDA where its operators allow");
+            tracing::info!(model = %path.display(), "ONNX Runtime has CUDA: asked for it (it falls back to the CPU, with its own warning, when the GPU cannot be used)");
         }
         let session = builder.commit_from_file(path).map_err(|e| fail(&e))?;
         Ok(Self {
@@ -81,10 +83,11 @@ impl OnnxModel {
 
     /// Run `f` with the session (models are not re-entrant here; jobs take turns).
     pub fn with<T>(&self, f: impl FnOnce(&mut Session) -> Result<T, String>) -> Result<T, String> {
+        // A panic in an earlier run leaves no state in the session worth distrusting.
         let mut s = self
             .session
             .lock()
-            .map_err(|_| format!("{}: a previous run panicked", self.path.display()))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut s)
     }
 

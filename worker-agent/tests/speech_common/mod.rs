@@ -33,8 +33,8 @@ pub fn checkpoint() -> Result<PathBuf, String> {
 pub type Voice = (&'static str, u32, u32);
 
 /// Voices that differ: a low male US voice, a high female voice, a whispering voice. GE2E
-/// similarities between two sentences of each (scripts: the ignored test
-/// `voice_similarity_matrix`): 0.91-0.94 for the same voice, 0.53-0.69 between these three.
+/// similarities between two sentences of each (`cargo bench -p morag-agent --bench speech --
+/// --voices`): 0.91-0.94 for the same voice, 0.53-0.69 between these three.
 /// Closer pairs exist among espeak-ng's male voices (en-us at pitch 30 and
 /// en-gb-scotland+m7: 0.77-0.79; the segmentation model also merges those within a window).
 pub const VOICES: [Voice; 3] = [
