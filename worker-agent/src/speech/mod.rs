@@ -190,8 +190,6 @@ pub struct Annotation {
     /// Why speakers are missing (`None` when they were filled).
     pub diarization_skipped: Option<String>,
     pub topics_skipped: Option<String>,
-    /// Speaker turns found (empty when skipped).
-    pub turns: Vec<Turn>,
     pub diarization_seconds: f64,
     pub topics_seconds: f64,
 }
@@ -227,7 +225,6 @@ pub fn annotate(
                     }
                     Ok(turns) => {
                         *segments = assign_speakers(std::mem::take(segments), &turns);
-                        out.turns = turns;
                         None
                     }
                     Err(_) if cancelled(cancel) => {

@@ -90,8 +90,4 @@ impl OnnxModel {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut s)
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
