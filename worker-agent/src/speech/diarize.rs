@@ -58,8 +58,14 @@ pub struct Turn {
 /// How to diarize one recording.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DiarizeOptions {
-    /// The number of speakers when known; otherwise found with `threshold`.
+    /// The number of speakers when known (the same as `min_speakers` and `max_speakers`);
+    /// otherwise found with `threshold` within the bounds.
     pub num_speakers: Option<usize>,
+    /// At least this many speakers (a hint: fewer are found when the segmentation model hears
+    /// fewer voices).
+    pub min_speakers: Option<usize>,
+    /// At most this many speakers (a hint: more are kept when one window holds more voices).
+    pub max_speakers: Option<usize>,
     pub threshold: f32,
 }
 
@@ -67,7 +73,22 @@ impl Default for DiarizeOptions {
     fn default() -> Self {
         Self {
             num_speakers: None,
+            min_speakers: None,
+            max_speakers: None,
             threshold: DEFAULT_THRESHOLD,
+        }
+    }
+}
+
+impl DiarizeOptions {
+    /// The bounds on the speaker count: (at least, at most).
+    fn bounds(&self) -> (usize, usize) {
+        match self.num_speakers {
+            Some(n) => (n.max(1), n.max(1)),
+            None => {
+                let lo = self.min_speakers.unwrap_or(1).max(1);
+                (lo, self.max_speakers.unwrap_or(usize::MAX).max(lo))
+            }
         }
     }
 }
@@ -321,13 +342,20 @@ impl Diarizer {
 }
 
 /// Cluster labels for `locals`: average-linkage agglomerative clustering of the trusted
-/// embeddings (enough clean speech; at most [`MAX_CLUSTERED`], the longest), merging while the
-/// closest pair's average similarity is at least the threshold (or until the given count is
-/// left); the others join the nearest cluster.
+/// embeddings (enough clean speech; at most [`MAX_CLUSTERED`], the longest), merging the
+/// closest pair while its average similarity is at least the threshold (or while there are
+/// more clusters than the most allowed, and never below the fewest), the others joining the
+/// nearest cluster.
+///
+/// Two local speakers of one window are different people: the segmentation model told them
+/// apart within 10 s, which it does far better than any embedding distance on the telephone
+/// band. So clusters holding locals of the same window are never merged, and a short local
+/// joins the nearest cluster that no other local of its window is in (when there is one).
 fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<Vec<usize>, String> {
     if locals.is_empty() {
         return Ok(Vec::new());
     }
+    let (fewest, most) = opts.bounds();
     let mut trusted: Vec<usize> = (0..locals.len())
         .filter(|&i| locals[i].clean >= MIN_CLUSTER_SECONDS)
         .collect();
@@ -344,29 +372,30 @@ fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<V
         trusted.push(best);
     }
     let n = trusted.len();
-    // Sums of similarities between clusters (one per trusted embedding at first), kept up to
-    // date as clusters merge, so a merge costs one pass over the clusters.
+    // Sums of similarities between clusters (one per trusted embedding at first), and whether
+    // two clusters share a window, kept up to date as clusters merge, so that a merge costs
+    // one pass over the clusters.
     let mut total = vec![vec![0f32; n]; n];
+    let mut conflict = vec![vec![false; n]; n];
     for a in 0..n {
         for b in 0..n {
-            total[a][b] =
-                ge2e::cosine(&locals[trusted[a]].embedding, &locals[trusted[b]].embedding);
+            let (la, lb) = (&locals[trusted[a]], &locals[trusted[b]]);
+            total[a][b] = ge2e::cosine(&la.embedding, &lb.embedding);
+            conflict[a][b] = a != b && la.window == lb.window;
         }
     }
     let mut members: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
     let mut alive: Vec<usize> = (0..n).collect();
-    loop {
+    while alive.len() > fewest {
         if cancel.is_cancelled() {
             return Err("cancelled".into());
-        }
-        if let Some(k) = opts.num_speakers {
-            if alive.len() <= k.max(1) {
-                break;
-            }
         }
         let mut best: Option<(f32, usize, usize)> = None;
         for (ia, &a) in alive.iter().enumerate() {
             for &b in &alive[ia + 1..] {
+                if conflict[a][b] {
+                    continue;
+                }
                 let avg = total[a][b] / (members[a].len() * members[b].len()) as f32;
                 if best.is_none_or(|(s, _, _)| avg > s) {
                     best = Some((avg, a, b));
@@ -374,13 +403,16 @@ fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<V
             }
         }
         let Some((avg, a, b)) = best else { break };
-        if opts.num_speakers.is_none() && avg < opts.threshold {
+        if avg < opts.threshold && alive.len() <= most {
             break;
         }
         for &x in &alive {
             let t = total[b][x];
             total[a][x] += t;
             total[x][a] = total[a][x];
+            let c = conflict[a][x] || conflict[b][x];
+            conflict[a][x] = c;
+            conflict[x][a] = c;
         }
         let moved = std::mem::take(&mut members[b]);
         members[a].extend(moved);
@@ -403,18 +435,29 @@ fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<V
             labels[trusted[i]] = ci;
         }
     }
-    for (i, l) in locals.iter().enumerate() {
-        if labels[i] != usize::MAX {
-            continue;
-        }
-        labels[i] = centroids
-            .iter()
-            .enumerate()
-            .max_by(|a, b| {
-                ge2e::cosine(&l.embedding, a.1).total_cmp(&ge2e::cosine(&l.embedding, b.1))
-            })
-            .map(|(k, _)| k)
-            .unwrap_or(0);
+    // Short locals, longest first, each to the nearest cluster its window does not use yet
+    // (the nearest of all when every cluster is used there).
+    let mut rest: Vec<usize> = (0..locals.len())
+        .filter(|&i| labels[i] == usize::MAX)
+        .collect();
+    rest.sort_by(|&a, &b| locals[b].clean.total_cmp(&locals[a].clean));
+    for i in rest {
+        let l = &locals[i];
+        let used: Vec<usize> = (0..locals.len())
+            .filter(|&j| j != i && locals[j].window == l.window && labels[j] != usize::MAX)
+            .map(|j| labels[j])
+            .collect();
+        let nearest = |free_only: bool| {
+            centroids
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| !free_only || !used.contains(k))
+                .max_by(|a, b| {
+                    ge2e::cosine(&l.embedding, a.1).total_cmp(&ge2e::cosine(&l.embedding, b.1))
+                })
+                .map(|(k, _)| k)
+        };
+        labels[i] = nearest(true).or_else(|| nearest(false)).unwrap_or(0);
     }
     Ok(labels)
 }

@@ -6,6 +6,7 @@
 //! - `ge2e`: the GE2E speaker encoder (mel spectrogram, LSTM) on the CPU.
 //! - `diarize`: segmentation-3.0 windows, embeddings, clustering, speaker turns, DER.
 //! - `topics`: sentence embeddings (all-MiniLM-L6-v2), boundaries, labels.
+//! - `vad`: voice activity (Silero VAD), which transcription uses to cut audio in pauses.
 //!
 //! The models live beside the Whisper model (`models/` by default), under the names in
 //! [`files`]; `morag-agent model import KIND FILE` puts them there after a checksum check.
@@ -22,6 +23,7 @@ pub mod diarize;
 pub mod ge2e;
 pub mod onnx;
 pub mod topics;
+pub mod vad;
 
 pub use diarize::{DiarizeOptions, Diarizer, Turn};
 pub use topics::TopicSegmenter;
@@ -41,6 +43,8 @@ pub mod files {
     pub const SENTENCE_ENCODER: &str = "all-minilm-l6-v2-int8.onnx";
     /// Its tokenizer.
     pub const SENTENCE_TOKENIZER: &str = "all-minilm-l6-v2-tokenizer.json";
+    /// Silero VAD v6 (from faster-whisper's wheel).
+    pub const VAD: &str = "silero-vad-v6.onnx";
 }
 
 /// The directory of the diarization and topic models: the Whisper model's.
@@ -152,6 +156,9 @@ pub struct SpeechOptions {
     pub topics: bool,
     /// Speakers when the caller knows how many.
     pub num_speakers: Option<usize>,
+    /// Bounds on the speaker count, as hints.
+    pub min_speakers: Option<usize>,
+    pub max_speakers: Option<usize>,
 }
 
 impl Default for SpeechOptions {
@@ -163,6 +170,8 @@ impl Default for SpeechOptions {
             diarization: true,
             topics: true,
             num_speakers: None,
+            min_speakers: None,
+            max_speakers: None,
         }
     }
 }
@@ -181,6 +190,8 @@ impl PartialEq for SpeechOptions {
             && self.diarization == other.diarization
             && self.topics == other.topics
             && self.num_speakers == other.num_speakers
+            && self.min_speakers == other.min_speakers
+            && self.max_speakers == other.max_speakers
     }
 }
 
@@ -217,6 +228,8 @@ pub fn annotate(
             Ok(d) => {
                 let dopts = DiarizeOptions {
                     num_speakers: opts.num_speakers,
+                    min_speakers: opts.min_speakers,
+                    max_speakers: opts.max_speakers,
                     ..Default::default()
                 };
                 match d.diarize(samples, &dopts, cancel) {
