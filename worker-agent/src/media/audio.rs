@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 use super::decode::{decode_audio, DecodedAudio};
-use super::pieces::{self, Piece};
 use super::morag::{
     build_audio_result, file_facts, write_audio_artifacts, Segment, TimedToken, TranscriptParts,
 };
+use super::pieces::{self, Piece};
 use super::{Cancel, MediaKind, ProcessError, ProcessOutput, Progress, ProgressSink};
 
 /// How often the watcher thread copies the cancel token into the abort flag.
@@ -290,7 +290,9 @@ impl Transcriber {
         let vad = crate::speech::vad::load_beside(model);
         match &vad {
             Ok(_) => tracing::info!("voice activity detection loaded: long audio is cut in pauses"),
-            Err(why) => tracing::warn!(%why, "no voice activity detection: whole audio goes through whisper.cpp's own 30 s windows (slower; `morag-agent model import vad`)"),
+            Err(why) => {
+                tracing::warn!(%why, "no voice activity detection: whole audio goes through whisper.cpp's own 30 s windows (slower; `morag-agent model import vad`)")
+            }
         }
         Ok(Self {
             ctx,
@@ -710,10 +712,7 @@ mod tests {
         assert_eq!(fitted_audio_ctx(11 * SAMPLE_RATE, 1500), Some(704));
         assert_eq!(fitted_audio_ctx(1, 1500), Some(192));
         // The longest piece still fits; 30 s does not.
-        assert_eq!(
-            fitted_audio_ctx(26 * SAMPLE_RATE, 1500),
-            Some(1472)
-        );
+        assert_eq!(fitted_audio_ctx(26 * SAMPLE_RATE, 1500), Some(1472));
         assert_eq!(fitted_audio_ctx(28 * SAMPLE_RATE, 1500), None);
         assert_eq!(fitted_audio_ctx(SAMPLE_RATE, 0), None);
     }

@@ -185,7 +185,13 @@ mod tests {
 
     #[test]
     fn long_speech_is_cut_only_in_pauses() {
-        let pauses = [(6.0, 0.3), (13.0, 0.15), (24.0, 0.5), (37.0, 0.2), (52.0, 0.4)];
+        let pauses = [
+            (6.0, 0.3),
+            (13.0, 0.15),
+            (24.0, 0.5),
+            (37.0, 0.2),
+            (52.0, 0.4),
+        ];
         let len = secs(70.0);
         let pieces = plan(len, &probs(70.0, &pauses));
         assert_eq!(pieces.first().unwrap().range.start, 0);

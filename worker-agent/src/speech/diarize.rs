@@ -1,11 +1,17 @@
 //! Who spoke when: pyannote segmentation-3.0 (voice activity and up to three local speakers per
-//! 10 s window), one GE2E embedding per (window, local speaker), agglomerative clustering of
-//! the embeddings (automatic speaker count by a similarity threshold, or a given count), then
+//! 10 s window, windows every 2.5 s), local speakers stitched across overlapping windows into
+//! chains, one GE2E embedding per chain, agglomerative clustering of the chains (automatic
+//! speaker count by a similarity threshold within the given bounds, or a given count), then
 //! speaker turns cleaned up like pyannote's pipeline (gaps under 0.5 s filled, turns under
 //! 0.3 s dropped).
 //!
-//! Windows do not overlap: the clustering links local speakers across windows, and a window
-//! costs as much as 2.5 s of transcription would not (the budget is a share of Whisper's time).
+//! The segmentation model tells voices apart within its window far better than GE2E embeddings
+//! do across a recording (on telephone speech every GE2E voice looks alike). So the model's
+//! judgement is used wherever it reaches: a local speaker active on the same frames of two
+//! overlapping windows is one person (**must-link**: stitched into one chain), and two local
+//! speakers of one window are two people (**cannot-link**: never clustered together). The
+//! embeddings only join chains across silences and turns longer than a window's overlap; each
+//! chain's embedding averages partials over all its clean speech.
 
 use std::collections::BTreeMap;
 
@@ -20,27 +26,40 @@ use crate::media::Cancel;
 pub const SAMPLE_RATE: usize = 16_000;
 /// The segmentation model's window (10 s).
 const WINDOW: usize = 10 * SAMPLE_RATE;
-/// The shortest input given to the model (the last window of a recording, zero padded).
+/// Windows start every 2.5 s: each overlaps the next by 7.5 s, where local speakers are
+/// stitched, and every moment is seen by four windows (on the real set: 35.9 % DER and 6 of 15
+/// speaker counts right, against 36.1 % and 4 of 15 with a 5 s step).
+const STEP: usize = 5 * SAMPLE_RATE / 2;
+/// The shortest input given to the model (a recording shorter than a window, zero padded).
 const MIN_LAST_WINDOW: usize = 2 * SAMPLE_RATE;
 /// Frame step and the centre offset of the first frame, in seconds (the model's receptive
 /// field is 991 samples moved by 270).
 const FRAME_STEP: f64 = 270.0 / 16_000.0;
 const FRAME_OFFSET: f64 = (991.0 - 270.0) / 2.0 / 16_000.0;
+/// A local speaker is active on a frame when the classes holding it have at least this
+/// probability together (lower values were tried on the real set: no better).
+const ACTIVE: f32 = 0.5;
 /// Powerset classes: which local speakers each of the 7 outputs means.
 const POWERSET: [&[usize]; 7] = [&[], &[0], &[1], &[2], &[0, 1], &[0, 2], &[1, 2]];
-/// Clean (non-overlapped) speech a local speaker needs for an embedding at all, and for one
-/// trusted enough to shape the clusters.
+/// Two local speakers of overlapping windows are stitched when, over the overlap, the frames
+/// both are active on are at least this share of the frames either is ...
+const STITCH_IOU: f64 = 0.5;
+/// ... and at least this long.
+const STITCH_SECONDS: f64 = 0.5;
+/// Clean (non-overlapped) speech a chain needs for an embedding at all, and for one trusted
+/// enough to shape the clusters.
 const MIN_EMBED_SECONDS: f64 = 0.25;
 const MIN_CLUSTER_SECONDS: f64 = 1.0;
-/// Partials per local speaker (each 1.6 s; more costs time and changes little).
-const MAX_PARTIALS: usize = 2;
-/// Most embeddings clustered (the longest speech; the others join the nearest cluster), which
-/// bounds the clustering's time and memory on long recordings (600 is 100 min of one speaker
-/// per window, or 50 min of two).
+/// Partials per chain (each 1.6 s), spread over its clean speech.
+const MAX_PARTIALS: usize = 6;
+/// Most chains clustered (the longest speech; the others join the nearest cluster), which
+/// bounds the clustering's time and memory on long recordings.
 const MAX_CLUSTERED: usize = 600;
 /// Partials per encoder batch (bounds memory on long recordings).
 const BATCH: usize = 64;
-/// Clusters whose average cosine similarity is below this are different speakers.
+/// Clusters whose average cosine similarity is below this are different speakers (chosen on
+/// the real recordings of the evaluation set: `cargo bench -p morag-agent --bench eval --
+/// --sweep`, BENCHMARKS.md).
 pub const DEFAULT_THRESHOLD: f32 = 0.72;
 /// pyannote's clean-up: fill gaps shorter than this within a speaker, drop shorter turns.
 const MIN_DURATION_OFF: f64 = 0.5;
@@ -102,16 +121,47 @@ pub struct Diarizer {
     threads: usize,
 }
 
-/// One local speaker of one window: the unit that gets an embedding and a speaker. (Splitting
-/// it at pauses into shorter runs was tried: embeddings of 1-2 s runs of one real voice were
-/// too noisy to cluster, jfk.wav's falling to 0.67 similarity, below two different espeak-ng
-/// voices.)
+/// One segmentation window: where it starts, the part of the timeline it speaks for (the
+/// frames nearer its centre than any other window's), and its frames' powerset classes.
+struct Window {
+    start: usize,
+    /// Seconds: [own.0, own.1).
+    own: (f64, f64),
+    classes: Vec<u8>,
+}
+
+impl Window {
+    /// The time (s) of frame `i`'s centre.
+    fn time(&self, i: usize) -> f64 {
+        self.start as f64 / SAMPLE_RATE as f64 + FRAME_OFFSET + i as f64 * FRAME_STEP
+    }
+    /// The frame nearest to time `t`, if the window has one there.
+    fn frame_at(&self, t: f64) -> Option<usize> {
+        let f = ((t - self.start as f64 / SAMPLE_RATE as f64 - FRAME_OFFSET) / FRAME_STEP).round();
+        (f >= 0.0 && (f as usize) < self.classes.len()).then_some(f as usize)
+    }
+    fn active(&self, i: usize, local: usize) -> bool {
+        POWERSET[self.classes[i] as usize].contains(&local)
+    }
+}
+
+/// Local speakers stitched across windows (one person, by the segmentation model's account);
+/// the unit that gets an embedding and a speaker.
 struct Local {
-    window: usize,
-    local: usize,
-    /// Seconds of clean speech.
+    /// (window, local speaker) members, sorted.
+    members: Vec<(usize, usize)>,
+    /// Seconds of clean speech (only this speaker, in the windows' own parts).
     clean: f64,
     embedding: Vec<f32>,
+}
+
+impl Local {
+    /// Whether two chains share a window (then they are two people).
+    fn shares_window(&self, other: &Local) -> bool {
+        self.members
+            .iter()
+            .any(|(w, _)| other.members.iter().any(|(v, _)| v == w))
+    }
 }
 
 impl Diarizer {
@@ -134,12 +184,13 @@ impl Diarizer {
             return Ok(Vec::new());
         }
         let started = std::time::Instant::now();
-        let activity = self.segment(samples, cancel)?;
+        let windows = self.segment(samples, cancel)?;
         let segmented = started.elapsed().as_secs_f64();
-        let locals = self.embed_locals(samples, &activity, cancel)?;
+        let chains = stitch(&windows);
+        let locals = self.embed_chains(samples, &windows, chains, cancel)?;
         tracing::debug!(
-            windows = activity.len(),
-            local_speakers = locals.len(),
+            windows = windows.len(),
+            chains = locals.len(),
             segmentation_s = segmented,
             embeddings_s = started.elapsed().as_secs_f64() - segmented,
             "diarization"
@@ -148,17 +199,17 @@ impl Diarizer {
         let map: BTreeMap<(usize, usize), usize> = locals
             .iter()
             .zip(&labels)
-            .map(|(l, lab)| ((l.window, l.local), *lab))
+            .flat_map(|(l, lab)| l.members.iter().map(move |m| (*m, *lab)))
             .collect();
-        // Per-speaker frame activity on the global timeline.
+        // Per-speaker frame activity on the global timeline, each window speaking for its own
+        // part.
         let mut per: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
         let total = samples.len() as f64 / SAMPLE_RATE as f64;
-        for (w, frames) in activity.iter().enumerate() {
-            let w0 = (w * WINDOW) as f64 / SAMPLE_RATE as f64;
-            for (i, class) in frames.iter().enumerate() {
-                let start = w0 + FRAME_OFFSET + i as f64 * FRAME_STEP;
-                if start >= total {
-                    break;
+        for (w, win) in windows.iter().enumerate() {
+            for (i, class) in win.classes.iter().enumerate() {
+                let start = win.time(i);
+                if start < win.own.0 || start >= win.own.1 || start >= total {
+                    continue;
                 }
                 for &local in POWERSET[*class as usize] {
                     if let Some(&spk) = map.get(&(w, local)) {
@@ -193,16 +244,25 @@ impl Diarizer {
         Ok(turns)
     }
 
-    /// The powerset class of every frame of every window.
-    fn segment(&self, samples: &[f32], cancel: &Cancel) -> Result<Vec<Vec<u8>>, String> {
-        let mut out = Vec::new();
-        for start in (0..samples.len()).step_by(WINDOW) {
+    /// The segmentation windows: every [`STEP`] while a whole window fits, then one ending at
+    /// the end of the audio; audio shorter than a window is one window as long as the audio
+    /// (at least [`MIN_LAST_WINDOW`], zero padded).
+    fn segment(&self, samples: &[f32], cancel: &Cancel) -> Result<Vec<Window>, String> {
+        let mut starts: Vec<usize> = (0..)
+            .map(|k| k * STEP)
+            .take_while(|s| s + WINDOW < samples.len())
+            .collect();
+        let last = samples.len().saturating_sub(WINDOW);
+        if starts.last() != Some(&last) {
+            starts.push(last);
+        }
+        let centre = |s: usize| (s + WINDOW.min(samples.len()) / 2) as f64 / SAMPLE_RATE as f64;
+        let mut out: Vec<Window> = Vec::with_capacity(starts.len());
+        for (k, &start) in starts.iter().enumerate() {
             if cancel.is_cancelled() {
                 return Err("cancelled".into());
             }
             let end = (start + WINDOW).min(samples.len());
-            // The model takes any length: the last window is only as long as the audio left
-            // (at least [`MIN_LAST_WINDOW`], zero padded), not a mostly silent 10 s.
             let len = WINDOW.min((end - start).max(MIN_LAST_WINDOW));
             let mut input = Array3::<f32>::zeros((1, 1, len));
             input
@@ -227,81 +287,111 @@ impl Diarizer {
                     ));
                 }
                 let n = scores.shape()[1];
+                // Each local speaker's probability (the sum over the classes holding it);
+                // the active ones, at most two (the two likeliest), as a powerset class.
                 Ok((0..n)
                     .map(|f| {
-                        let mut best = 0u8;
-                        for k in 1..POWERSET.len() {
-                            if scores[[0, f, k]] > scores[[0, f, best as usize]] {
-                                best = k as u8;
+                        let mut p = [0f32; 3];
+                        for (k, set) in POWERSET.iter().enumerate() {
+                            let q = scores[[0, f, k]].exp();
+                            for &l in *set {
+                                p[l] += q;
                             }
                         }
-                        best
+                        let mut order = [0usize, 1, 2];
+                        order.sort_by(|a, b| p[*b].total_cmp(&p[*a]));
+                        let on: Vec<usize> = order
+                            .iter()
+                            .copied()
+                            .take(2)
+                            .filter(|&l| p[l] >= ACTIVE)
+                            .collect();
+                        let mut on = on;
+                        on.sort_unstable();
+                        POWERSET
+                            .iter()
+                            .position(|set| *set == on.as_slice())
+                            .unwrap_or(0) as u8
                     })
                     .collect::<Vec<u8>>())
             })?;
-            out.push(classes);
+            let lo = if k == 0 {
+                0.0
+            } else {
+                (centre(starts[k - 1]) + centre(start)) / 2.0
+            };
+            let hi = match starts.get(k + 1) {
+                Some(&next) => (centre(start) + centre(next)) / 2.0,
+                None => f64::INFINITY,
+            };
+            out.push(Window {
+                start,
+                own: (lo, hi),
+                classes,
+            });
         }
         Ok(out)
     }
 
-    /// One embedding per local speaker with enough clean speech.
-    fn embed_locals(
+    /// One embedding per chain with enough clean speech (chains without one are left out).
+    fn embed_chains(
         &self,
         samples: &[f32],
-        activity: &[Vec<u8>],
+        windows: &[Window],
+        chains: Vec<Vec<(usize, usize)>>,
         cancel: &Cancel,
     ) -> Result<Vec<Local>, String> {
         let partial_len = PARTIAL_FRAMES * HOP;
+        let hop = (FRAME_STEP * SAMPLE_RATE as f64).round() as usize;
         let mut locals = Vec::new();
         // (local index, the partial's mel rows): only those rows are kept.
         let mut partials: Vec<(usize, Mel)> = Vec::new();
-        for (w, frames) in activity.iter().enumerate() {
-            let w0 = w * WINDOW;
-            for local in 0..3 {
-                // Samples of the frames where only this speaker talks.
-                let mut speech: Vec<f32> = Vec::new();
-                for (i, class) in frames.iter().enumerate() {
-                    if POWERSET[*class as usize] != [local] {
+        for members in chains {
+            // Samples of the frames where only this speaker talks, each window's own part.
+            let mut speech: Vec<f32> = Vec::new();
+            for &(w, local) in &members {
+                let win = &windows[w];
+                for (i, class) in win.classes.iter().enumerate() {
+                    let t = win.time(i);
+                    if POWERSET[*class as usize] != [local] || t < win.own.0 || t >= win.own.1 {
                         continue;
                     }
-                    let a =
-                        w0 + ((FRAME_OFFSET + i as f64 * FRAME_STEP) * SAMPLE_RATE as f64) as usize;
-                    let b = (a + 270).min(samples.len());
+                    let a = win.start
+                        + ((FRAME_OFFSET + i as f64 * FRAME_STEP) * SAMPLE_RATE as f64) as usize;
+                    let b = (a + hop).min(samples.len());
                     if a < b {
                         speech.extend_from_slice(&samples[a..b]);
                     }
                 }
-                let clean = speech.len() as f64 / SAMPLE_RATE as f64;
-                if clean < MIN_EMBED_SECONDS {
-                    continue;
-                }
-                let mut speech = ge2e::normalise_volume(&speech, -30.0);
-                let n = speech.len();
-                while speech.len() < partial_len {
-                    let take = (partial_len - speech.len()).min(n);
-                    speech.extend_from_within(..take);
-                }
-                let parts = ((speech.len() as f64 / partial_len as f64).round() as usize)
-                    .clamp(1, MAX_PARTIALS);
-                let room = speech.len() - partial_len;
-                let mel = self.encoder.mel(&speech);
-                let index = locals.len();
-                locals.push(Local {
-                    window: w,
-                    local,
-                    clean,
-                    embedding: Vec::new(),
-                });
-                for p in 0..parts {
-                    let at = if parts == 1 {
-                        room / 2
-                    } else {
-                        room * p / (parts - 1)
-                    };
-                    let f = (at / HOP).min(mel.nrows().saturating_sub(PARTIAL_FRAMES));
-                    let end = (f + PARTIAL_FRAMES).min(mel.nrows());
-                    partials.push((index, mel.slice(s![f..end, ..]).to_owned()));
-                }
+            }
+            let clean = speech.len() as f64 / SAMPLE_RATE as f64;
+            if clean < MIN_EMBED_SECONDS {
+                continue;
+            }
+            let mut speech = ge2e::normalise_volume(&speech, -30.0);
+            let n = speech.len();
+            while speech.len() < partial_len {
+                let take = (partial_len - speech.len()).min(n);
+                speech.extend_from_within(..take);
+            }
+            let parts = ((speech.len() as f64 / partial_len as f64).round() as usize)
+                .clamp(1, MAX_PARTIALS);
+            let room = speech.len() - partial_len;
+            let index = locals.len();
+            locals.push(Local {
+                members,
+                clean,
+                embedding: Vec::new(),
+            });
+            for p in 0..parts {
+                let at = if parts == 1 {
+                    room / 2
+                } else {
+                    room * p / (parts - 1)
+                };
+                let mel = self.encoder.mel(&speech[at..at + partial_len]);
+                let end = PARTIAL_FRAMES.min(mel.nrows());
+                partials.push((index, mel.slice(s![..end, ..]).to_owned()));
             }
         }
         // Every partial of the recording through the encoder in batches (bounded), the
@@ -341,6 +431,88 @@ impl Diarizer {
     }
 }
 
+/// Chains of local speakers: a local speaker of one window and one of the next are the same
+/// person when they are active on the same frames of the two windows' overlap
+/// ([`STITCH_IOU`], [`STITCH_SECONDS`]); pairs are linked best first, each local at most once
+/// per neighbour, and never so that a chain would hold two locals of one window. Locals never
+/// active are left out.
+fn stitch(windows: &[Window]) -> Vec<Vec<(usize, usize)>> {
+    let id = |w: usize, l: usize| w * 3 + l;
+    let mut parent: Vec<usize> = (0..windows.len() * 3).collect();
+    fn root(parent: &mut [usize], mut x: usize) -> usize {
+        while parent[x] != x {
+            parent[x] = parent[parent[x]];
+            x = parent[x];
+        }
+        x
+    }
+    // Windows held by each chain (by root), to refuse links that would join two locals of one
+    // window.
+    let mut held: Vec<Vec<usize>> = (0..windows.len() * 3).map(|x| vec![x / 3]).collect();
+    let min_frames = (STITCH_SECONDS / FRAME_STEP).ceil() as usize;
+    for w in 0..windows.len().saturating_sub(1) {
+        let (a, b) = (&windows[w], &windows[w + 1]);
+        // Counts over b's frames that a also covers.
+        let mut both = [[0usize; 3]; 3];
+        let mut in_a = [[0usize; 3]; 3]; // a's local active, per b's local pairing
+        let mut in_b = [[0usize; 3]; 3];
+        for j in 0..b.classes.len() {
+            let Some(i) = a.frame_at(b.time(j)) else {
+                continue;
+            };
+            for la in 0..3 {
+                for lb in 0..3 {
+                    let (x, y) = (a.active(i, la), b.active(j, lb));
+                    both[la][lb] += usize::from(x && y);
+                    in_a[la][lb] += usize::from(x);
+                    in_b[la][lb] += usize::from(y);
+                }
+            }
+        }
+        let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
+        for la in 0..3 {
+            for lb in 0..3 {
+                let either = in_a[la][lb] + in_b[la][lb] - both[la][lb];
+                if both[la][lb] >= min_frames && either > 0 {
+                    let iou = both[la][lb] as f64 / either as f64;
+                    if iou >= STITCH_IOU {
+                        pairs.push((iou, la, lb));
+                    }
+                }
+            }
+        }
+        pairs.sort_by(|x, y| y.0.total_cmp(&x.0));
+        let (mut used_a, mut used_b) = ([false; 3], [false; 3]);
+        for (_, la, lb) in pairs {
+            if used_a[la] || used_b[lb] {
+                continue;
+            }
+            let (ra, rb) = (
+                root(&mut parent, id(w, la)),
+                root(&mut parent, id(w + 1, lb)),
+            );
+            if ra == rb || held[ra].iter().any(|x| held[rb].contains(x)) {
+                continue;
+            }
+            used_a[la] = true;
+            used_b[lb] = true;
+            parent[rb] = ra;
+            let moved = std::mem::take(&mut held[rb]);
+            held[ra].extend(moved);
+        }
+    }
+    let mut chains: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
+    for (w, win) in windows.iter().enumerate() {
+        for l in 0..3 {
+            if (0..win.classes.len()).any(|i| win.active(i, l)) {
+                let r = root(&mut parent, id(w, l));
+                chains.entry(r).or_default().push((w, l));
+            }
+        }
+    }
+    chains.into_values().collect()
+}
+
 /// Cluster labels for `locals`: average-linkage agglomerative clustering of the trusted
 /// embeddings (enough clean speech; at most [`MAX_CLUSTERED`], the longest), merging the
 /// closest pair while its average similarity is at least the threshold (or while there are
@@ -349,8 +521,9 @@ impl Diarizer {
 ///
 /// Two local speakers of one window are different people: the segmentation model told them
 /// apart within 10 s, which it does far better than any embedding distance on the telephone
-/// band. So clusters holding locals of the same window are never merged, and a short local
-/// joins the nearest cluster that no other local of its window is in (when there is one).
+/// band. So clusters holding chains that share a window are never merged, and a short chain
+/// joins the nearest cluster that no chain sharing one of its windows is in (when there is
+/// one).
 fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<Vec<usize>, String> {
     if locals.is_empty() {
         return Ok(Vec::new());
@@ -381,7 +554,7 @@ fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<V
         for b in 0..n {
             let (la, lb) = (&locals[trusted[a]], &locals[trusted[b]]);
             total[a][b] = ge2e::cosine(&la.embedding, &lb.embedding);
-            conflict[a][b] = a != b && la.window == lb.window;
+            conflict[a][b] = a != b && la.shares_window(lb);
         }
     }
     let mut members: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
@@ -419,7 +592,7 @@ fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<V
         alive.retain(|&x| x != b);
     }
     let clusters: Vec<&Vec<usize>> = alive.iter().map(|&a| &members[a]).collect();
-    let centroids: Vec<Vec<f32>> = clusters
+    let mut centroids: Vec<Vec<f32>> = clusters
         .iter()
         .map(|c| {
             let vs: Vec<Vec<f32>> = c
@@ -444,7 +617,7 @@ fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<V
     for i in rest {
         let l = &locals[i];
         let used: Vec<usize> = (0..locals.len())
-            .filter(|&j| j != i && locals[j].window == l.window && labels[j] != usize::MAX)
+            .filter(|&j| j != i && labels[j] != usize::MAX && locals[j].shares_window(l))
             .map(|j| labels[j])
             .collect();
         let nearest = |free_only: bool| {
@@ -457,7 +630,16 @@ fn cluster(locals: &[Local], opts: &DiarizeOptions, cancel: &Cancel) -> Result<V
                 })
                 .map(|(k, _)| k)
         };
-        labels[i] = nearest(true).or_else(|| nearest(false)).unwrap_or(0);
+        labels[i] = match nearest(true) {
+            Some(k) => k,
+            // Every cluster speaks in one of its windows beside it: the segmentation model
+            // hears another person, so it is one (within the most allowed).
+            None if centroids.len() < most => {
+                centroids.push(l.embedding.clone());
+                centroids.len() - 1
+            }
+            None => nearest(false).unwrap_or(0),
+        };
     }
     Ok(labels)
 }
@@ -570,6 +752,38 @@ pub fn der(reference: &[Turn], hyp: &[Turn], collar: f64) -> (f64, f64, f64, f64
     (der, secs(missed), secs(fa), secs(conf), secs(total))
 }
 
+/// Speaker turns from RTTM text (`SPEAKER file 1 start duration <NA> <NA> name ...`), the
+/// speakers numbered in order of first appearance; other line types are skipped.
+pub fn parse_rttm(text: &str) -> Result<Vec<Turn>, String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut turns = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() != Some(&"SPEAKER") {
+            continue;
+        }
+        let bad = || format!("RTTM line {}: {line:?}", n + 1);
+        if f.len() < 8 {
+            return Err(bad());
+        }
+        let start: f64 = f[3].parse().map_err(|_| bad())?;
+        let duration: f64 = f[4].parse().map_err(|_| bad())?;
+        let speaker = match names.iter().position(|x| x == f[7]) {
+            Some(i) => i,
+            None => {
+                names.push(f[7].to_string());
+                names.len() - 1
+            }
+        };
+        turns.push(Turn {
+            start,
+            end: start + duration,
+            speaker,
+        });
+    }
+    Ok(turns)
+}
+
 /// The reference -> hypothesis speaker mapping with the most co-occurring frames (exhaustive
 /// over assignments: speaker counts here are small).
 fn best_mapping(co: &[Vec<usize>], n_ref: usize, n_hyp: usize) -> Vec<Option<usize>> {
@@ -649,8 +863,7 @@ mod tests {
         let dirs = [[1.0, 0.1, 0.0], [0.0, 1.0, 0.1], [0.1, 0.0, 1.0]];
         let mut locals: Vec<Local> = (0..12)
             .map(|i| Local {
-                window: i,
-                local: 0,
+                members: vec![(i, 0)],
                 clean: 3.0,
                 embedding: ge2e::normalised(
                     dirs[i % 3]
@@ -662,8 +875,7 @@ mod tests {
             })
             .collect();
         locals.push(Local {
-            window: 12,
-            local: 1,
+            members: vec![(12, 1)],
             clean: 0.4,
             embedding: ge2e::normalised(vec![0.9, 0.2, 0.1]),
         });
@@ -682,6 +894,103 @@ mod tests {
         assert_eq!(labels.iter().max(), Some(&1), "{labels:?}");
         cancel.cancel();
         assert!(cluster(&locals, &DiarizeOptions::default(), &cancel).is_err());
+    }
+
+    /// A window starting at `start` s whose frames have local speaker `l` active where
+    /// `active(t, l)` says so (time in seconds on the recording's timeline).
+    fn window(start: f64, active: impl Fn(f64, usize) -> bool) -> Window {
+        let start = (start * SAMPLE_RATE as f64) as usize;
+        let mut w = Window {
+            start,
+            own: (0.0, f64::INFINITY),
+            classes: vec![0; 589],
+        };
+        for i in 0..589 {
+            let t = w.time(i);
+            let on: Vec<usize> = (0..3).filter(|&l| active(t, l)).collect();
+            w.classes[i] = POWERSET.iter().position(|s| *s == on.as_slice()).unwrap() as u8;
+        }
+        w
+    }
+
+    #[test]
+    fn locals_active_together_in_the_overlap_are_stitched() {
+        // Person A: 1-9 s (window 0's local 0, window 1's local 1). Person B: 0-1.5 s only
+        // (window 0's local 1, before window 1 starts). Person C: 11-12 s (window 1's local 0).
+        let w0 = window(0.0, |t, l| match l {
+            0 => (1.0..9.0).contains(&t),
+            1 => t < 1.5,
+            _ => false,
+        });
+        let w1 = window(2.5, |t, l| match l {
+            1 => t < 9.0,
+            0 => (11.0..12.0).contains(&t),
+            _ => false,
+        });
+        let mut chains = stitch(&[w0, w1]);
+        chains.sort();
+        assert_eq!(
+            chains,
+            vec![vec![(0, 0), (1, 1)], vec![(0, 1)], vec![(1, 0)]]
+        );
+    }
+
+    #[test]
+    fn speaker_bounds_are_honoured() {
+        let dirs = [[1.0, 0.1, 0.0], [0.0, 1.0, 0.1], [0.1, 0.0, 1.0]];
+        let locals: Vec<Local> = (0..9)
+            .map(|i| Local {
+                members: vec![(i, 0)],
+                clean: 3.0,
+                embedding: ge2e::normalised(dirs[i % 3].to_vec()),
+            })
+            .collect();
+        let cancel = Cancel::new();
+        let count = |o: DiarizeOptions| {
+            let labels = cluster(&locals, &o, &cancel).unwrap();
+            labels.iter().max().unwrap() + 1
+        };
+        assert_eq!(count(DiarizeOptions::default()), 3);
+        let at_most_two = DiarizeOptions {
+            max_speakers: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(count(at_most_two), 2);
+        // A low bar would merge everything; at least 3 keeps the three.
+        let at_least_three = DiarizeOptions {
+            min_speakers: Some(3),
+            threshold: -1.0,
+            ..Default::default()
+        };
+        assert_eq!(count(at_least_three), 3);
+        // Two locals of one window are never one speaker, whatever the similarity.
+        let twins = vec![
+            Local {
+                members: vec![(0, 0)],
+                clean: 3.0,
+                embedding: vec![1.0, 0.0],
+            },
+            Local {
+                members: vec![(0, 1)],
+                clean: 3.0,
+                embedding: vec![1.0, 0.0],
+            },
+        ];
+        let labels = cluster(&twins, &DiarizeOptions::default(), &cancel).unwrap();
+        assert_ne!(labels[0], labels[1]);
+    }
+
+    #[test]
+    fn rttm_lines_become_turns() {
+        let text = "SPEAKER f 1 6.690 0.430 <NA> <NA> speaker90 <NA> <NA>\n\
+                    SPEAKER f 1 7.550 0.800 <NA> <NA> speaker91 <NA> <NA>\n\
+                    SPEAKER f 1 8.320 1.700 <NA> <NA> speaker90 <NA> <NA>\n";
+        let turns = parse_rttm(text).unwrap();
+        assert_eq!(turns.len(), 3);
+        assert_eq!(turns[1].speaker, 1);
+        assert_eq!(turns[2].speaker, 0);
+        assert!((turns[2].end - 10.02).abs() < 1e-9);
+        assert!(parse_rttm("SPEAKER f 1 x 0.4 <NA> <NA> a").is_err());
     }
 
     #[test]

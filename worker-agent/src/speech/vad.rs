@@ -87,7 +87,11 @@ impl Vad {
                         .into_shape_with_order((1, 1, STATE))
                         .map_err(|e| format!("voice activity state {name}: {e}"))
                 };
-                Ok((probs.iter().copied().collect::<Vec<f32>>(), state("hn")?, state("cn")?))
+                Ok((
+                    probs.iter().copied().collect::<Vec<f32>>(),
+                    state("hn")?,
+                    state("cn")?,
+                ))
             })?;
             probs.extend(p);
             h = hn;
