@@ -137,6 +137,8 @@ pub struct Transcription {
     pub vad_seconds: f64,
     /// Seconds of audio not transcribed because nobody speaks in them.
     pub skipped_seconds: f64,
+    /// `full()` calls made (pieces decoded).
+    pub pieces: usize,
 }
 
 /// A loaded Whisper model, kept between jobs, with the voice activity detector found beside it
@@ -340,6 +342,7 @@ impl Transcriber {
                 whisper_seconds: 0.0,
                 vad_seconds: 0.0,
                 skipped_seconds: 0.0,
+                pieces: 0,
             });
         }
         let mut state = self
@@ -368,7 +371,9 @@ impl Transcriber {
                 samples: &samples[piece_range.clone()],
                 offset_seconds: piece_range.start as f64 / SAMPLE_RATE as f64,
                 language: language.as_deref(),
-                keep_context: i > 0,
+                // The text so far is the prompt within a stretch of speech; after skipped
+                // non-speech it is stale (and Whisper skips words a prompt already holds).
+                keep_context: i > 0 && pieces[i - 1].range.end == piece_range.start,
                 fitted: opts.fit_context && piece.fits_one_window(),
             };
             let (found, lang, seconds) =
@@ -385,6 +390,7 @@ impl Transcriber {
             vad_seconds,
             skipped_seconds: (samples.len() - speech_samples.min(samples.len())) as f64
                 / SAMPLE_RATE as f64,
+            pieces: pieces.len(),
         })
     }
 

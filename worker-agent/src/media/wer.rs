@@ -1,15 +1,34 @@
 //! Word error rate: how far a transcript is from the known text.
 //!
-//! Both texts are normalised the same way before comparing: lower case, every character that
-//! is not a letter, a digit or an apostrophe inside a word becomes a space, and the words are
-//! split on white space. The rate is the word-level edit distance (substitutions + deletions +
+//! Both texts are normalised the same way before comparing: Whisper's notes on non-speech
+//! (`[BLANK_AUDIO]`, `(music)`, `[inaudible]`) are dropped, then lower case, every character
+//! that is not a letter, a digit or an apostrophe inside a word becomes a space, and the words
+//! are split on white space. The rate is the word-level edit distance (substitutions + deletions +
 //! insertions) divided by the number of reference words, as speech benchmarks report it; it can
 //! exceed 1 when the hypothesis adds many words.
 
 /// The words of `text` after normalisation.
 pub fn normalized_words(text: &str) -> Vec<String> {
     let mut cleaned = String::with_capacity(text.len());
-    let chars: Vec<char> = text.chars().collect();
+    let mut depth = 0usize;
+    let chars: Vec<char> = text
+        .chars()
+        .map(|c| {
+            match c {
+                '[' | '(' => depth += 1,
+                ']' | ')' => {
+                    depth = depth.saturating_sub(1);
+                    return ' ';
+                }
+                _ => {}
+            }
+            if depth > 0 {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
     for (i, &c) in chars.iter().enumerate() {
         let inner_apostrophe = (c == '\'' || c == '\u{2019}')
             && i > 0
@@ -86,6 +105,43 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> WordErrors {
     }
 }
 
+/// The longest run of consecutive `reference` words that a best alignment leaves out of
+/// `hypothesis` (a lost sentence shows as a long run; decoding noise as short ones).
+pub fn longest_missing_run(reference: &str, hypothesis: &str) -> usize {
+    let r = normalized_words(reference);
+    let h = normalized_words(hypothesis);
+    let (n, m) = (r.len(), h.len());
+    // Edit distances, then a walk back that prefers matches over deletions.
+    let mut d = vec![vec![0usize; m + 1]; n + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=m {
+        d[0][j] = j;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let sub = d[i - 1][j - 1] + usize::from(r[i - 1] != h[j - 1]);
+            d[i][j] = sub.min(d[i - 1][j] + 1).min(d[i][j - 1] + 1);
+        }
+    }
+    let (mut i, mut j, mut run, mut longest) = (n, m, 0usize, 0usize);
+    while i > 0 || j > 0 {
+        if i > 0 && j > 0 && d[i][j] == d[i - 1][j - 1] + usize::from(r[i - 1] != h[j - 1]) {
+            i -= 1;
+            j -= 1;
+            run = 0;
+        } else if i > 0 && d[i][j] == d[i - 1][j] + 1 {
+            i -= 1;
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            j -= 1;
+        }
+    }
+    longest
+}
+
 /// The word error rate of `hypothesis` against `reference`.
 pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
     word_errors(reference, hypothesis).rate()
@@ -134,6 +190,20 @@ mod tests {
             "{e:?}"
         );
         assert!((e.rate() - 3.0 / 7.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn notes_on_non_speech_are_not_words_and_lost_runs_are_measured() {
+        assert_eq!(
+            normalized_words("[BLANK_AUDIO] Hello (whooshing) there [inaudible]"),
+            ["hello", "there"]
+        );
+        let full = "hello there. oh, I'm originally from Chicago also. I'm in New Jersey now.";
+        let lost = "hello there. I'm in New Jersey now.";
+        assert_eq!(longest_missing_run(full, lost), 6);
+        let noisy = "hello. oh I am originally from Chicago also. in New Jersey now.";
+        assert!(longest_missing_run(full, noisy) <= 2);
+        assert_eq!(longest_missing_run(full, full), 0);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The model reads 16 kHz audio in chunks of 512 samples (32 ms), each preceded by the last 64
 //! samples of the chunk before it, and carries an LSTM state from chunk to chunk; the ONNX graph
 //! takes a whole sequence of chunks at once (`input` `[chunks, 576]`, `h`/`c` `[1, 1, 128]`)
-//! and gives one speech probability per chunk. Transcription uses the probabilities to cut long
+//! and gives one speech probability per chunk. It is run 10 s at a time, the state carried
+//! over unless the last 10 s held no speech. Transcription uses the probabilities to cut long
 //! audio only where nobody speaks and to skip long stretches without speech
 //! ([`crate::media::pieces`]).
 
@@ -18,8 +19,12 @@ use crate::media::Cancel;
 pub const CHUNK: usize = 512;
 /// Samples of the previous chunk put in front of each chunk.
 const CONTEXT: usize = 64;
-/// Chunks per model call (about 5 min of audio; bounds the input's memory to ~23 MB).
-const CALL_CHUNKS: usize = 10_000;
+/// Chunks per model call (10 s of audio).
+const CALL_CHUNKS: usize = 312;
+/// After a call whose chunks all stay below this, the next call starts from a fresh state:
+/// minutes of music or noise carried in the state held the model's probabilities for the
+/// speech after them down to 0.4-0.5 (0.8-0.9 from a fresh state), and words were skipped.
+const RESET_BELOW: f32 = 0.35;
 /// The LSTM state's size.
 const STATE: usize = 128;
 
@@ -45,6 +50,10 @@ impl Vad {
         while first < chunks {
             if cancel.is_cancelled() {
                 return Err("cancelled".into());
+            }
+            if first > 0 && probs[first - CALL_CHUNKS..].iter().all(|&p| p < RESET_BELOW) {
+                h.fill(0.0);
+                c.fill(0.0);
             }
             let n = (chunks - first).min(CALL_CHUNKS);
             let mut input = Array2::<f32>::zeros((n, CONTEXT + CHUNK));
