@@ -7,6 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-deps.sh
 scripts/setup-test-model.sh
+scripts/setup-eval-set.sh
 scripts/setup-test-tools.sh
 # The cross-crate tests start the real daemons from target/debug; `cargo test` builds a binary
 # only for its own package's tests, so build both first.

@@ -10,25 +10,34 @@
 /// The words of `text` after normalisation.
 pub fn normalized_words(text: &str) -> Vec<String> {
     let mut cleaned = String::with_capacity(text.len());
-    let mut depth = 0usize;
-    let chars: Vec<char> = text
-        .chars()
-        .map(|c| {
-            match c {
-                '[' | '(' => depth += 1,
-                ']' | ')' => {
-                    depth = depth.saturating_sub(1);
-                    return ' ';
-                }
-                _ => {}
+    // A note is a bracketed span closed within NOTE_MAX characters; a bracket left open (Whisper
+    // writes stray "[" too) is only punctuation.
+    const NOTE_MAX: usize = 40;
+    let mut chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let close = match chars[i] {
+            '[' => ']',
+            '(' => ')',
+            _ => {
+                i += 1;
+                continue;
             }
-            if depth > 0 {
-                ' '
-            } else {
-                c
+        };
+        let end = chars[i + 1..]
+            .iter()
+            .take(NOTE_MAX)
+            .position(|&c| c == close || c == '[' || c == '(')
+            .map(|k| i + 1 + k)
+            .filter(|&k| chars[k] == close);
+        match end {
+            Some(k) => {
+                chars[i..=k].fill(' ');
+                i = k + 1;
             }
-        })
-        .collect();
+            None => i += 1,
+        }
+    }
     for (i, &c) in chars.iter().enumerate() {
         let inner_apostrophe = (c == '\'' || c == '\u{2019}')
             && i > 0
@@ -197,6 +206,11 @@ mod tests {
         assert_eq!(
             normalized_words("[BLANK_AUDIO] Hello (whooshing) there [inaudible]"),
             ["hello", "there"]
+        );
+        // A bracket left open does not swallow what follows.
+        assert_eq!(
+            normalized_words("came out [ Terry said so. [ federal"),
+            ["came", "out", "terry", "said", "so", "federal"]
         );
         let full = "hello there. oh, I'm originally from Chicago also. I'm in New Jersey now.";
         let lost = "hello there. I'm in New Jersey now.";
