@@ -89,6 +89,18 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// The CUDA version the installed driver supports (13000 for 13.0), when a driver is present.
+pub fn driver_cuda_version() -> Option<i32> {
+    if !driver_present() {
+        return None;
+    }
+    let mut v: std::ffi::c_int = 0;
+    // SAFETY: the driver library is present (checked above); cuDriverGetVersion writes one int
+    // through the pointer, which lives on this frame, and needs no cuInit.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some(v)
+}
+
 fn nvrtc_present() -> bool {
     // SAFETY: only tries `dlopen` on the candidate library names; no symbol is called.
     unsafe { cudarc::nvrtc::sys::is_culib_present() }

@@ -199,6 +199,33 @@ unsafe extern "C" fn should_abort(user_data: *mut c_void) -> bool {
     unsafe { &*(user_data as *const AtomicBool) }.load(Ordering::Relaxed)
 }
 
+/// The CUDA version this build's whisper.cpp was compiled against (13.x from PyPI's wheels,
+/// scripts/setup-cuda.sh), as the driver reports versions.
+const BUILT_CUDA: i32 = 13_000;
+
+/// Whether Whisper can run on a GPU here: `Ok` when this build has CUDA and the driver is new
+/// enough (whisper.cpp then picks the GPU itself), else why it runs on the CPU.
+pub fn whisper_gpu() -> Result<(), String> {
+    if !cfg!(feature = "cuda") {
+        return Err(
+            "this agent was built without CUDA (the morag-agent-cuda package, the agent-cuda \
+             image or scripts/build-cuda.sh have it)"
+                .into(),
+        );
+    }
+    match crate::gpu::cuda::driver_cuda_version() {
+        None => Err("no NVIDIA driver on this machine (libcuda.so.1 not found)".into()),
+        Some(v) if v < BUILT_CUDA => Err(format!(
+            "the NVIDIA driver supports CUDA {}.{}; this build needs CUDA {}.0 (driver 580 or \
+             newer): update the driver or use the CPU package",
+            v / 1000,
+            v % 1000 / 10,
+            BUILT_CUDA / 1000
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Whether a `GGML_*` build switch was on when this crate was compiled (whisper-rs-sys passes
 /// the same environment to whisper.cpp's cmake).
 fn ggml_switch(value: Option<&str>) -> bool {
@@ -285,8 +312,18 @@ impl Transcriber {
                 "not a whisper.cpp ggml model (bad magic); convert CTranslate2 models with `morag-agent model import-ct2`".into(),
             ));
         }
+        let gpu = whisper_gpu();
+        match &gpu {
+            Ok(()) => tracing::info!("whisper runs on the GPU (CUDA)"),
+            Err(why) if cfg!(feature = "cuda") => {
+                tracing::warn!(%why, "whisper falls back to the CPU")
+            }
+            Err(why) => tracing::debug!(%why, "whisper runs on the CPU"),
+        }
+        let mut params = WhisperContextParameters::default();
+        params.use_gpu(gpu.is_ok());
         let started = Instant::now();
-        let ctx = WhisperContext::new_with_params(model, WhisperContextParameters::default())
+        let ctx = WhisperContext::new_with_params(model, params)
             .map_err(|e| model_err(format!("whisper.cpp could not load it: {e}")))?;
         tracing::info!(model = %model.display(), load_ms = started.elapsed().as_millis() as u64, "whisper model loaded");
         let vad = crate::speech::vad::load_beside(model);
