@@ -32,7 +32,7 @@ use std::sync::Arc;
 use eval_common::EvalFile;
 use morag_agent::media::audio::{AudioOptions, Transcriber};
 use morag_agent::media::decode::decode_audio;
-use morag_agent::media::morag::Segment;
+use morag_agent::media::morag::plain_text;
 use morag_agent::media::wer::{word_error_rate, word_errors, WordErrors};
 use morag_agent::media::{Cancel, MediaKind, NoProgress};
 use morag_agent::speech::diarize::{der, DiarizeOptions, DEFAULT_THRESHOLD};
@@ -93,14 +93,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn text(segments: &[Segment]) -> String {
-    segments
-        .iter()
-        .map(|s| s.text.trim())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// faster-whisper's text per recording (greedy, float32, the same weights), or why not.
@@ -274,7 +266,7 @@ fn main() {
         };
         let ours = run(&opts(true));
         let full = run(&opts(false));
-        let (ours_text, full_text) = (text(&ours.segments), text(&full.segments));
+        let (ours_text, full_text) = (plain_text(&ours.segments), plain_text(&full.segments));
         let vs_full = word_errors(&full_text, &ours_text);
         if a.texts {
             eprintln!("{}\n  ours: {ours_text}\n  full: {full_text}", f.name);

@@ -104,6 +104,9 @@ pub struct ProcessArgs {
     /// Do not segment into topics.
     #[arg(long)]
     pub no_topics: bool,
+    /// Run everything on the CPU, even where a GPU is present.
+    #[arg(long)]
+    pub cpu: bool,
 }
 
 /// Flags of `serve`; they override the config file, `.env` and the environment.
@@ -360,7 +363,7 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
             crate::speech::SpeechModels::load(
                 &crate::speech::models_dir(&model),
                 threads,
-                crate::gpu::GpuConfig::default().enabled,
+                !args.cpu,
                 args.diarization
                     .then_some(true)
                     .or(args.no_diarization.then_some(false)),
@@ -384,6 +387,7 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
         translate: args.translate,
         beam_size: usize::from(args.beam_size),
         fit_context: !args.full_context,
+        gpu: !args.cpu,
         ..AudioOptions::default()
     };
     let cancel = Cancel::new();
@@ -394,7 +398,10 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let run_opts = media::RunOptions {
         audio: opts,
         transcriber: None,
-        engine: crate::gpu::select(&crate::gpu::GpuConfig::default()),
+        engine: crate::gpu::select(&crate::gpu::GpuConfig {
+            enabled: !args.cpu,
+            ..Default::default()
+        }),
         jpeg_quality: None,
     };
     let output: ProcessOutput = media::run(kind, file, &run_opts, &out_dir, &progress, &cancel)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use morag_agent::media::audio::{transcribe_file, AudioOptions, Transcriber, SAMPLE_RATE};
 use morag_agent::media::decode::decode_audio;
-use morag_agent::media::morag::{AudioMetadata, Segment};
+use morag_agent::media::morag::{plain_text, AudioMetadata, Segment};
 use morag_agent::media::wer::word_error_rate;
 use morag_agent::media::{Cancel, MediaKind, NoProgress, ProcessError, Progress};
 use serde_json::Value;
@@ -287,14 +287,6 @@ fn cancellation_stops_transcription_quickly() {
     assert!(!again.segments.is_empty());
 }
 
-fn text_of(segments: &[Segment]) -> String {
-    segments
-        .iter()
-        .map(|s| s.text.as_str())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[test]
 fn long_audio_is_transcribed_in_pieces_with_whole_timestamps() {
     let model = fixture_or_skip!("long_audio_pieces", audio_common::model());
@@ -318,7 +310,7 @@ fn long_audio_is_transcribed_in_pieces_with_whole_timestamps() {
         let t = transcriber
             .transcribe(&long, &opts, &NoProgress, (0.0, 100.0), &Cancel::new())
             .unwrap();
-        let text = text_of(&t.segments);
+        let text = plain_text(&t.segments);
         let wer = word_error_rate(&reference, &text);
         println!(
             "fit_context {fit}: {} segments, whisper {:.2} s, WER {wer:.3}",
@@ -380,7 +372,7 @@ fn q8_0_model_transcribes_as_well_as_f16() {
                         &Cancel::new(),
                     )
                     .unwrap();
-                word_error_rate(spoken, &text_of(&t.segments))
+                word_error_rate(spoken, &plain_text(&t.segments))
             })
             .collect();
         println!(

@@ -15,19 +15,11 @@ use std::sync::Arc;
 
 use morag_agent::media::audio::{AudioOptions, Transcriber};
 use morag_agent::media::decode::decode_audio;
-use morag_agent::media::morag::Segment;
+use morag_agent::media::morag::plain_text;
 use morag_agent::media::wer::{longest_missing_run, word_error_rate, word_errors};
 use morag_agent::media::{Cancel, MediaKind, NoProgress};
 use morag_agent::speech::diarize::{der, DiarizeOptions};
 use morag_agent::speech::SpeechModels;
-
-fn text(segments: &[Segment]) -> String {
-    segments
-        .iter()
-        .map(|s| s.text.trim())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 fn load(name: &str) -> Result<Vec<f32>, String> {
     let f = eval_common::eval_file(name)?;
@@ -71,14 +63,18 @@ fn no_sentence_of_real_conversations_is_lost_where_they_are_cut() {
     };
     let ours = run(true);
     let full = run(false);
-    let (ours_text, full_text) = (text(&ours.segments), text(&full.segments));
+    let (ours_text, full_text) = (plain_text(&ours.segments), plain_text(&full.segments));
     let e = word_errors(&full_text, &ours_text);
     let run_lost = longest_missing_run(&full_text, &ours_text);
     println!(
         "{} pieces; {} of {} full-context words missing, longest run {run_lost}; whisper {:.2} s against {:.2} s\n ours: {ours_text}\n full: {full_text}",
         ours.pieces, e.deletions, e.reference_words, ours.whisper_seconds, full.whisper_seconds
     );
-    assert!(ours.pieces >= 3, "90 s should be cut: {} pieces", ours.pieces);
+    assert!(
+        ours.pieces >= 3,
+        "90 s should be cut: {} pieces",
+        ours.pieces
+    );
     assert!(
         e.deletions * 10 <= e.reference_words,
         "{} of {} words lost",
@@ -134,7 +130,7 @@ fn minutes_of_hold_music_get_no_text() {
         out.skipped_seconds,
         out.whisper_seconds,
         out.vad_seconds,
-        text(&out.segments)
+        plain_text(&out.segments)
     );
     for s in &out.segments {
         assert!(
@@ -144,8 +140,8 @@ fn minutes_of_hold_music_get_no_text() {
     }
     assert!(out.skipped_seconds > 290.0, "{}", out.skipped_seconds);
     let spoken = [audio_common::JFK_TEXT; 2].join(" ");
-    let wer = word_error_rate(&spoken, &text(&out.segments));
-    assert!(wer <= 0.1, "WER {wer}: {}", text(&out.segments));
+    let wer = word_error_rate(&spoken, &plain_text(&out.segments));
+    assert!(wer <= 0.1, "WER {wer}: {}", plain_text(&out.segments));
 }
 
 #[test]

@@ -63,6 +63,8 @@ pub struct AudioOptions {
     pub temperature_fallback: bool,
     /// Speaker diarization and topic segmentation after transcription.
     pub speech: crate::speech::SpeechOptions,
+    /// Let Whisper use a GPU when this build and machine have one ([`whisper_gpu`]).
+    pub gpu: bool,
 }
 
 impl Default for AudioOptions {
@@ -76,6 +78,7 @@ impl Default for AudioOptions {
             fit_context: true,
             temperature_fallback: true,
             speech: Default::default(),
+            gpu: true,
         }
     }
 }
@@ -284,8 +287,13 @@ pub fn cpu_supports_whisper() -> Result<(), String> {
 }
 
 impl Transcriber {
-    /// Load a ggml model.
+    /// Load a ggml model, on the GPU when this build and machine allow ([`whisper_gpu`]).
     pub fn load(model: &Path) -> Result<Self, ProcessError> {
+        Self::load_on(model, true)
+    }
+
+    /// Load a ggml model; `gpu` false keeps Whisper on the CPU whatever the machine has.
+    pub fn load_on(model: &Path, gpu: bool) -> Result<Self, ProcessError> {
         route_whisper_logs();
         let model_err = |reason: String| ProcessError::Model {
             path: model.to_path_buf(),
@@ -312,7 +320,11 @@ impl Transcriber {
                 "not a whisper.cpp ggml model (bad magic); convert CTranslate2 models with `morag-agent model import-ct2`".into(),
             ));
         }
-        let gpu = whisper_gpu();
+        let gpu = if gpu {
+            whisper_gpu()
+        } else {
+            Err("turned off (enable_gpu = false, or --cpu)".to_string())
+        };
         match &gpu {
             Ok(()) => tracing::info!("whisper runs on the GPU (CUDA)"),
             Err(why) if cfg!(feature = "cuda") => {

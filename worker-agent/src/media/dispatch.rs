@@ -65,7 +65,7 @@ pub fn run(
             let transcriber = match &opts.transcriber {
                 Some(t) => &**t,
                 None => {
-                    loaded = Transcriber::load(&opts.audio.model)?;
+                    loaded = Transcriber::load_on(&opts.audio.model, opts.audio.gpu)?;
                     &loaded
                 }
             };

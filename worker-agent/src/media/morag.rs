@@ -182,19 +182,24 @@ pub struct TranscriptParts<'a> {
     pub topic_segmentation_skipped: Option<String>,
 }
 
+/// The transcript of `segments` as MoRAG writes it: `full_transcript += text + " "`, then
+/// strip.
+pub fn plain_text(segments: &[Segment]) -> String {
+    let mut transcript = String::new();
+    for s in segments {
+        transcript.push_str(&s.text);
+        transcript.push(' ');
+    }
+    transcript.trim().to_string()
+}
+
 /// Assemble MoRAG's result for an input whose audio was decoded to `info`.
 pub fn build_audio_result(
     facts: &FileFacts,
     info: &SourceInfo,
     parts: TranscriptParts<'_>,
 ) -> AudioResult {
-    // MoRAG: `full_transcript += text + " "`, then strip.
-    let mut transcript = String::new();
-    for s in &parts.segments {
-        transcript.push_str(&s.text);
-        transcript.push(' ');
-    }
-    let transcript = transcript.trim().to_string();
+    let transcript = plain_text(&parts.segments);
     let metadata = AudioMetadata {
         source_path: facts.source_path.clone(),
         source_name: facts.file_name.clone(),

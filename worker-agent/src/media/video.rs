@@ -483,7 +483,7 @@ pub fn process_video(
         let transcriber = match &opts.transcriber {
             Some(t) => Some(&**t),
             None if opts.audio.model.is_file() => {
-                loaded = Transcriber::load(&opts.audio.model)?;
+                loaded = Transcriber::load_on(&opts.audio.model, opts.audio.gpu)?;
                 Some(&loaded)
             }
             None => None,

@@ -64,7 +64,7 @@ impl MediaProcessor {
             tracing::warn!(%why, "audio jobs are not taken, videos are not transcribed");
             None
         } else if model.is_file() {
-            Some(Arc::new(Transcriber::load(&model)?))
+            Some(Arc::new(Transcriber::load_on(&model, gpu.enabled)?))
         } else {
             tracing::warn!(model = %model.display(), "no Whisper model: audio jobs are not taken, videos are not transcribed");
             None
@@ -76,6 +76,7 @@ impl MediaProcessor {
             ..Default::default()
         };
         opts.audio.model = model;
+        opts.audio.gpu = gpu.enabled;
         Ok(Self::new(opts))
     }
 

@@ -51,7 +51,11 @@ impl Vad {
             if cancel.is_cancelled() {
                 return Err("cancelled".into());
             }
-            if first > 0 && probs[first - CALL_CHUNKS..].iter().all(|&p| p < RESET_BELOW) {
+            if first > 0
+                && probs[first - CALL_CHUNKS..]
+                    .iter()
+                    .all(|&p| p < RESET_BELOW)
+            {
                 h.fill(0.0);
                 c.fill(0.0);
             }
