@@ -220,6 +220,15 @@ mod tests {
             let err = p.job_options(&spec(&[("beam_size", bad)])).unwrap_err();
             assert!(err.to_string().contains("beam width"), "{err}");
         }
+        let o = p
+            .job_options(&spec(&[("min_speakers", "2"), ("max_speakers", "4")]))
+            .unwrap();
+        assert_eq!(
+            (o.audio.speech.min_speakers, o.audio.speech.max_speakers),
+            (Some(2), Some(4))
+        );
+        let err = p.job_options(&spec(&[("max_speakers", "0")])).unwrap_err();
+        assert!(err.to_string().contains("speaker count"), "{err}");
         let err = p
             .job_options(&spec(&[("language", "klingon")]))
             .unwrap_err();
