@@ -428,8 +428,42 @@ impl Transcriber {
             let (found, lang, seconds) =
                 self.run_window(&mut state, &window, opts, progress, span, cancel)?;
             whisper_seconds += seconds;
-            segments.extend(found);
             language = language.or(lang);
+            // A piece holds no 2 s of non-speech, so a long segment without a word in it is
+            // speech Whisper passed over (tiny.en wrote "[" over 12 s of a telephone-band news
+            // report): decode that stretch again on its own.
+            for seg in found {
+                if !opts.fit_context
+                    || seg.end - seg.start < WORDLESS_RETRY_SECONDS
+                    || has_words(&seg.text)
+                {
+                    segments.push(seg);
+                    continue;
+                }
+                let a = ((seg.start * SAMPLE_RATE as f64) as usize).min(samples.len());
+                let b = ((seg.end * SAMPLE_RATE as f64).ceil() as usize).min(samples.len());
+                let again = Window {
+                    samples: &samples[a..b],
+                    offset_seconds: a as f64 / SAMPLE_RATE as f64,
+                    language: language.as_deref(),
+                    keep_context: false,
+                    fitted: true,
+                };
+                let (redone, _, more) =
+                    self.run_window(&mut state, &again, opts, progress, span, cancel)?;
+                whisper_seconds += more;
+                tracing::debug!(
+                    start = seg.start,
+                    end = seg.end,
+                    recovered = redone.iter().any(|r| has_words(&r.text)),
+                    "wordless segment decoded again"
+                );
+                if redone.iter().any(|r| has_words(&r.text)) {
+                    segments.extend(redone);
+                } else {
+                    segments.push(seg);
+                }
+            }
         }
         let speech_samples: usize = pieces.iter().map(|p| p.range.len()).sum();
         Ok(Transcription {
@@ -612,6 +646,14 @@ impl Transcriber {
             .or_else(|| window.language.map(str::to_string));
         Ok((segments, language, seconds))
     }
+}
+
+/// A segment at least this long with no word in it is decoded again on its own.
+const WORDLESS_RETRY_SECONDS: f64 = 2.0;
+
+/// Whether `text` holds a word (a letter or digit outside Whisper's bracketed notes).
+fn has_words(text: &str) -> bool {
+    !crate::media::wer::normalized_words(text).is_empty()
 }
 
 /// One `full()` call's input.
