@@ -69,33 +69,26 @@ out = wave.open(sys.argv[2], "wb")
 out.setparams(params)
 out.writeframes(frames * 60)
 PY
-wer() { # REFERENCE_FILE RESULT_JSON -> "wer hyp_words"
-    python3 - "$1" "$2" <<'PY'
+# Word edits between two texts (Whisper's notes dropped, lower case, punctuation dropped).
+# MODE wer REF_TXT RESULT_JSON -> "wer hyp_words"; MODE same A_JSON B_JSON -> yes / no (...)
+compare() {
+    python3 - "$@" <<'PY'
 import json, re, sys
+mode, x, y = sys.argv[1:4]
 norm = lambda t: re.sub(r"[^a-z0-9' ]", " ", re.sub(r"\[[^\]]{0,40}\]|\([^)]{0,40}\)", " ", t.lower())).split()
-ref = norm(open(sys.argv[1]).read())
-hyp = norm(json.load(open(sys.argv[2]))["result"]["transcript"])
-prev = list(range(len(hyp) + 1))
-for i, r in enumerate(ref, 1):
-    cur = [i]
-    for j, h in enumerate(hyp, 1):
-        cur.append(min(prev[j - 1] + (r != h), prev[j] + 1, cur[j - 1] + 1))
-    prev = cur
-print(f"{prev[-1] / max(len(ref), 1):.4f} {len(hyp)}")
-PY
-}
-same_words() { # A_JSON B_JSON -> yes/no (within 1 word in 100)
-    python3 - "$1" "$2" <<'PY'
-import json, re, sys
-norm = lambda t: re.sub(r"[^a-z0-9' ]", " ", t.lower()).split()
-a, b = (norm(json.load(open(p))["result"]["transcript"]) for p in sys.argv[1:3])
+text = lambda p: json.load(open(p))["result"]["transcript"]
+a = norm(open(x).read() if mode == "wer" else text(x))
+b = norm(text(y))
 prev = list(range(len(b) + 1))
-for i, x in enumerate(a, 1):
+for i, u in enumerate(a, 1):
     cur = [i]
-    for j, y in enumerate(b, 1):
-        cur.append(min(prev[j - 1] + (x != y), prev[j] + 1, cur[j - 1] + 1))
+    for j, v in enumerate(b, 1):
+        cur.append(min(prev[j - 1] + (u != v), prev[j] + 1, cur[j - 1] + 1))
     prev = cur
-print("yes" if prev[-1] * 100 <= max(len(a), 1) else f"no ({prev[-1]} of {len(a)} words differ)")
+if mode == "wer":
+    print(f"{prev[-1] / max(len(a), 1):.4f} {len(b)}")
+else:
+    print("yes" if prev[-1] * 100 <= max(len(a), 1) else f"no ({prev[-1]} of {len(a)} words differ)")
 PY
 }
 
@@ -118,14 +111,14 @@ for clip in jfk long; do
         fi
         end=$(date +%s.%N)
         took[$dev]=$(python3 -c "print(f'{$end - $start:.2f}')")
-        read -r w _ <<< "$(wer "$work/ref.txt" "$work/$clip-$dev.json")"
+        read -r w _ <<< "$(compare wer "$work/ref.txt" "$work/$clip-$dev.json")"
         note=""
         if [ "$dev" = gpu ] && ! grep -q "whisper runs on the GPU" "$work/$clip-$dev.log"; then
             note="NOT on the GPU: $(grep -m1 'falls back' "$work/$clip-$dev.log" || echo 'see the log')"
         fi
         match="-"; speedup="-"
         if [ "$dev" = gpu ] && [ -s "$work/$clip-cpu.json" ]; then
-            match="$(same_words "$work/$clip-cpu.json" "$work/$clip-gpu.json")"
+            match="$(compare same "$work/$clip-cpu.json" "$work/$clip-gpu.json")"
             speedup="$(python3 -c "print(f'{${took[cpu]} / ${took[gpu]}:.1f}x')")"
         fi
         row "$name" "$dev" "${took[$dev]}" "$(python3 -c "print(f'{${took[$dev]} / $secs:.4f}')")" "$w" "$match" "$speedup" "$note"

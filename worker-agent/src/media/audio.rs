@@ -415,14 +415,13 @@ impl Transcriber {
                 from + (to - from) * piece.range.start as f32 / total,
                 from + (to - from) * piece.range.end as f32 / total,
             );
-            let piece_range = piece.range.clone();
             let window = Window {
-                samples: &samples[piece_range.clone()],
-                offset_seconds: piece_range.start as f64 / SAMPLE_RATE as f64,
+                samples: &samples[piece.range.clone()],
+                offset_seconds: piece.range.start as f64 / SAMPLE_RATE as f64,
                 language: language.as_deref(),
                 // The text so far is the prompt within a stretch of speech; after skipped
                 // non-speech it is stale (and Whisper skips words a prompt already holds).
-                keep_context: i > 0 && pieces[i - 1].range.end == piece_range.start,
+                keep_context: i > 0 && pieces[i - 1].range.end == piece.range.start,
                 fitted: opts.fit_context && piece.fits_one_window(),
             };
             let (found, lang, seconds) =

@@ -454,25 +454,26 @@ fn stitch(windows: &[Window]) -> Vec<Vec<(usize, usize)>> {
         let (a, b) = (&windows[w], &windows[w + 1]);
         // Counts over b's frames that a also covers.
         let mut both = [[0usize; 3]; 3];
-        let mut in_a = [[0usize; 3]; 3]; // a's local active, per b's local pairing
-        let mut in_b = [[0usize; 3]; 3];
+        // Frames of the overlap each local is active on, in a and in b.
+        let (mut in_a, mut in_b) = ([0usize; 3], [0usize; 3]);
         for j in 0..b.classes.len() {
             let Some(i) = a.frame_at(b.time(j)) else {
                 continue;
             };
-            for la in 0..3 {
-                for lb in 0..3 {
-                    let (x, y) = (a.active(i, la), b.active(j, lb));
-                    both[la][lb] += usize::from(x && y);
-                    in_a[la][lb] += usize::from(x);
-                    in_b[la][lb] += usize::from(y);
+            for l in 0..3 {
+                in_a[l] += usize::from(a.active(i, l));
+                in_b[l] += usize::from(b.active(j, l));
+            }
+            for (la, row) in both.iter_mut().enumerate() {
+                for (lb, n) in row.iter_mut().enumerate() {
+                    *n += usize::from(a.active(i, la) && b.active(j, lb));
                 }
             }
         }
         let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
         for la in 0..3 {
             for lb in 0..3 {
-                let either = in_a[la][lb] + in_b[la][lb] - both[la][lb];
+                let either = in_a[la] + in_b[lb] - both[la][lb];
                 if both[la][lb] >= min_frames && either > 0 {
                     let iou = both[la][lb] as f64 / either as f64;
                     if iou >= STITCH_IOU {
