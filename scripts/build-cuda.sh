@@ -30,6 +30,8 @@ ARCHS="${MORAG_CUDA_ARCHS:-75-real;80-real;86-real;89-real;90-real;90-virtual}"
 export PATH="$C/bin:$PATH"
 export CUDAToolkit_ROOT="$C"
 export CMAKE_CUDA_ARCHITECTURES="$ARCHS"
+# The agent reads it at compile time: GPUs older than the oldest are reported as not used.
+export MORAG_CUDA_ARCHS="$ARCHS"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 export GGML_CUDA_NO_VMM=ON
 export GGML_NATIVE=OFF

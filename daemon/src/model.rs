@@ -213,6 +213,8 @@ pub struct Attempt {
     /// running, completed, failed, timed_out, lost, cancelled, cancel_unacknowledged, refused.
     pub outcome: String,
     pub error: Option<String>,
+    /// Where it ran on the agent: `cuda:N` (a GPU) or `cpu`; `None` until the agent says.
+    pub device: Option<String>,
 }
 
 /// A file a job produced, in the content store.

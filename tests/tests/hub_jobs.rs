@@ -487,6 +487,8 @@ async fn drain_holds_work_and_gpu_preferring_jobs_fall_back_to_cpu_after_the_wai
         "dispatched after {waited:?}"
     );
     assert_eq!(done["attempts"][0]["agent_id"], "cpu-1");
+    // The agent said where it ran the job (no GPU here: the CPU).
+    assert_eq!(done["attempts"][0]["device"], "cpu", "{done}");
     // A job that requires a GPU never goes to the CPU agent: it waits for gpu-1.
     let gpu_only = hub
         .api

@@ -31,10 +31,11 @@ use crate::message::Envelope;
 pub const ALPN: &[u8] = b"morag/1";
 
 /// Oldest protocol version this build speaks. Version 2 added the GPUs' live figures to a
-/// worker's health report; version 1 peers are refused with both ranges named.
-pub const MIN_VERSION: u16 = 2;
+/// worker's health report, version 3 whether the worker uses each GPU (and why not) and its
+/// tasks there; older peers are refused with both ranges named.
+pub const MIN_VERSION: u16 = 3;
 /// Newest protocol version this build speaks.
-pub const MAX_VERSION: u16 = 2;
+pub const MAX_VERSION: u16 = 3;
 
 /// Largest transfer offer frame: header plus up to [`crate::manifest::MAX_PIECES`] hashes.
 pub const MAX_OFFER_FRAME: usize = 4 << 20;

@@ -161,7 +161,7 @@ fn main() {
     let speech = Arc::new(SpeechModels::load(
         &models_dir,
         a.threads,
-        false,
+        None,
         None,
         Some(false),
     ));

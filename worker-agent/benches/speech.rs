@@ -54,7 +54,7 @@ fn main() {
         }
     }
     let models_dir = speech_models_dir().expect("speech models (scripts/setup-test-model.sh)");
-    let speech = Arc::new(SpeechModels::load(&models_dir, threads, false, None, None));
+    let speech = Arc::new(SpeechModels::load(&models_dir, threads, None, None, None));
     let diarizer = speech
         .diarizer
         .as_ref()

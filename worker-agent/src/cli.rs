@@ -363,7 +363,7 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
             crate::speech::SpeechModels::load(
                 &crate::speech::models_dir(&model),
                 threads,
-                !args.cpu,
+                (!args.cpu).then_some(0),
                 args.diarization
                     .then_some(true)
                     .or(args.no_diarization.then_some(false)),
@@ -592,9 +592,16 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
         let model = config.model_path();
         let gpu = crate::gpu::GpuConfig {
             enabled: config.enable_gpu,
+            devices: config.gpu_devices.clone(),
+            tasks_per_gpu: config.max_tasks_per_gpu,
+            max_concurrent_tasks: config.max_concurrent_tasks,
+            agent_memory_limit: config.gpu_memory_limit,
+            // The frame pool takes at most a quarter of the agent's share of a GPU.
             memory_limit_bytes: config
                 .gpu_memory_limit
-                .unwrap_or(crate::gpu::GpuConfig::default().memory_limit_bytes),
+                .map_or(crate::gpu::GpuConfig::default().memory_limit_bytes, |l| {
+                    (l / 4).min(crate::gpu::GpuConfig::default().memory_limit_bytes)
+                }),
             ..Default::default()
         };
         let quality = config.thumbnail_quality;
@@ -602,17 +609,18 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
         let threads = audio::default_threads() / config.max_concurrent_tasks.max(1) as usize;
         let speech_dir = config.speech_models_dir();
         let (diarization, topics) = (config.enable_diarization, config.enable_topic_segmentation);
-        let speech_gpu = config.enable_gpu;
         let processor = tokio::task::spawn_blocking(move || {
-            let speech = crate::speech::SpeechModels::load(
-                &speech_dir,
-                threads.max(1),
-                speech_gpu,
-                diarization,
-                topics,
-            );
-            crate::serve::MediaProcessor::load(model, &gpu, quality)
-                .map(|p| p.with_threads(threads).with_speech(speech))
+            crate::serve::MediaProcessor::load(model, &gpu, quality).map(|p| {
+                p.with_threads(threads).with_speech(|device| {
+                    crate::speech::SpeechModels::load(
+                        &speech_dir,
+                        threads.max(1),
+                        device,
+                        diarization,
+                        topics,
+                    )
+                })
+            })
         })
         .await??;
         crate::serve::run(config, std::sync::Arc::new(processor), shutdown).await

@@ -92,6 +92,11 @@ impl HardwareFingerprint {
     }
 }
 
+/// The GPUs NVML lists now (with their free memory), or why none can be listed.
+pub fn list_gpus() -> Result<Vec<GpuInfo>, String> {
+    probe_gpus().map(|p| p.gpus)
+}
+
 struct GpuProbe {
     driver_version: Option<String>,
     cuda_version: Option<String>,

@@ -32,7 +32,7 @@ fn load(name: &str) -> Result<Vec<f32>, String> {
 
 fn speech_models() -> Result<Arc<SpeechModels>, String> {
     let dir = audio_common::repo_root().join("models");
-    let m = SpeechModels::load(&dir, 2, false, None, Some(false));
+    let m = SpeechModels::load(&dir, 2, None, None, Some(false));
     m.diarizer.as_ref().map_err(|e| e.clone())?;
     Ok(Arc::new(m))
 }

@@ -139,7 +139,7 @@ fn check_conversation(name: &str, voices: &[Voice], turns: &[(usize, &str)]) {
             return;
         }
     };
-    let loaded = SpeechModels::load(&models, 2, false, Some(true), Some(false));
+    let loaded = SpeechModels::load(&models, 2, None, Some(true), Some(false));
     let diarizer = loaded.diarizer.as_ref().expect("diarization models load");
     let t = std::time::Instant::now();
     let hyp = diarizer
@@ -179,7 +179,7 @@ fn jfk_is_one_speaker() {
     let models = fixture_or_skip!("jfk_one_speaker", speech_models_dir());
     let jfk = fixture_or_skip!("jfk_one_speaker", audio_common::jfk());
     // Asking for the GPU with the CPU build of ONNX Runtime falls back to the CPU.
-    let loaded = SpeechModels::load(&models, 2, true, None, Some(false));
+    let loaded = SpeechModels::load(&models, 2, Some(0), None, Some(false));
     assert!(!morag_agent::speech::onnx::cuda_available());
     let diarizer = loaded.diarizer.as_ref().expect("diarization models load");
     let turns = diarizer
@@ -208,7 +208,7 @@ fn a_change_of_subject_is_a_topic_boundary_and_speakers_reach_morags_fields() {
     let opts = AudioOptions {
         model: model.clone(),
         speech: SpeechOptions {
-            models: std::sync::Arc::new(SpeechModels::load(&models, 2, false, None, None)),
+            models: std::sync::Arc::new(SpeechModels::load(&models, 2, None, None, None)),
             ..Default::default()
         },
         ..Default::default()
@@ -295,7 +295,7 @@ fn transcript_segments_follow_the_speakers_in_a_quick_exchange() {
     let opts = AudioOptions {
         model: model.clone(),
         speech: SpeechOptions {
-            models: std::sync::Arc::new(SpeechModels::load(&models, 2, false, None, Some(false))),
+            models: std::sync::Arc::new(SpeechModels::load(&models, 2, None, None, Some(false))),
             ..Default::default()
         },
         ..Default::default()
@@ -347,7 +347,7 @@ fn without_models_the_result_says_why() {
             models: std::sync::Arc::new(SpeechModels::load(
                 empty.path(),
                 1,
-                false,
+                None,
                 None,
                 Some(false),
             )),

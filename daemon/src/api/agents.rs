@@ -26,7 +26,7 @@ pub async fn list(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Val
             let running: Vec<_> = open
                 .iter()
                 .filter(|x| x.agent_id == a.id)
-                .map(|x| json!({"attempt_id": x.id, "job_id": x.job_id}))
+                .map(|x| json!({"attempt_id": x.id, "job_id": x.job_id, "device": x.device}))
                 .collect();
             let status = l.map(|l| l.session.status());
             json!({

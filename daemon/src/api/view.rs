@@ -25,6 +25,8 @@ pub fn attempt(a: &Attempt) -> Value {
         "finished_at": iso_opt(a.finished_ms),
         "outcome": a.outcome,
         "error": a.error,
+        // `cuda:N` or `cpu`, as the agent reported; null until it did.
+        "device": a.device,
     })
 }
 

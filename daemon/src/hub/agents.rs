@@ -431,7 +431,13 @@ impl Hub {
         };
         match self
             .store
-            .record_progress(&job_id, &p.task_id, &progress, unix_ms())
+            .record_progress(
+                &job_id,
+                &p.task_id,
+                &progress,
+                p.metadata.get("device").map(String::as_str),
+                unix_ms(),
+            )
             .await
         {
             Ok((Fenced::Applied, events)) => self.publish(events),

@@ -203,11 +203,14 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         now_ms: u64,
     ) -> StoreResult<Events>;
+    /// Progress of the current attempt; `device`: where it runs on its agent (`cuda:N`,
+    /// `cpu`), when the agent says.
     async fn record_progress(
         &self,
         job_id: &str,
         attempt_id: &str,
         progress: &JobProgress,
+        device: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)>;
     /// The attempt completed with this result and these artifacts.

@@ -346,6 +346,8 @@ function gpuCell(a) {
     if (g.utilization != null) parts.push(`${Math.round(g.utilization)} % busy`);
     parts.push(used != null ? `${bytes(used)} / ${bytes(total)}` : bytes(total));
     if (g.temperature_c != null) parts.push(`${Math.round(g.temperature_c)} °C`);
+    if (g.in_use) parts.push(`used · ${g.running_tasks} running`);
+    else if (g.not_used_reason) parts.push(`not used: ${g.not_used_reason}`);
     return h("div", { class: "gpu" }, parts.join(" · "));
   });
   return h("div", {}, rows);
@@ -375,7 +377,7 @@ function renderAgents(agents, reload) {
       h("td", {}, hl ? `CPU ${pct(hl.cpu_usage)} · mem ${pct(hl.memory_usage)}` : "–"),
       h("td", {}, conn ? `quality ${Math.round(conn.quality * 100)} % · RTT ${conn.latency_ms == null ? "–" : conn.latency_ms.toFixed(1) + " ms"}` : h("span", { class: "muted" }, a.connected && a.hub ? `via hub ${a.hub}` : `last seen ${when(a.last_seen_at)}`)),
       h("td", { class: "running" }, `${a.running.length} / ${a.max_concurrent_tasks}`,
-        a.running.map((r) => h("div", {}, h("a", { href: `#/jobs/${r.job_id}` }, r.job_id.slice(0, 12) + "…")))),
+        a.running.map((r) => h("div", {}, h("a", { href: `#/jobs/${r.job_id}` }, r.job_id.slice(0, 12) + "…"), r.device ? ` on ${r.device}` : ""))),
       h("td", {}, drainBtn));
   });
   return h("table", { class: "agents" },
@@ -544,9 +546,9 @@ function jobPage(id) {
         job.error ? dl("error", h("span", { class: "error" }, job.error)) : null),
     ].filter(Boolean));
     attempts.replaceChildren(job.attempts.length
-      ? h("table", {}, h("thead", {}, h("tr", {}, ["#", "agent", "dispatched", "started", "finished", "outcome", "error"].map((t) => h("th", {}, t)))),
+      ? h("table", {}, h("thead", {}, h("tr", {}, ["#", "agent", "device", "dispatched", "started", "finished", "outcome", "error"].map((t) => h("th", {}, t)))),
         h("tbody", {}, job.attempts.map((a) => h("tr", {},
-          h("td", {}, a.number), h("td", {}, a.agent_id), h("td", {}, when(a.dispatched_at)), h("td", {}, when(a.started_at)),
+          h("td", {}, a.number), h("td", {}, a.agent_id), h("td", {}, a.device || "—"), h("td", {}, when(a.dispatched_at)), h("td", {}, when(a.started_at)),
           h("td", {}, when(a.finished_at)), h("td", {}, badge(a.outcome)), h("td", { class: "error" }, a.error || "")))))
       : h("p", { class: "muted" }, "Not dispatched yet."));
   };

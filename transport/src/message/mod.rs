@@ -252,6 +252,9 @@ pub(crate) mod strategies {
                             memory_used_bytes: last,
                             memory_total_bytes: last.map(|m| m / 2),
                             temperature_c: gpu.map(|g| g / 2.0),
+                            in_use: i % 2 == 0,
+                            not_used_reason: (i % 2 == 1).then(|| format!("reason {e}")),
+                            running_tasks: q,
                         })
                         .collect(),
                 },

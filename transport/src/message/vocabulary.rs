@@ -47,6 +47,13 @@ pub struct GpuStatus {
     pub memory_total_bytes: Option<u64>,
     /// Core temperature in degrees Celsius.
     pub temperature_c: Option<f32>,
+    /// The worker places work on this GPU. Since protocol version 3.
+    pub in_use: bool,
+    /// Why it does not, when it does not (no driver, driver too old for the worker's build,
+    /// out of memory, disabled). Since protocol version 3.
+    pub not_used_reason: Option<String>,
+    /// Tasks running on it now. Since protocol version 3.
+    pub running_tasks: u32,
 }
 
 /// State of a connection, as one side sees it.

@@ -10,8 +10,10 @@
 //! - `cuda.rs`: the CUDA engine (context, NVRTC-compiled kernels, launches).
 //! - `kernels.rs`: the CUDA C source of the kernels.
 //! - `pool.rs`: device buffers reused by size class under a memory limit.
+//! - `devices.rs`: which GPUs of the box are used, and the placement of each job on one.
 
 pub mod cuda;
+pub mod devices;
 pub mod kernels;
 pub mod pool;
 
@@ -32,6 +34,16 @@ pub struct GpuConfig {
     pub device: usize,
     /// Most device memory the frame pool may hold, in bytes.
     pub memory_limit_bytes: u64,
+    /// Which GPUs jobs are placed on (`gpu_devices`, `MORAG_REMOTE_GPU_DEVICES`).
+    #[serde(skip)]
+    pub devices: devices::Selection,
+    /// Jobs at once on one GPU; `None`: the agent's limit spread over its GPUs.
+    pub tasks_per_gpu: Option<u32>,
+    /// Jobs at once on the whole agent (`max_concurrent_tasks`).
+    pub max_concurrent_tasks: u32,
+    /// `gpu_memory_limit_gb`: the most memory the agent uses on one GPU (model, jobs, frame
+    /// pool); `None`: what the GPU has free.
+    pub agent_memory_limit: Option<u64>,
 }
 
 impl Default for GpuConfig {
@@ -40,6 +52,10 @@ impl Default for GpuConfig {
             enabled: true,
             device: 0,
             memory_limit_bytes: 512 << 20,
+            devices: devices::Selection::All,
+            tasks_per_gpu: None,
+            max_concurrent_tasks: 1,
+            agent_memory_limit: None,
         }
     }
 }
@@ -56,6 +72,48 @@ pub enum Engine {
 pub struct CudaHandle {
     pub engine: cuda::CudaEngine,
     warned: AtomicBool,
+}
+
+/// The CUDA version this build's whisper.cpp was compiled against (13.x from PyPI's wheels,
+/// scripts/setup-cuda.sh), as the driver reports versions.
+pub const BUILT_CUDA: i32 = 13_000;
+
+/// The oldest GPU architecture this build has code for, as a compute capability: the lowest
+/// of the architectures scripts/build-cuda.sh compiled (`MORAG_CUDA_ARCHS` at build time;
+/// its default starts at Turing, 7.5).
+pub fn oldest_arch() -> (u32, u32) {
+    oldest_of(option_env!("MORAG_CUDA_ARCHS").unwrap_or("75-real"))
+}
+
+fn oldest_of(archs: &str) -> (u32, u32) {
+    archs
+        .split(';')
+        .filter_map(|a| {
+            let digits: String = a.trim().chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u32>().ok()
+        })
+        .min()
+        .map(|n| (n / 10, n % 10))
+        .unwrap_or((7, 5))
+}
+
+/// The facts [`devices::decide`] rests on, read from this build and machine.
+pub fn machine_facts(
+    enabled: bool,
+    selection: devices::Selection,
+    needed_bytes: u64,
+    memory_limit: Option<u64>,
+) -> devices::Facts {
+    devices::Facts {
+        enabled,
+        selection,
+        cuda_build: cfg!(feature = "cuda"),
+        driver_cuda: cuda::driver_cuda_version(),
+        built_cuda: BUILT_CUDA,
+        oldest_arch: oldest_arch(),
+        needed_bytes,
+        memory_limit,
+    }
 }
 
 /// Whether a CUDA driver can be loaded on this machine.
@@ -223,6 +281,17 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oldest_architecture_is_read_from_the_build_list() {
+        assert_eq!(
+            oldest_of("75-real;80-real;86-real;89-real;90-real;90-virtual"),
+            (7, 5)
+        );
+        assert_eq!(oldest_of("90"), (9, 0));
+        assert_eq!(oldest_of("86-real; 120a-real"), (8, 6));
+        assert_eq!(oldest_of("native"), (7, 5));
+    }
 
     #[test]
     fn disabled_config_selects_cpu() {

@@ -150,6 +150,7 @@ pub struct Transcriber {
     ctx: WhisperContext,
     model_path: PathBuf,
     vad: Result<crate::speech::vad::Vad, String>,
+    device: Option<u32>,
 }
 
 impl std::fmt::Debug for Transcriber {
@@ -202,10 +203,6 @@ unsafe extern "C" fn should_abort(user_data: *mut c_void) -> bool {
     unsafe { &*(user_data as *const AtomicBool) }.load(Ordering::Relaxed)
 }
 
-/// The CUDA version this build's whisper.cpp was compiled against (13.x from PyPI's wheels,
-/// scripts/setup-cuda.sh), as the driver reports versions.
-const BUILT_CUDA: i32 = 13_000;
-
 /// Whether Whisper can run on a GPU here: `Ok` when this build has CUDA and the driver is new
 /// enough (whisper.cpp then picks the GPU itself), else why it runs on the CPU.
 pub fn whisper_gpu() -> Result<(), String> {
@@ -218,12 +215,12 @@ pub fn whisper_gpu() -> Result<(), String> {
     }
     match crate::gpu::cuda::driver_cuda_version() {
         None => Err("no NVIDIA driver on this machine (libcuda.so.1 not found)".into()),
-        Some(v) if v < BUILT_CUDA => Err(format!(
+        Some(v) if v < crate::gpu::BUILT_CUDA => Err(format!(
             "the NVIDIA driver supports CUDA {}.{}; this build needs CUDA {}.0 (driver 580 or \
              newer): update the driver or use the CPU package",
             v / 1000,
             v % 1000 / 10,
-            BUILT_CUDA / 1000
+            crate::gpu::BUILT_CUDA / 1000
         )),
         Some(_) => Ok(()),
     }
@@ -292,8 +289,28 @@ impl Transcriber {
         Self::load_on(model, true)
     }
 
-    /// Load a ggml model; `gpu` false keeps Whisper on the CPU whatever the machine has.
+    /// Load a ggml model; `gpu` false keeps Whisper on the CPU whatever the machine has, true
+    /// puts it on GPU 0 when this build and machine allow ([`whisper_gpu`]), with one log line
+    /// saying which and why.
     pub fn load_on(model: &Path, gpu: bool) -> Result<Self, ProcessError> {
+        let gpu = if gpu {
+            whisper_gpu()
+        } else {
+            Err("turned off (enable_gpu = false, or --cpu)".to_string())
+        };
+        match &gpu {
+            Ok(()) => tracing::info!("whisper runs on the GPU (CUDA)"),
+            Err(why) if cfg!(feature = "cuda") => {
+                tracing::warn!(%why, "whisper falls back to the CPU")
+            }
+            Err(why) => tracing::debug!(%why, "whisper runs on the CPU"),
+        }
+        Self::load_on_device(model, gpu.ok().map(|()| 0))
+    }
+
+    /// Load a ggml model on CUDA device `device` (CUDA's ordinal; the caller has checked that
+    /// the GPU can be used, [`crate::gpu::devices`]), or on the CPU for `None`.
+    pub fn load_on_device(model: &Path, device: Option<u32>) -> Result<Self, ProcessError> {
         route_whisper_logs();
         let model_err = |reason: String| ProcessError::Model {
             path: model.to_path_buf(),
@@ -320,24 +337,17 @@ impl Transcriber {
                 "not a whisper.cpp ggml model (bad magic); convert CTranslate2 models with `morag-agent model import-ct2`".into(),
             ));
         }
-        let gpu = if gpu {
-            whisper_gpu()
-        } else {
-            Err("turned off (enable_gpu = false, or --cpu)".to_string())
-        };
-        match &gpu {
-            Ok(()) => tracing::info!("whisper runs on the GPU (CUDA)"),
-            Err(why) if cfg!(feature = "cuda") => {
-                tracing::warn!(%why, "whisper falls back to the CPU")
-            }
-            Err(why) => tracing::debug!(%why, "whisper runs on the CPU"),
-        }
         let mut params = WhisperContextParameters::default();
-        params.use_gpu(gpu.is_ok());
+        params.use_gpu(device.is_some());
+        if let Some(n) = device {
+            // Flash attention: whisper.cpp's CUDA kernels for it cut the decoder's memory
+            // traffic; on the CPU it is slower here (BENCHMARKS.md), so only on the GPU.
+            params.gpu_device(n as c_int).flash_attn(true);
+        }
         let started = Instant::now();
         let ctx = WhisperContext::new_with_params(model, params)
             .map_err(|e| model_err(format!("whisper.cpp could not load it: {e}")))?;
-        tracing::info!(model = %model.display(), load_ms = started.elapsed().as_millis() as u64, "whisper model loaded");
+        tracing::info!(model = %model.display(), device = device.map_or("cpu".to_string(), |n| format!("cuda:{n}")), load_ms = started.elapsed().as_millis() as u64, "whisper model loaded");
         let vad = crate::speech::vad::load_beside(model);
         match &vad {
             Ok(_) => tracing::info!("voice activity detection loaded: long audio is cut in pauses"),
@@ -349,7 +359,13 @@ impl Transcriber {
             ctx,
             model_path: model.to_path_buf(),
             vad,
+            device,
         })
+    }
+
+    /// The CUDA device Whisper runs on, `None` for the CPU.
+    pub fn device(&self) -> Option<u32> {
+        self.device
     }
 
     /// Why there is no voice activity detection, if there is none.

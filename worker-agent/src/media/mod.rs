@@ -70,6 +70,10 @@ pub struct Progress {
 /// Where processors send progress. Must be cheap: it is called from the processing thread.
 pub trait ProgressSink: Send + Sync {
     fn report(&self, progress: Progress);
+
+    /// The device the job was placed on (`cuda:N` or `cpu`), said once before its work starts;
+    /// sinks that report to a hub pass it on with every report.
+    fn placed(&self, _device: &str) {}
 }
 
 /// A sink that drops every report.

@@ -65,9 +65,14 @@ pub struct ServeConfig {
     pub cleanup_interval: Duration,
     /// Per-attempt time limit unless the assignment sets one.
     pub task_timeout: Duration,
-    /// Use CUDA for frame work when present.
+    /// Use the GPUs (Whisper, diarization, frames) when present.
     pub enable_gpu: bool,
-    /// GPU memory the frame engine may pool, bytes; `None`: the engine's default.
+    /// Which GPUs (`gpu_devices`, `MORAG_REMOTE_GPU_DEVICES`: `all`, `none`, or `0,2`).
+    pub gpu_devices: crate::gpu::devices::Selection,
+    /// Jobs at once on one GPU; `None`: `max_concurrent_tasks` spread over the GPUs used.
+    pub max_tasks_per_gpu: Option<u32>,
+    /// The most memory the agent uses on one GPU (model, jobs' working memory, frame pool),
+    /// bytes; `None`: what the GPU has free.
     pub gpu_memory_limit: Option<u64>,
     /// How often a health heartbeat is sent.
     pub heartbeat_interval: Duration,
@@ -125,6 +130,8 @@ impl Default for ServeConfig {
             cleanup_interval: Duration::from_secs(60 * 60),
             task_timeout: Duration::from_secs(60 * 60),
             enable_gpu: true,
+            gpu_devices: crate::gpu::devices::Selection::All,
+            max_tasks_per_gpu: None,
             gpu_memory_limit: None,
             heartbeat_interval: Duration::from_secs(30),
             health_check_interval: Duration::from_secs(60),
@@ -245,6 +252,8 @@ struct FileConfig {
     cleanup_interval: Option<String>,
     task_timeout: Option<String>,
     enable_gpu: Option<bool>,
+    gpu_devices: Option<String>,
+    max_tasks_per_gpu: Option<i64>,
     gpu_memory_limit_gb: Option<f64>,
     heartbeat_interval: Option<String>,
     health_check_interval: Option<String>,
@@ -312,6 +321,10 @@ fn positive_int(field: &str, s: &str) -> Result<u32, ConfigError> {
             format!("expected a positive integer, got {s:?}"),
         )),
     }
+}
+
+fn gpu_devices(field: &str, s: &str) -> Result<crate::gpu::devices::Selection, ConfigError> {
+    s.parse().map_err(|e: String| invalid(field, e))
 }
 
 fn positive_gb(field: &str, s: &str) -> Result<u64, ConfigError> {
@@ -512,6 +525,12 @@ fn apply_file(c: &mut ServeConfig, path: &str, text: &str) -> Result<(), ConfigE
     if let Some(v) = f.enable_gpu {
         c.enable_gpu = v;
     }
+    if let Some(v) = f.gpu_devices {
+        c.gpu_devices = gpu_devices("gpu_devices", &v)?;
+    }
+    if let Some(v) = set_int("max_tasks_per_gpu", f.max_tasks_per_gpu)? {
+        c.max_tasks_per_gpu = Some(v);
+    }
     if let Some(v) = f.gpu_memory_limit_gb {
         c.gpu_memory_limit = Some(positive_gb("gpu_memory_limit_gb", &v.to_string())?);
     }
@@ -613,6 +632,12 @@ fn apply_env(c: &mut ServeConfig, get: &dyn Fn(&str) -> Option<String>) -> Resul
     }
     if let Some((k, v)) = var("ENABLE_GPU") {
         c.enable_gpu = boolean(&k, &v)?;
+    }
+    if let Some((k, v)) = var("GPU_DEVICES") {
+        c.gpu_devices = gpu_devices(&k, &v)?;
+    }
+    if let Some((k, v)) = var("MAX_TASKS_PER_GPU") {
+        c.max_tasks_per_gpu = Some(positive_int(&k, &v)?);
     }
     if let Some((k, v)) = var("GPU_MEMORY_LIMIT_GB") {
         c.gpu_memory_limit = Some(positive_gb(&k, &v)?);
@@ -769,6 +794,8 @@ mod tests {
             ("MORAG_REMOTE_TASK_TIMEOUT_MINUTES", "3"),
             ("MORAG_REMOTE_ENABLE_GPU", "false"),
             ("MORAG_REMOTE_GPU_MEMORY_LIMIT_GB", "1"),
+            ("MORAG_REMOTE_GPU_DEVICES", "3, 1"),
+            ("MORAG_REMOTE_MAX_TASKS_PER_GPU", "2"),
             ("MORAG_REMOTE_HEARTBEAT_INTERVAL_SECONDS", "7"),
             ("MORAG_REMOTE_HEALTH_CHECK_INTERVAL_SECONDS", "9"),
             ("MORAG_REMOTE_MAX_CONSECUTIVE_FAILURES", "2"),
@@ -786,6 +813,19 @@ mod tests {
         assert_eq!(c.task_timeout, Duration::from_secs(180));
         assert!(!c.enable_gpu);
         assert_eq!(c.gpu_memory_limit, Some(1_000_000_000));
+        assert_eq!(
+            c.gpu_devices,
+            crate::gpu::devices::Selection::Only(vec![1, 3])
+        );
+        assert_eq!(c.max_tasks_per_gpu, Some(2));
+        let e = load(
+            Sources::default(),
+            &env_of(&[("MORAG_REMOTE_GPU_DEVICES", "first")]),
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("MORAG_REMOTE_GPU_DEVICES: expected"), "{e}");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(7));
         assert_eq!(c.health_check_interval, Duration::from_secs(9));
         assert_eq!(c.max_consecutive_failures, 2);

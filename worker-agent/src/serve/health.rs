@@ -55,6 +55,8 @@ pub struct Load {
     pub queue_size: u32,
     pub undelivered: u32,
     pub max_consecutive_failures: u32,
+    /// Each GPU as the processor uses it (index, used or why not, tasks running there).
+    pub gpus: Vec<super::processor::GpuReport>,
 }
 
 impl Health {
@@ -99,9 +101,36 @@ impl Health {
             last_task_completed_ms: c.last_task_completed_ms,
             error_count: c.error_count,
             warnings,
-            gpus: s.gpus,
+            gpus: merge_gpus(s.gpus, &load.gpus),
         }
     }
+}
+
+/// The sampled GPUs with what the processor says of each: used, or why not; tasks there. A
+/// GPU the processor does not know of is not used (the processor lists every GPU it was told
+/// of when it uses any).
+fn merge_gpus(sampled: Vec<GpuStatus>, uses: &[super::processor::GpuReport]) -> Vec<GpuStatus> {
+    sampled
+        .into_iter()
+        .map(|mut g| {
+            match uses.iter().find(|u| u.index == g.index) {
+                Some(u) => {
+                    g.in_use = u.used.is_ok();
+                    g.not_used_reason = u.used.clone().err();
+                    g.running_tasks = u.running as u32;
+                }
+                None => {
+                    g.in_use = false;
+                    g.not_used_reason = Some(if uses.is_empty() {
+                        "no GPU is used by this agent (its log says why at start)".into()
+                    } else {
+                        "not known to the agent's job placement".into()
+                    });
+                }
+            }
+            g
+        })
+        .collect()
 }
 
 /// Reads CPU, memory and GPU figures. Blocking (NVML calls); keep one for the process life so
@@ -245,6 +274,54 @@ mod tests {
         assert!(r.healthy);
         assert_eq!(r.last_task_completed_ms, Some(42));
         assert_eq!(r.error_count, 3, "errors are counted for good");
+    }
+
+    #[test]
+    fn each_gpu_says_whether_it_is_used_and_why_not() {
+        use super::super::processor::GpuReport;
+        let h = Health::default();
+        let sampled = |i: u32| GpuStatus {
+            index: i,
+            name: format!("Fake GPU {i}"),
+            utilization: Some(50.0),
+            ..Default::default()
+        };
+        h.set_sample(Sample {
+            gpus: vec![sampled(0), sampled(1), sampled(2)],
+            ..Default::default()
+        });
+        let load = Load {
+            max_consecutive_failures: 3,
+            gpus: vec![
+                GpuReport {
+                    index: 0,
+                    used: Ok(()),
+                    running: 2,
+                },
+                GpuReport {
+                    index: 1,
+                    used: Err("out of memory: 0.4 GB free".into()),
+                    running: 0,
+                },
+            ],
+            ..Default::default()
+        };
+        let r = h.report(&load);
+        assert!(r.gpus[0].in_use && r.gpus[0].not_used_reason.is_none());
+        assert_eq!(r.gpus[0].running_tasks, 2);
+        assert!(!r.gpus[1].in_use);
+        assert_eq!(
+            r.gpus[1].not_used_reason.as_deref(),
+            Some("out of memory: 0.4 GB free")
+        );
+        assert!(!r.gpus[2].in_use && r.gpus[2].not_used_reason.is_some());
+        let none = h.report(&Load::default());
+        assert!(none.gpus.iter().all(|g| !g.in_use));
+        assert!(none.gpus[0]
+            .not_used_reason
+            .as_deref()
+            .unwrap()
+            .contains("no GPU is used"));
     }
 
     #[test]

@@ -60,7 +60,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use config::{OnHubLost, ServeConfig};
-pub use processor::{JobSpec, MediaProcessor, Processor};
+pub use processor::{GpuReport, JobSpec, MediaProcessor, Processor};
 pub use state::{Agent, Link, Running, StopReason};
 
 use outbox::Outbox;

@@ -42,6 +42,8 @@ pub struct HubProgress {
     attempt_id: String,
     link: watch::Receiver<Option<Link>>,
     throttle: Mutex<Throttle>,
+    /// Where the job runs (`metadata.device` of every report once known).
+    device: Mutex<Option<String>>,
 }
 
 impl HubProgress {
@@ -50,11 +52,21 @@ impl HubProgress {
             attempt_id,
             link,
             throttle: Mutex::new(Throttle::default()),
+            device: Mutex::new(None),
         }
     }
 }
 
 impl ProgressSink for HubProgress {
+    fn placed(&self, device: &str) {
+        *self.device.lock().unwrap() = Some(device.to_string());
+        self.report(Progress {
+            percent: 0.0,
+            stage: "start".into(),
+            message: Some(format!("on {device}")),
+        });
+    }
+
     fn report(&self, p: Progress) {
         if !self
             .throttle
@@ -72,6 +84,13 @@ impl ProgressSink for HubProgress {
             percent: p.percent.clamp(0.0, 100.0),
             stage: p.stage,
             message: p.message,
+            metadata: self
+                .device
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|d| ("device".to_string(), d.clone()))
+                .collect(),
             ..Default::default()
         }))
         .with_ttl(TTL);

@@ -359,6 +359,7 @@ impl Agent {
             queue_size: running.saturating_sub(processing),
             undelivered,
             max_consecutive_failures: self.config.max_consecutive_failures,
+            gpus: self.processor.gpus(),
         })
     }
 }

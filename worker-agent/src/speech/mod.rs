@@ -35,6 +35,9 @@ use crate::media::Cancel;
 pub mod files {
     /// ONNX Runtime's shared library (from the `onnxruntime` wheel).
     pub const ONNXRUNTIME: &str = "libonnxruntime.so";
+    /// ONNX Runtime with CUDA (from the `onnxruntime-gpu` wheel), with its CUDA provider
+    /// libraries beside it in that directory; used instead of the CPU one when a GPU is.
+    pub const ONNXRUNTIME_GPU: &str = "onnxruntime-gpu/libonnxruntime.so";
     /// pyannote segmentation-3.0.
     pub const SEGMENTATION: &str = "segmentation-3.0.onnx";
     /// The GE2E speaker encoder, converted to safetensors.
@@ -74,17 +77,26 @@ impl SpeechModels {
         }
     }
 
-    /// Load what `dir` holds, the ONNX models on CUDA when `gpu` is set and the runtime allows.
+    /// Load what `dir` holds, the ONNX models on CUDA device `gpu` when it is set and the
+    /// runtime allows (the CUDA build of ONNX Runtime, `model import onnxruntime-gpu`, is then
+    /// preferred over the CPU one: one runtime serves the whole process, the first load wins).
     /// `enable_*`: `Some(false)` turns a feature off; `None` and `Some(true)` load it when its
     /// files are present (a feature asked for but missing is logged as a warning).
     pub fn load(
         dir: &Path,
         threads: usize,
-        gpu: bool,
+        gpu: Option<u32>,
         enable_diarization: Option<bool>,
         enable_topics: Option<bool>,
     ) -> Self {
-        let runtime = || onnx::runtime(&dir.join(files::ONNXRUNTIME));
+        let runtime = || {
+            let gpu_lib = dir.join(files::ONNXRUNTIME_GPU);
+            if gpu.is_some() && gpu_lib.is_file() {
+                onnx::runtime(&gpu_lib)
+            } else {
+                onnx::runtime(&dir.join(files::ONNXRUNTIME))
+            }
+        };
         let need = |names: &[&str]| -> Result<Vec<PathBuf>, String> {
             let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
             let missing: Vec<String> = paths

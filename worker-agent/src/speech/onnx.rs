@@ -54,10 +54,15 @@ impl std::fmt::Debug for OnnxModel {
 }
 
 impl OnnxModel {
-    /// Load `path` with `threads` threads for its operators; on the GPU when `gpu` is set and
-    /// the loaded ONNX Runtime has CUDA (the `onnxruntime-gpu` build; the CPU build has not,
-    /// and a missing driver falls back to the CPU).
-    pub fn load(env: &Environment, path: &Path, threads: usize, gpu: bool) -> Result<Self, String> {
+    /// Load `path` with `threads` threads for its operators; on CUDA device `gpu` when it is
+    /// set and the loaded ONNX Runtime has CUDA (the `onnxruntime-gpu` build; the CPU build has
+    /// not, and a missing driver or library falls back to the CPU).
+    pub fn load(
+        env: &Environment,
+        path: &Path,
+        threads: usize,
+        gpu: Option<u32>,
+    ) -> Result<Self, String> {
         let fail = |e: &dyn std::fmt::Display| format!("cannot load {}: {e}", path.display());
         if !path.is_file() {
             return Err(format!("no model at {}", path.display()));
@@ -68,11 +73,13 @@ impl OnnxModel {
             .map_err(|e| fail(&e))?
             .with_inter_threads(1)
             .map_err(|e| fail(&e))?;
-        if gpu && cuda_available() {
+        if let Some(device) = gpu.filter(|_| cuda_available()) {
             builder = builder
-                .with_execution_providers([ort::ep::CUDA::default().build()])
+                .with_execution_providers([ort::ep::CUDA::default()
+                    .with_device_id(device as i32)
+                    .build()])
                 .map_err(|e| fail(&e))?;
-            tracing::info!(model = %path.display(), "ONNX Runtime has CUDA: asked for it (it falls back to the CPU, with its own warning, when the GPU cannot be used)");
+            tracing::info!(model = %path.display(), device = format!("cuda:{device}"), "ONNX Runtime has CUDA: asked for it (it falls back to the CPU, with its own warning, when the GPU cannot be used)");
         }
         let session = builder.commit_from_file(path).map_err(|e| fail(&e))?;
         Ok(Self {

@@ -133,5 +133,5 @@ pub fn load_beside(whisper_model: &std::path::Path) -> Result<Vad, String> {
     }
     let env = super::onnx::runtime(&lib)?;
     // A small LSTM run chunk after chunk: one thread is as fast as more, on the CPU.
-    Ok(Vad::new(OnnxModel::load(env, &model, 1, false)?))
+    Ok(Vad::new(OnnxModel::load(env, &model, 1, None)?))
 }

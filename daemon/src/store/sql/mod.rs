@@ -113,7 +113,7 @@ const JOB_COLUMNS: &str = "id, content_type, state, queue, priority, gpu, input_
     (SELECT agent_id FROM attempts WHERE attempts.id = jobs.current_attempt) AS agent_id";
 
 const ATTEMPT_COLUMNS: &str =
-    "id, job_id, agent_id, number, dispatched_ms, started_ms, finished_ms, outcome, error";
+    "id, job_id, agent_id, number, dispatched_ms, started_ms, finished_ms, outcome, error, device";
 
 /// States in which an attempt is out with an agent.
 const ACTIVE: &str = "('assigned', 'running')";
@@ -645,6 +645,7 @@ impl Store for SqlStore {
         job_id: &str,
         attempt_id: &str,
         p: &JobProgress,
+        device: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)> {
         let mut tx = self.tx().await?;
@@ -666,6 +667,13 @@ impl Store for SqlStore {
         .rows_affected();
         if n != 1 {
             return Ok((Fenced::Stale, vec![]));
+        }
+        if let Some(d) = device {
+            sqlx::query("UPDATE attempts SET device = $1 WHERE id = $2")
+                .bind(d)
+                .bind(attempt_id)
+                .execute(&mut *tx)
+                .await?;
         }
         let events = self
             .commit_with_event(
@@ -954,7 +962,7 @@ impl Store for SqlStore {
         let rows = sqlx::query(&format!(
             "SELECT attempts.id, attempts.job_id, attempts.agent_id, attempts.number, \
              attempts.dispatched_ms, attempts.started_ms, attempts.finished_ms, attempts.outcome, \
-             attempts.error FROM attempts LEFT JOIN agents ON agents.id = attempts.agent_id \
+             attempts.error, attempts.device FROM attempts LEFT JOIN agents ON agents.id = attempts.agent_id \
              WHERE attempts.outcome = 'running' AND (agents.lease_ms IS NULL OR agents.lease_ms < {}) \
              ORDER BY attempts.dispatched_ms",
             self.dialect.now_ms()

@@ -86,6 +86,7 @@ pub(super) fn attempt_from_row(r: &AnyRow) -> StoreResult<Attempt> {
         finished_ms: opt_u(r.try_get("finished_ms")?),
         outcome: r.try_get("outcome")?,
         error: r.try_get("error")?,
+        device: r.try_get("device")?,
     })
 }
 
