@@ -6,7 +6,8 @@
 #                                               CPU build's cache stays as it is)
 #   target/cuda/release/cuda-lib/               the CUDA runtime libraries it needs at run time
 #                                               (libcudart, libcublas, libcublasLt from the
-#                                               wheels; libnvrtc for the frame kernels), which
+#                                               wheels; libnvrtc for the frame kernels; libcurand
+#                                               for ONNX Runtime's CUDA provider), which
 #                                               the package installs in /usr/lib/morag-agent/cuda
 #
 # The binary finds those libraries through its run path ($ORIGIN/cuda-lib beside it, and
@@ -45,7 +46,8 @@ echo "build-cuda: built in $(( $(date +%s) - started )) s" >&2
 
 out="$CARGO_TARGET_DIR/release"
 mkdir -p "$out/cuda-lib"
-for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 libnvrtc-builtins.so.13.5; do
+for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 libnvrtc-builtins.so.13.5 \
+    libcurand.so.10; do
     cp -f "$C/lib/$lib" "$out/cuda-lib/"
 done
 # The driver must come from the machine, never from us.

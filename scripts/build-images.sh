@@ -3,6 +3,11 @@
 #
 #   scripts/build-images.sh           build localhost/morag-hub:latest and localhost/morag-agent:latest
 #   scripts/build-images.sh --check   build, then check both images (below)
+#   scripts/build-images.sh --cuda    also localhost/morag-agent-cuda:latest (target agent-cuda)
+#                                     from the binary scripts/build-cuda.sh made; with --check,
+#                                     the CUDA agent runs in its image on this machine (no GPU,
+#                                     no driver): it starts, logs why Whisper is not on a GPU,
+#                                     and transcribes jfk.wav on the CPU
 #
 # No registry is needed: the Debian 12 base comes from debootstrap and Debian's mirror (the one
 # apt uses here), the build stage's Rust toolchain is this machine's, copied into a local
@@ -19,7 +24,18 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 check=0
-[ "${1:-}" = "--check" ] && check=1
+cuda=0
+for arg in "$@"; do
+  case "$arg" in
+    --check) check=1 ;;
+    --cuda) cuda=1 ;;
+    *) echo "build-images: unknown argument $arg (--check, --cuda)" >&2; exit 2 ;;
+  esac
+done
+if [ "$cuda" -eq 1 ] && [ ! -x target/cuda/release/morag-agent ]; then
+  echo "build-images: no target/cuda/release/morag-agent: run scripts/build-cuda.sh first" >&2
+  exit 2
+fi
 [ "$(id -u)" -eq 0 ] || { echo "build-images: needs root (podman builds and chroot checks)" >&2; exit 77; }
 
 need=()
@@ -35,6 +51,7 @@ BASE=localhost/morag-debian:bookworm
 BUILDER=localhost/morag-rust:bookworm
 HUB=localhost/morag-hub:latest
 AGENT=localhost/morag-agent:latest
+AGENT_CUDA=localhost/morag-agent-cuda:latest
 log() { echo "build-images: $*"; }
 
 # The mirror apt uses here (deb822 or one-line sources).
@@ -90,6 +107,20 @@ for target in hub agent; do
     >"target/images-$target.log" 2>&1 || { tail -40 "target/images-$target.log"; exit 1; }
   log "$tag built in $(( $(date +%s) - started )) s, $(podman image inspect --format '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}')"
 done
+if [ "$cuda" -eq 1 ]; then
+  # The second build context: the stripped CUDA binary and its libraries.
+  stage=target/cuda/image
+  rm -rf "$stage" && mkdir -p "$stage"
+  strip -o "$stage/morag-agent" target/cuda/release/morag-agent
+  cp -a target/cuda/release/cuda-lib "$stage/"
+  log "building $AGENT_CUDA"
+  started=$(date +%s)
+  podman build --isolation chroot --format docker --layers \
+    --build-arg "BUILDER=$BUILDER" --build-arg "RUNTIME=$BASE" --build-context "cuda=$stage" \
+    -f packaging/container/Containerfile --target agent-cuda -t "$AGENT_CUDA" . \
+    >"target/images-agent-cuda.log" 2>&1 || { tail -40 "target/images-agent-cuda.log"; exit 1; }
+  log "$AGENT_CUDA built in $(( $(date +%s) - started )) s, $(podman image inspect --format '{{.Size}}' "$AGENT_CUDA" | awk '{printf "%.0f MB", $1/1e6}')"
+fi
 [ "$check" -eq 1 ] || exit 0
 
 # ---- the checks -------------------------------------------------------------------------------
@@ -100,6 +131,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -l "${mounts[$i]}" 2>/dev/null || true; done
   podman image unmount "$HUB" "$AGENT" >/dev/null 2>&1 || true
+  [ "$cuda" -eq 0 ] || podman image unmount "$AGENT_CUDA" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -136,6 +168,37 @@ chroot --userspec=10001:10001 "$agentfs" /usr/bin/morag-agent process /var/lib/m
   || { cat "$work/process.err"; fail "the agent could not transcribe jfk.wav in its image"; }
 grep -qi "country" "$work/out/jfk_transcript.txt" || fail "transcript: $(cat "$work/out/jfk_transcript.txt")"
 log "agent image transcribed jfk.wav: $(cat "$work/out/jfk_transcript.txt")"
+
+# The CUDA agent on a machine without a GPU or driver: it starts, every library resolves (the
+# driver's excepted: it is opened at run time, and not named), it says in one line why Whisper
+# is on the CPU, and transcribes.
+if [ "$cuda" -eq 1 ]; then
+  cudafs=$(podman image mount "$AGENT_CUDA")
+  out=$(chroot --userspec=10001:10001 "$cudafs" /usr/bin/morag-agent --version) || fail "CUDA agent --version in its image"
+  missing=$(chroot "$cudafs" ldd /usr/bin/morag-agent | grep 'not found' || true)
+  [ -z "$missing" ] || fail "the CUDA agent in its image lacks: $missing"
+  chroot "$cudafs" ldd /usr/bin/morag-agent | grep -q 'libcudart.so.13 => /usr/lib/morag-agent/cuda/' \
+    || fail "the CUDA agent does not find its CUDA runtime in /usr/lib/morag-agent/cuda"
+  if chroot "$cudafs" ldd /usr/bin/morag-agent | grep -q 'libcuda\.so'; then fail "the CUDA agent names the driver library"; fi
+  for fsdir in /proc /dev /sys; do bind "$fsdir" "$cudafs" "$fsdir"; done
+  bind "$work" "$cudafs" /tmp
+  bind "$work/models" "$cudafs" /var/lib/morag-agent/models
+  mkdir -p "$work/out-cpu" "$work/out-cuda" && chmod a+rwX "$work/out-cpu" "$work/out-cuda"
+  for image in cpu cuda; do
+    fs=$agentfs
+    [ "$image" = cuda ] && fs=$cudafs
+    started=$(date +%s%N)
+    chroot --userspec=10001:10001 "$fs" /usr/bin/morag-agent process /var/lib/morag-agent/models/jfk.wav \
+      --model /var/lib/morag-agent/models/ggml-tiny.en.bin --out "/tmp/out-$image" --summary \
+      >"$work/process-$image.txt" 2>"$work/process-$image.err" \
+      || { cat "$work/process-$image.err"; fail "the $image agent could not transcribe jfk.wav in its image"; }
+    log "$image agent image: jfk.wav in $(( ($(date +%s%N) - started) / 1000000 )) ms from start to result"
+  done
+  grep -q "whisper falls back to the CPU" "$work/process-cuda.err" \
+    || { cat "$work/process-cuda.err"; fail "the CUDA agent did not say why it is on the CPU"; }
+  grep -qi country "$work/out-cuda/jfk_transcript.txt" || fail "CUDA agent transcript: $(cat "$work/out-cuda/jfk_transcript.txt")"
+  log "CUDA agent image ($out), no driver here: $(grep -m1 'falls back' "$work/process-cuda.err" | sed 's/\x1b\[[0-9;]*m//g')"
+fi
 
 # The compose path, with chroot standing in for the container runtime.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

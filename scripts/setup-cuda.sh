@@ -3,7 +3,8 @@
 # building the agent with `--features cuda` on a machine without a GPU (scripts/build-cuda.sh).
 # Idempotent. Installs into $MORAG_CUDA_DIR (default .work/cuda):
 #
-#   venv/                     nvcc, cicc, ptxas, the CUDA runtime, cuBLAS and CCCL (thrust/cub)
+#   venv/                     nvcc, cicc, ptxas, the CUDA runtime, cuBLAS, cuRAND (for ONNX
+#                             Runtime's CUDA provider) and CCCL (thrust/cub)
 #   link/libcuda.so           an empty stand-in for the driver library with its soname
 #                             (libcuda.so.1), for the link step only: whisper-rs-sys asks the
 #                             linker for -lcuda, and with GGML_CUDA_NO_VMM nothing in the agent
@@ -29,6 +30,7 @@ PINS=(
     nvidia-cuda-crt==13.5.37
     nvidia-nvvm==13.5.37
     nvidia-cublas==13.10.0.20
+    nvidia-curand==10.4.5.25
     nvidia-cuda-cccl==13.3.5.0.6
 )
 mkdir -p "$DIR"

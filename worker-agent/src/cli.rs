@@ -39,6 +39,9 @@ pub enum Command {
     /// Manage Whisper models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// The GPUs as the agent sees them: each one used or not, and why not; `--self-test`
+    /// checks the frame kernels against the CPU on each (exit 1 when they differ).
+    Gpu(crate::diagnose::GpuArgs),
     /// Exit 0 when the agent serving from DIR holds a session with its hub, else say why and
     /// exit 1 (a container's or a monitor's health check; reads DIR/status.json).
     Healthcheck {
@@ -162,7 +165,8 @@ pub enum ModelCommand {
     /// Import a diarization or topic model file (checksum-checked; the GE2E checkpoint is
     /// converted to safetensors) into the models directory, where the agent finds it.
     Import {
-        /// onnxruntime, segmentation, speaker-encoder, sentence-encoder or sentence-tokenizer.
+        /// onnxruntime, onnxruntime-gpu, segmentation, speaker-encoder, sentence-encoder,
+        /// sentence-tokenizer or vad.
         kind: models::import::ImportKind,
         /// The file, as its registry package ships it.
         file: PathBuf,
@@ -292,6 +296,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Process(args) => process(args),
         Command::Serve(_) => anyhow::bail!("serve runs through cli::main"),
         Command::Enroll(args) => crate::enroll::run(args),
+        Command::Gpu(args) => {
+            if crate::diagnose::run(&args)? {
+                Ok(())
+            } else {
+                anyhow::bail!("the GPU's frame kernels gave other bytes than the CPU reference")
+            }
+        }
         Command::Healthcheck { dir, max_age } => {
             let s = crate::serve::status::check(
                 &dir,
@@ -363,7 +374,7 @@ fn process(args: ProcessArgs) -> anyhow::Result<()> {
             crate::speech::SpeechModels::load(
                 &crate::speech::models_dir(&model),
                 threads,
-                (!args.cpu).then_some(0),
+                (!args.cpu && audio::whisper_gpu().is_ok()).then_some(0),
                 args.diarization
                     .then_some(true)
                     .or(args.no_diarization.then_some(false)),

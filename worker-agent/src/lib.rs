@@ -10,6 +10,7 @@
 //!   the GE2E speaker encoder).
 //! - `cli`: the `morag-agent` command line (`serve`, `process`, `model import-ct2`, `model fetch`).
 pub mod cli;
+pub mod diagnose;
 pub mod enroll;
 pub mod gpu;
 pub mod hardware;

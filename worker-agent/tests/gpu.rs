@@ -1,23 +1,9 @@
 //! The device layer: CPU is what `select` returns without a CUDA driver, and the CUDA engine
 //! (where present) gives the same bytes as the CPU reference.
 
+use morag_agent::gpu::selftest::pattern;
 use morag_agent::gpu::{self, Engine, GpuConfig};
-use morag_agent::media::frames::{
-    self, ChromaLayout, ColorRange, LumaImage, Plane, RgbImage, YuvFrame,
-};
-
-/// A deterministic pattern (no RNG dependency).
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 8) as u8
-        })
-        .collect()
-}
+use morag_agent::media::frames::{self, RgbImage};
 
 #[test]
 fn select_reports_cpu_when_no_cuda_driver() {
@@ -51,85 +37,11 @@ fn gpu_output_equals_cpu_output() {
 }
 
 fn compare(engine: &Engine) {
-    let cpu = Engine::Cpu;
-    for &(w, h) in &[(640u32, 480u32), (1920, 1080), (33, 17), (1, 1)] {
-        let (cw, ch) = (w.div_ceil(2) as usize, h.div_ceil(2) as usize);
-        let ys = w as usize + 32;
-        let y = pattern(ys * h as usize, 1);
-        let u = pattern(cw * ch, 2);
-        let v = pattern(cw * ch, 3);
-        let uv = pattern(cw * 2 * ch, 4);
-        for range in [ColorRange::Limited, ColorRange::Full] {
-            let planar = YuvFrame {
-                width: w,
-                height: h,
-                y: Plane {
-                    data: &y,
-                    stride: ys,
-                },
-                u: Plane {
-                    data: &u,
-                    stride: cw,
-                },
-                v: Plane {
-                    data: &v,
-                    stride: cw,
-                },
-                layout: ChromaLayout::Planar,
-                range,
-            };
-            let nv12 = YuvFrame {
-                u: Plane {
-                    data: &uv,
-                    stride: cw * 2,
-                },
-                v: Plane {
-                    data: &[],
-                    stride: 0,
-                },
-                layout: ChromaLayout::Interleaved,
-                ..planar
-            };
-            for f in [&planar, &nv12] {
-                assert_eq!(
-                    engine.yuv420_to_rgb(f).unwrap(),
-                    cpu.yuv420_to_rgb(f).unwrap()
-                );
-                assert_eq!(
-                    engine.yuv420_to_rgb_resized(f, 320, 240).unwrap(),
-                    cpu.yuv420_to_rgb_resized(f, 320, 240).unwrap(),
-                    "{w}x{h} {range:?}"
-                );
-            }
-        }
-        let rgb = RgbImage {
-            width: w,
-            height: h,
-            data: pattern(w as usize * h as usize * 3, 5),
-        };
-        assert_eq!(
-            engine.resize_rgb(&rgb, 97, 55).unwrap(),
-            cpu.resize_rgb(&rgb, 97, 55).unwrap()
-        );
-        let a = LumaImage {
-            width: w,
-            height: h,
-            data: pattern(w as usize * h as usize, 6),
-        };
-        let b = LumaImage {
-            data: pattern(w as usize * h as usize, 7),
-            ..a.clone()
-        };
-        assert_eq!(
-            engine.resize_luma(&a, 80, 60).unwrap(),
-            cpu.resize_luma(&a, 80, 60).unwrap()
-        );
-        let (g, c) = (
-            engine.scene_score(&a, &b).unwrap(),
-            cpu.scene_score(&a, &b).unwrap(),
-        );
-        assert!((g - c).abs() < 1e-12, "{g} vs {c}");
-    }
+    let checks = gpu::selftest::compare(engine).unwrap();
+    eprintln!(
+        "{checks} frame operations equal to the CPU's on {}",
+        engine.name()
+    );
 }
 
 #[test]
@@ -143,4 +55,51 @@ fn cpu_engine_is_the_frames_module() {
         Engine::Cpu.resize_rgb(&img, 20, 10).unwrap(),
         frames::resize_rgb(&img, 20, 10).unwrap()
     );
+}
+
+/// `morag-agent gpu --self-test` on this machine: every GPU NVML lists has a row saying
+/// whether it is used and why not; without one, the table says why none is listed and the
+/// self-test is skipped with the reason. A bad `MORAG_REMOTE_GPU_DEVICES` is a clear error.
+#[test]
+fn the_gpu_command_says_what_is_used_and_why() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_morag-agent"))
+        .args(["gpu", "--self-test", "--frames", "5"])
+        .env_remove("MORAG_REMOTE_GPU_DEVICES")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("| GPU | name | memory free / total"),
+        "{text}"
+    );
+    let listed = morag_agent::hardware::list_gpus();
+    match listed {
+        Ok(gpus) if !gpus.is_empty() => {
+            for g in gpus {
+                assert!(
+                    text.contains(&format!("| {} | {} |", g.index, g.name)),
+                    "{text}"
+                );
+            }
+        }
+        Ok(_) => assert!(text.contains("no GPU listed: NVML lists no GPU"), "{text}"),
+        Err(e) => {
+            assert!(text.contains(&format!("no GPU listed: {e}")), "{text}");
+            assert!(text.contains("| - | no GPU: skipped ("), "{text}");
+        }
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_morag-agent"))
+        .arg("gpu")
+        .env("MORAG_REMOTE_GPU_DEVICES", "first")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("MORAG_REMOTE_GPU_DEVICES: expected"), "{err}");
 }

@@ -11,11 +11,13 @@
 //! - `kernels.rs`: the CUDA C source of the kernels.
 //! - `pool.rs`: device buffers reused by size class under a memory limit.
 //! - `devices.rs`: which GPUs of the box are used, and the placement of each job on one.
+//! - `selftest.rs`: the engine against the CPU reference, and its thumbnail speed.
 
 pub mod cuda;
 pub mod devices;
 pub mod kernels;
 pub mod pool;
+pub mod selftest;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

