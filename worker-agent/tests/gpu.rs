@@ -1,9 +1,9 @@
 //! The device layer: CPU is what `select` returns without a CUDA driver, and the CUDA engine
 //! (where present) gives the same bytes as the CPU reference.
 
+use morag_agent::frames::{self, RgbImage};
 use morag_agent::gpu::selftest::pattern;
 use morag_agent::gpu::{self, Engine, GpuConfig};
-use morag_agent::media::frames::{self, RgbImage};
 
 #[test]
 fn select_reports_cpu_when_no_cuda_driver() {

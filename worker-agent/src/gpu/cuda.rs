@@ -1,4 +1,4 @@
-//! The CUDA frame engine: the frame operations of [`crate::media::frames`] on an NVIDIA GPU.
+//! The CUDA frame engine: the frame operations of [`crate::frames`] on an NVIDIA GPU.
 //!
 //! - libcuda is loaded at run time (cudarc `dynamic-loading`). cudarc PANICS when the library
 //!   is missing, so [`CudaEngine::try_new`] checks `is_culib_present()` first and still wraps
@@ -17,7 +17,7 @@ use cudarc::driver::{
 
 use super::kernels;
 use super::pool::{Pool, PoolError, PoolStats};
-use crate::media::frames::{
+use crate::frames::{
     self, ChromaLayout, ColorRange, FrameError, LumaImage, Plane, RgbImage, YuvFrame,
 };
 

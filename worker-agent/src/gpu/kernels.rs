@@ -1,6 +1,6 @@
 //! CUDA C source of the frame kernels, compiled with NVRTC at first use.
 //!
-//! Each kernel computes exactly what its CPU twin in [`crate::media::frames`] computes (same
+//! Each kernel computes exactly what its CPU twin in [`crate::frames`] computes (same
 //! integer formulas), so GPU and CPU results are compared for equality.
 
 /// Names of the kernels in [`SOURCE`], loaded after compilation.

@@ -3,7 +3,7 @@
 //! [`select`] returns [`Engine::Cuda`] when a CUDA driver and device are present and the
 //! configuration allows it, else [`Engine::Cpu`]; it logs which. The agent starts and works
 //! without an NVIDIA driver. Every CUDA operation that fails (pool limit reached, NVRTC
-//! missing, driver error) falls back to the CPU implementation in [`crate::media::frames`],
+//! missing, driver error) falls back to the CPU implementation in [`crate::frames`],
 //! with one warning per engine.
 //!
 //! # Layout
@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::media::frames::{self, FrameError, LumaImage, Plane, RgbImage, YuvFrame};
+use crate::frames::{self, FrameError, LumaImage, Plane, RgbImage, YuvFrame};
 
 /// GPU settings from the agent's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::Engine;
-use crate::media::frames::{ChromaLayout, ColorRange, LumaImage, Plane, RgbImage, YuvFrame};
+use crate::frames::{ChromaLayout, ColorRange, LumaImage, Plane, RgbImage, YuvFrame};
 
 /// A deterministic byte pattern (xorshift; no RNG dependency).
 pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -104,7 +104,7 @@ fn same<T: PartialEq + std::fmt::Debug>(what: &str, a: T, b: T) -> Result<(), St
 /// (scene scores within 1e-12), else the first difference.
 pub fn compare(engine: &Engine) -> Result<usize, String> {
     let cpu = Engine::Cpu;
-    let err = |e: crate::media::frames::FrameError| e.to_string();
+    let err = |e: crate::frames::FrameError| e.to_string();
     let mut checks = 0;
     for &(w, h) in &[(640u32, 480u32), (1920, 1080), (33, 17), (1, 1)] {
         let planes = Planes::new(w, h);

@@ -259,7 +259,7 @@ pub fn process_image(
             source,
         })?;
         let (mw, mh) = opts.thumbnail_max;
-        let size = super::frames::fit_within(frame.width(), frame.height(), mw.max(1), mh.max(1));
+        let size = crate::frames::fit_within(frame.width(), frame.height(), mw.max(1), mh.max(1));
         let img = Scalers::default()
             .to_rgb(&opts.engine, &frame, Some(size))
             .map_err(|e| invalid(path, format!("cannot convert pixels: {e}")))?;
@@ -268,7 +268,7 @@ pub fn process_image(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "image".into());
         let out = out_dir.join(format!("{stem}_thumbnail.jpg"));
-        super::frames::encode_jpeg(&img, opts.jpeg_quality, &out).map_err(|e| {
+        crate::frames::encode_jpeg(&img, opts.jpeg_quality, &out).map_err(|e| {
             ProcessError::Output {
                 path: out.clone(),
                 source: std::io::Error::other(e),

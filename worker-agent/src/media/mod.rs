@@ -8,7 +8,6 @@
 pub mod audio;
 pub mod decode;
 pub mod dispatch;
-pub mod frames;
 pub mod image;
 pub mod morag;
 pub mod pieces;
@@ -21,8 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use dispatch::{result_file_name, run, RunOptions};
 
-/// Cancellation signal shared with the caller; processors poll `is_cancelled()`.
-pub type Cancel = tokio_util::sync::CancellationToken;
+pub use crate::cancel::Cancel;
 
 /// What kind of media a job carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,4 +169,10 @@ pub enum ProcessError {
     /// Any other processing failure.
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<crate::cancel::Cancelled> for ProcessError {
+    fn from(_: crate::cancel::Cancelled) -> Self {
+        Self::Cancelled
+    }
 }

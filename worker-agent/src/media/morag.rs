@@ -19,34 +19,7 @@ use sha2::Digest;
 use super::decode::SourceInfo;
 use super::{Artifact, ProcessError};
 
-/// One transcribed stretch of speech.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Segment {
-    /// Seconds from the start of the audio.
-    pub start: f64,
-    pub end: f64,
-    /// Whisper's text for the segment (usually with a leading space, as faster-whisper's).
-    pub text: String,
-    /// Speaker label; `None` (null) without diarization.
-    pub speaker: Option<String>,
-    /// Average log-probability of the segment's text tokens (<= 0).
-    pub confidence: f64,
-    pub topic_id: Option<i64>,
-    pub topic_label: Option<String>,
-    /// Whisper's tokens with their times, when asked for (to split a segment where the speaker
-    /// changes); not part of MoRAG's output.
-    #[serde(skip)]
-    pub tokens: Vec<TimedToken>,
-}
-
-/// One text token of a segment and when it was said (whisper.cpp's token timestamps).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TimedToken {
-    pub start: f64,
-    pub end: f64,
-    /// The token's bytes (a token may hold part of a UTF-8 character).
-    pub bytes: Vec<u8>,
-}
+pub use crate::transcript::{Segment, TimedToken};
 
 /// MoRAG's `metadata` object for audio. Keys are MoRAG's; a few of ours follow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

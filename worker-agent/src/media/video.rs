@@ -6,7 +6,7 @@
 //! Thumbnail times are MoRAG's too: `min(i * d / (n - 1), d - 1)`, or `d / 2` for one.
 //!
 //! Frames are decoded with FFmpeg (seek, then decode up to the wanted time); conversion and
-//! resizing run on the selected [`Engine`] (CUDA or our CPU code in [`super::frames`]); JPEGs
+//! resizing run on the selected [`Engine`] (CUDA or our CPU code in [`crate::frames`]); JPEGs
 //! are written by the pure-Rust `jpeg-encoder` crate. With keyframes on, one sequential pass
 //! yields both thumbnails and keyframes.
 //!
@@ -48,7 +48,7 @@ pub struct VideoOptions {
     pub jpeg_quality: u8,
     pub extract_keyframes: bool,
     pub max_keyframes: usize,
-    /// Scene-change threshold, 0..1 (see [`super::frames::scene_score`]).
+    /// Scene-change threshold, 0..1 (see [`crate::frames::scene_score`]).
     pub keyframe_threshold: f64,
     /// Shortest time between two keyframes, seconds.
     pub min_scene_seconds: f64,
@@ -223,7 +223,7 @@ impl Writer<'_> {
             .to_rgb(&self.opts.engine, f, Some(self.opts.thumbnail_size))
             .map_err(|e| ProcessError::Failed(format!("frame conversion: {e}")))?;
         let path = self.out_dir.join(name);
-        super::frames::encode_jpeg(&img, self.opts.jpeg_quality, &path).map_err(|e| {
+        crate::frames::encode_jpeg(&img, self.opts.jpeg_quality, &path).map_err(|e| {
             ProcessError::Output {
                 path: path.clone(),
                 source: std::io::Error::other(e),

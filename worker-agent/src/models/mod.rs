@@ -15,6 +15,25 @@ pub mod import;
 pub mod mel;
 pub mod torch_legacy;
 
+/// File names inside the models directory.
+pub mod files {
+    /// ONNX Runtime's shared library (from the `onnxruntime` wheel).
+    pub const ONNXRUNTIME: &str = "libonnxruntime.so";
+    /// ONNX Runtime with CUDA (from the `onnxruntime-gpu` wheel), with its CUDA provider
+    /// libraries beside it in that directory; used instead of the CPU one when a GPU is.
+    pub const ONNXRUNTIME_GPU: &str = "onnxruntime-gpu/libonnxruntime.so";
+    /// pyannote segmentation-3.0.
+    pub const SEGMENTATION: &str = "segmentation-3.0.onnx";
+    /// The GE2E speaker encoder, converted to safetensors.
+    pub const SPEAKER_ENCODER: &str = "ge2e-speaker-encoder.safetensors";
+    /// all-MiniLM-L6-v2, int8 ONNX.
+    pub const SENTENCE_ENCODER: &str = "all-minilm-l6-v2-int8.onnx";
+    /// Its tokenizer.
+    pub const SENTENCE_TOKENIZER: &str = "all-minilm-l6-v2-tokenizer.json";
+    /// Silero VAD v6 (from faster-whisper's wheel).
+    pub const VAD: &str = "silero-vad-v6.onnx";
+}
+
 pub use convert::{convert_ct2_dir, ConvertSummary, WeightType};
 pub use fetch::{fetch_model, FetchError, FetchSummary};
 

@@ -463,11 +463,6 @@ fn assign(agent: &Arc<Agent>, session: &Session, env: &Envelope, a: Assignment) 
     agent.spawn(async move { super::runner::run_attempt(agent2, a, running).await });
 }
 
-/// How long to wait before the next registration or delivery try.
-pub fn retry_delay(agent: &Agent, attempt: u32) -> Duration {
-    agent.config.retry.delay(attempt, rand::random::<f64>())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,7 +110,7 @@ async fn deliver_inner(agent: Arc<Agent>, mut report: Report, stop: Cancellation
                 continue;
             }
         }
-        let delay = super::connection::retry_delay(&agent, failures);
+        let delay = agent.retry_delay(failures);
         failures = failures.saturating_add(1);
         tokio::select! {
             biased;

@@ -211,7 +211,7 @@ async fn obtain_input(agent: &Arc<Agent>, a: &Assignment) -> Result<PathBuf, End
             Err(e) => {
                 tracing::warn!(error = %e, "fetch_input got no answer; asking again");
                 tries = tries.saturating_add(1);
-                let delay = super::connection::retry_delay(agent, tries);
+                let delay = agent.retry_delay(tries);
                 tokio::select! {
                     biased;
                     p = wait.ready() => return Ok(p),

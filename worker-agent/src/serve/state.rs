@@ -344,6 +344,11 @@ impl Agent {
     }
 
     /// The health report now.
+    /// How long to wait before the next registration, delivery or input request try.
+    pub fn retry_delay(&self, attempt: u32) -> std::time::Duration {
+        self.config.retry.delay(attempt, rand::random::<f64>())
+    }
+
     pub fn health_report(&self) -> morag_transport::WorkerHealth {
         let processing = self.processing.load(Ordering::Acquire);
         let running = self.running_count() as u32;

@@ -20,7 +20,7 @@ use ort::value::TensorRef;
 
 use super::ge2e::{self, Ge2e, Mel, HOP, PARTIAL_FRAMES};
 use super::onnx::OnnxModel;
-use crate::media::Cancel;
+use crate::cancel::Cancel;
 
 /// Sample rate of everything here.
 pub const SAMPLE_RATE: usize = 16_000;

@@ -28,27 +28,10 @@ pub mod vad;
 pub use diarize::{DiarizeOptions, Diarizer, Turn};
 pub use topics::TopicSegmenter;
 
-use crate::media::morag::Segment;
-use crate::media::Cancel;
+use crate::cancel::{Cancel, Cancelled};
+use crate::transcript::Segment;
 
-/// File names inside the models directory.
-pub mod files {
-    /// ONNX Runtime's shared library (from the `onnxruntime` wheel).
-    pub const ONNXRUNTIME: &str = "libonnxruntime.so";
-    /// ONNX Runtime with CUDA (from the `onnxruntime-gpu` wheel), with its CUDA provider
-    /// libraries beside it in that directory; used instead of the CPU one when a GPU is.
-    pub const ONNXRUNTIME_GPU: &str = "onnxruntime-gpu/libonnxruntime.so";
-    /// pyannote segmentation-3.0.
-    pub const SEGMENTATION: &str = "segmentation-3.0.onnx";
-    /// The GE2E speaker encoder, converted to safetensors.
-    pub const SPEAKER_ENCODER: &str = "ge2e-speaker-encoder.safetensors";
-    /// all-MiniLM-L6-v2, int8 ONNX.
-    pub const SENTENCE_ENCODER: &str = "all-minilm-l6-v2-int8.onnx";
-    /// Its tokenizer.
-    pub const SENTENCE_TOKENIZER: &str = "all-minilm-l6-v2-tokenizer.json";
-    /// Silero VAD v6 (from faster-whisper's wheel).
-    pub const VAD: &str = "silero-vad-v6.onnx";
-}
+pub use crate::models::files;
 
 /// The directory of the diarization and topic models: the Whisper model's.
 pub fn models_dir(whisper_model: &Path) -> PathBuf {
@@ -225,7 +208,7 @@ pub fn annotate(
     segments: &mut Vec<Segment>,
     opts: &SpeechOptions,
     cancel: &Cancel,
-) -> Result<Annotation, crate::media::ProcessError> {
+) -> Result<Annotation, Cancelled> {
     let mut out = Annotation::default();
     let cancelled = |cancel: &Cancel| cancel.is_cancelled();
     if segments.is_empty() {
@@ -252,9 +235,7 @@ pub fn annotate(
                         *segments = assign_speakers(std::mem::take(segments), &turns);
                         None
                     }
-                    Err(_) if cancelled(cancel) => {
-                        return Err(crate::media::ProcessError::Cancelled)
-                    }
+                    Err(_) if cancelled(cancel) => return Err(Cancelled),
                     Err(e) => {
                         tracing::warn!(error = %e, "diarization failed; the transcript goes without speakers");
                         Some(format!("diarization failed: {e}"))
@@ -282,9 +263,7 @@ pub fn annotate(
                         }
                         None
                     }
-                    Err(_) if cancelled(cancel) => {
-                        return Err(crate::media::ProcessError::Cancelled)
-                    }
+                    Err(_) if cancelled(cancel) => return Err(Cancelled),
                     Err(e) => {
                         tracing::warn!(error = %e, "topic segmentation failed; the transcript goes without topics");
                         Some(format!("topic segmentation failed: {e}"))
@@ -395,15 +374,15 @@ pub fn assign_speakers(segments: Vec<Segment>, turns: &[Turn]) -> Vec<Segment> {
 mod tests {
     use super::*;
 
-    fn token(start: f64, text: &str) -> crate::media::morag::TimedToken {
-        crate::media::morag::TimedToken {
+    fn token(start: f64, text: &str) -> crate::transcript::TimedToken {
+        crate::transcript::TimedToken {
             start,
             end: start + 0.4,
             bytes: text.as_bytes().to_vec(),
         }
     }
 
-    fn segment(tokens: Vec<crate::media::morag::TimedToken>) -> Segment {
+    fn segment(tokens: Vec<crate::transcript::TimedToken>) -> Segment {
         Segment {
             start: tokens[0].start,
             end: tokens[tokens.len() - 1].end,

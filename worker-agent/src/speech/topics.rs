@@ -12,7 +12,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::ge2e::{cosine, normalised};
 use super::onnx::OnnxModel;
-use crate::media::Cancel;
+use crate::cancel::Cancel;
 
 /// Segments on each side of a gap whose mean embeddings are compared.
 const BLOCK: usize = 3;

@@ -13,7 +13,7 @@ use ndarray::{Array2, Array3};
 use ort::value::TensorRef;
 
 use super::onnx::OnnxModel;
-use crate::media::Cancel;
+use crate::cancel::Cancel;
 
 /// Samples per chunk (one probability each): 32 ms at 16 kHz.
 pub const CHUNK: usize = 512;

@@ -10,10 +10,10 @@ use ffmpeg_next::format::Pixel;
 use ffmpeg_next::frame;
 use ffmpeg_next::software::scaling;
 
-use crate::gpu::Engine;
-use crate::media::frames::{
+use crate::frames::{
     self, ChromaLayout, ColorRange, FrameError, LumaImage, Plane, RgbImage, YuvFrame,
 };
+use crate::gpu::Engine;
 
 /// Why a decoded frame could not be converted.
 #[derive(Debug, thiserror::Error)]

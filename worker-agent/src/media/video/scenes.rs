@@ -5,8 +5,8 @@
 //! last detected change (PySceneDetect's minimum scene length, which keeps a flash or a
 //! dissolve from yielding a burst of keyframes). The first frame is not a change.
 
+use crate::frames::{FrameError, LumaImage};
 use crate::gpu::Engine;
-use crate::media::frames::{FrameError, LumaImage};
 
 /// Side of the luma frames the detector compares (80x60: cheap, and enough for cuts).
 pub const ANALYSIS_SIZE: (u32, u32) = (80, 60);
