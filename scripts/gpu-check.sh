@@ -300,6 +300,13 @@ for _ in $(seq 1200); do
     case "$states" in *queued* | *assigned* | *running* | *unknown*) sleep 0.5 ;; *) break ;; esac
 done
 touch "$work/stop"; wait "$sampler" || true
+# Whether the two attempts ran at the same time (each started before the other finished).
+together=$(for i in "${ids[@]}"; do api "/api/v1/jobs/$i"; echo; done | python3 -c '
+import json, sys
+from datetime import datetime
+t = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
+spans = [(t(a["started_at"]), t(a["finished_at"])) for a in (json.loads(l)["attempts"][-1] for l in sys.stdin if l.strip()) if a.get("started_at") and a.get("finished_at")]
+print("at the same time" if len(spans) == 2 and spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1] else "NOT at the same time")' 2>/dev/null || echo "unknown")
 mine_mb=$(maxcol 5)
 within="yes"; [ "$mine_mb" -le $(( limit_gb * 1000 )) ] || within="NO"
-echo "| two long jobs at once | $(echo "$states" | awk '{print $2, $4}') | $(echo "$states" | awk '{print $1, $3}') | GPU tasks at once up to $(maxcol 3); the agent's GPU memory up to $mine_mb MB (limit $limit_gb GB: $within) |"
+echo "| two long jobs at once | $(echo "$states" | awk '{print $2, $4}') | $(echo "$states" | awk '{print $1, $3}') | $together; GPU tasks at once up to $(maxcol 3); the agent's GPU memory up to $mine_mb MB (limit $limit_gb GB: $within) |"

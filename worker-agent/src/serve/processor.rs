@@ -176,6 +176,8 @@ impl MediaProcessor {
             Ok(_) if on.is_empty() => {
                 let why = if !gpu.enabled {
                     "turned off (enable_gpu = false)".to_string()
+                } else if let Err(e) = crate::media::audio::whisper_gpu() {
+                    e
                 } else if let Some(e) = list_error {
                     e
                 } else if plan.gpus.is_empty() {
