@@ -152,8 +152,8 @@ pub fn decide(gpus: &[GpuInfo], facts: &Facts) -> Plan {
         Some("disabled (enable_gpu = false)".into())
     } else if !facts.cuda_build {
         Some(
-            "this agent was built without CUDA: Whisper runs on the CPU (install the \
-             morag-agent-cuda package or the agent-cuda image)"
+            "this agent was built without CUDA: Whisper runs on the CPU, only frame work may \
+             use a GPU (install the morag-agent-cuda package or the agent-cuda image)"
                 .into(),
         )
     } else {

@@ -69,7 +69,6 @@ struct OnDevice {
 /// The GPUs jobs are placed on.
 #[derive(Debug)]
 struct Gpus {
-    plan: devices::Plan,
     placer: Arc<Placer>,
     on: BTreeMap<u32, OnDevice>,
     /// Working memory of one job, bytes.
@@ -82,6 +81,8 @@ struct Gpus {
 pub struct MediaProcessor {
     /// The options of a job on the CPU (and the defaults of every job).
     opts: RunOptions,
+    /// Each GPU of the box, used or why not.
+    plan: devices::Plan,
     gpus: Option<Gpus>,
     /// Whisper on the CPU for jobs no GPU has room for, loaded on first need when GPUs exist.
     cpu_transcriber: OnceLock<Option<Arc<Transcriber>>>,
@@ -93,6 +94,7 @@ impl MediaProcessor {
     pub fn new(opts: RunOptions) -> Self {
         Self {
             opts,
+            plan: devices::Plan::default(),
             gpus: None,
             cpu_transcriber: OnceLock::new(),
         }
@@ -206,13 +208,13 @@ impl MediaProcessor {
                 .collect();
             Gpus {
                 placer: Placer::new(&resident, per_gpu, gpu.agent_memory_limit, nvml_free()),
-                plan,
                 on,
                 need,
             }
         });
         Ok(Self {
             opts,
+            plan,
             gpus,
             cpu_transcriber,
         })
@@ -393,11 +395,12 @@ impl Processor for MediaProcessor {
     }
 
     fn gpus(&self) -> Vec<GpuReport> {
-        let Some(g) = &self.gpus else {
-            return Vec::new();
-        };
-        let running: BTreeMap<u32, usize> = g.placer.running().into_iter().collect();
-        g.plan
+        let running: BTreeMap<u32, usize> = self
+            .gpus
+            .as_ref()
+            .map(|g| g.placer.running().into_iter().collect())
+            .unwrap_or_default();
+        self.plan
             .gpus
             .iter()
             .map(|u| GpuReport {
