@@ -348,7 +348,7 @@ impl Transcriber {
         let ctx = WhisperContext::new_with_params(model, params)
             .map_err(|e| model_err(format!("whisper.cpp could not load it: {e}")))?;
         tracing::info!(model = %model.display(), device = device.map_or("cpu".to_string(), |n| format!("cuda:{n}")), load_ms = started.elapsed().as_millis() as u64, "whisper model loaded");
-        let vad = crate::speech::vad::load_beside(model);
+        let vad = crate::speech::vad::load_beside(model, device.is_some());
         match &vad {
             Ok(_) => tracing::info!("voice activity detection loaded: long audio is cut in pauses"),
             Err(why) => {

@@ -72,14 +72,7 @@ impl SpeechModels {
         enable_diarization: Option<bool>,
         enable_topics: Option<bool>,
     ) -> Self {
-        let runtime = || {
-            let gpu_lib = dir.join(files::ONNXRUNTIME_GPU);
-            if gpu.is_some() && gpu_lib.is_file() {
-                onnx::runtime(&gpu_lib)
-            } else {
-                onnx::runtime(&dir.join(files::ONNXRUNTIME))
-            }
-        };
+        let runtime = || onnx::runtime(&onnx::library_in(dir, gpu.is_some()));
         let need = |names: &[&str]| -> Result<Vec<PathBuf>, String> {
             let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
             let missing: Vec<String> = paths

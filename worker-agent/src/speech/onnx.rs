@@ -53,6 +53,18 @@ pub fn runtime(lib: &Path) -> Result<&'static Environment, String> {
     }
 }
 
+/// The ONNX Runtime library to load from the models directory `dir`: the CUDA build when `gpu`
+/// and it was imported, else the CPU one. Every loader asks through this, so that whichever
+/// loads first (the voice activity detector with Whisper, or the speech models) picks the same.
+pub fn library_in(dir: &Path, gpu: bool) -> PathBuf {
+    let gpu_lib = dir.join(super::files::ONNXRUNTIME_GPU);
+    if gpu && gpu_lib.is_file() {
+        gpu_lib
+    } else {
+        dir.join(super::files::ONNXRUNTIME)
+    }
+}
+
 /// ONNX Runtime's CUDA provider, beside the runtime library of the CUDA build.
 const CUDA_PROVIDER: &str = "libonnxruntime_providers_cuda.so";
 

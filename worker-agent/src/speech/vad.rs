@@ -116,11 +116,13 @@ impl Vad {
 }
 
 /// The detector in the models directory beside the Whisper model `whisper_model`
-/// ([`super::files::VAD`], run by the ONNX Runtime there), or why it cannot be used.
-pub fn load_beside(whisper_model: &std::path::Path) -> Result<Vad, String> {
+/// ([`super::files::VAD`], run by the ONNX Runtime there: its CUDA build when Whisper is on a
+/// GPU and it was imported, though the detector itself runs on the CPU), or why it cannot be
+/// used.
+pub fn load_beside(whisper_model: &std::path::Path, gpu: bool) -> Result<Vad, String> {
     let dir = super::models_dir(whisper_model);
     let (lib, model) = (
-        dir.join(super::files::ONNXRUNTIME),
+        super::onnx::library_in(&dir, gpu),
         dir.join(super::files::VAD),
     );
     for f in [&lib, &model] {
