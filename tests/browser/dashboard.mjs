@@ -106,6 +106,8 @@ try {
   await page.locator('#timeline li[data-kind="completed"]').waitFor();
   const attempts = await page.locator("#job table").first().innerText();
   check(attempts.includes(AGENT) && attempts.includes("completed"), `attempt row: ${attempts}`);
+  // The device the agent ran it on (no GPU here: the CPU), in its own column.
+  check(attempts.split("\n").some((line) => line.split("\t").includes("cpu")), `attempt device: ${attempts}`);
   const [dl] = await Promise.all([
     page.waitForEvent("download"),
     page.locator("button.download", { hasText: "result.json" }).click(),
