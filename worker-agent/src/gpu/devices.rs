@@ -82,8 +82,8 @@ pub struct Facts {
     pub built_cuda: i32,
     /// Oldest compute capability this build has code for, as (major, minor).
     pub oldest_arch: (u32, u32),
-    /// GPU memory a GPU needs free at start to be used: the model and one job's working
-    /// memory.
+    /// GPU memory a GPU needs free at start to be used: the model, the frame pool and one
+    /// job's working memory.
     pub needed_bytes: u64,
     /// `gpu_memory_limit_gb`: the most memory the agent uses on one GPU.
     pub memory_limit: Option<u64>,
@@ -189,13 +189,13 @@ pub fn decide(gpus: &[GpuInfo], facts: &Facts) -> Plan {
             ))
         } else if let Some(limit) = facts.memory_limit.filter(|l| *l < facts.needed_bytes) {
             Err(format!(
-                "gpu_memory_limit_gb allows {}, the model and one job need {}",
+                "gpu_memory_limit_gb allows {}, the model, frame pool and one job need {}",
                 gb(limit),
                 gb(facts.needed_bytes)
             ))
         } else if let Some(free) = g.memory_free_bytes.filter(|f| *f < facts.needed_bytes) {
             Err(format!(
-                "out of memory: {} free, the model and one job need {}",
+                "out of memory: {} free, the model, frame pool and one job need {}",
                 gb(free),
                 gb(facts.needed_bytes)
             ))

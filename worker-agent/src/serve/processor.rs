@@ -121,10 +121,11 @@ impl MediaProcessor {
             Ok(l) => (l, None),
             Err(e) => (Vec::new(), Some(e)),
         };
+        // What a GPU must have room for: the model, the frame pool and one job.
         let facts = crate::gpu::machine_facts(
             gpu.enabled,
             gpu.devices.clone(),
-            model_bytes + need,
+            model_bytes + gpu.memory_limit_bytes + need,
             gpu.agent_memory_limit,
         );
         let mut plan = devices::decide(&listed, &facts);
