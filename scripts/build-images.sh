@@ -174,13 +174,15 @@ log "agent image transcribed jfk.wav: $(cat "$work/out/jfk_transcript.txt")"
 # is on the CPU, and transcribes.
 if [ "$cuda" -eq 1 ]; then
   cudafs=$(podman image mount "$AGENT_CUDA")
+  # /proc first: the loader finds $ORIGIN (the run path to the CUDA libraries) through
+  # /proc/self/exe, as it does in a container.
+  for fsdir in /proc /dev /sys; do bind "$fsdir" "$cudafs" "$fsdir"; done
   out=$(chroot --userspec=10001:10001 "$cudafs" /usr/bin/morag-agent --version) || fail "CUDA agent --version in its image"
   missing=$(chroot "$cudafs" ldd /usr/bin/morag-agent | grep 'not found' || true)
   [ -z "$missing" ] || fail "the CUDA agent in its image lacks: $missing"
   chroot "$cudafs" ldd /usr/bin/morag-agent | grep -q 'libcudart.so.13 => /usr/lib/morag-agent/cuda/' \
     || fail "the CUDA agent does not find its CUDA runtime in /usr/lib/morag-agent/cuda"
   if chroot "$cudafs" ldd /usr/bin/morag-agent | grep -q 'libcuda\.so'; then fail "the CUDA agent names the driver library"; fi
-  for fsdir in /proc /dev /sys; do bind "$fsdir" "$cudafs" "$fsdir"; done
   bind "$work" "$cudafs" /tmp
   bind "$work/models" "$cudafs" /var/lib/morag-agent/models
   mkdir -p "$work/out-cpu" "$work/out-cuda" && chmod a+rwX "$work/out-cpu" "$work/out-cuda"
