@@ -180,7 +180,7 @@ if [ "$cuda" -eq 1 ]; then
   out=$(chroot --userspec=10001:10001 "$cudafs" /usr/bin/morag-agent --version) || fail "CUDA agent --version in its image"
   missing=$(chroot "$cudafs" ldd /usr/bin/morag-agent | grep 'not found' || true)
   [ -z "$missing" ] || fail "the CUDA agent in its image lacks: $missing"
-  chroot "$cudafs" ldd /usr/bin/morag-agent | grep -q 'libcudart.so.13 => /usr/lib/morag-agent/cuda/' \
+  chroot "$cudafs" ldd /usr/bin/morag-agent | grep -Eq 'libcudart.so.13 => /usr/(bin/\.\./)?lib/morag-agent/cuda/' \
     || fail "the CUDA agent does not find its CUDA runtime in /usr/lib/morag-agent/cuda"
   if chroot "$cudafs" ldd /usr/bin/morag-agent | grep -q 'libcuda\.so'; then fail "the CUDA agent names the driver library"; fi
   bind "$work" "$cudafs" /tmp
