@@ -64,7 +64,50 @@ on_both!(
     referenced_content_lists_inputs_and_artifacts,
     agents_are_found_by_id_and_keep_their_drain_mark,
     leases_keep_attempts_alive_and_expired_ones_are_lost_once,
+    progress_before_the_assignments_answer_starts_the_job_once,
 );
+
+/// The agent reports progress (with its device) before the hub has read its answer to the
+/// assignment: the job starts with one `running` event, the attempt records the device, and
+/// the late answer changes nothing.
+async fn progress_before_the_assignments_answer_starts_the_job_once(s: SqlStore) {
+    s.insert_job(&job("j1", 3)).await.unwrap();
+    claim(&s, "j1", "a1", "agent-1").await;
+    let p = crate::model::JobProgress {
+        percent: 0.0,
+        stage: "start".into(),
+        message: Some("on cuda:1".into()),
+        eta_ms: None,
+    };
+    let (f, ev) = s
+        .record_progress("j1", "a1", &p, Some("cuda:1"), 2_500)
+        .await
+        .unwrap();
+    assert_eq!(f, Fenced::Applied);
+    let kinds: Vec<&str> = ev.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["running", "progress"]);
+    let (f, ev) = s.mark_running("j1", "a1", 2_600).await.unwrap();
+    assert_eq!((f, ev.len()), (Fenced::Stale, 0));
+    let (f, ev) = s
+        .record_progress("j1", "a1", &p, Some("cuda:1"), 2_700)
+        .await
+        .unwrap();
+    assert_eq!(
+        (f, ev.len()),
+        (Fenced::Applied, 1),
+        "one running event only"
+    );
+    let j = s.job("j1").await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Running);
+    assert_eq!(j.attempts[0].device.as_deref(), Some("cuda:1"));
+    assert_eq!(j.attempts[0].started_ms, Some(2_500));
+    // A stale attempt's progress is refused and records nothing.
+    let (f, _) = s
+        .record_progress("j1", "a0", &p, Some("cpu"), 2_800)
+        .await
+        .unwrap();
+    assert_eq!(f, Fenced::Stale);
+}
 
 fn job(id: &str, max_attempts: u32) -> NewJob {
     NewJob {

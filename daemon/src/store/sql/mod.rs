@@ -649,7 +649,39 @@ impl Store for SqlStore {
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)> {
         let mut tx = self.tx().await?;
-        // Progress implies the agent took the job.
+        // Progress implies the agent took the job: when it comes before the hub has read the
+        // agent's answer to the assignment (the agent reports where it placed the job at once),
+        // it records the start and its `running` event itself (mark_running then finds the job
+        // running and does nothing).
+        let started = sqlx::query(
+            "UPDATE jobs SET state = 'running', updated_ms = $1, started_ms = COALESCE(started_ms, $1) \
+             WHERE id = $2 AND current_attempt = $3 AND state = 'assigned' AND cancel_requested_ms IS NULL",
+        )
+        .bind(i(now_ms))
+        .bind(job_id)
+        .bind(attempt_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let mut events = Vec::new();
+        if started {
+            sqlx::query("UPDATE attempts SET started_ms = $1 WHERE id = $2")
+                .bind(i(now_ms))
+                .bind(attempt_id)
+                .execute(&mut *tx)
+                .await?;
+            events.push(
+                self.event(
+                    &mut tx,
+                    job_id,
+                    "running",
+                    serde_json::json!({"state": "running", "attempt_id": attempt_id}),
+                    now_ms,
+                )
+                .await?,
+            );
+        }
         let n = sqlx::query(&format!(
             "UPDATE jobs SET state = 'running', started_ms = COALESCE(started_ms, $1), updated_ms = $1, \
              progress_percent = $2, progress_stage = $3, progress_message = $4, progress_eta_ms = $5 \
@@ -675,16 +707,18 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        let events = self
-            .commit_with_event(
-                tx,
+        events.push(
+            self.event(
+                &mut tx,
                 job_id,
                 "progress",
                 serde_json::json!({"attempt_id": attempt_id, "percent": p.percent, "stage": p.stage,
                 "message": p.message, "eta_ms": p.eta_ms}),
                 now_ms,
             )
-            .await?;
+            .await?,
+        );
+        tx.commit().await?;
         Ok((Fenced::Applied, events))
     }
 
