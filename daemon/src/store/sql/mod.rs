@@ -251,6 +251,37 @@ impl SqlStore {
         Ok(ev)
     }
 
+    /// An assigned job's attempt starts: the job and the attempt get their start times and the
+    /// `running` event is written, in `tx`; `None` when the job is not assigned to that attempt.
+    async fn start_in(
+        &self,
+        tx: &mut Tx<'_>,
+        job_id: &str,
+        attempt_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Option<JobEvent>> {
+        let n = sqlx::query(
+            "UPDATE jobs SET state = 'running', updated_ms = $1, started_ms = COALESCE(started_ms, $1) \
+             WHERE id = $2 AND current_attempt = $3 AND state = 'assigned'",
+        )
+        .bind(i(now_ms))
+        .bind(job_id)
+        .bind(attempt_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE attempts SET started_ms = $1 WHERE id = $2")
+            .bind(i(now_ms))
+            .bind(attempt_id)
+            .execute(&mut **tx)
+            .await?;
+        let data = serde_json::json!({"state": "running", "attempt_id": attempt_id});
+        Ok(Some(self.event(tx, job_id, "running", data, now_ms).await?))
+    }
+
     /// The job row, locked until commit where the database locks rows.
     async fn job_in(&self, tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<Job>> {
         let row = sqlx::query(&format!(
@@ -576,34 +607,11 @@ impl Store for SqlStore {
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)> {
         let mut tx = self.tx().await?;
-        let n = sqlx::query(
-            "UPDATE jobs SET state = 'running', updated_ms = $1, started_ms = COALESCE(started_ms, $1) \
-             WHERE id = $2 AND current_attempt = $3 AND state = 'assigned'",
-        )
-        .bind(i(now_ms))
-        .bind(job_id)
-        .bind(attempt_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n != 1 {
+        let Some(ev) = self.start_in(&mut tx, job_id, attempt_id, now_ms).await? else {
             return Ok((Fenced::Stale, vec![]));
-        }
-        sqlx::query("UPDATE attempts SET started_ms = $1 WHERE id = $2")
-            .bind(i(now_ms))
-            .bind(attempt_id)
-            .execute(&mut *tx)
-            .await?;
-        let events = self
-            .commit_with_event(
-                tx,
-                job_id,
-                "running",
-                serde_json::json!({"state": "running", "attempt_id": attempt_id}),
-                now_ms,
-            )
-            .await?;
-        Ok((Fenced::Applied, events))
+        };
+        tx.commit().await?;
+        Ok((Fenced::Applied, vec![ev]))
     }
 
     async fn unclaim(
@@ -653,35 +661,11 @@ impl Store for SqlStore {
         // agent's answer to the assignment (the agent reports where it placed the job at once),
         // it records the start and its `running` event itself (mark_running then finds the job
         // running and does nothing).
-        let started = sqlx::query(
-            "UPDATE jobs SET state = 'running', updated_ms = $1, started_ms = COALESCE(started_ms, $1) \
-             WHERE id = $2 AND current_attempt = $3 AND state = 'assigned' AND cancel_requested_ms IS NULL",
-        )
-        .bind(i(now_ms))
-        .bind(job_id)
-        .bind(attempt_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let mut events = Vec::new();
-        if started {
-            sqlx::query("UPDATE attempts SET started_ms = $1 WHERE id = $2")
-                .bind(i(now_ms))
-                .bind(attempt_id)
-                .execute(&mut *tx)
-                .await?;
-            events.push(
-                self.event(
-                    &mut tx,
-                    job_id,
-                    "running",
-                    serde_json::json!({"state": "running", "attempt_id": attempt_id}),
-                    now_ms,
-                )
-                .await?,
-            );
-        }
+        let mut events: Events = self
+            .start_in(&mut tx, job_id, attempt_id, now_ms)
+            .await?
+            .into_iter()
+            .collect();
         let n = sqlx::query(&format!(
             "UPDATE jobs SET state = 'running', started_ms = COALESCE(started_ms, $1), updated_ms = $1, \
              progress_percent = $2, progress_stage = $3, progress_message = $4, progress_eta_ms = $5 \
