@@ -53,6 +53,9 @@ pub struct HubConfig {
     /// database must share this directory too (a network file system), so any hub can send
     /// any input and serve any artifact.
     pub content_dir: Option<PathBuf>,
+    /// The only directories whose files a submission may name by `source_file_path` (empty:
+    /// none may). The data and content directories are refused even when listed.
+    pub input_dirs: Vec<PathBuf>,
     /// Queue for jobs that name none.
     pub default_queue: String,
     /// Where a queue's jobs that prefer a GPU may go when no GPU agent took them in time.
@@ -74,6 +77,10 @@ pub struct HubConfig {
     pub dispatch_interval: Duration,
     /// Largest upload, and largest artifact an agent may send.
     pub max_upload_bytes: u64,
+    /// What one attempt's files (result and artifacts) may add up to: this floor plus
+    /// `artifact_budget_multiple` times the job's input.
+    pub artifact_budget_floor: u64,
+    pub artifact_budget_multiple: u32,
     /// Refuse artifacts that would take the content store past this size (none: no quota).
     pub max_store_bytes: Option<u64>,
     /// Default lifetime of a join token.
@@ -106,6 +113,7 @@ impl Default for HubConfig {
             store: None,
             sync: SyncMode::Full,
             content_dir: None,
+            input_dirs: Vec::new(),
             default_queue: "gpu_priority".into(),
             fallback_queues,
             max_attempts: 3,
@@ -117,6 +125,8 @@ impl Default for HubConfig {
             retry_delay: Duration::from_secs(1),
             dispatch_interval: Duration::from_millis(500),
             max_upload_bytes: 10_000_000_000,
+            artifact_budget_floor: 256 << 20,
+            artifact_budget_multiple: 2,
             max_store_bytes: None,
             token_ttl: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
@@ -142,6 +152,7 @@ pub const KEYS: &[&str] = &[
     "store",
     "sync",
     "content_dir",
+    "input_dirs",
     "default_queue",
     "fallback_queues",
     "max_attempts",
@@ -154,6 +165,8 @@ pub const KEYS: &[&str] = &[
     "dispatch_interval",
     "max_upload_bytes",
     "max_store_bytes",
+    "artifact_budget_floor",
+    "artifact_budget_multiple",
     "token_ttl",
     "shutdown_grace",
     "gc_interval",
@@ -263,6 +276,16 @@ impl HubConfig {
                 let v = value.trim();
                 self.content_dir = (!v.is_empty()).then(|| PathBuf::from(v));
             }
+            "input_dirs" => {
+                let dirs: Vec<PathBuf> = list(value).into_iter().map(PathBuf::from).collect();
+                if let Some(d) = dirs.iter().find(|d| !d.is_absolute()) {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("expected absolute directories, got {:?}", d.display()),
+                    ));
+                }
+                self.input_dirs = dirs;
+            }
             "sync" => {
                 self.sync = match value.trim() {
                     "full" => SyncMode::Full,
@@ -319,6 +342,12 @@ impl HubConfig {
             }
             "max_upload_bytes" => {
                 self.max_upload_bytes = parse_num(field, value, "a number of bytes")?
+            }
+            "artifact_budget_floor" => {
+                self.artifact_budget_floor = parse_num(field, value, "a number of bytes")?
+            }
+            "artifact_budget_multiple" => {
+                self.artifact_budget_multiple = parse_num(field, value, "a whole number")?
             }
             "max_store_bytes" => {
                 self.max_store_bytes = match value.trim() {

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
@@ -109,8 +108,9 @@ struct BroadcastBody {
 
 pub async fn broadcast(
     State(hub): State<Arc<Hub>>,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let body = super::read_json_body(request.into_body()).await?;
     let b: BroadcastBody = parse_json(&body)?;
     if b.command.trim().is_empty() {
         return Err(ApiError::bad_request("command must not be empty"));

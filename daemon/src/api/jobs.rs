@@ -17,14 +17,16 @@ use futures_util::Stream;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::{parse_json, view, ApiError, ApiResult};
+use super::{parse_json, read_json_body, view, ApiError, ApiResult, DRAIN_AFTER_LIMIT};
 use crate::hub::{new_id, Hub};
 use crate::model::{normalize_content_type, GpuNeed, JobState, NewJob, Priority};
 use crate::store::{CancelRequest, JobFilter};
 use morag_transport::unix_ms;
 
-/// How much of an oversize upload is read (and dropped) before answering 413.
-const DRAIN_AFTER_LIMIT: u64 = 64 << 20;
+/// The furthest a deadline may be.
+const DEADLINE_MAX_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The largest text field of a multipart submission.
+const FIELD_LIMIT: usize = 64 << 10;
 
 /// What a submission says about the job, whichever way it came.
 #[derive(Debug, Default, Deserialize)]
@@ -104,7 +106,7 @@ pub(crate) fn check_spec(hub: &Hub, spec: &JobSpec) -> ApiResult<Checked> {
         None => None,
         Some(d) => Some(parse_deadline(d).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "bad deadline {d:?}: expected an RFC 3339 time or a duration like 10m"
+                "bad deadline {d:?}: expected an RFC 3339 time or a duration like 10m, at most a year ahead"
             ))
         })?),
     };
@@ -129,16 +131,17 @@ pub(crate) fn check_spec(hub: &Hub, spec: &JobSpec) -> ApiResult<Checked> {
     })
 }
 
+/// A deadline as ms since the epoch; `None` when it is not one, or more than
+/// [`DEADLINE_MAX_AHEAD`] away.
 fn parse_deadline(s: &str) -> Option<u64> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return t
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis() as u64);
-    }
-    humantime::parse_duration(s)
-        .ok()
-        .map(|d| unix_ms() + d.as_millis() as u64)
+    let now = unix_ms();
+    let ms = if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        u64::try_from(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()?
+    } else {
+        let ahead = u64::try_from(humantime::parse_duration(s).ok()?.as_millis()).ok()?;
+        now.checked_add(ahead)?
+    };
+    (ms <= now.saturating_add(DEADLINE_MAX_AHEAD.as_millis() as u64)).then_some(ms)
 }
 
 /// A file name safe to use on the agent: the last path component, printable.
@@ -189,22 +192,54 @@ pub(crate) async fn create_job(
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job vanished"))
 }
 
-/// Import a file on the hub's host (JSON submissions).
+/// Import a file on the hub's host (JSON submissions): only from the `input_dirs`, and what
+/// was checked is what is read (see [`crate::hub::inputs`]).
 pub(crate) async fn import_source(hub: &Hub, path: &str) -> ApiResult<(String, u64)> {
-    let p = PathBuf::from(path);
-    if !p.is_absolute() {
-        return Err(ApiError::bad_request(format!(
-            "source_file_path {path:?} must be an absolute path on the hub's host"
-        )));
-    }
+    use crate::hub::inputs::InputError;
+    let policy = hub.inputs.clone();
+    let owned = path.to_string();
+    let opened = tokio::task::spawn_blocking(move || policy.open(&owned))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (file, real) = match opened {
+        Ok(f) => f,
+        Err(InputError::NotAbsolute) => {
+            return Err(ApiError::bad_request(format!(
+                "source_file_path {path:?} must be an absolute path on the hub's host"
+            )))
+        }
+        Err(InputError::Refused) if hub.inputs.is_empty() => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "source_file_path {path:?} refused: this hub takes no files from its own host until an operator lists their directories in input_dirs (hub.toml, MORAG_HUB_INPUT_DIRS or --input-dir); or upload the file as multipart/form-data"
+                ),
+            ))
+        }
+        Err(InputError::Refused) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "source_file_path {path:?} refused: it must be a regular file under one of the hub's input_dirs, and never in the hub's data or content directory"
+                ),
+            ))
+        }
+        Err(InputError::NotFound) => {
+            return Err(ApiError::bad_request(format!(
+                "source_file_path {path:?} does not exist"
+            )))
+        }
+        Err(InputError::Io(e)) => {
+            return Err(ApiError::bad_request(format!(
+                "cannot read source_file_path {path:?}: {e}"
+            )))
+        }
+    };
     let result = hub
         .content
-        .import_path(&p, hub.config.max_upload_bytes)
+        .import_open(file, &real, hub.config.max_upload_bytes)
         .await;
     result.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            ApiError::bad_request(format!("source_file_path {path:?} does not exist"))
-        }
         std::io::ErrorKind::FileTooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("source_file_path {path:?}: {e}"),
@@ -242,9 +277,7 @@ pub async fn submit(
             .map_err(|e| ApiError::bad_request(format!("bad multipart body: {e}")))?;
         submit_multipart(&hub, multipart).await?
     } else if ct.starts_with("application/json") {
-        let body = axum::body::to_bytes(request.into_body(), 1 << 20)
-            .await
-            .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "JSON body over 1 MiB"))?;
+        let body = read_json_body(request.into_body()).await?;
         let spec: JobSpec = parse_json(&body)?;
         let checked = check_spec(&hub, &spec)?;
         let path = spec.source_file_path.clone().ok_or_else(|| {
@@ -346,13 +379,23 @@ async fn submit_multipart(
             ));
             continue;
         }
-        let text = field
-            .text()
+        // Read with a cap: a text field is never held whole when it is oversize.
+        let mut raw = Vec::new();
+        while let Some(chunk) = field
+            .chunk()
             .await
-            .map_err(|e| ApiError::bad_request(format!("field {name:?}: {e}")))?;
-        if text.len() > 64 << 10 {
-            return Err(ApiError::bad_request(format!("field {name:?} over 64 KiB")));
+            .map_err(|e| ApiError::bad_request(format!("field {name:?}: {e}")))?
+        {
+            if raw.len() + chunk.len() > FIELD_LIMIT {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("field {name:?} over {} KiB", FIELD_LIMIT >> 10),
+                ));
+            }
+            raw.extend_from_slice(&chunk);
         }
+        let text = String::from_utf8(raw)
+            .map_err(|_| ApiError::bad_request(format!("field {name:?} is not UTF-8")))?;
         match name.as_str() {
             "type" | "content_type" => spec.content_type = Some(text),
             "queue" => spec.queue = Some(text),
@@ -506,16 +549,30 @@ pub async fn artifact(
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| ApiError::not_found(format!("artifact {hash}: {e}")))?;
+    // The length of what is served, whatever was recorded.
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::not_found(format!("artifact {hash}: {e}")))?
+        .len();
     let stream = tokio_util::io::ReaderStream::new(file);
-    let disposition = format!(
-        "attachment; filename=\"{}\"",
-        art.name.replace(['"', '\\'], "_")
-    );
+    let name: String = art
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let disposition = format!("attachment; filename=\"{name}\"");
     Ok((
         [
             (header::CONTENT_TYPE, art.media_type.clone()),
             (header::CONTENT_DISPOSITION, disposition),
-            (header::CONTENT_LENGTH, art.size.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
         ],
         Body::from_stream(stream),
     )

@@ -100,8 +100,17 @@ pub fn router(hub: Arc<Hub>) -> Router {
                 "method not allowed on this route; see docs/api.md",
             )
         })
-        // Uploads are limited by `max_upload_bytes` while they stream, not buffered.
+        // Uploads are limited by `max_upload_bytes` while they stream, not buffered; JSON
+        // bodies by `read_json_body`; no handler buffers a body otherwise.
         .layer(DefaultBodyLimit::disable())
+        // Browsers take every answer as the type it says (artifacts are agents' bytes).
+        .layer(middleware::map_response(|mut r: Response| async move {
+            r.headers_mut().insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                header::HeaderValue::from_static("nosniff"),
+            );
+            r
+        }))
         .with_state(hub)
 }
 
@@ -200,6 +209,39 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> ApiResult<Response> {
         hub.metrics.render(),
     )
         .into_response())
+}
+
+/// The largest JSON request body.
+pub(crate) const JSON_BODY_LIMIT: usize = 1 << 20;
+/// How much of an oversize body is read (and dropped) before answering 413, so that a client
+/// still sending sees the answer instead of a reset connection.
+pub(crate) const DRAIN_AFTER_LIMIT: u64 = 64 << 20;
+
+/// Read a JSON request body of at most [`JSON_BODY_LIMIT`] bytes; a larger one is answered 413
+/// (after draining a bounded amount) without being held in memory.
+pub(crate) async fn read_json_body(body: axum::body::Body) -> ApiResult<Vec<u8>> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    let mut seen = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+        seen += chunk.len() as u64;
+        if seen > JSON_BODY_LIMIT as u64 {
+            while seen <= JSON_BODY_LIMIT as u64 + DRAIN_AFTER_LIMIT {
+                match stream.next().await {
+                    Some(Ok(c)) => seen += c.len() as u64,
+                    _ => break,
+                }
+            }
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("JSON body over the limit of {JSON_BODY_LIMIT} bytes"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// Parse a JSON body ourselves so a malformed one gets our error shape.

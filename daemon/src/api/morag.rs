@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,7 +14,7 @@ use serde_json::json;
 
 use super::jobs::{create_job, import_source, load, refuse_when_stopping, JobSpec};
 use super::view::{iso, iso_opt};
-use super::{parse_json, ApiError, ApiResult};
+use super::{parse_json, read_json_body, ApiError, ApiResult};
 use crate::hub::Hub;
 use crate::model::Job;
 
@@ -28,8 +27,12 @@ struct RemoteJobRequest {
     ingestion_task_id: Option<String>,
 }
 
-pub async fn create(State(hub): State<Arc<Hub>>, body: Bytes) -> ApiResult<Response> {
+pub async fn create(
+    State(hub): State<Arc<Hub>>,
+    request: axum::extract::Request,
+) -> ApiResult<Response> {
     refuse_when_stopping(&hub)?;
+    let body = read_json_body(request.into_body()).await?;
     let req: RemoteJobRequest = parse_json(&body)?;
     let priority = req
         .task_options

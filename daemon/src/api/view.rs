@@ -7,8 +7,11 @@ use serde_json::{json, Value};
 use crate::model::{Attempt, Job, JobEvent};
 
 /// RFC 3339 time (UTC, milliseconds) of ms since the epoch.
+/// Times past the year 9999 (which RFC 3339 cannot write) are shown as its last millisecond.
 pub fn iso(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    /// 9999-12-31T23:59:59.999Z.
+    const LAST: u64 = 253_402_300_799_999;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.min(LAST))).to_string()
 }
 
 pub fn iso_opt(ms: Option<u64>) -> Value {

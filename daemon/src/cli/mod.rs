@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// The content store directory (shared by hubs on one database) [default: DATA/store].
     #[arg(long, value_name = "DIR")]
     pub content_dir: Option<String>,
+    /// A directory whose files submissions may name by `source_file_path` (repeat for more;
+    /// replaces `input_dirs` from the file and the environment) [default: none].
+    #[arg(long = "input-dir", value_name = "DIR")]
+    pub input_dirs: Vec<String>,
     /// Any other setting as key=value (see docs/api.md for the keys).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -275,6 +279,13 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 if let Some(v) = v {
                     overrides.push((key, v.clone(), format!("--{key}")));
                 }
+            }
+            if !args.input_dirs.is_empty() {
+                overrides.push((
+                    "input_dirs",
+                    args.input_dirs.join(","),
+                    "--input-dir".to_string(),
+                ));
             }
             let mut sets = Vec::new();
             for kv in &args.set {

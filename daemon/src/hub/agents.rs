@@ -2,7 +2,7 @@
 //! (registration, input requests, progress, results, failures, cancel acknowledgements, health)
 //! and tracks the connection.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,8 +19,58 @@ use super::{AgentLive, Hub, LiveAttempt};
 use crate::model::{AgentRecord, ArtifactRow, JobProgress};
 use crate::store::{AfterFailure, Fenced};
 
-/// Largest result document accepted from an agent.
-const MAX_RESULT_BYTES: u64 = 256 << 20;
+/// Largest result document accepted from an agent: a transcript of a ten-hour recording with
+/// speakers and topics is a few MiB.
+pub(crate) const MAX_RESULT_BYTES: u64 = 16 << 20;
+/// Progress of one attempt is written at most this often.
+pub(crate) const PROGRESS_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest text kept from an agent's report (stage, message).
+const REPORT_TEXT_MAX: usize = 300;
+
+/// A progress report waiting for its turn to be written.
+pub(crate) struct ProgressUpdate {
+    job_id: String,
+    progress: JobProgress,
+    device: Option<String>,
+}
+
+/// When an attempt's progress was last written, and the latest report since.
+#[derive(Default)]
+pub(crate) struct ProgressGate {
+    last_write: Option<Instant>,
+    pending: Option<ProgressUpdate>,
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, marked when cut.
+pub(crate) fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Media types an artifact may be served as; any other is served as
+/// `application/octet-stream`.
+const ARTIFACT_MEDIA_TYPES: &[&str] = &[
+    "application/json",
+    "text/plain",
+    "text/vtt",
+    "application/x-subrip",
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/flac",
+    "audio/mpeg",
+    "audio/ogg",
+    "video/mp4",
+    "video/webm",
+];
 
 impl Hub {
     /// Accept agent sessions until shutdown.
@@ -211,7 +261,11 @@ impl Hub {
             name: reg.name.clone(),
             capability: reg.capability.to_string(),
             queues: reg.queues.clone(),
-            hardware: serde_json::from_str(&reg.hardware_json).unwrap_or(serde_json::Value::Null),
+            hardware: if reg.hardware_json.len() <= 64 << 10 {
+                serde_json::from_str(&reg.hardware_json).unwrap_or(serde_json::Value::Null)
+            } else {
+                serde_json::Value::Null
+            },
             hostname: reg.hostname.clone(),
             address: session.remote_address().map(|a| a.to_string()),
             max_concurrent: reg.max_concurrent_tasks,
@@ -234,6 +288,16 @@ impl Hub {
         let (kept, unreported): (Vec<_>, Vec<_>) = open
             .into_iter()
             .partition(|a| reported.contains(a.id.as_str()));
+        // Each kept attempt's file budget, from its job's input (a fresh budget: what was sent
+        // to another hub before a failover is not known here).
+        let mut budgets = HashMap::new();
+        for a in &kept {
+            let size = match self.store.job(&a.job_id).await.map_err(db)? {
+                Some(j) => j.input_size,
+                None => 0,
+            };
+            budgets.insert(a.id.clone(), self.artifact_budget(size));
+        }
         let keep: Vec<String> = kept.iter().map(|a| a.id.clone()).collect();
         let abandon: Vec<String> = reported
             .iter()
@@ -272,12 +336,10 @@ impl Hub {
                 },
             );
             for a in &kept {
+                let budget = budgets.get(&a.id).copied().unwrap_or(0);
                 attempts.insert(
                     a.id.clone(),
-                    LiveAttempt {
-                        job_id: a.job_id.clone(),
-                        agent_id: peer.to_string(),
-                    },
+                    LiveAttempt::new(a.job_id.clone(), peer.to_string(), budget),
                 );
             }
             self.metrics
@@ -418,24 +480,84 @@ impl Hub {
         });
     }
 
-    async fn progress(&self, peer: &str, p: &TaskProgress) {
+    /// An agent's progress: checked, truncated, and written at most once per
+    /// [`PROGRESS_WRITE_INTERVAL`] per attempt (the latest value wins; the first is written at
+    /// once, since it starts the job).
+    async fn progress(self: &Arc<Self>, peer: &str, p: &TaskProgress) {
         let Some(job_id) = self.attempt_of(peer, &p.task_id) else {
             self.metrics.stale_reports.inc();
             return;
         };
-        let progress = JobProgress {
-            percent: p.percent.clamp(0.0, 100.0),
-            stage: p.stage.clone(),
-            message: p.message.clone(),
-            eta_ms: p.estimated_completion_ms,
+        let now = unix_ms();
+        let percent = if p.percent.is_finite() {
+            p.percent.clamp(0.0, 100.0)
+        } else {
+            0.0
         };
+        let update = ProgressUpdate {
+            job_id,
+            progress: JobProgress {
+                percent,
+                stage: truncated(&p.stage, REPORT_TEXT_MAX),
+                message: p.message.as_deref().map(|m| truncated(m, REPORT_TEXT_MAX)),
+                // An estimate beyond a year is no estimate.
+                eta_ms: p
+                    .estimated_completion_ms
+                    .filter(|&eta| eta <= now.saturating_add(365 * 24 * 3600 * 1000)),
+            },
+            device: p.metadata.get("device").map(|d| truncated(d, 32)),
+        };
+        let attempt_id = p.task_id.clone();
+        // Now (the update comes back), or later (it waits in the gate; a timer is started for
+        // the first one waiting).
+        let decision: Result<ProgressUpdate, Option<std::time::Duration>> = {
+            let mut gates = self.progress_gates.lock().unwrap();
+            let gate = gates.entry(attempt_id.clone()).or_default();
+            match gate.last_write.map(|t| t.elapsed()) {
+                Some(since) if since < PROGRESS_WRITE_INTERVAL => {
+                    let first_pending = gate.pending.replace(update).is_none();
+                    Err(first_pending.then(|| PROGRESS_WRITE_INTERVAL - since))
+                }
+                _ => {
+                    gate.last_write = Some(Instant::now());
+                    Ok(update)
+                }
+            }
+        };
+        let wait = match decision {
+            Ok(update) => return self.write_progress(&attempt_id, update).await,
+            Err(wait) => wait,
+        };
+        if let Some(wait) = wait {
+            let hub = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let pending = {
+                    let mut gates = hub.progress_gates.lock().unwrap();
+                    match gates.get_mut(&attempt_id) {
+                        Some(gate) => {
+                            gate.last_write = Some(Instant::now());
+                            gate.pending.take()
+                        }
+                        // The attempt ended meanwhile.
+                        None => None,
+                    }
+                };
+                if let Some(update) = pending {
+                    hub.write_progress(&attempt_id, update).await;
+                }
+            });
+        }
+    }
+
+    async fn write_progress(&self, attempt_id: &str, u: ProgressUpdate) {
         match self
             .store
             .record_progress(
-                &job_id,
-                &p.task_id,
-                &progress,
-                p.metadata.get("device").map(String::as_str),
+                &u.job_id,
+                attempt_id,
+                &u.progress,
+                u.device.as_deref(),
                 unix_ms(),
             )
             .await
@@ -444,7 +566,7 @@ impl Hub {
             Ok(_) => {
                 self.metrics.stale_reports.inc();
             }
-            Err(e) => tracing::warn!(job_id, error = %e, "could not record progress"),
+            Err(e) => tracing::warn!(job_id = %u.job_id, error = %e, "could not record progress"),
         }
     }
 
@@ -459,6 +581,20 @@ impl Hub {
             total = total.saturating_add(size);
             if !named || size > INLINE_FILE_MAX || total > INLINE_TOTAL_MAX {
                 tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, size, named, "inline file dropped");
+                continue;
+            }
+            // Inline files count against the attempt's budget as transfers do.
+            let charged = match self.attempts.lock().unwrap().get_mut(&c.attempt_id) {
+                Some(a) if a.sent.contains(&f.hash) => true,
+                Some(a) if a.budget_left >= size => {
+                    a.budget_left -= size;
+                    a.sent.insert(f.hash.clone());
+                    true
+                }
+                _ => false,
+            };
+            if !charged {
+                tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, size, "inline file over the attempt's budget: dropped");
                 continue;
             }
             let quota = self.config.max_store_bytes;
@@ -481,9 +617,19 @@ impl Hub {
         };
         let inline = std::mem::take(&mut c.inline);
         self.store_inline(&job_id, &c, inline).await;
+        // Every file the completion names must be one this agent sent while this attempt was
+        // out (content of other jobs the store happens to hold is not the agent's to name),
+        // and be in the store.
+        let sent = self
+            .attempts
+            .lock()
+            .unwrap()
+            .get(&c.attempt_id)
+            .map(|a| a.sent.clone())
+            .unwrap_or_default();
         let missing: Vec<String> = std::iter::once(&c.result_hash)
             .chain(c.artifacts.iter().map(|a| &a.hash))
-            .filter(|h| self.content.path(h).is_none())
+            .filter(|h| !sent.contains(*h) || self.content.path(h).is_none())
             .cloned()
             .collect();
         if !missing.is_empty() {
@@ -491,7 +637,8 @@ impl Hub {
             return ack(AckOutcome::MissingFiles(missing));
         }
         let path = self.content.path(&c.result_hash).expect("checked above");
-        let result = match read_result(&path) {
+        let read = tokio::task::spawn_blocking(move || read_result(&path)).await;
+        let result = match read.unwrap_or_else(|e| Err(e.to_string())) {
             Ok(r) => r,
             Err(reason) => {
                 let f = Failure {
@@ -505,14 +652,20 @@ impl Hub {
                 return ack(AckOutcome::Accepted);
             }
         };
+        // Sizes as stored (not as claimed), names cleaned, media types from the allow-list.
         let mut artifacts: Vec<ArtifactRow> = c
             .artifacts
             .iter()
             .map(|a| ArtifactRow {
-                name: a.name.clone(),
+                name: clean_artifact_name(&a.name),
                 hash: a.hash.clone(),
-                size: a.size,
-                media_type: a.media_type.clone(),
+                size: self
+                    .content
+                    .path(&a.hash)
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .unwrap_or(0),
+                media_type: allowed_media_type(&a.media_type),
             })
             .collect();
         if !artifacts.iter().any(|a| a.hash == c.result_hash) {
@@ -604,7 +757,7 @@ impl Hub {
                 &job_id,
                 &f.attempt_id,
                 outcome,
-                &f.error,
+                &truncated(&f.error, 2000),
                 f.retryable,
                 requeue_at,
                 now,
@@ -658,7 +811,8 @@ impl Hub {
     }
 }
 
-/// Read and check an agent's result document.
+/// Read and check an agent's result document: UTF-8 JSON within [`MAX_RESULT_BYTES`], checked
+/// without building its tree. Blocking.
 fn read_result(path: &std::path::Path) -> Result<String, String> {
     let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     if len > MAX_RESULT_BYTES {
@@ -667,8 +821,34 @@ fn read_result(path: &std::path::Path) -> Result<String, String> {
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("not UTF-8 text: {e}"))?;
-    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("not JSON: {e}"))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| format!("not JSON: {e}"))?;
     Ok(text)
+}
+
+/// An artifact's name as served: printable, no path, at most 200 characters.
+fn clean_artifact_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .take(200)
+        .collect();
+    if cleaned.trim().is_empty() || cleaned == "." || cleaned == ".." {
+        "artifact".into()
+    } else {
+        cleaned
+    }
+}
+
+/// The media type an artifact is served as.
+fn allowed_media_type(claimed: &str) -> String {
+    let t = claimed.trim().to_ascii_lowercase();
+    let base = t.split(';').next().unwrap_or("").trim();
+    if ARTIFACT_MEDIA_TYPES.contains(&base) {
+        base.to_string()
+    } else {
+        "application/octet-stream".into()
+    }
 }
 
 fn respond_user<T: serde::Serialize>(session: &Session, request: &Envelope, kind: &str, value: &T) {

@@ -139,14 +139,16 @@ impl Content {
         .map_err(std::io::Error::other)?
     }
 
-    /// Copy a file on this host into the store (the transport's import: its manifest is kept,
-    /// so sending it to an agent does not hash it again); `(hash, size)`.
-    pub async fn import_path(
+    /// Copy an open file on this host into the store (the transport's import: its manifest is
+    /// kept, so sending it to an agent does not hash it again); `(hash, size)`. `label` names
+    /// it in errors.
+    pub async fn import_open(
         &self,
-        source: &Path,
+        file: std::fs::File,
+        label: &Path,
         max_bytes: u64,
     ) -> std::io::Result<(String, u64)> {
-        let meta = tokio::fs::metadata(source).await?;
+        let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -161,7 +163,7 @@ impl Content {
         }
         let hash = self
             .store
-            .import_file(source)
+            .import_open_file(file, label)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok((hash, meta.len()))
@@ -215,11 +217,12 @@ mod tests {
         let c = Content::new(dir.path().join("store"), dir.path().join("up")).unwrap();
         let src = dir.path().join("a.wav");
         std::fs::write(&src, b"hello").unwrap();
-        let (hash, size) = c.import_path(&src, 100).await.unwrap();
+        let open = || std::fs::File::open(&src).unwrap();
+        let (hash, size) = c.import_open(open(), &src, 100).await.unwrap();
         assert_eq!(hash, blake3::hash(b"hello").to_hex().to_string());
         assert_eq!(size, 5);
         assert_eq!(std::fs::read(c.path(&hash).unwrap()).unwrap(), b"hello");
         assert!(c.path("../etc/passwd").is_none());
-        assert!(c.import_path(&src, 4).await.is_err());
+        assert!(c.import_open(open(), &src, 4).await.is_err());
     }
 }

@@ -117,12 +117,10 @@ impl Hub {
             self.publish(events);
             candidates[ix].active += 1;
             placed += 1;
+            let budget = self.artifact_budget(job.input_size);
             self.attempts.lock().unwrap().insert(
                 attempt_id.clone(),
-                LiveAttempt {
-                    job_id: job.id.clone(),
-                    agent_id: agent_id.clone(),
-                },
+                LiveAttempt::new(job.id.clone(), agent_id.clone(), budget),
             );
             self.metrics
                 .dispatch_latency

@@ -15,6 +15,7 @@
 mod agents;
 pub mod content;
 mod dispatch;
+pub mod inputs;
 mod leases;
 
 use std::collections::HashMap;
@@ -38,7 +39,9 @@ pub use content::Content;
 pub type AttemptTable = Arc<Mutex<HashMap<String, LiveAttempt>>>;
 
 /// The transport's filter for files agents send: only from an agent with an attempt out (its
-/// artifacts), and no larger than `max_bytes`. Anything else is refused before a byte lands.
+/// artifacts), no larger than `max_bytes`, and within the byte budget of one of its attempts,
+/// which then counts the file as sent during that attempt (a completion may name only such
+/// files). Anything else is refused before a byte lands.
 pub fn artifact_filter(attempts: AttemptTable, max_bytes: u64) -> morag_transport::OfferFilter {
     morag_transport::OfferFilter::new(move |offer: &morag_transport::OfferInfo| {
         if offer.size > max_bytes {
@@ -47,15 +50,28 @@ pub fn artifact_filter(attempts: AttemptTable, max_bytes: u64) -> morag_transpor
                 offer.size
             ));
         }
-        let has_work = attempts
-            .lock()
-            .unwrap()
-            .values()
-            .any(|a| a.agent_id == offer.peer_id);
-        if has_work {
-            Ok(())
-        } else {
-            Err("no attempt of yours is open at this hub; files are accepted only as artifacts of running work".into())
+        let mut attempts = attempts.lock().unwrap();
+        let mut mine: Vec<&mut LiveAttempt> = attempts
+            .values_mut()
+            .filter(|a| a.agent_id == offer.peer_id)
+            .collect();
+        if mine.is_empty() {
+            return Err("no attempt of yours is open at this hub; files are accepted only as artifacts of running work".into());
+        }
+        // Offered again (a resumed or repeated transfer): charged once.
+        if mine.iter().any(|a| a.sent.contains(&offer.hash)) {
+            return Ok(());
+        }
+        match mine.iter_mut().find(|a| a.budget_left >= offer.size) {
+            Some(a) => {
+                a.budget_left -= offer.size;
+                a.sent.insert(offer.hash.clone());
+                Ok(())
+            }
+            None => Err(format!(
+                "{} bytes is over what your open attempts may still send (artifact_budget)",
+                offer.size
+            )),
         }
     })
 }
@@ -81,6 +97,21 @@ pub(crate) struct AgentLive {
 pub struct LiveAttempt {
     pub job_id: String,
     pub agent_id: String,
+    /// Bytes the agent may still send as this attempt's files.
+    pub budget_left: u64,
+    /// Content the agent offered while this attempt was out (its completion may name these).
+    pub sent: std::collections::HashSet<String>,
+}
+
+impl LiveAttempt {
+    pub fn new(job_id: String, agent_id: String, budget: u64) -> Self {
+        Self {
+            job_id,
+            agent_id,
+            budget_left: budget,
+            sent: Default::default(),
+        }
+    }
 }
 
 /// A cancel waiting for the agent's acknowledgement.
@@ -97,6 +128,8 @@ pub struct Hub {
     pub config: HubConfig,
     pub store: Arc<dyn Store>,
     pub content: Content,
+    /// Which files on this host submissions may name.
+    pub inputs: inputs::InputPolicy,
     pub metrics: Metrics,
     pub api_token: String,
     pub ca_fingerprint: [u8; 32],
@@ -106,6 +139,8 @@ pub struct Hub {
     /// Shared with the transport's file filter: only agents with an attempt out may send files.
     pub(crate) attempts: Arc<Mutex<HashMap<String, LiveAttempt>>>,
     pub(crate) cancels: Mutex<HashMap<String, PendingCancel>>,
+    /// Progress writes per attempt (at most one a second).
+    pub(crate) progress_gates: Mutex<HashMap<String, agents::ProgressGate>>,
     /// Inputs being sent to agents, by attempt: stopped when the attempt ends.
     pub(crate) input_transfers: Mutex<HashMap<String, CancellationToken>>,
     events: broadcast::Sender<JobEvent>,
@@ -148,8 +183,10 @@ impl Hub {
     ) -> anyhow::Result<Arc<Self>> {
         let quic_addr = listener.local_addr()?;
         let content = Content::new(config.store_dir(), config.uploads_dir())?;
+        let inputs = inputs::InputPolicy::new(&config);
         Ok(Arc::new(Self {
             hub_id,
+            inputs,
             config,
             store,
             content,
@@ -161,6 +198,7 @@ impl Hub {
             agents: Mutex::new(HashMap::new()),
             attempts,
             cancels: Mutex::new(HashMap::new()),
+            progress_gates: Mutex::new(HashMap::new()),
             input_transfers: Mutex::new(HashMap::new()),
             events: broadcast::channel(4096).0,
             wake: Notify::new(),
@@ -198,9 +236,18 @@ impl Hub {
         self.wake.notify_one();
     }
 
+    /// The bytes an attempt on an input of `input_size` may send back: `artifact_budget_floor`
+    /// plus `artifact_budget_multiple` times the input.
+    pub(crate) fn artifact_budget(&self, input_size: u64) -> u64 {
+        self.config.artifact_budget_floor.saturating_add(
+            input_size.saturating_mul(u64::from(self.config.artifact_budget_multiple)),
+        )
+    }
+
     /// Drop an attempt from the live table (it ended); stop sending its input.
     pub(crate) fn forget_attempt(&self, attempt_id: &str) {
         self.attempts.lock().unwrap().remove(attempt_id);
+        self.progress_gates.lock().unwrap().remove(attempt_id);
         if let Some(transfer) = self.input_transfers.lock().unwrap().remove(attempt_id) {
             tracing::info!(
                 attempt_id,

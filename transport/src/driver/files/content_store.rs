@@ -187,6 +187,24 @@ impl ContentStore {
             })?
     }
 
+    /// [`ContentStore::import_file`] from a file already open (`label` names it in errors):
+    /// for callers that check what they opened (its real path, its type) before importing,
+    /// so that what is imported is what was checked.
+    pub async fn import_open_file(
+        &self,
+        file: std::fs::File,
+        label: impl Into<PathBuf>,
+    ) -> Result<String, StoreError> {
+        let store = self.store.clone();
+        let label = label.into();
+        tokio::task::spawn_blocking(move || import_from(&store, file, &label))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: PathBuf::from("<import task>"),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+
     fn partial_of(&self, hash: &[u8; 32]) -> PathBuf {
         self.store
             .dir()
@@ -230,7 +248,11 @@ pub(crate) fn store_usage(dir: &Path) -> Result<u64, StoreError> {
 }
 
 fn import(store: &Store, src: &Path) -> Result<String, StoreError> {
-    let mut file = std::fs::File::open(src).map_err(io(src))?;
+    let file = std::fs::File::open(src).map_err(io(src))?;
+    import_from(store, file, src)
+}
+
+fn import_from(store: &Store, mut file: std::fs::File, src: &Path) -> Result<String, StoreError> {
     let len = file.metadata().map_err(io(src))?.len();
     let partial = store.dir().join("partial");
     std::fs::create_dir_all(&partial).map_err(io(&partial))?;
