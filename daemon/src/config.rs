@@ -81,8 +81,14 @@ pub struct HubConfig {
     /// `artifact_budget_multiple` times the job's input.
     pub artifact_budget_floor: u64,
     pub artifact_budget_multiple: u32,
-    /// Refuse artifacts that would take the content store past this size (none: no quota).
+    /// Refuse agent files and uploads that would take the content store past this size (none:
+    /// no quota). Unless set, `serve` sets it from `DATA/store-quota`, written at the first
+    /// start as 80 % of the free space where the store lives.
     pub max_store_bytes: Option<u64>,
+    /// Whether `max_store_bytes` is still to be decided by `serve` (not set by the operator).
+    pub max_store_bytes_auto: bool,
+    /// Uploads streaming in at once; more get 503.
+    pub max_concurrent_uploads: u32,
     /// Default lifetime of a join token.
     pub token_ttl: Duration,
     /// How often the content store is swept, and how old unreferenced content (and partial
@@ -128,6 +134,8 @@ impl Default for HubConfig {
             artifact_budget_floor: 256 << 20,
             artifact_budget_multiple: 2,
             max_store_bytes: None,
+            max_store_bytes_auto: true,
+            max_concurrent_uploads: 16,
             token_ttl: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
             gc_interval: Duration::from_secs(3600),
@@ -165,6 +173,7 @@ pub const KEYS: &[&str] = &[
     "dispatch_interval",
     "max_upload_bytes",
     "max_store_bytes",
+    "max_concurrent_uploads",
     "artifact_budget_floor",
     "artifact_budget_multiple",
     "token_ttl",
@@ -350,10 +359,21 @@ impl HubConfig {
                 self.artifact_budget_multiple = parse_num(field, value, "a whole number")?
             }
             "max_store_bytes" => {
-                self.max_store_bytes = match value.trim() {
-                    "" | "none" => None,
-                    v => Some(parse_num(field, v, "a number of bytes or none")?),
+                (self.max_store_bytes, self.max_store_bytes_auto) = match value.trim() {
+                    "" | "auto" => (None, true),
+                    "none" => (None, false),
+                    v => (
+                        Some(parse_num(field, v, "a number of bytes, auto or none")?),
+                        false,
+                    ),
                 }
+            }
+            "max_concurrent_uploads" => {
+                let n: u32 = parse_num(field, value, "a positive integer")?;
+                if n == 0 {
+                    return Err(ConfigError::new(field, "must be at least 1"));
+                }
+                self.max_concurrent_uploads = n;
             }
             "token_ttl" => self.token_ttl = parse_duration(field, value)?,
             "shutdown_grace" => self.shutdown_grace = parse_duration(field, value)?,
@@ -563,6 +583,14 @@ mod tests {
         assert_eq!(
             crate::store::redact_url("postgres://u@h/db"),
             "postgres://u@h/db"
+        );
+        assert_eq!(
+            crate::store::redact_url("postgres://h/db?user=u&password=pw&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(
+            crate::store::redact_url("postgresql://u:p%40ss@h:5432?sslpassword=k"),
+            "postgresql://u:***@h:5432?sslpassword=***"
         );
     }
 

@@ -48,7 +48,11 @@ pub async fn create_token(
     config: &HubConfig,
     ttl: Duration,
     hub: Option<&str>,
+    replace_agent: Option<&str>,
 ) -> anyhow::Result<CreatedToken> {
+    if let Some(id) = replace_agent {
+        morag_certs::validate_id(id).map_err(|e| anyhow::anyhow!("--replace {id:?}: {e}"))?;
+    }
     let pki = config.pki_dir();
     let ca = CertificateAuthority::load(&pki).with_context(|| {
         format!(
@@ -66,8 +70,24 @@ pub async fn create_token(
     };
     let fp = morag_certs::enroll::ca_fingerprint(&ca.cert_der());
     let token = JoinToken::generate(&hub, fp).map_err(|e| anyhow::anyhow!("--hub {hub:?}: {e}"))?;
-    // The database the hub in this data directory serves with, unless one is given: a token
-    // written anywhere else would be unknown to the hubs.
+    let store = open_store(config).await?;
+    let now = unix_ms();
+    store
+        .insert_token(
+            &token.id,
+            &token.secret_hash(),
+            now,
+            now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            replace_agent,
+        )
+        .await?;
+    tracing::info!(token_id = %token.id, hub, ttl = ?ttl, replace = ?replace_agent, "join token created");
+    Ok(CreatedToken { token })
+}
+
+/// The database the hub in this data directory serves with, unless the configuration names
+/// one: for the command line (`token create`, `revoke`), whose writes must reach the hubs.
+pub async fn open_store(config: &HubConfig) -> anyhow::Result<crate::store::sql::SqlStore> {
     let target = match &config.store {
         Some(_) => config.store_target(),
         None => match std::fs::read_to_string(config.data.join(STORE_FILE)) {
@@ -77,20 +97,24 @@ pub async fn create_token(
             _ => config.store_target(),
         },
     };
-    let store = crate::store::sql::SqlStore::open(&target, config.sync, "cli")
+    crate::store::sql::SqlStore::open(&target, config.sync, "cli")
         .await
-        .with_context(|| format!("opening the database {}", target.redacted()))?;
-    let now = unix_ms();
-    store
-        .insert_token(
-            &token.id,
-            &token.secret_hash(),
-            now,
-            now + ttl.as_millis() as u64,
-        )
-        .await?;
-    tracing::info!(token_id = %token.id, hub, ttl = ?ttl, "join token created");
-    Ok(CreatedToken { token })
+        .with_context(|| format!("opening the database {}", target.redacted()))
+}
+
+/// `morag-hub revoke AGENT`: every certificate of the agent is revoked in the database; each
+/// hub on it closes the agent's session within a second and refuses it from then on (full
+/// handshakes and 0-RTT resumptions alike). Returns how many certificates were revoked.
+pub async fn revoke_agent(config: &HubConfig, agent_id: &str) -> anyhow::Result<u64> {
+    let store = open_store(config).await?;
+    let n = store.revoke_agent(agent_id, unix_ms()).await?;
+    tracing::info!(agent_id, certificates = n, "agent revoked");
+    Ok(n)
+}
+
+/// Lowercase hex of a certificate serial, without leading zero bytes (as CRLs compare them).
+pub fn serial_hex(serial: &[u8]) -> String {
+    hex::encode(morag_certs::normalize_serial(serial))
 }
 
 /// The hub's side of enrollment: the database decides on the token, the CA signs.
@@ -120,8 +144,21 @@ impl EnrollAuthority for HubAuthority {
             &req.agent_id,
             unix_ms(),
         ));
-        match redeemed {
-            Ok(TokenRedemption::Redeemed) => {}
+        let replacing = match redeemed {
+            Ok(TokenRedemption::Redeemed { replacing }) => replacing,
+            Ok(TokenRedemption::IdTaken) => {
+                tracing::warn!(token_id = %req.token_id, agent_id = %req.agent_id, "enrollment refused: the id was issued before");
+                return Err(EnrollRefusal::Denied(format!(
+                    "the agent id {:?} was issued before and is not given out again (the join token is still valid): enroll with another --id (or none: a unique one is made), or, to replace that agent, use a token from `morag-hub token create --replace {}`",
+                    req.agent_id, req.agent_id
+                )));
+            }
+            Ok(TokenRedemption::ForOtherId(id)) => {
+                tracing::warn!(token_id = %req.token_id, agent_id = %req.agent_id, replace = %id, "enrollment refused: the token replaces another agent");
+                return Err(EnrollRefusal::Denied(format!(
+                    "this join token was made to replace the agent {id:?}: enroll with --id {id}"
+                )));
+            }
             Ok(TokenRedemption::Unknown | TokenRedemption::WrongSecret) => {
                 tracing::warn!(token_id = %req.token_id, agent_id = %req.agent_id, "enrollment refused: unknown token or wrong secret");
                 return Err(EnrollRefusal::UnknownToken);
@@ -138,12 +175,24 @@ impl EnrollAuthority for HubAuthority {
                 tracing::error!(error = %e, "enrollment: database failure");
                 return Err(EnrollRefusal::Internal);
             }
-        }
+        };
         let signed = self
             .ca
             .sign_agent_csr(&req.csr_pem, &req.agent_id, Validity::days(AGENT_CERT_DAYS))
             .map_err(|e| EnrollRefusal::BadRequest(e.to_string()))?;
-        tracing::info!(agent_id = %req.agent_id, name = ?req.name, serial = %hex::encode(&signed.serial), "agent enrolled");
+        // Issued serials are unique (primary key); replacing revokes the id's older ones,
+        // which every hub then refuses.
+        let recorded = self.runtime.block_on(self.store.record_certificate(
+            &req.agent_id,
+            &serial_hex(&signed.serial),
+            replacing,
+            unix_ms(),
+        ));
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, agent_id = %req.agent_id, "enrollment: cannot record the certificate");
+            return Err(EnrollRefusal::Internal);
+        }
+        tracing::info!(agent_id = %req.agent_id, name = ?req.name, serial = %hex::encode(&signed.serial), replacing, "agent enrolled");
         Ok(EnrollGrant {
             cert_pem: signed.cert_pem,
             ca_pem: self.ca.cert_pem().to_string(),

@@ -47,6 +47,49 @@ pub fn fingerprint_text(fp: &[u8; 32]) -> String {
     format!("sha256:{}", hex::encode(fp))
 }
 
+/// `DATA/store-quota`: the content store's default quota, decided at the first start.
+pub const STORE_QUOTA_FILE: &str = "store-quota";
+
+/// The content store's quota when `max_store_bytes` is not set: read from `DATA/store-quota`,
+/// or (first start) 80 % of the free space of the store's file system, written there so that
+/// it does not shrink as the store fills.
+pub fn default_store_quota(config: &HubConfig) -> anyhow::Result<u64> {
+    let file = config.data.join(STORE_QUOTA_FILE);
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        if let Ok(n) = text.trim().parse::<u64>() {
+            return Ok(n);
+        }
+        tracing::warn!(file = %file.display(), "unreadable store quota: deciding it again");
+    }
+    let dir = config.store_dir();
+    let st = rustix::fs::statvfs(&dir)
+        .with_context(|| format!("measuring the free space of {}", dir.display()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let quota = free / 5 * 4;
+    std::fs::write(&file, format!("{quota}\n"))
+        .with_context(|| format!("writing {}", file.display()))?;
+    tracing::info!(bytes = quota, file = %file.display(), "content store quota set to 80 % of the free space (set max_store_bytes to change it)");
+    Ok(quota)
+}
+
+/// Remove uploads a crash left behind (nothing is in flight before the hub serves).
+fn sweep_uploads(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed uploads left by an earlier run");
+    }
+}
+
 /// Create or load the data directory.
 pub fn prepare(config: &HubConfig) -> anyhow::Result<DataDir> {
     let pki = config.pki_dir();
@@ -54,6 +97,7 @@ pub fn prepare(config: &HubConfig) -> anyhow::Result<DataDir> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
     }
+    sweep_uploads(&config.uploads_dir());
     let ca = if pki.join(morag_certs::CA_CERT_FILE).exists() {
         CertificateAuthority::load(&pki)
             .with_context(|| format!("loading the CA in {}", pki.display()))?

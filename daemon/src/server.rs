@@ -50,8 +50,11 @@ impl Running {
 }
 
 /// Open everything and start serving.
-pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(mut config: HubConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let data = init::prepare(&config)?;
+    if config.max_store_bytes_auto {
+        config.max_store_bytes = Some(init::default_store_quota(&config)?);
+    }
     let hub_id = crate::hub::new_id("hub");
     let target = config.store_target();
     let store = SqlStore::open(&target, config.sync, &hub_id)
@@ -61,8 +64,25 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         .notices()
         .await
         .with_context(|| format!("listening to the database {}", target.redacted()))?;
+    // Revocations live in the database (every hub of a deployment refuses them): the CRL the
+    // hub starts with lists them, and `revocation_loop` follows later ones.
+    let mut crl_ca = morag_certs::CertificateAuthority::load(&config.pki_dir())
+        .context("loading the CA for revocations")?;
+    let revoked = store
+        .revoked_serials()
+        .await
+        .context("reading the revoked certificates")?;
+    let revoked_serials: Vec<Vec<u8>> =
+        revoked.iter().filter_map(|h| hex::decode(h).ok()).collect();
+    let revocations = if revoked_serials.is_empty() {
+        data.revocations.clone()
+    } else {
+        crl_ca
+            .revoke(&revoked_serials)
+            .context("signing the revocation list")?
+    };
     let mut session = SessionConfig::new(data.credentials.clone());
-    session.revocations = data.revocations.clone();
+    session.revocations = revocations;
     session.store_dir = config.store_dir();
     session.allowed_roles = Some(vec![Role::Agent]);
     session.software = concat!("morag-hub/", env!("CARGO_PKG_VERSION")).to_string();
@@ -147,6 +167,10 @@ pub async fn start(config: HubConfig, shutdown: CancellationToken) -> anyhow::Re
         tasks.spawn(hub.clone().notice_loop(notices));
     }
     tasks.spawn(hub.clone().gc_loop());
+    tasks.spawn(
+        hub.clone()
+            .revocation_loop(crl_ca, revoked.into_iter().collect()),
+    );
     let app = crate::api::router(hub.clone());
     let stop = shutdown.clone();
     let h = hub.clone();

@@ -492,36 +492,33 @@ fn fetch(name: &str, dir: &Path) -> anyhow::Result<()> {
 
 /// `serve` with a join token and no certificate in DIR: enroll first, as `enroll` would.
 fn enroll_on_first_start(args: &ServeArgs, config: &ServeConfig) -> anyhow::Result<()> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let token = args
-        .join_token
-        .clone()
-        .or_else(|| env("MORAG_REMOTE_JOIN_TOKEN"));
-    let file = args
-        .join_token_file
-        .clone()
-        .or_else(|| env("MORAG_REMOTE_JOIN_TOKEN_FILE").map(PathBuf::from));
-    let token = match (token, file) {
-        (None, None) => return Ok(()),
-        _ if config.dir.join("agent.pem").is_file() => {
+    if config.dir.join("agent.pem").is_file() {
+        if args.join_token.is_some() || args.join_token_file.is_some() {
             tracing::info!(dir = %config.dir.display(), "already enrolled; the join token is not used");
-            return Ok(());
         }
-        (Some(t), _) => t,
-        (None, Some(p)) => std::fs::read_to_string(&p)
-            .with_context(|| format!("reading the join token from {}", p.display()))?
-            .trim()
-            .to_string(),
+        return Ok(());
+    }
+    let Some(token) = crate::enroll::token_from(
+        args.join_token.as_deref(),
+        args.join_token_file.as_deref(),
+        "--join-token",
+    )?
+    else {
+        return Ok(());
     };
     tracing::info!(dir = %config.dir.display(), "not enrolled yet: enrolling with the join token");
-    crate::enroll::run(crate::enroll::EnrollArgs {
-        token,
-        hub: args.hub.clone(),
-        dir: config.dir.clone(),
-        id: config.worker_id.clone(),
-        name: config.name.clone(),
-        force: false,
-    })
+    crate::enroll::run_with_token(
+        &token,
+        &crate::enroll::EnrollArgs {
+            token: None,
+            token_file: None,
+            hub: args.hub.clone(),
+            dir: config.dir.clone(),
+            id: config.worker_id.clone(),
+            name: config.name.clone(),
+            force: false,
+        },
+    )
     .context("enrolling on first start")
 }
 

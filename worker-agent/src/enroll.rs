@@ -10,16 +10,21 @@ use morag_certs::enroll::{enroll_with, EnrollOptions, JoinToken};
 
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
-    /// The join token (`morag-hub token create` prints it).
+    /// The join token (`morag-hub token create` prints it). A token on the command line is
+    /// visible to every user in `ps`: prefer --token-file or MORAG_REMOTE_JOIN_TOKEN.
     #[arg(long, value_name = "TOKEN")]
-    pub token: String,
+    pub token: Option<String>,
+    /// Read the join token from this file [env MORAG_REMOTE_JOIN_TOKEN_FILE].
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// The hub's address [default: the one in the token].
     #[arg(long, value_name = "HOST:PORT")]
     pub hub: Option<String>,
     /// Where to keep the key, certificate and CA [default: ./morag-agent].
     #[arg(long, value_name = "DIR", default_value = "morag-agent")]
     pub dir: PathBuf,
-    /// This agent's id [default: the host name].
+    /// This agent's id; the hub refuses one it has issued before [default: the host name and a
+    /// random suffix, printed].
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
     /// A display name sent to the hub [default: the host name].
@@ -30,8 +35,15 @@ pub struct EnrollArgs {
     pub force: bool,
 }
 
-/// The host name as an agent id: lowercase, characters outside `[a-z0-9-]` replaced.
+/// A new agent id: the host name (lowercase, characters outside `[a-z0-9-]` replaced) and a
+/// random suffix, so that two agents enrolled on one host without `--id` do not share an id.
 fn default_id() -> String {
+    let suffix: u32 = rand::random::<u32>() & 0xff_ffff;
+    format!("{}-{suffix:06x}", host_id())
+}
+
+/// The host name as an id part.
+fn host_id() -> String {
     let host = sysinfo::System::host_name()
         .ok()
         .unwrap_or_default()
@@ -46,7 +58,9 @@ fn default_id() -> String {
             }
         })
         .collect();
-    let id = id.trim_matches('-').to_string();
+    // Room for the suffix within the id's limit.
+    let id: String = id.trim_matches('-').chars().take(48).collect();
+    let id = id.trim_end_matches('-').to_string();
     if morag_certs::validate_id(&id).is_ok() {
         id
     } else {
@@ -54,12 +68,48 @@ fn default_id() -> String {
     }
 }
 
+/// The join token from the flag, the file, or the environment (in that order); a token given
+/// as a flag draws a warning, since any user of the machine can read it in `ps`.
+pub fn token_from(
+    flag: Option<&str>,
+    file: Option<&std::path::Path>,
+    flag_name: &str,
+) -> anyhow::Result<Option<String>> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let Some(t) = flag {
+        tracing::warn!(
+            "{flag_name} on the command line is visible to every user of this machine in `ps`; \
+             prefer {flag_name}-file or the MORAG_REMOTE_JOIN_TOKEN environment variable"
+        );
+        return Ok(Some(t.trim().to_string()));
+    }
+    let file = file
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| env("MORAG_REMOTE_JOIN_TOKEN_FILE").map(PathBuf::from));
+    if let Some(p) = file {
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading the join token from {}", p.display()))?;
+        return Ok(Some(text.trim().to_string()));
+    }
+    Ok(env("MORAG_REMOTE_JOIN_TOKEN").map(|t| t.trim().to_string()))
+}
+
 pub fn run(args: EnrollArgs) -> anyhow::Result<()> {
-    let token: JoinToken = args
-        .token
+    let text = token_from(args.token.as_deref(), args.token_file.as_deref(), "--token")?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no join token: give --token-file PATH, MORAG_REMOTE_JOIN_TOKEN, or --token"
+            )
+        })?;
+    run_with_token(&text, &args)
+}
+
+/// Enroll with the join token `text` (already read from wherever it was given).
+pub fn run_with_token(text: &str, args: &EnrollArgs) -> anyhow::Result<()> {
+    let token: JoinToken = text
         .trim()
         .parse()
-        .map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("join token: {e}"))?;
     let hub = args.hub.clone().unwrap_or_else(|| token.hub.clone());
     let id = args.id.clone().unwrap_or_else(default_id);
     morag_certs::validate_id(&id).map_err(|e| anyhow::anyhow!("--id {id:?}: {e}"))?;

@@ -235,6 +235,10 @@ pub(crate) async fn import_source(hub: &Hub, path: &str) -> ApiResult<(String, u
             )))
         }
     };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if store_room(hub).await?.is_some_and(|r| size > r) {
+        return Err(store_full(hub));
+    }
     let result = hub
         .content
         .import_open(file, &real, hub.config.max_upload_bytes)
@@ -246,6 +250,29 @@ pub(crate) async fn import_source(hub: &Hub, path: &str) -> ApiResult<(String, u
         ),
         _ => ApiError::bad_request(format!("cannot read source_file_path {path:?}: {e}")),
     })
+}
+
+/// What the content store may still take (`None`: no quota).
+async fn store_room(hub: &Hub) -> ApiResult<Option<u64>> {
+    hub.content
+        .room(hub.config.max_store_bytes)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("cannot measure the content store: {e}"),
+            )
+        })
+}
+
+fn store_full(hub: &Hub) -> ApiError {
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        format!(
+            "the hub's content store is full (max_store_bytes {}); old content goes after gc_min_age",
+            hub.config.max_store_bytes.unwrap_or(0)
+        ),
+    )
 }
 
 pub(crate) fn refuse_when_stopping(hub: &Hub) -> ApiResult<()> {
@@ -314,6 +341,7 @@ async fn submit_multipart(
 ) -> ApiResult<crate::model::Job> {
     let mut spec = JobSpec::default();
     let mut upload: Option<(Staged, String, u64, String)> = None;
+    let mut _permit = None;
     let max = hub.config.max_upload_bytes;
     loop {
         let field = multipart
@@ -327,6 +355,16 @@ async fn submit_multipart(
                 return Err(ApiError::bad_request("more than one `file` part"));
             }
             let file_name = clean_name(field.file_name().unwrap_or("input"));
+            _permit = Some(hub.uploads.clone().try_acquire_owned().map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} uploads are streaming in already (max_concurrent_uploads); try again shortly",
+                        hub.config.max_concurrent_uploads
+                    ),
+                )
+            })?);
+            let room = store_room(hub).await?;
             let (path, file) = hub.content.staging_file().map_err(|e| {
                 ApiError::new(
                     StatusCode::INSUFFICIENT_STORAGE,
@@ -356,6 +394,9 @@ async fn submit_multipart(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("upload over the limit of {max} bytes (max_upload_bytes)"),
                     ));
+                }
+                if room.is_some_and(|r| size > r) {
+                    return Err(store_full(hub));
                 }
                 hasher.update(&chunk);
                 out.write_all(&chunk).await.map_err(|e| {

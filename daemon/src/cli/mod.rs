@@ -77,6 +77,13 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Revoke every certificate of an agent: each hub on the database closes its session within
+    /// a second, re-dispatches its work and refuses it from then on (0-RTT included).
+    Revoke {
+        agent: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Stop giving an agent new work (running jobs finish); --undo to resume.
     Drain {
         agent: String,
@@ -124,21 +131,46 @@ pub struct ServeArgs {
 pub enum TokenCommand {
     /// Make a single-use join token; prints it alone on the last line.
     Create {
-        /// Data directory of the hub [default: ./morag-hub].
-        #[arg(long, value_name = "DIR")]
-        data: Option<PathBuf>,
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// How long the token stays valid [default: 1h].
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
         /// host:port agents dial [default: the address the hub advertises].
         #[arg(long, value_name = "HOST:PORT")]
         hub: Option<String>,
-        /// The hubs' database [default: the one the hub in DATA last served with].
-        #[arg(long, value_name = "URL")]
-        store: Option<String>,
+        /// Make the token re-issue this existing agent id (a replaced machine, a lost key): its
+        /// old certificates are revoked when the new one is issued. Without it, an id that was
+        /// issued before is refused.
+        #[arg(long, value_name = "AGENT")]
+        replace: Option<String>,
     },
+}
+
+/// Where the hub's database is, for the commands that write it directly.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Data directory of the hub [default: ./morag-hub].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The hubs' database [default: the one the hub in DATA last served with].
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+}
+
+impl StoreArgs {
+    fn load(&self) -> Result<HubConfig, Exit> {
+        let mut overrides = Vec::new();
+        if let Some(d) = &self.data {
+            overrides.push(("data", d.display().to_string(), "--data".to_string()));
+        }
+        if let Some(s) = &self.store {
+            overrides.push(("store", s.clone(), "--store".to_string()));
+        }
+        load_config(self.config.as_deref(), &overrides)
+    }
 }
 
 /// Where the HTTP API is and how to authenticate.
@@ -308,32 +340,49 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             Ok(0)
         }
         Command::Token(TokenCommand::Create {
-            data,
-            config,
+            store,
             ttl,
             hub,
-            store,
+            replace,
         }) => {
-            let mut overrides = Vec::new();
-            if let Some(d) = &data {
-                overrides.push(("data", d.display().to_string(), "--data".to_string()));
-            }
-            if let Some(s) = &store {
-                overrides.push(("store", s.clone(), "--store".to_string()));
-            }
-            let config = load_config(config.as_deref(), &overrides)?;
+            let config = store.load()?;
             let ttl = match ttl {
                 Some(t) => crate::config::parse_duration("--ttl", &t)?,
                 None => config.token_ttl,
             };
-            let token = crate::enroll::create_token(&config, ttl, hub.as_deref()).await?;
+            let token =
+                crate::enroll::create_token(&config, ttl, hub.as_deref(), replace.as_deref())
+                    .await?;
             println!(
                 "join token for {} (single use, valid for {}):",
                 token.hub(),
                 humantime::format_duration(ttl)
             );
-            println!("  on the agent: morag-agent enroll --token <the token below>");
+            if let Some(id) = &replace {
+                println!("  it re-issues the agent id {id}; its old certificates are revoked when the new one is issued");
+                println!("  on the agent: morag-agent enroll --id {id} --token-file <a file holding the token below>");
+            } else {
+                println!("  on the agent: morag-agent enroll --token-file <a file holding the token below>");
+            }
             println!("{token}");
+            Ok(0)
+        }
+        Command::Revoke { agent, store } => {
+            morag_certs::validate_id(&agent).map_err(|e| Exit {
+                code: 64,
+                message: format!("agent {agent:?}: {e}"),
+            })?;
+            let config = store.load()?;
+            let n = crate::enroll::revoke_agent(&config, &agent).await?;
+            if n == 0 {
+                return Err(Exit {
+                    code: 1,
+                    message: format!(
+                        "no unrevoked certificate of {agent:?} is known to the hubs (never enrolled or registered, or revoked already)"
+                    ),
+                });
+            }
+            println!("revoked {n} certificate(s) of {agent}: every hub on this database closes its session and refuses it within a second");
             Ok(0)
         }
         Command::Submit(args) => Ok(submit::run(args).await?),

@@ -279,6 +279,13 @@ impl Hub {
             lease_ms: None,
         };
         self.store.upsert_agent(&record).await.map_err(db)?;
+        // Its certificate, so that `revoke` finds it by id (certificates issued outside
+        // enrollment included).
+        let serial = crate::enroll::serial_hex(&session.peer().serial);
+        self.store
+            .note_certificate(peer, &serial, now)
+            .await
+            .map_err(db)?;
         // The lease before the attempts are read: from here no hub's sweep takes them.
         self.store
             .take_lease(peer, &self.hub_id, self.lease_ms())
@@ -332,6 +339,8 @@ impl Hub {
                     health,
                     registered_ms: now,
                     last_seen_ms: now,
+                    refusals: 0,
+                    refused_until: None,
                     registered: true,
                 },
             );

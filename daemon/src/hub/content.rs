@@ -79,6 +79,19 @@ impl Content {
         Ok(slot)
     }
 
+    /// Bytes the store may still take under `quota` (`None`: no quota). Walks the store.
+    pub async fn room(&self, quota: Option<u64>) -> std::io::Result<Option<u64>> {
+        let Some(quota) = quota else {
+            return Ok(None);
+        };
+        let store = self.store.clone();
+        let usage = tokio::task::spawn_blocking(move || store.usage())
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Some(quota.saturating_sub(usage)))
+    }
+
     /// Delete content no job references that is older than `min_age`, and stale partial files.
     pub async fn collect_garbage(
         &self,

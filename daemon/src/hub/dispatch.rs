@@ -17,6 +17,9 @@ const DISPATCH_BATCH: u32 = 256;
 /// How often the rescuer runs.
 const RESCUE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The longest an agent that keeps refusing assignments is passed over.
+const REFUSAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 impl Hub {
     pub(crate) async fn dispatch_loop(self: Arc<Self>) {
         loop {
@@ -44,10 +47,12 @@ impl Hub {
         for a in attempts.values() {
             *active.entry(a.agent_id.as_str()).or_default() += 1;
         }
+        let now = Instant::now();
         agents
             .iter()
             .filter(|(_, a)| {
-                a.connected
+                a.refused_until.is_none_or(|t| t <= now)
+                    && a.connected
                     && !a.drained
                     && !a.registration.draining
                     && a.health.healthy
@@ -181,6 +186,7 @@ impl Hub {
             (_, Err(e)) => Err(format!("cannot encode the assignment: {e}")),
         };
         let now = unix_ms();
+        self.note_assignment_answer(&agent_id, outcome.is_ok());
         match outcome {
             Ok(()) => match self.store.mark_running(&job.id, &attempt_id, now).await {
                 Ok((_, events)) => self.publish(events),
@@ -196,6 +202,31 @@ impl Hub {
                 }
                 self.forget_attempt(&attempt_id);
             }
+        }
+    }
+
+    /// Count an agent's refusals in a row; after one, it gets no assignment for a while
+    /// (1 s, doubling to [`REFUSAL_BACKOFF_MAX`]).
+    fn note_assignment_answer(&self, agent_id: &str, taken: bool) {
+        let mut agents = self.agents.lock().unwrap();
+        let Some(a) = agents.get_mut(agent_id) else {
+            return;
+        };
+        if taken {
+            a.refusals = 0;
+            a.refused_until = None;
+        } else {
+            a.refusals = a.refusals.saturating_add(1);
+            let wait = Duration::from_secs(1)
+                .saturating_mul(1 << a.refusals.min(6).saturating_sub(1))
+                .min(REFUSAL_BACKOFF_MAX);
+            a.refused_until = Some(Instant::now() + wait);
+            tracing::info!(
+                agent_id,
+                refusals = a.refusals,
+                ?wait,
+                "agent did not take an assignment: none for it for a while"
+            );
         }
     }
 

@@ -377,4 +377,65 @@ impl Hub {
             self.tell_drain(&s, record.drained);
         }
     }
+
+    /// Follow revocations in the database (any hub or `morag-hub revoke` may add one): each
+    /// second, new revoked serials go into the listener's list, which closes those agents'
+    /// sessions and refuses their certificates from then on (full handshakes and 0-RTT
+    /// resumptions alike); their attempts here are re-dispatched at once.
+    pub(crate) async fn revocation_loop(
+        self: Arc<Self>,
+        mut ca: morag_certs::CertificateAuthority,
+        mut known: HashSet<String>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(REVOCATION_POLL) => {}
+            }
+            let Ok(all) = self.store.revoked_serials().await else {
+                continue;
+            };
+            let new: Vec<String> = all.into_iter().filter(|s| !known.contains(s)).collect();
+            if new.is_empty() {
+                continue;
+            }
+            let serials: Vec<Vec<u8>> = new.iter().filter_map(|h| hex::decode(h).ok()).collect();
+            let crl = match ca.revoke(&serials) {
+                Ok(crl) => crl,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sign the revocation list");
+                    continue;
+                }
+            };
+            let revoked_here: Vec<String> = self
+                .agents
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, a)| new.contains(&crate::enroll::serial_hex(&a.session.peer().serial)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            self.listener.set_revocations(crl);
+            known.extend(new);
+            for agent in revoked_here {
+                tracing::warn!(agent_id = %agent, "agent revoked: session closed, its work re-dispatched");
+                let mine: Vec<(String, String)> = self
+                    .attempts
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, a)| a.agent_id == agent)
+                    .map(|(id, a)| (a.job_id.clone(), id.clone()))
+                    .collect();
+                for (job_id, attempt_id) in mine {
+                    self.lose_attempt(&job_id, &attempt_id, &format!("agent {agent} was revoked"))
+                        .await;
+                }
+            }
+        }
+    }
 }
+
+/// How often the database's revocations are read.
+const REVOCATION_POLL: Duration = Duration::from_secs(1);

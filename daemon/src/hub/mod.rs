@@ -87,6 +87,10 @@ pub(crate) struct AgentLive {
     pub health: WorkerHealth,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
+    /// Assignments it refused or left unanswered in a row, and until when it gets none (the
+    /// dispatcher backs off from such an agent instead of offering it the queue again at once).
+    pub refusals: u32,
+    pub refused_until: Option<Instant>,
     /// Registered on the current connection (a reconnect clears it until the agent registers
     /// again and says which attempts it has).
     pub registered: bool,
@@ -139,6 +143,8 @@ pub struct Hub {
     /// Shared with the transport's file filter: only agents with an attempt out may send files.
     pub(crate) attempts: Arc<Mutex<HashMap<String, LiveAttempt>>>,
     pub(crate) cancels: Mutex<HashMap<String, PendingCancel>>,
+    /// Uploads streaming in now (`max_concurrent_uploads`).
+    pub(crate) uploads: Arc<tokio::sync::Semaphore>,
     /// Progress writes per attempt (at most one a second).
     pub(crate) progress_gates: Mutex<HashMap<String, agents::ProgressGate>>,
     /// Inputs being sent to agents, by attempt: stopped when the attempt ends.
@@ -184,6 +190,9 @@ impl Hub {
         let quic_addr = listener.local_addr()?;
         let content = Content::new(config.store_dir(), config.uploads_dir())?;
         let inputs = inputs::InputPolicy::new(&config);
+        let uploads = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_uploads as usize,
+        ));
         Ok(Arc::new(Self {
             hub_id,
             inputs,
@@ -199,6 +208,7 @@ impl Hub {
             attempts,
             cancels: Mutex::new(HashMap::new()),
             progress_gates: Mutex::new(HashMap::new()),
+            uploads,
             input_transfers: Mutex::new(HashMap::new()),
             events: broadcast::channel(4096).0,
             wake: Notify::new(),

@@ -94,11 +94,19 @@ pub enum CancelRequest {
 /// What happened to a join token on redemption.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenRedemption {
-    Redeemed,
+    /// Used now; `replacing`: the token was made to issue an existing id again.
+    Redeemed {
+        replacing: bool,
+    },
     Unknown,
     WrongSecret,
     AlreadyUsed,
     Expired,
+    /// The id was issued before and the token was not made to replace it (the token is not
+    /// used up).
+    IdTaken,
+    /// The token was made to replace another agent (not used up).
+    ForOtherId(String),
 }
 
 /// Where the hub keeps its state.
@@ -125,21 +133,38 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
     };
-    match authority.rsplit_once('@') {
+    let (authority, path) = match before_query.find('/') {
+        Some(i) => before_query.split_at(i),
+        None => (before_query, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
         Some((creds, host)) => {
             let user = creds.split(':').next().unwrap_or("");
-            let masked = if creds.contains(':') {
-                format!("{user}:***")
+            if creds.contains(':') {
+                format!("{user}:***@{host}")
             } else {
-                user.to_string()
-            };
-            format!("{scheme}://{masked}@{host}{tail}")
+                format!("{user}@{host}")
+            }
         }
-        None => url.to_string(),
+        None => authority.to_string(),
+    };
+    // Secrets may also come as parameters (`?password=...`, `&sslpassword=...`).
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{authority}{path}?{q}"),
+        None => format!("{scheme}://{authority}{path}"),
     }
 }
 
@@ -308,14 +333,17 @@ pub trait Store: Send + Sync + 'static {
     async fn agent(&self, id: &str) -> StoreResult<Option<AgentRecord>>;
     async fn set_drained(&self, agent_id: &str, drained: bool) -> StoreResult<bool>;
 
+    /// A join token; `replace_agent`: it may issue this (existing) id again.
     async fn insert_token(
         &self,
         id: &str,
         secret_hash: &str,
         now_ms: u64,
         expires_ms: u64,
+        replace_agent: Option<&str>,
     ) -> StoreResult<()>;
-    /// Use a join token once.
+    /// Use a join token once, for `agent_id`, reserving the id in the same transaction: an id
+    /// given out before is refused unless the token was made to replace it.
     async fn redeem_token(
         &self,
         id: &str,
@@ -323,6 +351,22 @@ pub trait Store: Send + Sync + 'static {
         agent_id: &str,
         now_ms: u64,
     ) -> StoreResult<TokenRedemption>;
+    /// A certificate issued to `agent_id` (serial in lowercase hex); `replacing`: every older
+    /// certificate of the id is revoked with it.
+    async fn record_certificate(
+        &self,
+        agent_id: &str,
+        serial: &str,
+        replacing: bool,
+        now_ms: u64,
+    ) -> StoreResult<()>;
+    /// A certificate met at registration (issued outside enrollment): remembered, with its
+    /// id, so that it can be revoked by id. Nothing changes for one known already.
+    async fn note_certificate(&self, agent_id: &str, serial: &str, now_ms: u64) -> StoreResult<()>;
+    /// Revoke every certificate of `agent_id`; how many were revoked now.
+    async fn revoke_agent(&self, agent_id: &str, now_ms: u64) -> StoreResult<u64>;
+    /// Serials of revoked certificates (lowercase hex).
+    async fn revoked_serials(&self) -> StoreResult<Vec<String>>;
 }
 
 #[cfg(test)]

@@ -83,14 +83,17 @@ pub(super) async fn insert_token(
     secret_hash: &str,
     now_ms: u64,
     expires_ms: u64,
+    replace_agent: Option<&str>,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO join_tokens (id, secret_hash, created_ms, expires_ms) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO join_tokens (id, secret_hash, created_ms, expires_ms, replace_agent) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
     .bind(secret_hash)
     .bind(i(now_ms))
     .bind(i(expires_ms))
+    .bind(replace_agent)
     .execute(&store.pool)
     .await?;
     Ok(())
@@ -104,10 +107,12 @@ pub(super) async fn redeem_token(
     now_ms: u64,
 ) -> StoreResult<TokenRedemption> {
     let mut tx = store.tx().await?;
-    let row = sqlx::query("SELECT secret_hash, expires_ms, used_ms FROM join_tokens WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let row = sqlx::query(
+        "SELECT secret_hash, expires_ms, used_ms, replace_agent FROM join_tokens WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some(row) = row else {
         return Ok(TokenRedemption::Unknown);
     };
@@ -121,6 +126,35 @@ pub(super) async fn redeem_token(
     if u(row.try_get("expires_ms")?) <= now_ms {
         return Ok(TokenRedemption::Expired);
     }
+    let replace: Option<String> = row.try_get("replace_agent")?;
+    match &replace {
+        Some(r) if r != agent_id => return Ok(TokenRedemption::ForOtherId(r.clone())),
+        Some(_) => {
+            sqlx::query(
+                "INSERT INTO agent_ids (agent_id, issued_ms) VALUES ($1, $2) \
+                 ON CONFLICT (agent_id) DO NOTHING",
+            )
+            .bind(agent_id)
+            .bind(i(now_ms))
+            .execute(&mut *tx)
+            .await?;
+        }
+        None => {
+            // The primary key decides between two enrollments racing for one new id.
+            let reserved = sqlx::query(
+                "INSERT INTO agent_ids (agent_id, issued_ms) VALUES ($1, $2) \
+                 ON CONFLICT (agent_id) DO NOTHING",
+            )
+            .bind(agent_id)
+            .bind(i(now_ms))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if reserved != 1 {
+                return Ok(TokenRedemption::IdTaken);
+            }
+        }
+    }
     let n = sqlx::query(
         "UPDATE join_tokens SET used_ms = $1, used_by = $2 WHERE id = $3 AND used_ms IS NULL",
     )
@@ -130,12 +164,92 @@ pub(super) async fn redeem_token(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    if n != 1 {
+        return Ok(TokenRedemption::AlreadyUsed);
+    }
     tx.commit().await?;
-    Ok(if n == 1 {
-        TokenRedemption::Redeemed
-    } else {
-        TokenRedemption::AlreadyUsed
+    Ok(TokenRedemption::Redeemed {
+        replacing: replace.is_some(),
     })
+}
+
+pub(super) async fn record_certificate(
+    store: &SqlStore,
+    agent_id: &str,
+    serial: &str,
+    replacing: bool,
+    now_ms: u64,
+) -> StoreResult<()> {
+    let mut tx = store.tx().await?;
+    if replacing {
+        sqlx::query(
+            "UPDATE certificates SET revoked_ms = $1 WHERE agent_id = $2 AND revoked_ms IS NULL",
+        )
+        .bind(i(now_ms))
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("INSERT INTO certificates (serial, agent_id, issued_ms) VALUES ($1, $2, $3)")
+        .bind(serial)
+        .bind(agent_id)
+        .bind(i(now_ms))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn note_certificate(
+    store: &SqlStore,
+    agent_id: &str,
+    serial: &str,
+    now_ms: u64,
+) -> StoreResult<()> {
+    let mut tx = store.tx().await?;
+    sqlx::query(
+        "INSERT INTO certificates (serial, agent_id, issued_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (serial) DO NOTHING",
+    )
+    .bind(serial)
+    .bind(agent_id)
+    .bind(i(now_ms))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO agent_ids (agent_id, issued_ms) VALUES ($1, $2) \
+         ON CONFLICT (agent_id) DO NOTHING",
+    )
+    .bind(agent_id)
+    .bind(i(now_ms))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn revoke_agent(
+    store: &SqlStore,
+    agent_id: &str,
+    now_ms: u64,
+) -> StoreResult<u64> {
+    Ok(sqlx::query(
+        "UPDATE certificates SET revoked_ms = $1 WHERE agent_id = $2 AND revoked_ms IS NULL",
+    )
+    .bind(i(now_ms))
+    .bind(agent_id)
+    .execute(&store.pool)
+    .await?
+    .rows_affected())
+}
+
+pub(super) async fn revoked_serials(store: &SqlStore) -> StoreResult<Vec<String>> {
+    let rows = sqlx::query("SELECT serial FROM certificates WHERE revoked_ms IS NOT NULL")
+        .fetch_all(&store.pool)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("serial").map_err(Into::into))
+        .collect()
 }
 
 /// Compare secrets without leaking where they differ through timing.

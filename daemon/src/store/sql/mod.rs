@@ -1134,8 +1134,9 @@ impl Store for SqlStore {
         secret_hash: &str,
         now_ms: u64,
         expires_ms: u64,
+        replace_agent: Option<&str>,
     ) -> StoreResult<()> {
-        agents::insert_token(self, id, secret_hash, now_ms, expires_ms).await
+        agents::insert_token(self, id, secret_hash, now_ms, expires_ms, replace_agent).await
     }
 
     async fn redeem_token(
@@ -1146,5 +1147,27 @@ impl Store for SqlStore {
         now_ms: u64,
     ) -> StoreResult<TokenRedemption> {
         agents::redeem_token(self, id, secret_hash, agent_id, now_ms).await
+    }
+
+    async fn record_certificate(
+        &self,
+        agent_id: &str,
+        serial: &str,
+        replacing: bool,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        agents::record_certificate(self, agent_id, serial, replacing, now_ms).await
+    }
+
+    async fn note_certificate(&self, agent_id: &str, serial: &str, now_ms: u64) -> StoreResult<()> {
+        agents::note_certificate(self, agent_id, serial, now_ms).await
+    }
+
+    async fn revoke_agent(&self, agent_id: &str, now_ms: u64) -> StoreResult<u64> {
+        agents::revoke_agent(self, agent_id, now_ms).await
+    }
+
+    async fn revoked_serials(&self) -> StoreResult<Vec<String>> {
+        agents::revoked_serials(self).await
     }
 }

@@ -1,0 +1,22 @@
+-- Agent ids and certificates the hub issued or met: an id is given out once (a join token made
+-- with `--replace ID` may issue it again, revoking the old certificate); a revoked serial is
+-- refused by every hub sharing the database.
+ALTER TABLE join_tokens ADD COLUMN replace_agent TEXT;
+
+CREATE TABLE agent_ids (
+    agent_id TEXT PRIMARY KEY,
+    issued_ms BIGINT NOT NULL
+);
+
+CREATE TABLE certificates (
+    serial TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    issued_ms BIGINT NOT NULL,
+    revoked_ms BIGINT
+);
+CREATE INDEX certificates_agent ON certificates (agent_id);
+
+-- Ids in use before this table existed.
+INSERT OR IGNORE INTO agent_ids (agent_id, issued_ms) SELECT id, first_seen_ms FROM agents;
+INSERT OR IGNORE INTO agent_ids (agent_id, issued_ms)
+    SELECT used_by, used_ms FROM join_tokens WHERE used_by IS NOT NULL AND used_ms IS NOT NULL;
