@@ -49,9 +49,14 @@ pub async fn create_token(
     ttl: Duration,
     hub: Option<&str>,
     replace_agent: Option<&str>,
+    policy: Option<&crate::policy::AgentPolicy>,
 ) -> anyhow::Result<CreatedToken> {
     if let Some(id) = replace_agent {
         morag_certs::validate_id(id).map_err(|e| anyhow::anyhow!("--replace {id:?}: {e}"))?;
+    }
+    if let Some(p) = policy {
+        p.validate()
+            .map_err(|e| anyhow::anyhow!("the agent's policy: {e}"))?;
     }
     let pki = config.pki_dir();
     let ca = CertificateAuthority::load(&pki).with_context(|| {
@@ -79,6 +84,7 @@ pub async fn create_token(
             now,
             now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             replace_agent,
+            policy,
         )
         .await?;
     tracing::info!(token_id = %token.id, hub, ttl = ?ttl, replace = ?replace_agent, "join token created");

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - `config`: settings from TOML, `MORAG_HUB_*` and flags; `init`: the data directory.
-//! - `model`: jobs, attempts, agents as data; `scheduler`: choosing an agent (no I/O).
+//! - `model`: jobs, attempts, agents as data; `scheduler`: choosing an agent (no I/O);
+//!   `policy`: what an operator lets each agent serve (its registration is clipped to it).
 //! - `store/`: the durable store trait and its SQL implementation on SQLite (embedded) or
 //!   PostgreSQL (several hubs); migrations in `migrations/sqlite` and `migrations/postgres`.
 //! - `hub/`: the running hub: agent sessions and their reports (`agents`), the dispatcher and
@@ -24,6 +25,7 @@ pub mod hub;
 pub mod init;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -309,6 +309,10 @@ pub struct AgentRecord {
     /// `renew_leases` write them.
     pub hub_id: Option<String>,
     pub lease_ms: Option<u64>,
+    /// What the agent claimed at registration, where its policy clipped it: `capability`,
+    /// `queues`, `content_types`, `max_concurrent_tasks` as claimed, and `clipped` (the names of
+    /// the fields changed). `None`: nothing was clipped.
+    pub claimed: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ pub async fn start(mut config: HubConfig, shutdown: CancellationToken) -> anyhow
     tasks.spawn(hub.clone().gc_loop());
     tasks.spawn(
         hub.clone()
-            .revocation_loop(crl_ca, revoked.into_iter().collect()),
+            .identity_loop(crl_ca, revoked.into_iter().collect()),
     );
     let app = crate::api::router(hub.clone());
     let stop = shutdown.clone();

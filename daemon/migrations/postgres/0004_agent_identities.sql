@@ -22,3 +22,13 @@ INSERT INTO agent_ids (agent_id, issued_ms) SELECT id, first_seen_ms FROM agents
 INSERT INTO agent_ids (agent_id, issued_ms)
     SELECT used_by, used_ms FROM join_tokens WHERE used_by IS NOT NULL AND used_ms IS NOT NULL
     ON CONFLICT DO NOTHING;
+
+-- What each agent may serve (see the hub's `policy` module): set with the join token or later;
+-- registrations are clipped to it. The agent's own claims are kept beside the clipped values.
+ALTER TABLE join_tokens ADD COLUMN policy TEXT;
+ALTER TABLE agents ADD COLUMN claimed TEXT;
+CREATE TABLE agent_policies (
+    agent_id TEXT PRIMARY KEY,
+    policy TEXT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);

@@ -16,6 +16,7 @@ pub async fn list(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Val
     // Open attempts from the database: every hub's, not only those this hub dispatched.
     let open = hub.store.open_attempts().await?;
     let now = morag_transport::unix_ms();
+    let policies = hub.store.agent_policies().await?;
     let live = hub.agents.lock().unwrap();
     let agents: Vec<_> = stored
         .iter()
@@ -35,6 +36,10 @@ pub async fn list(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Val
                 "queues": a.queues,
                 "content_types": a.content_types,
                 "max_concurrent_tasks": a.max_concurrent,
+                // What the operator allows ({}: the default), and what the agent claimed where
+                // that was more (null: nothing was clipped).
+                "policy": policies.iter().find(|(id, _)| *id == a.id).map(|(_, p)| json!(p)).unwrap_or_else(|| json!({})),
+                "claimed": a.claimed,
                 "hostname": a.hostname,
                 "address": a.address,
                 "version": a.version,
@@ -120,4 +125,25 @@ pub async fn broadcast(
         args: b.args,
     });
     Ok(Json(json!({ "command": b.command, "delivered_to": n })))
+}
+
+/// `PUT /api/v1/agents/{id}/policy`: what the agent may serve (`{}`: the default). Applied to
+/// the agent at once here, within a second at the other hubs.
+pub async fn set_policy(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+    request: axum::extract::Request,
+) -> ApiResult<Json<serde_json::Value>> {
+    morag_certs::validate_id(&id)
+        .map_err(|e| ApiError::bad_request(format!("agent {id:?}: {e}")))?;
+    let body = super::read_json_body(request.into_body()).await?;
+    let policy: crate::policy::AgentPolicy = parse_json(&body)?;
+    policy.validate().map_err(ApiError::bad_request)?;
+    hub.store
+        .set_agent_policy(&id, &policy, morag_transport::unix_ms())
+        .await?;
+    let all = hub.store.agent_policies().await?;
+    hub.apply_policies(all).await;
+    tracing::info!(agent_id = %id, ?policy, "agent policy set over the API");
+    Ok(Json(json!({ "agent_id": id, "policy": policy })))
 }

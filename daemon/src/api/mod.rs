@@ -79,6 +79,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/agents/{id}/drain", post(agents::drain))
         .route("/api/v1/agents/{id}/undrain", post(agents::undrain))
         .route("/api/v1/agents/broadcast", post(agents::broadcast))
+        .route(
+            "/api/v1/agents/{id}/policy",
+            axum::routing::put(agents::set_policy),
+        )
         .route("/api/v1/overview", get(overview::overview))
         .route("/api/v1/events", get(overview::events))
         .route("/api/v1/remote-jobs", post(morag::create))

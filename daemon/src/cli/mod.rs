@@ -84,6 +84,9 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// An agent's policy: what it may serve, whatever it claims.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Stop giving an agent new work (running jobs finish); --undo to resume.
     Drain {
         agent: String,
@@ -144,6 +147,79 @@ pub enum TokenCommand {
         /// issued before is refused.
         #[arg(long, value_name = "AGENT")]
         replace: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+}
+
+/// What an agent may serve (unset: the default, see docs/operations.md "Security model").
+#[derive(Debug, Args, Default)]
+pub struct PolicyArgs {
+    /// Queues it may serve, comma-separated, or `any`.
+    #[arg(long, value_name = "Q1,Q2")]
+    pub queues: Option<String>,
+    /// Content types it may take (audio, video, image), or `any`.
+    #[arg(long, value_name = "T1,T2")]
+    pub content_types: Option<String>,
+    /// The most it counts as: cpu, gpu or hybrid (`any`: as it reports).
+    #[arg(long, value_name = "CAPABILITY")]
+    pub capability: Option<String>,
+    /// Jobs it may run at once (`default`: its GPUs, 1 to 8).
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<String>,
+}
+
+impl PolicyArgs {
+    fn is_empty(&self) -> bool {
+        self.queues.is_none()
+            && self.content_types.is_none()
+            && self.capability.is_none()
+            && self.max_concurrent.is_none()
+    }
+
+    /// `base` with the fields given here changed.
+    fn apply(
+        &self,
+        mut base: crate::policy::AgentPolicy,
+    ) -> Result<crate::policy::AgentPolicy, Exit> {
+        use crate::policy::parse_list;
+        if let Some(q) = &self.queues {
+            base.queues = parse_list(q);
+        }
+        if let Some(t) = &self.content_types {
+            base.content_types = parse_list(t);
+        }
+        if let Some(c) = &self.capability {
+            base.capability =
+                (c.trim() != "any" && !c.trim().is_empty()).then(|| c.trim().to_string());
+        }
+        if let Some(n) = &self.max_concurrent {
+            base.max_concurrent = match n.trim() {
+                "default" | "" => None,
+                v => Some(v.parse().map_err(|_| Exit {
+                    code: 64,
+                    message: format!("--max-concurrent {v:?}: expected a number or default"),
+                })?),
+            };
+        }
+        base.validate().map_err(|e| Exit {
+            code: 64,
+            message: e,
+        })?;
+        Ok(base)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Change what an agent may serve (the fields given; the others stay). Every hub on the
+    /// database applies it within a second, to a connected agent too.
+    Set {
+        agent: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -344,15 +420,26 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             ttl,
             hub,
             replace,
+            policy,
         }) => {
             let config = store.load()?;
+            let policy = if policy.is_empty() {
+                None
+            } else {
+                Some(policy.apply(Default::default())?)
+            };
             let ttl = match ttl {
                 Some(t) => crate::config::parse_duration("--ttl", &t)?,
                 None => config.token_ttl,
             };
-            let token =
-                crate::enroll::create_token(&config, ttl, hub.as_deref(), replace.as_deref())
-                    .await?;
+            let token = crate::enroll::create_token(
+                &config,
+                ttl,
+                hub.as_deref(),
+                replace.as_deref(),
+                policy.as_ref(),
+            )
+            .await?;
             println!(
                 "join token for {} (single use, valid for {}):",
                 token.hub(),
@@ -383,6 +470,36 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 });
             }
             println!("revoked {n} certificate(s) of {agent}: every hub on this database closes its session and refuses it within a second");
+            Ok(0)
+        }
+        Command::Agent(AgentCommand::Set {
+            agent,
+            policy,
+            store,
+        }) => {
+            morag_certs::validate_id(&agent).map_err(|e| Exit {
+                code: 64,
+                message: format!("agent {agent:?}: {e}"),
+            })?;
+            let config = store.load()?;
+            use crate::store::Store;
+            let db = crate::enroll::open_store(&config).await?;
+            let current = db
+                .agent_policies()
+                .await
+                .map_err(anyhow::Error::from)?
+                .into_iter()
+                .find(|(id, _)| *id == agent)
+                .map(|(_, p)| p)
+                .unwrap_or_default();
+            let new = policy.apply(current)?;
+            db.set_agent_policy(&agent, &new, morag_transport::unix_ms())
+                .await
+                .map_err(anyhow::Error::from)?;
+            println!(
+                "policy of {agent}: {}",
+                serde_json::to_string(&new).unwrap_or_default()
+            );
             Ok(0)
         }
         Command::Submit(args) => Ok(submit::run(args).await?),

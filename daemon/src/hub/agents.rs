@@ -244,11 +244,11 @@ impl Hub {
         reg: Registration,
     ) -> Result<Registered, String> {
         let now = unix_ms();
-        let reported: HashSet<&str> = reg
+        let reported: HashSet<String> = reg
             .running
             .iter()
             .chain(&reg.undelivered)
-            .map(|a: &AttemptRef| a.attempt_id.as_str())
+            .map(|a: &AttemptRef| a.attempt_id.clone())
             .collect();
         let db = |e: crate::store::StoreError| {
             tracing::error!(agent_id = %peer, error = %e, "cannot register the agent");
@@ -256,6 +256,20 @@ impl Hub {
         };
         let stored = self.store.agent(peer).await.map_err(db)?;
         let drained = stored.as_ref().is_some_and(|a| a.drained);
+        // The operator's policy, not the agent's word, decides what it serves.
+        let policies = self.store.agent_policies().await.map_err(db)?;
+        let policy = policies
+            .iter()
+            .find(|(id, _)| id == peer)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
+        self.set_policies(policies);
+        let claimed_reg = reg.clone();
+        let mut reg = reg;
+        let claimed = self.clip_registration(&policy, &mut reg);
+        if claimed.is_some() {
+            tracing::warn!(agent_id = %peer, claimed = ?claimed, "registration clipped to the agent's policy");
+        }
         let record = AgentRecord {
             id: peer.to_string(),
             name: reg.name.clone(),
@@ -277,6 +291,7 @@ impl Hub {
             last_seen_ms: now,
             hub_id: Some(self.hub_id.clone()),
             lease_ms: None,
+            claimed,
         };
         self.store.upsert_agent(&record).await.map_err(db)?;
         // Its certificate, so that `revoke` finds it by id (certificates issued outside
@@ -333,6 +348,7 @@ impl Hub {
                 AgentLive {
                     session: session.clone(),
                     registration: reg,
+                    claimed: claimed_reg,
                     connected: true,
                     lost_at: None,
                     drained,

@@ -378,11 +378,12 @@ impl Hub {
         }
     }
 
-    /// Follow revocations in the database (any hub or `morag-hub revoke` may add one): each
-    /// second, new revoked serials go into the listener's list, which closes those agents'
-    /// sessions and refuses their certificates from then on (full handshakes and 0-RTT
-    /// resumptions alike); their attempts here are re-dispatched at once.
-    pub(crate) async fn revocation_loop(
+    /// Follow revocations and policies in the database (any hub, `morag-hub revoke` or
+    /// `morag-hub agent set` may change them): each second, new revoked serials go into the
+    /// listener's list, which closes those agents' sessions and refuses their certificates from
+    /// then on (full handshakes and 0-RTT resumptions alike), and their attempts here are
+    /// re-dispatched at once; changed policies are applied to the agents connected here.
+    pub(crate) async fn identity_loop(
         self: Arc<Self>,
         mut ca: morag_certs::CertificateAuthority,
         mut known: HashSet<String>,
@@ -392,6 +393,9 @@ impl Hub {
                 biased;
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(REVOCATION_POLL) => {}
+            }
+            if let Ok(policies) = self.store.agent_policies().await {
+                self.apply_policies(policies).await;
             }
             let Ok(all) = self.store.revoked_serials().await else {
                 continue;
@@ -433,6 +437,58 @@ impl Hub {
                         .await;
                 }
             }
+        }
+    }
+}
+
+impl Hub {
+    /// Take the policies read from the database; re-clip the registrations of connected agents
+    /// whose policy changed (and record what they claimed).
+    pub(crate) async fn apply_policies(&self, list: Vec<(String, crate::policy::AgentPolicy)>) {
+        let changed: Vec<String> = {
+            let old = self.policies.lock().unwrap();
+            let ids: HashSet<&String> = old.keys().chain(list.iter().map(|(id, _)| id)).collect();
+            ids.into_iter()
+                .filter(|id| old.get(*id) != list.iter().find(|(i, _)| i == *id).map(|(_, p)| p))
+                .cloned()
+                .collect()
+        };
+        self.set_policies(list);
+        for id in changed {
+            let policy = self
+                .policies
+                .lock()
+                .unwrap()
+                .get(&id)
+                .cloned()
+                .unwrap_or_default();
+            let update = {
+                let mut agents = self.agents.lock().unwrap();
+                let Some(a) = agents.get_mut(&id) else {
+                    continue;
+                };
+                let mut reg = a.claimed.clone();
+                let claimed = self.clip_registration(&policy, &mut reg);
+                let live = &mut a.registration;
+                live.capability = reg.capability;
+                live.queues = reg.queues.clone();
+                live.content_types = reg.content_types.clone();
+                live.max_concurrent_tasks = reg.max_concurrent_tasks;
+                (reg, claimed)
+            };
+            tracing::info!(agent_id = %id, policy = ?policy, "agent policy applied");
+            if let Ok(Some(mut record)) = self.store.agent(&id).await {
+                let (reg, claimed) = update;
+                record.capability = reg.capability.to_string();
+                record.queues = reg.queues;
+                record.content_types = reg.content_types;
+                record.max_concurrent = reg.max_concurrent_tasks;
+                record.claimed = claimed;
+                if let Err(e) = self.store.upsert_agent(&record).await {
+                    tracing::warn!(agent_id = %id, error = %e, "cannot record the clipped registration");
+                }
+            }
+            self.poke();
         }
     }
 }

@@ -79,7 +79,10 @@ pub fn artifact_filter(attempts: AttemptTable, max_bytes: u64) -> morag_transpor
 /// An agent with a session to this hub process.
 pub(crate) struct AgentLive {
     pub session: Session,
+    /// The registration as the scheduler uses it: the agent's claims clipped to its policy.
     pub registration: Registration,
+    /// The registration as the agent sent it.
+    pub claimed: Registration,
     pub connected: bool,
     /// When the connection was lost (None while connected).
     pub lost_at: Option<Instant>,
@@ -143,6 +146,8 @@ pub struct Hub {
     /// Shared with the transport's file filter: only agents with an attempt out may send files.
     pub(crate) attempts: Arc<Mutex<HashMap<String, LiveAttempt>>>,
     pub(crate) cancels: Mutex<HashMap<String, PendingCancel>>,
+    /// Agents' policies, as last read from the database.
+    pub(crate) policies: Mutex<HashMap<String, crate::policy::AgentPolicy>>,
     /// Uploads streaming in now (`max_concurrent_uploads`).
     pub(crate) uploads: Arc<tokio::sync::Semaphore>,
     /// Progress writes per attempt (at most one a second).
@@ -208,6 +213,7 @@ impl Hub {
             attempts,
             cancels: Mutex::new(HashMap::new()),
             progress_gates: Mutex::new(HashMap::new()),
+            policies: Mutex::new(HashMap::new()),
             uploads,
             input_transfers: Mutex::new(HashMap::new()),
             events: broadcast::channel(4096).0,
@@ -244,6 +250,37 @@ impl Hub {
     /// Wake the dispatcher now (a job arrived, a slot freed).
     pub fn poke(&self) {
         self.wake.notify_one();
+    }
+
+    /// Clip an agent's registration to `policy`; what it claimed (for `/api/v1/agents`) when
+    /// anything was clipped.
+    pub(crate) fn clip_registration(
+        &self,
+        policy: &crate::policy::AgentPolicy,
+        reg: &mut Registration,
+    ) -> Option<serde_json::Value> {
+        let claimed = reg.clone();
+        let hardware: serde_json::Value = if reg.hardware_json.len() <= 64 << 10 {
+            serde_json::from_str(&reg.hardware_json).unwrap_or(serde_json::Value::Null)
+        } else {
+            serde_json::Value::Null
+        };
+        let gpus = crate::policy::gpu_count(&hardware);
+        let clipped = policy.clip(reg, &self.config, gpus);
+        (!clipped.is_empty()).then(|| {
+            serde_json::json!({
+                "capability": claimed.capability.as_str(),
+                "queues": claimed.queues,
+                "content_types": claimed.content_types,
+                "max_concurrent_tasks": claimed.max_concurrent_tasks,
+                "clipped": clipped,
+            })
+        })
+    }
+
+    /// Remember the policies read from the database.
+    pub(crate) fn set_policies(&self, list: Vec<(String, crate::policy::AgentPolicy)>) {
+        *self.policies.lock().unwrap() = list.into_iter().collect();
     }
 
     /// The bytes an attempt on an input of `input_size` may send back: `artifact_budget_floor`

@@ -341,6 +341,7 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
         expires_ms: u64,
         replace_agent: Option<&str>,
+        policy: Option<&crate::policy::AgentPolicy>,
     ) -> StoreResult<()>;
     /// Use a join token once, for `agent_id`, reserving the id in the same transaction: an id
     /// given out before is refused unless the token was made to replace it.
@@ -367,6 +368,15 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_agent(&self, agent_id: &str, now_ms: u64) -> StoreResult<u64>;
     /// Serials of revoked certificates (lowercase hex).
     async fn revoked_serials(&self) -> StoreResult<Vec<String>>;
+    /// Set an agent's policy (whether or not it has enrolled yet).
+    async fn set_agent_policy(
+        &self,
+        agent_id: &str,
+        policy: &crate::policy::AgentPolicy,
+        now_ms: u64,
+    ) -> StoreResult<()>;
+    /// Every agent's policy that was set.
+    async fn agent_policies(&self) -> StoreResult<Vec<(String, crate::policy::AgentPolicy)>>;
 }
 
 #[cfg(test)]

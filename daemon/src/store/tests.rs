@@ -420,6 +420,7 @@ fn agent_rec(id: &str) -> AgentRecord {
         last_seen_ms: 1,
         hub_id: None,
         lease_ms: None,
+        claimed: None,
     }
 }
 

@@ -110,6 +110,47 @@ async function errorText(r) {
 
 const getJson = async (path) => (await api(path)).json();
 const postJson = async (path) => (await api(path, { method: "POST" })).json();
+const putJson = async (path, body) => (await api(path, {
+  method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+})).json();
+
+/** Ask for an agent's policy field by field (blank: the default) and set it. */
+async function editPolicy(a) {
+  const p = a.policy || {};
+  const ask = (what, now) => {
+    const v = window.prompt(`${a.id}: ${what} (blank: the default)`, now == null ? "" : String(now));
+    if (v === null) throw new Error("cancelled");
+    return v.trim();
+  };
+  const list = (v) => (v ? v.split(",").map((s) => s.trim()).filter(Boolean) : undefined);
+  const next = {};
+  const queues = list(ask("queues it may serve, comma-separated", (p.queues || []).join(",")));
+  if (queues) next.queues = queues;
+  const types = list(ask("content types it may take (audio, video, image)", (p.content_types || []).join(",")));
+  if (types) next.content_types = types;
+  const cap = ask("the most it counts as: cpu, gpu or hybrid", p.capability);
+  if (cap) next.capability = cap;
+  const max = ask("jobs at once", p.max_concurrent);
+  if (max) next.max_concurrent = Number(max);
+  await putJson(`/api/v1/agents/${encodeURIComponent(a.id)}/policy`, next);
+}
+
+/** What the policy says and what it cut from the agent's claims. */
+function policyCell(a) {
+  const p = a.policy || {};
+  const parts = [];
+  if (p.queues) parts.push(`queues ${p.queues.join(", ")}`);
+  if (p.content_types) parts.push(`types ${p.content_types.join(", ")}`);
+  if (p.capability) parts.push(`at most ${p.capability}`);
+  if (p.max_concurrent) parts.push(`${p.max_concurrent} at once`);
+  const out = [h("div", { class: "muted policy" }, `policy: ${parts.length ? parts.join(" · ") : "default"}`)];
+  if (a.claimed) {
+    out.push(h("div", { class: "warn clipped" },
+      `clipped (${a.claimed.clipped.join(", ")}): claimed ${a.claimed.capability}, ` +
+      `${a.claimed.queues.join(", ") || "no queue"}, ${a.claimed.max_concurrent_tasks} at once`));
+  }
+  return out;
+}
 
 /**
  * Reads a server-sent event stream until it ends or `signal` aborts; calls `onEvent(kind,
@@ -369,16 +410,25 @@ function renderAgents(agents, reload) {
         reload();
       },
     }, a.drained ? "Undrain" : "Drain");
+    const policyBtn = h("button", {
+      type: "button", class: "policy",
+      onclick: async (ev) => {
+        ev.target.disabled = true;
+        try { await editPolicy(a); }
+        catch (e) { if (e.message !== "cancelled") alert(e.message); }
+        reload();
+      },
+    }, "Policy");
     return h("tr", { dataset: { agent: a.id } },
       h("td", {}, h("strong", {}, a.name || a.id), h("div", { class: "muted" }, a.id), h("div", { class: "muted" }, `${a.hostname} · v${a.version}`)),
       h("td", { class: "state" }, agentState(a), hl && hl.warnings.length ? h("div", { class: "warn" }, hl.warnings.join("; ")) : null),
-      h("td", {}, a.capability, h("div", { class: "muted" }, a.queues.join(", ")), h("div", { class: "muted" }, a.content_types.join(", "))),
+      h("td", {}, a.capability, h("div", { class: "muted" }, a.queues.join(", ")), h("div", { class: "muted" }, a.content_types.join(", ")), ...policyCell(a)),
       h("td", {}, gpuCell(a)),
       h("td", {}, hl ? `CPU ${pct(hl.cpu_usage)} · mem ${pct(hl.memory_usage)}` : "–"),
       h("td", {}, conn ? `quality ${Math.round(conn.quality * 100)} % · RTT ${conn.latency_ms == null ? "–" : conn.latency_ms.toFixed(1) + " ms"}` : h("span", { class: "muted" }, a.connected && a.hub ? `via hub ${a.hub}` : `last seen ${when(a.last_seen_at)}`)),
       h("td", { class: "running" }, `${a.running.length} / ${a.max_concurrent_tasks}`,
         a.running.map((r) => h("div", {}, h("a", { href: `#/jobs/${r.job_id}` }, r.job_id.slice(0, 12) + "…"), r.device ? ` on ${r.device}` : ""))),
-      h("td", {}, drainBtn));
+      h("td", {}, drainBtn, policyBtn));
   });
   return h("table", { class: "agents" },
     h("thead", {}, h("tr", {}, ["agent", "state", "capability · queues", "GPU", "load", "connection · RTT", "jobs", ""].map((t) => h("th", {}, t)))),

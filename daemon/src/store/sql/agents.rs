@@ -5,6 +5,7 @@ use sqlx::Row;
 use super::rows::*;
 use super::{notify, Dialect, SqlStore};
 use crate::model::AgentRecord;
+use crate::policy::AgentPolicy;
 use crate::store::Notice;
 use crate::store::{StoreResult, TokenRedemption};
 
@@ -12,13 +13,14 @@ pub(super) async fn upsert_agent(store: &SqlStore, a: &AgentRecord) -> StoreResu
     let list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     sqlx::query(
         "INSERT INTO agents (id, name, capability, queues, hardware, hostname, address, max_concurrent, \
-         content_types, version, incarnation, drained, first_seen_ms, last_seen_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         content_types, version, incarnation, drained, first_seen_ms, last_seen_ms, claimed) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, capability = excluded.capability, \
          queues = excluded.queues, hardware = excluded.hardware, hostname = excluded.hostname, \
          address = excluded.address, max_concurrent = excluded.max_concurrent, \
          content_types = excluded.content_types, version = excluded.version, \
-         incarnation = excluded.incarnation, last_seen_ms = excluded.last_seen_ms",
+         incarnation = excluded.incarnation, last_seen_ms = excluded.last_seen_ms, \
+         claimed = excluded.claimed",
     )
     .bind(&a.id)
     .bind(&a.name)
@@ -34,6 +36,7 @@ pub(super) async fn upsert_agent(store: &SqlStore, a: &AgentRecord) -> StoreResu
     .bind(a.drained as i64)
     .bind(i(a.first_seen_ms))
     .bind(i(a.last_seen_ms))
+    .bind(a.claimed.as_ref().map(|c| c.to_string()))
     .execute(&store.pool)
     .await?;
     Ok(())
@@ -84,16 +87,18 @@ pub(super) async fn insert_token(
     now_ms: u64,
     expires_ms: u64,
     replace_agent: Option<&str>,
+    policy: Option<&AgentPolicy>,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO join_tokens (id, secret_hash, created_ms, expires_ms, replace_agent) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO join_tokens (id, secret_hash, created_ms, expires_ms, replace_agent, policy) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id)
     .bind(secret_hash)
     .bind(i(now_ms))
     .bind(i(expires_ms))
     .bind(replace_agent)
+    .bind(policy.map(policy_json))
     .execute(&store.pool)
     .await?;
     Ok(())
@@ -108,7 +113,7 @@ pub(super) async fn redeem_token(
 ) -> StoreResult<TokenRedemption> {
     let mut tx = store.tx().await?;
     let row = sqlx::query(
-        "SELECT secret_hash, expires_ms, used_ms, replace_agent FROM join_tokens WHERE id = $1",
+        "SELECT secret_hash, expires_ms, used_ms, replace_agent, policy FROM join_tokens WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
@@ -166,6 +171,10 @@ pub(super) async fn redeem_token(
     .rows_affected();
     if n != 1 {
         return Ok(TokenRedemption::AlreadyUsed);
+    }
+    // The token's policy becomes the agent's (a replacement inherits the old one otherwise).
+    if let Some(policy) = row.try_get::<Option<String>, _>("policy")? {
+        write_policy(&mut tx, agent_id, &policy, now_ms).await?;
     }
     tx.commit().await?;
     Ok(TokenRedemption::Redeemed {
@@ -301,4 +310,52 @@ pub(super) async fn renew_leases(
             .rows_affected();
     }
     Ok(renewed)
+}
+
+fn policy_json(p: &AgentPolicy) -> String {
+    serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+}
+
+async fn write_policy(
+    tx: &mut super::Tx<'_>,
+    agent_id: &str,
+    policy: &str,
+    now_ms: u64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO agent_policies (agent_id, policy, updated_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (agent_id) DO UPDATE SET policy = excluded.policy, updated_ms = excluded.updated_ms",
+    )
+    .bind(agent_id)
+    .bind(policy)
+    .bind(i(now_ms))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn set_agent_policy(
+    store: &SqlStore,
+    agent_id: &str,
+    policy: &AgentPolicy,
+    now_ms: u64,
+) -> StoreResult<()> {
+    let mut tx = store.tx().await?;
+    write_policy(&mut tx, agent_id, &policy_json(policy), now_ms).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn agent_policies(store: &SqlStore) -> StoreResult<Vec<(String, AgentPolicy)>> {
+    let rows = sqlx::query("SELECT agent_id, policy FROM agent_policies ORDER BY agent_id")
+        .fetch_all(&store.pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("agent_id")?;
+            let text: String = r.try_get("policy")?;
+            let p = serde_json::from_str(&text).map_err(|e| corrupt("agent_policies.policy", e))?;
+            Ok((id, p))
+        })
+        .collect()
 }

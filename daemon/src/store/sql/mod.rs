@@ -104,7 +104,7 @@ impl std::fmt::Debug for SqlStore {
     }
 }
 
-type Tx<'a> = Transaction<'a, Any>;
+pub(super) type Tx<'a> = Transaction<'a, Any>;
 
 const JOB_COLUMNS: &str = "id, content_type, state, queue, priority, gpu, input_hash, input_name, \
     input_size, source_path, options, external_ref, deadline_ms, max_attempts, attempt_count, \
@@ -1135,8 +1135,18 @@ impl Store for SqlStore {
         now_ms: u64,
         expires_ms: u64,
         replace_agent: Option<&str>,
+        policy: Option<&crate::policy::AgentPolicy>,
     ) -> StoreResult<()> {
-        agents::insert_token(self, id, secret_hash, now_ms, expires_ms, replace_agent).await
+        agents::insert_token(
+            self,
+            id,
+            secret_hash,
+            now_ms,
+            expires_ms,
+            replace_agent,
+            policy,
+        )
+        .await
     }
 
     async fn redeem_token(
@@ -1169,5 +1179,18 @@ impl Store for SqlStore {
 
     async fn revoked_serials(&self) -> StoreResult<Vec<String>> {
         agents::revoked_serials(self).await
+    }
+
+    async fn set_agent_policy(
+        &self,
+        agent_id: &str,
+        policy: &crate::policy::AgentPolicy,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        agents::set_agent_policy(self, agent_id, policy, now_ms).await
+    }
+
+    async fn agent_policies(&self) -> StoreResult<Vec<(String, crate::policy::AgentPolicy)>> {
+        agents::agent_policies(self).await
     }
 }

@@ -113,6 +113,9 @@ pub(super) fn agent_from_row(r: &AnyRow) -> StoreResult<AgentRecord> {
         last_seen_ms: u(r.try_get("last_seen_ms")?),
         hub_id: r.try_get("hub_id")?,
         lease_ms: opt_u(r.try_get("lease_ms")?),
+        claimed: r
+            .try_get::<Option<String>, _>("claimed")?
+            .and_then(|c| serde_json::from_str(&c).ok()),
     })
 }
 
