@@ -100,18 +100,20 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    // Malformed JSON, unknown field, missing file on the hub's host.
-    for (body, expect) in [
-        ("{not json", "malformed JSON"),
+    // Malformed JSON, unknown field, a file on the hub's host while it takes none, no file.
+    for (body, status, expect) in [
+        ("{not json", 400, "malformed JSON"),
         (
             r#"{"content_type":"audio","source_file_path":"/x","colour":"red"}"#,
+            400,
             "unknown field",
         ),
         (
             r#"{"content_type":"audio","source_file_path":"/nonexistent/a.wav"}"#,
-            "does not exist",
+            403,
+            "input_dirs",
         ),
-        (r#"{"content_type":"audio"}"#, "source_file_path"),
+        (r#"{"content_type":"audio"}"#, 400, "source_file_path"),
     ] {
         let r = api
             .http
@@ -122,7 +124,7 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(r.status(), status, "{body}");
         let v: serde_json::Value = r.json().await.unwrap();
         assert!(v["error"].as_str().unwrap().contains(expect), "{body}: {v}");
     }
@@ -162,7 +164,7 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
 #[tokio::test]
 async fn morag_remote_jobs_shape() {
     let tmp = tempfile::tempdir().unwrap();
-    let hub = Hub::start(&tmp.path().join("hub"), &[]).await;
+    let hub = Hub::start(&tmp.path().join("hub"), &[&models_input_dir()]).await;
     let path = jfk().canonicalize().unwrap();
     let (s, v) = hub
         .api
@@ -330,7 +332,11 @@ async fn files_from_an_agent_without_work_are_refused() {
 async fn the_content_store_sweep_keeps_what_jobs_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let hub_dir = tmp.path().join("hub");
-    let hub = Hub::start(&hub_dir, &["gc_interval=200ms", "gc_min_age=0s"]).await;
+    let hub = Hub::start(
+        &hub_dir,
+        &["gc_interval=200ms", "gc_min_age=0s", &models_input_dir()],
+    )
+    .await;
     let path = jfk().canonicalize().unwrap();
     let (s, job) = hub
         .api

@@ -6,9 +6,14 @@
 //! and the request together must arrive within [`READ_TIMEOUT`], the
 //! authority decides within [`DECIDE_TIMEOUT`], the answer goes out within
 //! [`WRITE_TIMEOUT`]; at most
-//! [`MAX_CONNECTIONS`] connections are served at once (more wait in the
-//! listen backlog). A malformed request gets a `bad_request` answer when the
-//! stream still allows one; nothing a client sends ends the server.
+//! [`MAX_CONNECTIONS`] requests are decided at once (more wait for a turn).
+//! Connections still in the handshake are bounded too: at most
+//! [`MAX_PENDING`] in all and [`MAX_PENDING_PER_ADDRESS`] from one address;
+//! past either, the oldest such connection (of that address, or of all) is
+//! shed to make room, so connections that never finish their handshake
+//! cannot keep enrollment closed for a client that does. A malformed request
+//! gets a `bad_request` answer when the stream still allows one; nothing a
+//! client sends ends the server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +40,11 @@ use crate::validate_id;
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Bound on the TLS handshake plus the request frame.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in the handshake (or sending their request) at once.
+pub const MAX_PENDING: usize = 128;
+/// Connections in the handshake from one IP address at once.
+pub const MAX_PENDING_PER_ADDRESS: usize = 16;
 /// Bound on the authority's decision (a slow database); past it the agent is
 /// told the hub failed.
 pub const DECIDE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,16 +112,12 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(hub_cert_chain_pem, hub_key_pem)?));
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pending = Arc::new(Pending::default());
     let mut connections = JoinSet::new();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "enrollment listener started");
     }
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
         let accepted = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -131,14 +136,17 @@ pub async fn serve(
             }
         };
         let span = tracing::debug_span!("enroll_conn", %peer);
+        let cancel = shutdown.child_token();
+        let slot = pending.admit(peer, cancel.clone());
         connections.spawn(
             connection(
                 acceptor.clone(),
                 authority.clone(),
                 tcp,
                 peer,
-                shutdown.child_token(),
-                permit,
+                cancel,
+                slot,
+                permits.clone(),
             )
             .instrument(span),
         );
@@ -155,12 +163,18 @@ async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     cancel: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    slot: PendingSlot,
+    permits: Arc<Semaphore>,
 ) {
     let read = tokio::select! {
         biased;
         () = cancel.cancelled() => return,
         read = tokio::time::timeout(READ_TIMEOUT, accept_and_read(&acceptor, tcp)) => read,
+    };
+    // Past the handshake: no longer one that can be shed.
+    drop(slot);
+    let Ok(_permit): Result<OwnedSemaphorePermit, _> = permits.acquire_owned().await else {
+        return;
     };
     let (mut tls, body) = match read {
         Err(_elapsed) => {
@@ -193,6 +207,53 @@ async fn connection(
         Ok(Ok(())) => {}
         Ok(Err(error)) => debug!(%error, %peer, "enrollment response not delivered"),
         Err(_elapsed) => debug!(%peer, "enrollment response timed out"),
+    }
+}
+
+/// Connections in the handshake, oldest first: shed when there are too many.
+#[derive(Default)]
+struct Pending {
+    list: std::sync::Mutex<std::collections::VecDeque<(u64, std::net::IpAddr, CancellationToken)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A connection's place in [`Pending`]; leaving it (dropped) frees the place.
+struct PendingSlot {
+    pending: Arc<Pending>,
+    id: u64,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut list = self.pending.list.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+impl Pending {
+    /// Admit a new connection, shedding the oldest pending one of its address (or of all)
+    /// when a limit is reached.
+    fn admit(self: &Arc<Self>, peer: SocketAddr, cancel: CancellationToken) -> PendingSlot {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ip = peer.ip();
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        let same = list.iter().filter(|(_, a, _)| *a == ip).count();
+        let shed = if same >= MAX_PENDING_PER_ADDRESS {
+            list.iter().position(|(_, a, _)| *a == ip)
+        } else if list.len() >= MAX_PENDING {
+            Some(0)
+        } else {
+            None
+        };
+        if let Some(i) = shed.and_then(|i| list.remove(i)) {
+            debug!(%ip, "enrollment: too many connections in the handshake; the oldest is shed");
+            i.2.cancel();
+        }
+        list.push_back((id, ip, cancel));
+        PendingSlot {
+            pending: self.clone(),
+            id,
+        }
     }
 }
 

@@ -110,7 +110,9 @@ def hub(tmp_path_factory) -> Iterator[Hub]:
         procs.append(p)
         return p
 
-    spawn("hub", [str(hub_bin), "serve", "--data", str(data), "--quic", f"127.0.0.1:{quic}", "--http", f"127.0.0.1:{http}"])
+    # Jobs may name files in the recordings' directory on the hub's host (`submit_path`).
+    spawn("hub", [str(hub_bin), "serve", "--data", str(data), "--quic", f"127.0.0.1:{quic}", "--http", f"127.0.0.1:{http}",
+                  "--input-dir", str(JFK.resolve().parent)])
     url = f"http://127.0.0.1:{http}"
     _wait("the hub's /healthz", lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, 30, logs)
     token = (data / "api-token").read_text().strip()

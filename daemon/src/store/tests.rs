@@ -278,15 +278,19 @@ async fn priority_then_age_and_deadlines(s: SqlStore) {
 }
 
 async fn join_tokens_work_once(s: SqlStore) {
-    s.insert_token("abc123", "h", 0, 100).await.unwrap();
-    s.insert_token("old123", "h", 0, 5).await.unwrap();
+    s.insert_token("abc123", "h", 0, 100, None, None)
+        .await
+        .unwrap();
+    s.insert_token("old123", "h", 0, 5, None, None)
+        .await
+        .unwrap();
     assert_eq!(
         s.redeem_token("abc123", "x", "a", 1).await.unwrap(),
         TokenRedemption::WrongSecret
     );
     assert_eq!(
         s.redeem_token("abc123", "h", "a", 1).await.unwrap(),
-        TokenRedemption::Redeemed
+        TokenRedemption::Redeemed { replacing: false }
     );
     assert_eq!(
         s.redeem_token("abc123", "h", "b", 2).await.unwrap(),
@@ -299,6 +303,71 @@ async fn join_tokens_work_once(s: SqlStore) {
     assert_eq!(
         s.redeem_token("nope00", "h", "b", 6).await.unwrap(),
         TokenRedemption::Unknown
+    );
+
+    // An id is given out once: a second token for "a" is refused and stays usable.
+    s.record_certificate("a", "01aa", false, 1).await.unwrap();
+    s.insert_token("second", "h", 0, 100, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.redeem_token("second", "h", "a", 3).await.unwrap(),
+        TokenRedemption::IdTaken
+    );
+    assert_eq!(
+        s.redeem_token("second", "h", "c", 3).await.unwrap(),
+        TokenRedemption::Redeemed { replacing: false }
+    );
+    // A token made to replace "a" issues "a" again (only "a"), with its policy; the old
+    // certificate is revoked when the new one is recorded.
+    let policy = crate::policy::AgentPolicy {
+        queues: Some(vec!["batch".into()]),
+        max_concurrent: Some(2),
+        ..Default::default()
+    };
+    s.insert_token("repl01", "h", 0, 100, Some("a"), Some(&policy))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.redeem_token("repl01", "h", "z", 4).await.unwrap(),
+        TokenRedemption::ForOtherId("a".into())
+    );
+    assert_eq!(
+        s.redeem_token("repl01", "h", "a", 4).await.unwrap(),
+        TokenRedemption::Redeemed { replacing: true }
+    );
+    assert!(s.revoked_serials().await.unwrap().is_empty());
+    s.record_certificate("a", "02bb", true, 5).await.unwrap();
+    assert_eq!(s.revoked_serials().await.unwrap(), ["01aa"]);
+    assert_eq!(
+        s.agent_policies().await.unwrap(),
+        [("a".to_string(), policy.clone())]
+    );
+    // Serials are unique.
+    assert!(s.record_certificate("c", "02bb", false, 6).await.is_err());
+    // Certificates met at registration can be revoked by id too; again is a no-op.
+    s.note_certificate("d", "0dd0", 7).await.unwrap();
+    s.note_certificate("d", "0dd0", 8).await.unwrap();
+    assert_eq!(s.revoke_agent("d", 9).await.unwrap(), 1);
+    assert_eq!(s.revoke_agent("d", 10).await.unwrap(), 0);
+    let mut revoked = s.revoked_serials().await.unwrap();
+    revoked.sort();
+    assert_eq!(revoked, ["01aa", "0dd0"]);
+    // ...and their ids are taken.
+    s.insert_token("third1", "h", 0, 100, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.redeem_token("third1", "h", "d", 11).await.unwrap(),
+        TokenRedemption::IdTaken
+    );
+    // A policy set later replaces the token's.
+    s.set_agent_policy("a", &Default::default(), 12)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.agent_policies().await.unwrap(),
+        [("a".to_string(), Default::default())]
     );
 }
 

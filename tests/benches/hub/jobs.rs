@@ -147,6 +147,8 @@ impl Bench {
             ("quic", "127.0.0.1:0"),
             ("http", "127.0.0.1:0"),
             ("shutdown_grace", "1s"),
+            // The inputs are written under `dir` (the hub's own data there stays refused).
+            ("input_dirs", dir.to_str().context("temp dir is not UTF-8")?),
         ] {
             config.set(k, v, k)?;
         }
@@ -188,6 +190,17 @@ impl Bench {
         let mut agents = JoinSet::new();
         for i in 0..s.agents {
             let id = format!("bench-agent-{i}");
+            // The bench's queue and slots, which the default policy would clip.
+            let policy = morag_hub::policy::AgentPolicy {
+                queues: Some(vec![QUEUE.into()]),
+                max_concurrent: Some(s.slots),
+                ..Default::default()
+            };
+            running
+                .hub
+                .store
+                .set_agent_policy(&id, &policy, morag_transport::unix_ms())
+                .await?;
             let adir = dir.join(&id);
             agent_dir(&ca, &id, &adir)?;
             let config = ServeConfig {

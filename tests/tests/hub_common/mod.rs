@@ -51,6 +51,14 @@ pub fn jfk() -> PathBuf {
     p
 }
 
+/// The setting that lets jobs name files in the directory of the test recordings.
+pub fn models_input_dir() -> String {
+    format!(
+        "input_dirs={}",
+        jfk().canonicalize().unwrap().parent().unwrap().display()
+    )
+}
+
 /// jfk.wav said `times` times in a row (a job that runs for a while), made once with ffmpeg.
 pub fn long_recording(times: usize) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
