@@ -286,25 +286,6 @@ async fn agents_with_wrong_certificates_cannot_register() {
 
 /// A transport session to the hub as agent `id` (a certificate from the hub's CA), with no
 /// morag-agent behind it: the test speaks the protocol itself.
-async fn raw_agent(
-    hub: &Hub,
-    hub_dir: &std::path::Path,
-    tmp: &std::path::Path,
-    id: &str,
-) -> (Client, morag_transport::Session) {
-    let ca = CertificateAuthority::load(&hub_dir.join("pki")).unwrap();
-    let cert = ca.issue_agent(id, Validity::days(1)).unwrap();
-    let mut config = SessionConfig::new(Credentials {
-        cert_chain_pem: cert.cert_pem.clone(),
-        key_pem: cert.key_pem.clone(),
-        ca_pem: ca.cert_pem().to_string(),
-    });
-    config.store_dir = tmp.join(format!("{id}-store"));
-    let client = Client::new(config).unwrap();
-    let session = client.connect(hub.quic_addr(), "localhost").await.unwrap();
-    (client, session)
-}
-
 #[tokio::test]
 async fn files_from_an_agent_without_work_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -422,18 +422,31 @@ async fn submit_multipart(
         }
         // Read with a cap: a text field is never held whole when it is oversize.
         let mut raw = Vec::new();
+        let mut oversize = false;
         while let Some(chunk) = field
             .chunk()
             .await
             .map_err(|e| ApiError::bad_request(format!("field {name:?}: {e}")))?
         {
             if raw.len() + chunk.len() > FIELD_LIMIT {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("field {name:?} over {} KiB", FIELD_LIMIT >> 10),
-                ));
+                oversize = true;
+                break;
             }
             raw.extend_from_slice(&chunk);
+        }
+        if oversize {
+            let mut seen = 0u64;
+            while let Ok(Some(c)) = field.chunk().await {
+                seen += c.len() as u64;
+                if seen > DRAIN_AFTER_LIMIT {
+                    break;
+                }
+            }
+            drain_multipart(&mut multipart, seen).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("field {name:?} over {} KiB", FIELD_LIMIT >> 10),
+            ));
         }
         let text = String::from_utf8(raw)
             .map_err(|_| ApiError::bad_request(format!("field {name:?} is not UTF-8")))?;
@@ -486,6 +499,20 @@ async fn submit_multipart(
     }
     hub.metrics.bytes_uploaded.inc_by(size);
     create_job(hub, &spec, checked, (hash, size), name, None).await
+}
+
+/// Read (and drop) the rest of a multipart body, up to [`DRAIN_AFTER_LIMIT`] in all with the
+/// `seen` bytes read already, so that a client still sending sees the answer instead of a reset
+/// connection.
+async fn drain_multipart(rest: &mut Multipart, mut seen: u64) {
+    while let Ok(Some(mut f)) = rest.next_field().await {
+        while let Ok(Some(c)) = f.chunk().await {
+            seen += c.len() as u64;
+            if seen > DRAIN_AFTER_LIMIT {
+                return;
+            }
+        }
+    }
 }
 
 pub(crate) fn check_id(id: &str) -> ApiResult<()> {

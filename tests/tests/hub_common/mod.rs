@@ -578,3 +578,92 @@ impl Agent {
         self.proc.child = again.proc.child.take();
     }
 }
+
+/// An agent speaking the protocol by hand: a certificate for `id` from the hub's CA, a
+/// session to the hub (files it receives go under `tmp/<id>-store`).
+pub async fn raw_agent(
+    hub: &Hub,
+    hub_dir: &Path,
+    tmp: &Path,
+    id: &str,
+) -> (morag_transport::Client, morag_transport::Session) {
+    let ca = morag_certs::CertificateAuthority::load(&hub_dir.join("pki")).unwrap();
+    let cert = ca.issue_agent(id, morag_certs::Validity::days(1)).unwrap();
+    let mut config = morag_transport::SessionConfig::new(morag_transport::Credentials {
+        cert_chain_pem: cert.cert_pem.clone(),
+        key_pem: cert.key_pem.clone(),
+        ca_pem: ca.cert_pem().to_string(),
+    });
+    config.store_dir = tmp.join(format!("{id}-store"));
+    let client = morag_transport::Client::new(config).unwrap();
+    let session = client.connect(hub.quic_addr(), "localhost").await.unwrap();
+    (client, session)
+}
+
+/// A registration as a raw agent sends it.
+pub fn raw_registration(
+    capability: morag_protocol::Capability,
+    queues: &[&str],
+    max_concurrent_tasks: u32,
+) -> morag_protocol::Registration {
+    morag_protocol::Registration {
+        name: "raw".into(),
+        capability,
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        hardware_json: "{}".into(),
+        hostname: "raw".into(),
+        max_concurrent_tasks,
+        content_types: vec!["audio".into(), "video".into(), "image".into()],
+        software_version: "test".into(),
+        incarnation: "0123456789abcdef".into(),
+        gpu_memory_free_bytes: None,
+        running: Vec::new(),
+        undelivered: Vec::new(),
+        health: morag_transport::WorkerHealth {
+            healthy: true,
+            ..Default::default()
+        },
+        draining: false,
+    }
+}
+
+/// Register a raw agent; the hub's answer.
+pub async fn raw_register(
+    session: &morag_transport::Session,
+    reg: &morag_protocol::Registration,
+) -> morag_protocol::Registered {
+    use morag_protocol::kind;
+    let reply = session
+        .request(morag_transport::Envelope::user(kind::REGISTER, reg).unwrap())
+        .await
+        .unwrap();
+    reply.decode_user(kind::REGISTERED).unwrap().unwrap()
+}
+
+/// The next assignment a raw agent gets (within `limit`), accepted.
+pub async fn raw_accept(
+    session: &morag_transport::Session,
+    limit: Duration,
+) -> Option<morag_protocol::Assignment> {
+    use morag_protocol::kind;
+    use morag_transport::{Body, Inbound, Reply};
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let m = tokio::time::timeout(left, session.recv()).await.ok()??;
+        if let Inbound::Message(m) = m {
+            if let Some(Ok(a)) = m.decode_user::<morag_protocol::Assignment>(kind::ASSIGN) {
+                session
+                    .respond(
+                        &m,
+                        Body::Reply(Reply {
+                            ok: true,
+                            message: String::new(),
+                        }),
+                    )
+                    .unwrap();
+                return Some(a);
+            }
+        }
+    }
+}
