@@ -437,3 +437,44 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
         assert_eq!(s, 200);
     }
 }
+
+/// `morag-hub revoke` on one hub's host reaches the other hub through the database: the agent's
+/// session there closes within seconds, and neither hub takes it back (a resumed 0-RTT
+/// connection included).
+#[tokio::test]
+async fn a_revocation_reaches_every_hub_on_the_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((_pg, url)) = postgres(tmp.path()).await else {
+        return;
+    };
+    let (a, b) = two_hubs(tmp.path(), &url, &[]).await;
+    let (client, session) = raw_agent(&b, &a.dir, tmp.path(), "raw-m").await;
+    raw_register(
+        &session,
+        &raw_registration(morag_protocol::Capability::Cpu, &["gpu_fallback"], 1),
+    )
+    .await;
+    let out = std::process::Command::new(bin("morag-hub"))
+        .args(["revoke", "raw-m", "--data"])
+        .arg(&a.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "revoke at hub A: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until(
+        Duration::from_secs(5),
+        "hub B to close the session",
+        || async { session.is_closed().then_some(()) },
+    )
+    .await;
+    for hub in [&b, &a] {
+        let e = client
+            .connect(hub.quic_addr(), "localhost")
+            .await
+            .expect_err("a revoked agent is refused by every hub");
+        assert!(e.to_string().contains("revoked"), "{e}");
+    }
+}

@@ -741,4 +741,150 @@ mod exhaustion {
         );
         drop(idle);
     }
+
+    /// A seeded random driver of the agent protocol from a hostile agent with a running job:
+    /// progress with NaN or huge percentages, far ETAs and long texts, reports for attempts
+    /// that are not its own, completions naming random or foreign content, failures with huge
+    /// errors, registrations with garbage, user messages of unknown kinds and undecodable
+    /// payloads. The hub answers every request, stays up, keeps its API responsive, and the
+    /// job is neither completed by any of it nor lost.
+    /// `MORAG_FUZZ_SEED` replays a run; `MORAG_FUZZ_CASES` sets how many messages (default 3,000).
+    #[tokio::test]
+    async fn random_hostile_agent_messages_never_take_the_hub_down() {
+        use morag_protocol::{Failure, InlineFile};
+        let seed: u64 = std::env::var("MORAG_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        let cases: u32 = std::env::var("MORAG_FUZZ_CASES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3_000);
+        println!("MORAG_FUZZ_SEED={seed}");
+        let mut state = seed | 1;
+        let mut next = move || {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let hub_dir = tmp.path().join("hub");
+        let hub = Hub::start(&hub_dir, &[]).await;
+        let (_client, session) = raw_agent(&hub, &hub_dir, tmp.path(), "fuzzer").await;
+        raw_register(
+            &session,
+            &raw_registration(Capability::Cpu, &["gpu_fallback"], 1),
+        )
+        .await;
+        let job = hub.api.submit(&jfk(), "audio", &[("gpu", "any")]).await;
+        let id = job["id"].as_str().unwrap().to_string();
+        let foreign = job["input"]["blake3"].as_str().unwrap().to_string();
+        let asg = raw_accept(&session, Duration::from_secs(30)).await.unwrap();
+        let attempt = |n: u64| {
+            if n % 3 == 0 {
+                format!("att_{n:032x}")
+            } else {
+                asg.attempt_id.clone()
+            }
+        };
+        let text = |n: u64| "\u{202e}x\0".repeat((n % 5_000) as usize);
+        let mut requests = 0;
+        for _ in 0..cases {
+            let n = next();
+            let body = match n % 7 {
+                0 | 1 => Body::TaskProgress(TaskProgress {
+                    task_id: attempt(n >> 8),
+                    percent: match (n >> 4) % 4 {
+                        0 => f32::NAN,
+                        1 => f32::INFINITY,
+                        2 => -1e30,
+                        _ => ((n >> 16) % 200) as f32,
+                    },
+                    stage: text(n >> 20),
+                    message: Some(text(n >> 24)),
+                    estimated_completion_ms: Some(next()),
+                    metadata: [("device".to_string(), text(n >> 28))].into(),
+                }),
+                2 => {
+                    let c = Completion {
+                        job_id: id.clone(),
+                        attempt_id: attempt(n >> 8),
+                        result_hash: if n & 16 == 0 {
+                            foreign.clone()
+                        } else {
+                            format!("{:064x}", next())
+                        },
+                        artifacts: vec![ArtifactRef {
+                            name: text(n >> 12),
+                            hash: foreign.clone(),
+                            size: next(),
+                            media_type: text(n >> 16),
+                        }],
+                        processing_time_ms: next(),
+                        inline: vec![InlineFile {
+                            hash: foreign.clone(),
+                            data: vec![0u8; (n % 70_000) as usize],
+                        }],
+                    };
+                    Envelope::user(kind::COMPLETE, &c).unwrap().body
+                }
+                3 => {
+                    let f = Failure {
+                        job_id: if n & 16 == 0 {
+                            id.clone()
+                        } else {
+                            text(n >> 8)
+                        },
+                        attempt_id: format!("att_{:032x}", next()),
+                        error: text(n >> 12),
+                        retryable: n & 32 == 0,
+                        timed_out: n & 64 == 0,
+                    };
+                    Envelope::user(kind::FAIL, &f).unwrap().body
+                }
+                4 => {
+                    Envelope::user(kind::REGISTER, &vec![(n % 256) as u8; (n % 3_000) as usize])
+                        .unwrap()
+                        .body
+                }
+                5 => {
+                    Envelope::user(&text(n >> 8).chars().take(40).collect::<String>(), &next())
+                        .unwrap()
+                        .body
+                }
+                _ => Envelope::user(kind::CANCEL_ACK, &next()).unwrap().body,
+            };
+            // Every other agent-protocol message is sent as a request: each must be answered.
+            if matches!(body, Body::User(_)) && n & 8 == 0 {
+                requests += 1;
+                let answered = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    session.request(Envelope::new(body)),
+                )
+                .await;
+                assert!(answered.is_ok(), "a request went unanswered (seed {seed})");
+            } else if session.send_body(body).is_err() {
+                panic!("the hub dropped the session (seed {seed})");
+            }
+        }
+        let (s, _) = hub.api.get("/api/v1/jobs").await;
+        assert_eq!(s, 200, "seed {seed}");
+        let (s, v) = hub.api.get("/healthz").await;
+        assert_eq!(s, 200, "seed {seed}: {v}");
+        assert!(!session.is_closed(), "seed {seed}");
+        let j = hub.api.job(&id).await;
+        // Nothing it sent could end the job: no file of its own reached the hub.
+        assert_eq!(j["state"], "running", "seed {seed}: {j}");
+        println!(
+            "{cases} hostile messages ({requests} requests) answered; job {}",
+            j["state"]
+        );
+    }
 }

@@ -608,23 +608,26 @@ impl Hub {
                 tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, size, named, "inline file dropped");
                 continue;
             }
-            // Inline files count against the attempt's budget as transfers do.
-            let charged = match self.attempts.lock().unwrap().get_mut(&c.attempt_id) {
-                Some(a) if a.sent.contains(&f.hash) => true,
-                Some(a) if a.budget_left >= size => {
-                    a.budget_left -= size;
-                    a.sent.insert(f.hash.clone());
-                    true
-                }
-                _ => false,
+            // Inline files count against the attempt's budget as transfers do, and count as
+            // sent only once their bytes proved to be that content.
+            let fits = match self.attempts.lock().unwrap().get(&c.attempt_id) {
+                Some(a) => a.sent.contains(&f.hash) || a.budget_left >= size,
+                None => false,
             };
-            if !charged {
+            if !fits {
                 tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, size, "inline file over the attempt's budget: dropped");
                 continue;
             }
             let quota = self.config.max_store_bytes;
-            if let Err(e) = self.content.store_bytes(&f.hash, f.data, quota).await {
-                tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, error = %e, "inline file not stored");
+            let hash = f.hash.clone();
+            if let Err(e) = self.content.store_bytes(&hash, f.data, quota).await {
+                tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %hash, error = %e, "inline file not stored");
+                continue;
+            }
+            if let Some(a) = self.attempts.lock().unwrap().get_mut(&c.attempt_id) {
+                if a.sent.insert(hash) {
+                    a.budget_left = a.budget_left.saturating_sub(size);
+                }
             }
         }
     }

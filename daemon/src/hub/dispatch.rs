@@ -158,7 +158,7 @@ impl Hub {
                 .options
                 .get("timeout")
                 .and_then(|t| humantime::parse_duration(t).ok())
-                .map(|d| d.as_millis() as u64),
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             deadline_ms: job.deadline_ms,
         };
         let outcome = match (session, Envelope::user(kind::ASSIGN, &assignment)) {
