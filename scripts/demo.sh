@@ -40,9 +40,9 @@ done
 sed -n '1,7p' "$work/hub.log" | grep -v INFO || true
 
 echo "== 2. a join token, and an agent enrolled with it (its key never leaves $work/agent)"
-token=$("$bin/morag-hub" token create --data "$work/hub" 2>/dev/null | tail -n 1)
-echo "token: $token"
-"$bin/morag-agent" enroll --token "$token" --dir "$work/agent" --id demo-agent
+"$bin/morag-hub" token create --data "$work/hub" 2>/dev/null | tail -n 1 >"$work/join-token"
+echo "token: $(cat "$work/join-token")"
+"$bin/morag-agent" enroll --token-file "$work/join-token" --dir "$work/agent" --id demo-agent
 
 echo "== 3. the agent serving (log $work/agent.log)"
 "$bin/morag-agent" serve --dir "$work/agent" --model models/ggml-tiny.en.bin >"$work/agent.log" 2>&1 &

@@ -238,10 +238,11 @@ limit_gb=4
     --advertise "127.0.0.1:$quic" > "$work/hub.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 120); do "$HUB" healthcheck --data "$work/hub" >/dev/null 2>&1 && break; sleep 0.5; done
-token=$("$HUB" token create --data "$work/hub" --ttl 10m 2>>"$work/hub.log" | tail -n 1)
+# Two jobs at once on one GPU: more than the default policy (one job per GPU) allows.
+"$HUB" token create --data "$work/hub" --ttl 10m --max-concurrent 2 2>>"$work/hub.log" | tail -n 1 >"$work/join-token"
 MORAG_REMOTE_HEARTBEAT_INTERVAL_SECONDS=1 MORAG_REMOTE_HEALTH_CHECK_INTERVAL_SECONDS=1 \
 MORAG_REMOTE_GPU_MEMORY_LIMIT_GB=$limit_gb \
-    "$BIN/morag-agent" serve --dir "$work/agent" --join-token "$token" --max-concurrent-tasks 2 \
+    "$BIN/morag-agent" serve --dir "$work/agent" --join-token-file "$work/join-token" --max-concurrent-tasks 2 \
     --model "$MODELS/ggml-tiny.en.bin" > "$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=($agent_pid)

@@ -35,10 +35,12 @@ async function submit(file) {
   return v.id;
 }
 
-async function job(id) {
-  const r = await fetch(`${HUB}/api/v1/jobs/${id}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+async function getJson(route) {
+  const r = await fetch(`${HUB}${route}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
   return r.json();
 }
+
+const job = (id) => getJson(`/api/v1/jobs/${id}`);
 
 await mkdir(OUT, { recursive: true });
 const browser = await chromium.launch({
@@ -134,6 +136,19 @@ try {
   await agentRow.locator(".badge.drained").waitFor({ timeout: 15_000 });
   await agentRow.locator("button.drain", { hasText: /^Undrain$/ }).click();
   await agentRow.locator(".badge.healthy").waitFor({ timeout: 15_000 });
+
+  step("set the agent's policy from its row; the hub applies it");
+  check((await agentRow.locator(".policy").first().innerText()).includes("policy: default"), "default policy shown");
+  // The row asks field by field: queues, content types, capability, jobs at once.
+  const answers = ["", "audio", "", "3"];
+  const onDialog = (d) => d.accept(answers.shift() ?? "");
+  page.on("dialog", onDialog);
+  await agentRow.locator("button.policy").click();
+  await agentRow.locator(".policy", { hasText: "3 at once" }).waitFor({ timeout: 15_000 });
+  page.off("dialog", onDialog);
+  const listed = (await getJson("/api/v1/agents")).agents.find((a) => a.id === AGENT);
+  check(JSON.stringify(listed.policy) === JSON.stringify({ content_types: ["audio"], max_concurrent: 3 }),
+    `the hub holds the policy: ${JSON.stringify(listed.policy)}`);
 
   step("the overview counts what happened");
   await page.click('nav a[href="#/"]');

@@ -788,7 +788,7 @@ mod exhaustion {
         let foreign = job["input"]["blake3"].as_str().unwrap().to_string();
         let asg = raw_accept(&session, Duration::from_secs(30)).await.unwrap();
         let attempt = |n: u64| {
-            if n % 3 == 0 {
+            if n.is_multiple_of(3) {
                 format!("att_{n:032x}")
             } else {
                 asg.attempt_id.clone()
