@@ -5,6 +5,7 @@
 //! cargo bench -p morag-tests --bench hub
 //! cargo bench -p morag-tests --bench hub -- --seq 100 --burst 500 --idle 100,1000
 //! cargo bench -p morag-tests --bench hub -- --only idle --idle 100,1000,3000,10000
+//! cargo bench -p morag-tests --bench hub -- --only flood --flood-rate 10000 --window 10
 //! ```
 //!
 //! Parts (1) and (2) run on each store: SQLite with `sync=full` and `sync=normal`, and
@@ -17,7 +18,8 @@
 //! `--idle 100,1000,3000,10000` the idle-agent ramp (also `MORAG_BENCH_IDLE`), `--window SECS`
 //! measurement window per step (10), `--connect-limit SECS` a step that connects slower than
 //! this ends the ramp (60), `--connecting N` connects in flight (64), `--pings-only` no
-//! `Heartbeat` bodies in (3) (the transport's ping datagrams alone), `--only jobs|idle`.
+//! `Heartbeat` bodies in (3) (the transport's ping datagrams alone), `--flood-rate N` progress
+//! reports per second in (4) (10000), `--only jobs|idle|flood`.
 //! Temp files go to `TMPDIR`.
 //!
 //! # Layout
@@ -25,9 +27,13 @@
 //! - `jobs` (1) and (2): in-process hub and agents with a no-op processor; jobs through the
 //!   HTTP API, completion from `hub.subscribe()`.
 //! - `idle` (3): the hub as its own process, simulated agents heartbeating.
+//! - `flood` (4): the API's latency while an agent floods the hub with progress reports, against
+//!   the same hub with the agent quiet.
 
 #[path = "hub/common.rs"]
 mod common;
+#[path = "hub/flood.rs"]
+mod flood;
 #[path = "hub/idle.rs"]
 mod idle;
 #[path = "hub/jobs.rs"]
@@ -110,6 +116,15 @@ async fn run() -> anyhow::Result<()> {
         None
     };
 
+    let flood = if s.flood {
+        eprintln!("(4) progress flood");
+        let d = dir.path().join("flood");
+        std::fs::create_dir_all(&d)?;
+        Some(flood::run(&s, &d).await?)
+    } else {
+        None
+    };
+
     println!();
     println!(
         "MoRAG hub benchmark: loopback, {} cores, bench profile",
@@ -122,7 +137,42 @@ async fn run() -> anyhow::Result<()> {
     if let Some(idle) = idle {
         report_idle(&s, &idle);
     }
+    if let Some(f) = flood {
+        report_flood(&s, &f);
+    }
     Ok(())
+}
+
+fn report_flood(s: &Settings, f: &flood::FloodRun) {
+    println!();
+    println!(
+        "(4) GET /api/v1/jobs one after another, {:?} quiet then {:?} while one agent sends progress",
+        s.window, f.window
+    );
+    println!(
+        "    at {}/s asked ({:.0}/s sent, {} reports, 1 kB message each)",
+        s.flood_rate,
+        f.sent as f64 / f.window.as_secs_f64(),
+        f.sent
+    );
+    println!("    | | requests | p50 ms | p99 ms |");
+    for (label, v) in [("quiet", &f.baseline), ("flooded", &f.flooded)] {
+        println!(
+            "    | {label} | {} | {} | {} |",
+            v.len(),
+            ms(percentile(v, 50.0)),
+            ms(percentile(v, 99.0))
+        );
+    }
+    let ratio = match (percentile(&f.flooded, 99.0), percentile(&f.baseline, 99.0)) {
+        (Some(a), Some(b)) if !b.is_zero() => format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()),
+        _ => "-".into(),
+    };
+    println!("    p99 flooded / quiet: {ratio}");
+    println!(
+        "    job events written during the flood: {} (at most one progress per second per attempt); database +{} bytes",
+        f.events, f.db_growth
+    );
 }
 
 fn report_jobs(s: &Settings, runs: &[jobs::SyncRun]) {

@@ -28,14 +28,18 @@ pub struct Settings {
     pub connecting: usize,
     /// Send a `Heartbeat` body every second in (3) (off: only the transport's pings).
     pub beat_bodies: bool,
+    /// Progress reports per second in (4).
+    pub flood_rate: u64,
     /// Which parts to run.
     pub jobs: bool,
     pub idle: bool,
+    pub flood: bool,
 }
 
 impl Settings {
     /// `--seq N --burst M --agents K --slots S --submitters N --idle 100,1000 --window SECS
-    /// --connect-limit SECS --connecting N --pings-only --only jobs|idle`; `MORAG_BENCH_IDLE`
+    /// --connect-limit SECS --connecting N --pings-only --flood-rate N --only jobs|idle|flood`;
+    /// `MORAG_BENCH_IDLE`
     /// sets the idle steps too.
     /// Unknown arguments (cargo adds `--bench`) are ignored.
     pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
@@ -50,8 +54,10 @@ impl Settings {
             connect_limit: Duration::from_secs(60),
             connecting: 64,
             beat_bodies: true,
+            flood_rate: 10_000,
             jobs: true,
             idle: true,
+            flood: true,
         };
         if let Ok(v) = std::env::var("MORAG_BENCH_IDLE") {
             s.idle_steps = steps(&v).context("MORAG_BENCH_IDLE")?;
@@ -76,11 +82,17 @@ impl Settings {
                 }
                 "--connecting" => s.connecting = num(&value("--connecting")?, "--connecting")?,
                 "--pings-only" => s.beat_bodies = false,
-                "--only" => match value("--only")?.as_str() {
-                    "jobs" => s.idle = false,
-                    "idle" => s.jobs = false,
-                    other => anyhow::bail!("--only {other:?}: expected jobs or idle"),
-                },
+                "--flood-rate" => s.flood_rate = num(&value("--flood-rate")?, "--flood-rate")?,
+                "--only" => {
+                    let only = value("--only")?;
+                    s.jobs = only == "jobs";
+                    s.idle = only == "idle";
+                    s.flood = only == "flood";
+                    anyhow::ensure!(
+                        s.jobs || s.idle || s.flood,
+                        "--only {only:?}: expected jobs, idle or flood"
+                    );
+                }
                 _ => {}
             }
         }
