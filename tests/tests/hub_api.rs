@@ -11,16 +11,6 @@ use morag_certs::{CertificateAuthority, Validity};
 use morag_transport::{Client, ConnectError, Credentials, SessionConfig};
 use serde_json::json;
 
-fn files_in(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.path().is_file())
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn bad_requests_get_clear_4xx_and_store_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -350,64 +340,23 @@ async fn the_content_store_sweep_keeps_what_jobs_reference() {
 /// served.
 #[tokio::test]
 async fn inline_result_files_are_checked_and_large_ones_come_by_transfer() {
-    use morag_protocol::{
-        kind, Ack, AckOutcome, ArtifactRef, Assignment, Capability, Completion, InlineFile,
-        Registered, Registration,
-    };
-    use morag_transport::{Body, Envelope, Inbound, Reply, WorkerHealth};
+    use morag_protocol::{kind, Ack, AckOutcome, ArtifactRef, Capability, Completion, InlineFile};
+    use morag_transport::Envelope;
 
     let tmp = tempfile::tempdir().unwrap();
     let hub_dir = tmp.path().join("hub");
     let hub = Hub::start(&hub_dir, &[]).await;
     let (client, session) = raw_agent(&hub, &hub_dir, tmp.path(), "raw-agent").await;
-    let reg = Registration {
-        name: "raw".into(),
-        capability: Capability::Cpu,
-        queues: vec!["gpu_priority".into(), "gpu_fallback".into()],
-        hardware_json: "{}".into(),
-        hostname: "raw".into(),
-        max_concurrent_tasks: 1,
-        content_types: vec!["audio".into()],
-        software_version: "test".into(),
-        incarnation: "0123456789abcdef".into(),
-        gpu_memory_free_bytes: None,
-        running: Vec::new(),
-        undelivered: Vec::new(),
-        health: WorkerHealth {
-            healthy: true,
-            ..Default::default()
-        },
-        draining: false,
-    };
-    let reply = session
-        .request(Envelope::user(kind::REGISTER, &reg).unwrap())
-        .await
-        .unwrap();
-    let registered: Registered = reply.decode_user(kind::REGISTERED).unwrap().unwrap();
+    let mut reg = raw_registration(Capability::Cpu, &["gpu_priority", "gpu_fallback"], 1);
+    reg.content_types = vec!["audio".into()];
+    let registered = raw_register(&session, &reg).await;
     assert_eq!(registered.agent_id, "raw-agent");
 
     let job = hub.api.submit(&jfk(), "audio", &[]).await;
     let id = job["id"].as_str().unwrap().to_string();
-    let a: Assignment = loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), session.recv())
-            .await
-            .expect("an assignment")
-            .expect("session open");
-        if let Inbound::Message(m) = m {
-            if let Some(Ok(a)) = m.decode_user::<Assignment>(kind::ASSIGN) {
-                session
-                    .respond(
-                        &m,
-                        Body::Reply(Reply {
-                            ok: true,
-                            message: String::new(),
-                        }),
-                    )
-                    .unwrap();
-                break a;
-            }
-        }
-    };
+    let a = raw_accept(&session, Duration::from_secs(30))
+        .await
+        .expect("an assignment");
     assert_eq!(a.job_id, id);
 
     let result = serde_json::to_vec(&json!({"success": true, "text": "raw"})).unwrap();

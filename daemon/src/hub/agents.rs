@@ -34,11 +34,13 @@ pub(crate) struct ProgressUpdate {
     device: Option<String>,
 }
 
-/// When an attempt's progress was last written, and the latest report since.
+/// When an attempt's progress was last written, the latest report since, and whether a timer
+/// will write it.
 #[derive(Default)]
 pub(crate) struct ProgressGate {
     last_write: Option<Instant>,
     pending: Option<ProgressUpdate>,
+    timer: bool,
 }
 
 /// `s` cut to at most `max` bytes at a character boundary, marked when cut.
@@ -533,46 +535,64 @@ impl Hub {
             device: p.metadata.get("device").map(|d| truncated(d, 32)),
         };
         let attempt_id = p.task_id.clone();
-        // Now (the update comes back), or later (it waits in the gate; a timer is started for
-        // the first one waiting).
+        // Now (the update comes back), or later (it waits in the gate; one timer per attempt
+        // writes what waits once the interval since the last write is over).
         let decision: Result<ProgressUpdate, Option<std::time::Duration>> = {
             let mut gates = self.progress_gates.lock().unwrap();
             let gate = gates.entry(attempt_id.clone()).or_default();
             match gate.last_write.map(|t| t.elapsed()) {
                 Some(since) if since < PROGRESS_WRITE_INTERVAL => {
-                    let first_pending = gate.pending.replace(update).is_none();
-                    Err(first_pending.then(|| PROGRESS_WRITE_INTERVAL - since))
+                    gate.pending = Some(update);
+                    let start_timer = !gate.timer;
+                    gate.timer = true;
+                    Err(start_timer.then(|| PROGRESS_WRITE_INTERVAL - since))
                 }
                 _ => {
+                    // Newer than anything waiting: what waits is dropped, not written after it.
+                    gate.pending = None;
                     gate.last_write = Some(Instant::now());
                     Ok(update)
                 }
             }
         };
-        let wait = match decision {
+        let first_wait = match decision {
             Ok(update) => return self.write_progress(&attempt_id, update).await,
-            Err(wait) => wait,
+            Err(None) => return,
+            Err(Some(wait)) => wait,
         };
-        if let Some(wait) = wait {
-            let hub = self.clone();
-            tokio::spawn(async move {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut wait = first_wait;
+            loop {
                 tokio::time::sleep(wait).await;
-                let pending = {
+                let due = {
                     let mut gates = hub.progress_gates.lock().unwrap();
-                    match gates.get_mut(&attempt_id) {
-                        Some(gate) => {
+                    // Gone: the attempt ended meanwhile.
+                    let Some(gate) = gates.get_mut(&attempt_id) else {
+                        return;
+                    };
+                    let since = gate
+                        .last_write
+                        .map_or(PROGRESS_WRITE_INTERVAL, |t| t.elapsed());
+                    if since < PROGRESS_WRITE_INTERVAL {
+                        // A report written directly meanwhile: wait out its interval.
+                        Err(PROGRESS_WRITE_INTERVAL - since)
+                    } else {
+                        gate.timer = false;
+                        let pending = gate.pending.take();
+                        if pending.is_some() {
                             gate.last_write = Some(Instant::now());
-                            gate.pending.take()
                         }
-                        // The attempt ended meanwhile.
-                        None => None,
+                        Ok(pending)
                     }
                 };
-                if let Some(update) = pending {
-                    hub.write_progress(&attempt_id, update).await;
+                match due {
+                    Err(more) => wait = more,
+                    Ok(Some(update)) => return hub.write_progress(&attempt_id, update).await,
+                    Ok(None) => return,
                 }
-            });
-        }
+            }
+        });
     }
 
     async fn write_progress(&self, attempt_id: &str, u: ProgressUpdate) {

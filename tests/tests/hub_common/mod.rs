@@ -579,6 +579,17 @@ impl Agent {
     }
 }
 
+/// Files in a directory (not in its subdirectories).
+pub fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().is_file())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// An agent speaking the protocol by hand: a certificate for `id` from the hub's CA, a
 /// session to the hub (files it receives go under `tmp/<id>-store`).
 pub async fn raw_agent(

@@ -135,30 +135,13 @@ pub(super) async fn redeem_token(
     match &replace {
         Some(r) if r != agent_id => return Ok(TokenRedemption::ForOtherId(r.clone())),
         Some(_) => {
-            sqlx::query(
-                "INSERT INTO agent_ids (agent_id, issued_ms) VALUES ($1, $2) \
-                 ON CONFLICT (agent_id) DO NOTHING",
-            )
-            .bind(agent_id)
-            .bind(i(now_ms))
-            .execute(&mut *tx)
-            .await?;
+            reserve_id(&mut tx, agent_id, now_ms).await?;
         }
-        None => {
-            // The primary key decides between two enrollments racing for one new id.
-            let reserved = sqlx::query(
-                "INSERT INTO agent_ids (agent_id, issued_ms) VALUES ($1, $2) \
-                 ON CONFLICT (agent_id) DO NOTHING",
-            )
-            .bind(agent_id)
-            .bind(i(now_ms))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if reserved != 1 {
-                return Ok(TokenRedemption::IdTaken);
-            }
+        // The primary key decides between two enrollments racing for one new id.
+        None if !reserve_id(&mut tx, agent_id, now_ms).await? => {
+            return Ok(TokenRedemption::IdTaken);
         }
+        None => {}
     }
     let n = sqlx::query(
         "UPDATE join_tokens SET used_ms = $1, used_by = $2 WHERE id = $3 AND used_ms IS NULL",
@@ -225,16 +208,23 @@ pub(super) async fn note_certificate(
     .bind(i(now_ms))
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    reserve_id(&mut tx, agent_id, now_ms).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Record `agent_id` as given out; whether it was new.
+async fn reserve_id(tx: &mut super::Tx<'_>, agent_id: &str, now_ms: u64) -> StoreResult<bool> {
+    let n = sqlx::query(
         "INSERT INTO agent_ids (agent_id, issued_ms) VALUES ($1, $2) \
          ON CONFLICT (agent_id) DO NOTHING",
     )
     .bind(agent_id)
     .bind(i(now_ms))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }
 
 pub(super) async fn revoke_agent(
