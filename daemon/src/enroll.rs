@@ -110,11 +110,13 @@ pub async fn open_store(config: &HubConfig) -> anyhow::Result<crate::store::sql:
 
 /// `morag-hub revoke AGENT`: every certificate of the agent is revoked in the database; each
 /// hub on it closes the agent's session within a second and refuses it from then on (full
-/// handshakes and 0-RTT resumptions alike). Returns how many certificates were revoked.
-pub async fn revoke_agent(config: &HubConfig, agent_id: &str) -> anyhow::Result<u64> {
+/// handshakes and 0-RTT resumptions alike), and certificates of the id met later (issued before
+/// they were recorded) are refused at registration. `None`: no such agent id; else how many
+/// certificates were revoked now.
+pub async fn revoke_agent(config: &HubConfig, agent_id: &str) -> anyhow::Result<Option<u64>> {
     let store = open_store(config).await?;
     let n = store.revoke_agent(agent_id, unix_ms()).await?;
-    tracing::info!(agent_id, certificates = n, "agent revoked");
+    tracing::info!(agent_id, certificates = ?n, "agent revoked");
     Ok(n)
 }
 

@@ -51,8 +51,8 @@ pub fn fingerprint_text(fp: &[u8; 32]) -> String {
 pub const STORE_QUOTA_FILE: &str = "store-quota";
 
 /// The content store's quota when `max_store_bytes` is not set: read from `DATA/store-quota`,
-/// or (first start) 80 % of the free space of the store's file system, written there so that
-/// it does not shrink as the store fills.
+/// or (first start) what the store holds plus 80 % of the free space of its file system,
+/// written there so that it does not shrink as the store fills.
 pub fn default_store_quota(config: &HubConfig) -> anyhow::Result<u64> {
     let file = config.data.join(STORE_QUOTA_FILE);
     if let Ok(text) = std::fs::read_to_string(&file) {
@@ -65,10 +65,14 @@ pub fn default_store_quota(config: &HubConfig) -> anyhow::Result<u64> {
     let st = rustix::fs::statvfs(&dir)
         .with_context(|| format!("measuring the free space of {}", dir.display()))?;
     let free = st.f_bavail.saturating_mul(st.f_frsize);
-    let quota = free / 5 * 4;
+    // What the store holds already counts in (an upgraded hub must not start over its quota).
+    let held = morag_transport::ContentStore::open(&dir)
+        .and_then(|c| c.usage())
+        .unwrap_or(0);
+    let quota = held.saturating_add(free / 5 * 4);
     std::fs::write(&file, format!("{quota}\n"))
         .with_context(|| format!("writing {}", file.display()))?;
-    tracing::info!(bytes = quota, file = %file.display(), "content store quota set to 80 % of the free space (set max_store_bytes to change it)");
+    tracing::info!(bytes = quota, held, file = %file.display(), "content store quota set to what it holds plus 80 % of the free space (set max_store_bytes to change it)");
     Ok(quota)
 }
 

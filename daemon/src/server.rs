@@ -72,8 +72,7 @@ pub async fn start(mut config: HubConfig, shutdown: CancellationToken) -> anyhow
         .revoked_serials()
         .await
         .context("reading the revoked certificates")?;
-    let revoked_serials: Vec<Vec<u8>> =
-        revoked.iter().filter_map(|h| hex::decode(h).ok()).collect();
+    let revoked_serials = crate::hub::usable_serials(&revoked);
     let revocations = if revoked_serials.is_empty() {
         data.revocations.clone()
     } else {

@@ -318,7 +318,7 @@ mod enrollment {
         let started = Instant::now();
         let out = hub_cli(&["revoke", "raw-r", "--data", hub_dir.to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        assert!(text(&out.stdout).contains("revoked 1 certificate"));
+        assert!(text(&out.stdout).contains("revoked raw-r (1 certificate(s) now)"));
         until(Duration::from_secs(5), "the session to close", || async {
             session.is_closed().then_some(())
         })
@@ -340,9 +340,34 @@ mod enrollment {
             .await
             .expect_err("a revoked agent cannot come back");
         assert!(e.to_string().contains("revoked"), "{e}");
-        // Nothing more to revoke.
-        let out = hub_cli(&["revoke", "raw-r", "--data", hub_dir.to_str().unwrap()]);
+        // A certificate of the revoked id the hub never met (issued before certificates were
+        // recorded, say): its registration is refused and the session closed.
+        let tmp2 = tempfile::tempdir().unwrap();
+        let (_other, session2) = raw_agent(&hub, &hub_dir, tmp2.path(), "raw-r").await;
+        let reply = session2
+            .request(
+                morag_transport::Envelope::user(
+                    morag_protocol::kind::REGISTER,
+                    &raw_registration(morag_protocol::Capability::Cpu, &["gpu_fallback"], 1),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        match reply.body {
+            morag_transport::Body::Reply(r) => {
+                assert!(!r.ok && r.message.contains("revoked"), "{}", r.message)
+            }
+            other => panic!("registration of a revoked id answered {other:?}"),
+        }
+        until(Duration::from_secs(5), "that session to close", || async {
+            session2.is_closed().then_some(())
+        })
+        .await;
+        // An id never issued cannot be revoked.
+        let out = hub_cli(&["revoke", "nobody", "--data", hub_dir.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out.stderr).contains("no agent \"nobody\""));
     }
 }
 
@@ -565,6 +590,39 @@ mod exhaustion {
         );
         let (s, _) = hub.api.get("/api/v1/jobs").await;
         assert_eq!(s, 200);
+
+        // Job B comes to the agent next. Files over its budget are refused, and a completion
+        // still missing them after being asked once fails the job instead of looping.
+        let asg = raw_accept(&session, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(asg.job_id, b["id"].as_str().unwrap());
+        let c = Completion {
+            job_id: asg.job_id.clone(),
+            attempt_id: asg.attempt_id.clone(),
+            result_hash: blake3::hash(&[5u8; 21_000_000]).to_hex().to_string(),
+            artifacts: Vec::new(),
+            processing_time_ms: 1,
+            inline: Vec::new(),
+        };
+        assert!(matches!(
+            complete(&session, &c).await,
+            AckOutcome::MissingFiles(_)
+        ));
+        let e = session
+            .send_bytes(vec![5u8; 21_000_000], "result.json")
+            .finish()
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("artifact_budget"), "{e}");
+        assert_eq!(complete(&session, &c).await, AckOutcome::Accepted);
+        let job = hub.api.job(&asg.job_id).await;
+        assert_eq!(job["state"], "failed", "{job}");
+        assert!(
+            job["error"]
+                .as_str()
+                .unwrap()
+                .contains("exceed what one attempt may send"),
+            "{job}"
+        );
     }
 
     #[tokio::test]

@@ -173,9 +173,6 @@ async fn connection(
     };
     // Past the handshake: no longer one that can be shed.
     drop(slot);
-    let Ok(_permit): Result<OwnedSemaphorePermit, _> = permits.acquire_owned().await else {
-        return;
-    };
     let (mut tls, body) = match read {
         Err(_elapsed) => {
             debug!("enrollment client too slow; closing");
@@ -186,6 +183,16 @@ async fn connection(
             return;
         }
         Ok(Ok(read)) => read,
+    };
+    // A turn with the authority, waited for no longer than a client may take to send.
+    let permit = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return,
+        p = tokio::time::timeout(READ_TIMEOUT, permits.acquire_owned()) => p,
+    };
+    let Ok(Ok(_permit)): Result<Result<OwnedSemaphorePermit, _>, _> = permit else {
+        debug!("enrollment: every turn taken; closing");
+        return;
     };
     let response = match body {
         Ok(body) => decide(&authority, &body).await,

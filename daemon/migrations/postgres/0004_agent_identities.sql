@@ -5,7 +5,10 @@ ALTER TABLE join_tokens ADD COLUMN replace_agent TEXT;
 
 CREATE TABLE agent_ids (
     agent_id TEXT PRIMARY KEY,
-    issued_ms BIGINT NOT NULL
+    issued_ms BIGINT NOT NULL,
+    -- Revoked (`morag-hub revoke`): certificates of this id the hub has not met before are
+    -- refused too.
+    revoked_ms BIGINT
 );
 
 CREATE TABLE certificates (
@@ -32,3 +35,8 @@ CREATE TABLE agent_policies (
     policy TEXT NOT NULL,
     updated_ms BIGINT NOT NULL
 );
+
+-- Agents registered before policies existed keep what they last registered with (the default
+-- policy would narrow custom queues and concurrency).
+INSERT INTO agent_policies (agent_id, policy, updated_ms)
+    SELECT id, json_build_object('queues', queues::json, 'content_types', content_types::json, 'max_concurrent', max_concurrent)::text, last_seen_ms FROM agents;

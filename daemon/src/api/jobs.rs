@@ -343,6 +343,8 @@ async fn submit_multipart(
     let mut upload: Option<(Staged, String, u64, String)> = None;
     let mut _permit = None;
     let max = hub.config.max_upload_bytes;
+    // All text fields together, as a JSON body.
+    let mut text_total = 0usize;
     loop {
         let field = multipart
             .next_field()
@@ -446,6 +448,17 @@ async fn submit_multipart(
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("field {name:?} over {} KiB", FIELD_LIMIT >> 10),
+            ));
+        }
+        text_total += raw.len();
+        if text_total > super::JSON_BODY_LIMIT {
+            drain_multipart(&mut multipart, 0).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the form's text fields are over {} bytes together",
+                    super::JSON_BODY_LIMIT
+                ),
             ));
         }
         let text = String::from_utf8(raw)

@@ -460,17 +460,18 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 message: format!("agent {agent:?}: {e}"),
             })?;
             let config = store.load()?;
-            let n = crate::enroll::revoke_agent(&config, &agent).await?;
-            if n == 0 {
-                return Err(Exit {
+            match crate::enroll::revoke_agent(&config, &agent).await? {
+                None => Err(Exit {
                     code: 1,
                     message: format!(
-                        "no unrevoked certificate of {agent:?} is known to the hubs (never enrolled or registered, or revoked already)"
+                        "no agent {agent:?} was ever enrolled or registered with the hubs on this database"
                     ),
-                });
+                }),
+                Some(n) => {
+                    println!("revoked {agent} ({n} certificate(s) now): every hub on this database closes its session and refuses it within a second");
+                    Ok(0)
+                }
             }
-            println!("revoked {n} certificate(s) of {agent}: every hub on this database closes its session and refuses it within a second");
-            Ok(0)
         }
         Command::Agent(AgentCommand::Set {
             agent,

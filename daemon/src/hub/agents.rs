@@ -265,7 +265,11 @@ impl Hub {
             .find(|(id, _)| id == peer)
             .map(|(_, p)| p.clone())
             .unwrap_or_default();
-        self.set_policies(policies);
+        // Only this agent's entry: the identity loop tells other agents' changes by this map.
+        self.policies
+            .lock()
+            .unwrap()
+            .insert(peer.to_string(), policy.clone());
         let claimed_reg = reg.clone();
         let mut reg = reg;
         let claimed = self.clip_registration(&policy, &mut reg);
@@ -295,14 +299,20 @@ impl Hub {
             lease_ms: None,
             claimed,
         };
-        self.store.upsert_agent(&record).await.map_err(db)?;
         // Its certificate, so that `revoke` finds it by id (certificates issued outside
         // enrollment included).
         let serial = crate::enroll::serial_hex(&session.peer().serial);
-        self.store
+        if !self
+            .store
             .note_certificate(peer, &serial, now)
             .await
-            .map_err(db)?;
+            .map_err(db)?
+        {
+            // The identity loop closes the session within a second.
+            tracing::warn!(agent_id = %peer, serial, "registration refused: the agent was revoked");
+            return Err("this agent was revoked (morag-hub revoke); it needs a new enrollment with a token from `morag-hub token create --replace`".into());
+        }
+        self.store.upsert_agent(&record).await.map_err(db)?;
         // The lease before the attempts are read: from here no hub's sweep takes them.
         self.store
             .take_lease(peer, &self.hub_id, self.lease_ms())
@@ -345,6 +355,10 @@ impl Hub {
             let mut agents = self.agents.lock().unwrap();
             let mut attempts = self.attempts.lock().unwrap();
             let health = reg.health.clone();
+            // Refusal back-off survives a registration again.
+            let (refusals, refused_until) = agents
+                .get(peer)
+                .map_or((0, None), |a| (a.refusals, a.refused_until));
             agents.insert(
                 peer.to_string(),
                 AgentLive {
@@ -357,17 +371,21 @@ impl Hub {
                     health,
                     registered_ms: now,
                     last_seen_ms: now,
-                    refusals: 0,
-                    refused_until: None,
+                    refusals,
+                    refused_until,
                     registered: true,
                 },
             );
             for a in &kept {
+                // A registration again (same session or a reconnect) keeps what the attempt
+                // has sent and may still send.
                 let budget = budgets.get(&a.id).copied().unwrap_or(0);
-                attempts.insert(
-                    a.id.clone(),
-                    LiveAttempt::new(a.job_id.clone(), peer.to_string(), budget),
-                );
+                attempts
+                    .entry(a.id.clone())
+                    .and_modify(|live| live.agent_id = peer.to_string())
+                    .or_insert_with(|| {
+                        LiveAttempt::new(a.job_id.clone(), peer.to_string(), budget)
+                    });
             }
             self.metrics
                 .agents_connected
@@ -668,20 +686,47 @@ impl Hub {
         // Every file the completion names must be one this agent sent while this attempt was
         // out (content of other jobs the store happens to hold is not the agent's to name),
         // and be in the store.
-        let sent = self
-            .attempts
-            .lock()
-            .unwrap()
-            .get(&c.attempt_id)
-            .map(|a| a.sent.clone())
-            .unwrap_or_default();
+        // (A file is charged to one of the agent's open attempts when it is offered, not
+        // necessarily this one: any of them counts.)
+        let (sent, over_budget) = {
+            let attempts = self.attempts.lock().unwrap();
+            let sent: HashSet<String> = attempts
+                .values()
+                .filter(|a| a.agent_id == peer)
+                .flat_map(|a| a.sent.iter().cloned())
+                .collect();
+            // Over budget: a file was refused, and the files were asked for once already
+            // (an agent with several attempts may have had another attempt's file refused).
+            let over = attempts
+                .get(&c.attempt_id)
+                .is_some_and(|a| a.refused_over_budget && a.asked_for_files);
+            (sent, over)
+        };
         let missing: Vec<String> = std::iter::once(&c.result_hash)
             .chain(c.artifacts.iter().map(|a| &a.hash))
             .filter(|h| !sent.contains(*h) || self.content.path(h).is_none())
             .cloned()
             .collect();
+        if !missing.is_empty() && over_budget {
+            // Its files were refused for the budget: asking again would loop for ever.
+            let f = Failure {
+                job_id: job_id.clone(),
+                attempt_id: c.attempt_id.clone(),
+                error: format!(
+                    "the agent's files exceed what one attempt may send (artifact_budget_floor {} + artifact_budget_multiple {} x the input)",
+                    self.config.artifact_budget_floor, self.config.artifact_budget_multiple
+                ),
+                retryable: false,
+                timed_out: false,
+            };
+            let _ = self.fail(peer, f).await;
+            return ack(AckOutcome::Accepted);
+        }
         if !missing.is_empty() {
             tracing::info!(job_id, attempt_id = %c.attempt_id, missing = missing.len(), "completion without its files; asked again");
+            if let Some(a) = self.attempts.lock().unwrap().get_mut(&c.attempt_id) {
+                a.asked_for_files = true;
+            }
             return ack(AckOutcome::MissingFiles(missing));
         }
         let path = self.content.path(&c.result_hash).expect("checked above");

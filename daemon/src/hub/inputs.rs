@@ -1,7 +1,8 @@
 //! Files on the hub's own host named by a submission (`source_file_path`): taken only from the
 //! directories the operator listed in `input_dirs`, never from the hub's data or content
 //! directory, and checked on the file actually opened (its real path from `/proc/self/fd`), so a
-//! symlink swapped in between a check and the open cannot redirect the read.
+//! symlink swapped in between a check and the open cannot redirect the read. Files with more
+//! than one hard link are refused (a link has no path of its own to check).
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -110,7 +111,10 @@ impl InputPolicy {
             return Err(InputError::Refused);
         }
         let meta = file.metadata().map_err(InputError::Io)?;
-        if !meta.is_file() {
+        // A hard link has no path of its own to check: one made inside an input directory to
+        // a file of the hub's would pass the path check.
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_file() || meta.nlink() > 1 {
             return Err(InputError::Refused);
         }
         Ok((file, real))
@@ -188,6 +192,7 @@ mod tests {
         std::os::unix::fs::symlink(root.path().join("outside.wav"), media.join("link.wav"))
             .unwrap();
         std::os::unix::fs::symlink(data.join("pki/ca.key"), media.join("key.wav")).unwrap();
+        std::fs::hard_link(data.join("pki/ca.key"), media.join("hard.wav")).unwrap();
         let p = policy(&data, &[&media]);
         let s = |p: &Path| p.to_str().unwrap().to_string();
 
@@ -203,6 +208,7 @@ mod tests {
         refused(s(&media.join("../outside.wav")));
         refused(s(&media.join("link.wav")));
         refused(s(&media.join("key.wav")));
+        refused(s(&media.join("hard.wav")));
         refused(s(&data.join("pki/ca.key")));
         refused(s(&media)); // a directory
         refused(s(&root.path().join("nothing-here.wav")));

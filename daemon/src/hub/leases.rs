@@ -404,7 +404,7 @@ impl Hub {
             if new.is_empty() {
                 continue;
             }
-            let serials: Vec<Vec<u8>> = new.iter().filter_map(|h| hex::decode(h).ok()).collect();
+            let serials = usable_serials(&new);
             let crl = match ca.revoke(&serials) {
                 Ok(crl) => crl,
                 Err(e) => {
@@ -491,6 +491,23 @@ impl Hub {
             self.poke();
         }
     }
+}
+
+/// Serials (hex) a CRL can carry; others (not hex, empty, too long) are skipped with a
+/// warning rather than stopping every later revocation.
+pub(crate) fn usable_serials(hexes: &[String]) -> Vec<Vec<u8>> {
+    hexes
+        .iter()
+        .filter_map(|h| {
+            let ok = hex::decode(h)
+                .ok()
+                .filter(|b| !b.is_empty() && b.len() <= morag_certs::MAX_SERIAL_LEN);
+            if ok.is_none() {
+                tracing::warn!(serial = %h, "a revoked serial that no certificate can have: skipped");
+            }
+            ok
+        })
+        .collect()
 }
 
 /// How often the database's revocations are read.

@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::model::JobEvent;
 use crate::store::{Events, Store};
 pub use content::Content;
+pub(crate) use leases::usable_serials;
 
 /// The table of attempts out with agents, shared by the hub and its file filter.
 pub type AttemptTable = Arc<Mutex<HashMap<String, LiveAttempt>>>;
@@ -68,10 +69,15 @@ pub fn artifact_filter(attempts: AttemptTable, max_bytes: u64) -> morag_transpor
                 a.sent.insert(offer.hash.clone());
                 Ok(())
             }
-            None => Err(format!(
-                "{} bytes is over what your open attempts may still send (artifact_budget)",
-                offer.size
-            )),
+            None => {
+                for a in mine {
+                    a.refused_over_budget = true;
+                }
+                Err(format!(
+                    "{} bytes is over what your open attempts may still send (artifact_budget)",
+                    offer.size
+                ))
+            }
         }
     })
 }
@@ -108,6 +114,10 @@ pub struct LiveAttempt {
     pub budget_left: u64,
     /// Content the agent offered while this attempt was out (its completion may name these).
     pub sent: std::collections::HashSet<String>,
+    /// A file was refused for being over the budget (the completion may never have it).
+    pub refused_over_budget: bool,
+    /// The hub has answered a completion of this attempt with `MissingFiles`.
+    pub asked_for_files: bool,
 }
 
 impl LiveAttempt {
@@ -117,6 +127,8 @@ impl LiveAttempt {
             agent_id,
             budget_left: budget,
             sent: Default::default(),
+            refused_over_budget: false,
+            asked_for_files: false,
         }
     }
 }

@@ -361,11 +361,18 @@ pub trait Store: Send + Sync + 'static {
         replacing: bool,
         now_ms: u64,
     ) -> StoreResult<()>;
-    /// A certificate met at registration (issued outside enrollment): remembered, with its
-    /// id, so that it can be revoked by id. Nothing changes for one known already.
-    async fn note_certificate(&self, agent_id: &str, serial: &str, now_ms: u64) -> StoreResult<()>;
-    /// Revoke every certificate of `agent_id`; how many were revoked now.
-    async fn revoke_agent(&self, agent_id: &str, now_ms: u64) -> StoreResult<u64>;
+    /// A certificate met at registration: remembered with its id (one issued outside
+    /// enrollment, or before certificates were recorded), so that it can be revoked by id.
+    /// Whether it may serve: not revoked, and, when not met before, its id not revoked.
+    async fn note_certificate(
+        &self,
+        agent_id: &str,
+        serial: &str,
+        now_ms: u64,
+    ) -> StoreResult<bool>;
+    /// Revoke `agent_id`: every certificate of it, and those of it met later. `None` when the
+    /// id was never issued or met; else how many certificates were revoked now.
+    async fn revoke_agent(&self, agent_id: &str, now_ms: u64) -> StoreResult<Option<u64>>;
     /// Serials of revoked certificates (lowercase hex).
     async fn revoked_serials(&self) -> StoreResult<Vec<String>>;
     /// Set an agent's policy (whether or not it has enrolled yet).

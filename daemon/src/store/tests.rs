@@ -346,13 +346,21 @@ async fn join_tokens_work_once(s: SqlStore) {
     // Serials are unique.
     assert!(s.record_certificate("c", "02bb", false, 6).await.is_err());
     // Certificates met at registration can be revoked by id too; again is a no-op.
-    s.note_certificate("d", "0dd0", 7).await.unwrap();
-    s.note_certificate("d", "0dd0", 8).await.unwrap();
-    assert_eq!(s.revoke_agent("d", 9).await.unwrap(), 1);
-    assert_eq!(s.revoke_agent("d", 10).await.unwrap(), 0);
+    assert!(s.note_certificate("d", "0dd0", 7).await.unwrap());
+    assert!(s.note_certificate("d", "0dd0", 8).await.unwrap());
+    assert_eq!(s.revoke_agent("d", 9).await.unwrap(), Some(1));
+    assert_eq!(s.revoke_agent("d", 10).await.unwrap(), Some(0));
+    assert_eq!(s.revoke_agent("never", 10).await.unwrap(), None);
+    assert!(
+        !s.note_certificate("d", "0dd0", 11).await.unwrap(),
+        "revoked"
+    );
+    // A certificate of a revoked id met only now (issued before certificates were recorded)
+    // is refused, and revoked from then on.
+    assert!(!s.note_certificate("d", "0ee0", 12).await.unwrap());
     let mut revoked = s.revoked_serials().await.unwrap();
     revoked.sort();
-    assert_eq!(revoked, ["01aa", "0dd0"]);
+    assert_eq!(revoked, ["01aa", "0dd0", "0ee0"]);
     // ...and their ids are taken.
     s.insert_token("third1", "h", 0, 100, None, None)
         .await

@@ -197,20 +197,38 @@ pub(super) async fn note_certificate(
     agent_id: &str,
     serial: &str,
     now_ms: u64,
-) -> StoreResult<()> {
+) -> StoreResult<bool> {
     let mut tx = store.tx().await?;
+    let known = sqlx::query("SELECT revoked_ms FROM certificates WHERE serial = $1")
+        .bind(serial)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = known {
+        let revoked: Option<i64> = row.try_get("revoked_ms")?;
+        return Ok(revoked.is_none());
+    }
+    // Not met before: refused (and recorded revoked) when its id was revoked.
+    let id_revoked = sqlx::query("SELECT revoked_ms FROM agent_ids WHERE agent_id = $1")
+        .bind(agent_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get::<Option<i64>, _>("revoked_ms"))
+        .transpose()?
+        .flatten()
+        .is_some();
     sqlx::query(
-        "INSERT INTO certificates (serial, agent_id, issued_ms) VALUES ($1, $2, $3) \
+        "INSERT INTO certificates (serial, agent_id, issued_ms, revoked_ms) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (serial) DO NOTHING",
     )
     .bind(serial)
     .bind(agent_id)
     .bind(i(now_ms))
+    .bind(id_revoked.then_some(i(now_ms)))
     .execute(&mut *tx)
     .await?;
     reserve_id(&mut tx, agent_id, now_ms).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(!id_revoked)
 }
 
 /// Record `agent_id` as given out; whether it was new.
@@ -231,15 +249,29 @@ pub(super) async fn revoke_agent(
     store: &SqlStore,
     agent_id: &str,
     now_ms: u64,
-) -> StoreResult<u64> {
-    Ok(sqlx::query(
+) -> StoreResult<Option<u64>> {
+    let mut tx = store.tx().await?;
+    // The id itself: certificates of it met later (issued before anything was recorded) are
+    // refused too.
+    let known = sqlx::query(
+        "UPDATE agent_ids SET revoked_ms = COALESCE(revoked_ms, $1) WHERE agent_id = $2",
+    )
+    .bind(i(now_ms))
+    .bind(agent_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let n = sqlx::query(
         "UPDATE certificates SET revoked_ms = $1 WHERE agent_id = $2 AND revoked_ms IS NULL",
     )
     .bind(i(now_ms))
     .bind(agent_id)
-    .execute(&store.pool)
+    .execute(&mut *tx)
     .await?
-    .rows_affected())
+    .rows_affected();
+    tx.commit().await?;
+    Ok(known.then_some(n))
 }
 
 pub(super) async fn revoked_serials(store: &SqlStore) -> StoreResult<Vec<String>> {

@@ -1169,11 +1169,16 @@ impl Store for SqlStore {
         agents::record_certificate(self, agent_id, serial, replacing, now_ms).await
     }
 
-    async fn note_certificate(&self, agent_id: &str, serial: &str, now_ms: u64) -> StoreResult<()> {
+    async fn note_certificate(
+        &self,
+        agent_id: &str,
+        serial: &str,
+        now_ms: u64,
+    ) -> StoreResult<bool> {
         agents::note_certificate(self, agent_id, serial, now_ms).await
     }
 
-    async fn revoke_agent(&self, agent_id: &str, now_ms: u64) -> StoreResult<u64> {
+    async fn revoke_agent(&self, agent_id: &str, now_ms: u64) -> StoreResult<Option<u64>> {
         agents::revoke_agent(self, agent_id, now_ms).await
     }
 
