@@ -834,6 +834,27 @@ mod exhaustion {
     }
 
     #[tokio::test]
+    async fn uploads_stop_at_the_store_quota() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub_dir = tmp.path().join("hub");
+        let hub = Hub::start(&hub_dir, &["max_store_bytes=600000"]).await;
+        hub.api.submit(&jfk(), "audio", &[]).await;
+        let (status, text) = hub
+            .api
+            .try_submit(&long_recording(2), "audio", &[])
+            .await
+            .unwrap();
+        assert_eq!(status, 507, "{text}");
+        assert!(text.contains("max_store_bytes"), "{text}");
+        assert_eq!(job_count(&hub.api).await, 1);
+        assert_eq!(
+            files_in(&hub_dir.join("uploads")),
+            0,
+            "the refused upload is gone"
+        );
+    }
+
+    #[tokio::test]
     async fn idle_connections_cannot_keep_enrollment_closed() {
         let tmp = tempfile::tempdir().unwrap();
         let hub = Hub::start(&tmp.path().join("hub"), &[]).await;

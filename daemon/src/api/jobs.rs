@@ -366,6 +366,8 @@ async fn submit_multipart(
                     ),
                 )
             })?);
+            // Uploads streaming at once count together against the room.
+            let mut in_flight = hub.content.begin_upload();
             let room = store_room(hub).await?;
             let (path, file) = hub.content.staging_file().map_err(|e| {
                 ApiError::new(
@@ -397,7 +399,8 @@ async fn submit_multipart(
                         format!("upload over the limit of {max} bytes (max_upload_bytes)"),
                     ));
                 }
-                if room.is_some_and(|r| size > r) {
+                let streamed = in_flight.grow(chunk.len() as u64);
+                if room.is_some_and(|r| streamed > r) {
                     return Err(store_full(hub));
                 }
                 hasher.update(&chunk);

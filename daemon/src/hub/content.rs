@@ -15,13 +15,55 @@ pub fn is_hash(s: &str) -> bool {
 pub struct Content {
     store: morag_transport::ContentStore,
     staging: PathBuf,
+    /// Bytes of uploads streaming in now (staged outside the store, so not in its usage).
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// An upload's bytes counted in [`Content`]'s in-flight total until it is dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    total: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    mine: u64,
+    /// The in-flight total when it began.
+    base: u64,
+}
+
+impl InFlight {
+    /// Count `n` more bytes; the bytes every upload added since this one began (this one's
+    /// included), to hold against the room measured when it began.
+    pub fn grow(&mut self, n: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.mine += n;
+        let now = self.total.fetch_add(n, Ordering::AcqRel) + n;
+        now.saturating_sub(self.base)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.total
+            .fetch_sub(self.mine, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Content {
     pub fn new(dir: PathBuf, staging: PathBuf) -> std::io::Result<Self> {
         let store = morag_transport::ContentStore::open(dir)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Self { store, staging })
+        Ok(Self {
+            store,
+            staging,
+            in_flight: Default::default(),
+        })
+    }
+
+    /// Start counting an upload's bytes (see [`Content::room`]).
+    pub fn begin_upload(&self) -> InFlight {
+        InFlight {
+            total: self.in_flight.clone(),
+            mine: 0,
+            base: self.in_flight.load(std::sync::atomic::Ordering::Acquire),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -79,7 +121,8 @@ impl Content {
         Ok(slot)
     }
 
-    /// Bytes the store may still take under `quota` (`None`: no quota). Walks the store.
+    /// Bytes the store may still take under `quota` (`None`: no quota), less what uploads
+    /// streaming in now have brought. Walks the store.
     pub async fn room(&self, quota: Option<u64>) -> std::io::Result<Option<u64>> {
         let Some(quota) = quota else {
             return Ok(None);
@@ -89,7 +132,8 @@ impl Content {
             .await
             .map_err(std::io::Error::other)?
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Some(quota.saturating_sub(usage)))
+        let streaming = self.in_flight.load(std::sync::atomic::Ordering::Acquire);
+        Ok(Some(quota.saturating_sub(usage).saturating_sub(streaming)))
     }
 
     /// Delete content no job references that is older than `min_age`, and stale partial files.
@@ -222,6 +266,25 @@ mod tests {
             p,
             "content held already needs no room"
         );
+    }
+
+    #[tokio::test]
+    async fn uploads_streaming_at_once_count_together_against_the_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Content::new(dir.path().join("store"), dir.path().join("up")).unwrap();
+        assert_eq!(c.room(Some(100)).await.unwrap(), Some(100));
+        let mut a = c.begin_upload();
+        assert_eq!(a.grow(30), 30);
+        let mut b = c.begin_upload();
+        assert_eq!(c.room(Some(100)).await.unwrap(), Some(70));
+        assert_eq!(b.grow(50), 50);
+        // What every upload brought since `a` began: its 31 and b's 50.
+        assert_eq!(a.grow(1), 81);
+        drop(b);
+        assert_eq!(c.room(Some(100)).await.unwrap(), Some(69));
+        drop(a);
+        assert_eq!(c.room(Some(100)).await.unwrap(), Some(100));
+        assert_eq!(c.room(None).await.unwrap(), None);
     }
 
     #[tokio::test]
