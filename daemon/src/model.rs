@@ -162,6 +162,14 @@ impl std::str::FromStr for GpuNeed {
 /// The media kinds the agents process.
 pub const CONTENT_TYPES: [&str; 3] = ["audio", "video", "image"];
 
+/// Whether `q` may name a queue: letters, digits, `_ - .`, 1 to 64 of them.
+pub fn valid_queue_name(q: &str) -> bool {
+    !q.is_empty()
+        && q.len() <= 64
+        && q.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
 /// A content type as a submitter may name it (`audio`, or a MIME type like `audio/mpeg`),
 /// normalised; `None` when it is none of ours.
 pub fn normalize_content_type(s: &str) -> Option<&'static str> {

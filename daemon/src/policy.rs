@@ -48,12 +48,7 @@ impl AgentPolicy {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(qs) = &self.queues {
             for q in qs {
-                if q.is_empty()
-                    || q.len() > 64
-                    || !q
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-                {
+                if !crate::model::valid_queue_name(q) {
                     return Err(format!(
                         "bad queue name {q:?}: letters, digits, _ - . only, at most 64"
                     ));

@@ -65,7 +65,7 @@ pub async fn start(mut config: HubConfig, shutdown: CancellationToken) -> anyhow
         .await
         .with_context(|| format!("listening to the database {}", target.redacted()))?;
     // Revocations live in the database (every hub of a deployment refuses them): the CRL the
-    // hub starts with lists them, and `revocation_loop` follows later ones.
+    // hub starts with lists them, and `identity_loop` follows later ones.
     let mut crl_ca = morag_certs::CertificateAuthority::load(&config.pki_dir())
         .context("loading the CA for revocations")?;
     let revoked = store

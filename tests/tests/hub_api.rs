@@ -274,8 +274,6 @@ async fn agents_with_wrong_certificates_cannot_register() {
     );
 }
 
-/// A transport session to the hub as agent `id` (a certificate from the hub's CA), with no
-/// morag-agent behind it: the test speaks the protocol itself.
 #[tokio::test]
 async fn files_from_an_agent_without_work_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

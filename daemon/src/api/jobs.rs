@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{parse_json, read_json_body, view, ApiError, ApiResult, DRAIN_AFTER_LIMIT};
 use crate::hub::{new_id, Hub};
-use crate::model::{normalize_content_type, GpuNeed, JobState, NewJob, Priority};
+use crate::model::{normalize_content_type, valid_queue_name, GpuNeed, JobState, NewJob, Priority};
 use crate::store::{CancelRequest, JobFilter};
 use morag_transport::unix_ms;
 
@@ -82,11 +82,7 @@ pub(crate) fn check_spec(hub: &Hub, spec: &JobSpec) -> ApiResult<Checked> {
         .clone()
         .filter(|q| !q.trim().is_empty())
         .unwrap_or_else(|| hub.config.default_queue.clone());
-    if queue.len() > 64
-        || !queue
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-    {
+    if !valid_queue_name(&queue) {
         return Err(ApiError::bad_request(format!(
             "bad queue name {queue:?}: letters, digits, _ - . only, at most 64"
         )));

@@ -236,6 +236,14 @@ pub struct StoreArgs {
     pub store: Option<String>,
 }
 
+/// An agent id as the command line names it (exit 64 when it cannot be one).
+fn check_agent_id(agent: &str) -> Result<(), Exit> {
+    morag_certs::validate_id(agent).map_err(|e| Exit {
+        code: 64,
+        message: format!("agent {agent:?}: {e}"),
+    })
+}
+
 impl StoreArgs {
     fn load(&self) -> Result<HubConfig, Exit> {
         let mut overrides = Vec::new();
@@ -455,10 +463,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             Ok(0)
         }
         Command::Revoke { agent, store } => {
-            morag_certs::validate_id(&agent).map_err(|e| Exit {
-                code: 64,
-                message: format!("agent {agent:?}: {e}"),
-            })?;
+            check_agent_id(&agent)?;
             let config = store.load()?;
             match crate::enroll::revoke_agent(&config, &agent).await? {
                 None => Err(Exit {
@@ -478,10 +483,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             policy,
             store,
         }) => {
-            morag_certs::validate_id(&agent).map_err(|e| Exit {
-                code: 64,
-                message: format!("agent {agent:?}: {e}"),
-            })?;
+            check_agent_id(&agent)?;
             let config = store.load()?;
             use crate::store::Store;
             let db = crate::enroll::open_store(&config).await?;

@@ -43,6 +43,14 @@ pub(crate) struct ProgressGate {
     timer: bool,
 }
 
+/// An agent's hardware report as JSON (`null` when malformed or over 64 KiB).
+pub(crate) fn hardware_of(reg: &Registration) -> serde_json::Value {
+    if reg.hardware_json.len() > 64 << 10 {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&reg.hardware_json).unwrap_or(serde_json::Value::Null)
+}
+
 /// `s` cut to at most `max` bytes at a character boundary, marked when cut.
 pub(crate) fn truncated(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -281,11 +289,7 @@ impl Hub {
             name: reg.name.clone(),
             capability: reg.capability.to_string(),
             queues: reg.queues.clone(),
-            hardware: if reg.hardware_json.len() <= 64 << 10 {
-                serde_json::from_str(&reg.hardware_json).unwrap_or(serde_json::Value::Null)
-            } else {
-                serde_json::Value::Null
-            },
+            hardware: hardware_of(&reg),
             hostname: reg.hostname.clone(),
             address: session.remote_address().map(|a| a.to_string()),
             max_concurrent: reg.max_concurrent_tasks,
@@ -648,10 +652,12 @@ impl Hub {
             }
             // Inline files count against the attempt's budget as transfers do, and count as
             // sent only once their bytes proved to be that content.
-            let fits = match self.attempts.lock().unwrap().get(&c.attempt_id) {
-                Some(a) => a.sent.contains(&f.hash) || a.budget_left >= size,
-                None => false,
-            };
+            let fits = self
+                .attempts
+                .lock()
+                .unwrap()
+                .get(&c.attempt_id)
+                .is_some_and(|a| a.can_take(&f.hash, size));
             if !fits {
                 tracing::warn!(job_id, attempt_id = %c.attempt_id, hash = %f.hash, size, "inline file over the attempt's budget: dropped");
                 continue;
@@ -663,9 +669,7 @@ impl Hub {
                 continue;
             }
             if let Some(a) = self.attempts.lock().unwrap().get_mut(&c.attempt_id) {
-                if a.sent.insert(hash) {
-                    a.budget_left = a.budget_left.saturating_sub(size);
-                }
+                a.charge(&hash, size);
             }
         }
     }

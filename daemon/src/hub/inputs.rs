@@ -23,43 +23,37 @@ pub enum InputError {
     Io(std::io::Error),
 }
 
-/// The directories a submission may name files in, resolved; and those it never may.
+/// The directories a submission may name files in, and those it never may.
 #[derive(Debug, Clone, Default)]
 pub struct InputPolicy {
+    /// As configured, made absolute and without `.`/`..`; resolved (symlinks) on each request,
+    /// so a directory created or remounted since the start counts.
     allowed: Vec<PathBuf>,
-    /// As configured, made absolute and without `.`/`..` (for the first, lexical check).
-    allowed_as_written: Vec<PathBuf>,
     denied: Vec<PathBuf>,
 }
 
 impl InputPolicy {
     /// From the configuration: `input_dirs`, less the data and content directories.
-    /// Directories that do not exist (yet) are resolved again on each request.
     pub fn new(config: &HubConfig) -> Self {
         let denied = [config.data.clone(), config.store_dir(), config.db_path()]
             .iter()
             .map(|p| resolve(p))
             .collect();
         Self {
-            allowed: Vec::new(),
-            allowed_as_written: config.input_dirs.iter().map(|d| lexical(d)).collect(),
+            allowed: config.input_dirs.iter().map(|d| lexical(d)).collect(),
             denied,
         }
-        .with_resolved(&config.input_dirs)
-    }
-
-    fn with_resolved(mut self, dirs: &[PathBuf]) -> Self {
-        self.allowed = dirs.iter().filter_map(|d| d.canonicalize().ok()).collect();
-        self
     }
 
     /// Whether any input directory is configured.
     pub fn is_empty(&self) -> bool {
-        self.allowed_as_written.is_empty()
+        self.allowed.is_empty()
     }
 
-    fn permits(&self, real: &Path) -> bool {
-        self.allowed.iter().any(|d| real.starts_with(d))
+    /// Whether `real` (a resolved path) lies under one of `resolved` (the input directories
+    /// resolved now) and outside the hub's own directories.
+    fn permits(&self, resolved: &[PathBuf], real: &Path) -> bool {
+        resolved.iter().any(|d| real.starts_with(d))
             && !self.denied.iter().any(|d| real.starts_with(d))
     }
 
@@ -73,11 +67,15 @@ impl InputPolicy {
         // Cheap refusal first: a path that is not even written under an input directory is
         // refused without touching the file system (so nothing about it can be learned).
         let written = lexical(p);
-        let dirs = self.refreshed();
-        if !dirs
-            .allowed_as_written
+        let resolved: Vec<PathBuf> = self
+            .allowed
             .iter()
-            .chain(&dirs.allowed)
+            .filter_map(|d| d.canonicalize().ok())
+            .collect();
+        if !self
+            .allowed
+            .iter()
+            .chain(&resolved)
             .any(|d| written.starts_with(d))
         {
             return Err(InputError::Refused);
@@ -97,7 +95,7 @@ impl InputPolicy {
                     .ancestors()
                     .skip(1)
                     .find_map(|a| a.canonicalize().ok())
-                    .is_some_and(|a| dirs.permits(&a));
+                    .is_some_and(|a| self.permits(&resolved, &a));
                 return Err(if inside {
                     InputError::NotFound
                 } else {
@@ -107,7 +105,7 @@ impl InputPolicy {
             Err(_) => return Err(InputError::Refused),
         };
         let real = opened_path(&file).ok_or(InputError::Refused)?;
-        if !dirs.permits(&real) {
+        if !self.permits(&resolved, &real) {
             return Err(InputError::Refused);
         }
         let meta = file.metadata().map_err(InputError::Io)?;
@@ -118,19 +116,6 @@ impl InputPolicy {
             return Err(InputError::Refused);
         }
         Ok((file, real))
-    }
-
-    /// The policy with input directories resolved now (one created or remounted since start
-    /// counts).
-    fn refreshed(&self) -> Self {
-        let mut again = self.clone();
-        let resolved: Vec<PathBuf> = self
-            .allowed_as_written
-            .iter()
-            .filter_map(|d| d.canonicalize().ok())
-            .collect();
-        again.allowed = resolved;
-        again
     }
 }
 

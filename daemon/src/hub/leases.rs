@@ -445,23 +445,20 @@ impl Hub {
     /// Take the policies read from the database; re-clip the registrations of connected agents
     /// whose policy changed (and record what they claimed).
     pub(crate) async fn apply_policies(&self, list: Vec<(String, crate::policy::AgentPolicy)>) {
-        let changed: Vec<String> = {
-            let old = self.policies.lock().unwrap();
-            let ids: HashSet<&String> = old.keys().chain(list.iter().map(|(id, _)| id)).collect();
-            ids.into_iter()
-                .filter(|id| old.get(*id) != list.iter().find(|(i, _)| i == *id).map(|(_, p)| p))
-                .cloned()
-                .collect()
+        let new: std::collections::HashMap<String, crate::policy::AgentPolicy> =
+            list.into_iter().collect();
+        let changed: Vec<(String, crate::policy::AgentPolicy)> = {
+            let mut old = self.policies.lock().unwrap();
+            let ids: HashSet<&String> = old.keys().chain(new.keys()).collect();
+            let changed = ids
+                .into_iter()
+                .filter(|id| old.get(*id) != new.get(*id))
+                .map(|id| (id.clone(), new.get(id).cloned().unwrap_or_default()))
+                .collect();
+            *old = new;
+            changed
         };
-        self.set_policies(list);
-        for id in changed {
-            let policy = self
-                .policies
-                .lock()
-                .unwrap()
-                .get(&id)
-                .cloned()
-                .unwrap_or_default();
+        for (id, policy) in changed {
             let update = {
                 let mut agents = self.agents.lock().unwrap();
                 let Some(a) = agents.get_mut(&id) else {

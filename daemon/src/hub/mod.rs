@@ -63,22 +63,16 @@ pub fn artifact_filter(attempts: AttemptTable, max_bytes: u64) -> morag_transpor
         if mine.iter().any(|a| a.sent.contains(&offer.hash)) {
             return Ok(());
         }
-        match mine.iter_mut().find(|a| a.budget_left >= offer.size) {
-            Some(a) => {
-                a.budget_left -= offer.size;
-                a.sent.insert(offer.hash.clone());
-                Ok(())
-            }
-            None => {
-                for a in mine {
-                    a.refused_over_budget = true;
-                }
-                Err(format!(
-                    "{} bytes is over what your open attempts may still send (artifact_budget)",
-                    offer.size
-                ))
-            }
+        if mine.iter_mut().any(|a| a.charge(&offer.hash, offer.size)) {
+            return Ok(());
         }
+        for a in mine {
+            a.refused_over_budget = true;
+        }
+        Err(format!(
+            "{} bytes is over what your open attempts may still send (artifact_budget)",
+            offer.size
+        ))
     })
 }
 
@@ -130,6 +124,23 @@ impl LiveAttempt {
             refused_over_budget: false,
             asked_for_files: false,
         }
+    }
+
+    /// Whether the attempt may take this content: sent already, or within the budget left.
+    pub fn can_take(&self, hash: &str, size: u64) -> bool {
+        self.sent.contains(hash) || self.budget_left >= size
+    }
+
+    /// Count this content as sent during the attempt, charging its size once; false (nothing
+    /// counted) when it is over the budget left.
+    pub fn charge(&mut self, hash: &str, size: u64) -> bool {
+        if !self.can_take(hash, size) {
+            return false;
+        }
+        if self.sent.insert(hash.to_string()) {
+            self.budget_left -= size;
+        }
+        true
     }
 }
 
@@ -272,12 +283,7 @@ impl Hub {
         reg: &mut Registration,
     ) -> Option<serde_json::Value> {
         let claimed = reg.clone();
-        let hardware: serde_json::Value = if reg.hardware_json.len() <= 64 << 10 {
-            serde_json::from_str(&reg.hardware_json).unwrap_or(serde_json::Value::Null)
-        } else {
-            serde_json::Value::Null
-        };
-        let gpus = crate::policy::gpu_count(&hardware);
+        let gpus = crate::policy::gpu_count(&agents::hardware_of(reg));
         let clipped = policy.clip(reg, &self.config, gpus);
         (!clipped.is_empty()).then(|| {
             serde_json::json!({
@@ -288,11 +294,6 @@ impl Hub {
                 "clipped": clipped,
             })
         })
-    }
-
-    /// Remember the policies read from the database.
-    pub(crate) fn set_policies(&self, list: Vec<(String, crate::policy::AgentPolicy)>) {
-        *self.policies.lock().unwrap() = list.into_iter().collect();
     }
 
     /// The bytes an attempt on an input of `input_size` may send back: `artifact_budget_floor`

@@ -132,6 +132,32 @@ fn steps(v: &str) -> anyhow::Result<Vec<usize>> {
     Ok(list)
 }
 
+/// A hub in this process with its data in `data`, on loopback ports of the system's choice,
+/// with `settings` on top; and the token that stops it.
+pub async fn start_hub(
+    data: &Path,
+    settings: &[(&str, String)],
+) -> anyhow::Result<(morag_hub::Running, tokio_util::sync::CancellationToken)> {
+    let mut config = morag_hub::HubConfig::default();
+    let data = data.to_str().context("temp dir is not UTF-8")?;
+    for (k, v) in [
+        ("data", data),
+        ("quic", "127.0.0.1:0"),
+        ("http", "127.0.0.1:0"),
+        ("shutdown_grace", "1s"),
+    ] {
+        config.set(k, v, k)?;
+    }
+    for (k, v) in settings {
+        config.set(k, v, k)?;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = morag_hub::start(config, stop.clone())
+        .await
+        .context("starting the hub")?;
+    Ok((running, stop))
+}
+
 /// The CA a hub created in its data directory.
 pub fn hub_ca(data: &Path) -> anyhow::Result<CertificateAuthority> {
     let pki = data.join("pki");

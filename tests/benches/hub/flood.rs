@@ -8,12 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use morag_hub::HubConfig;
 use morag_protocol::{kind, Capability, Registration};
 use morag_transport::{Body, Credentials, Envelope, Inbound, Reply, SessionConfig, TaskProgress};
-use tokio_util::sync::CancellationToken;
 
-use crate::common::{agent_cert, hub_ca, Settings};
+use crate::common::{agent_cert, hub_ca, start_hub, Settings};
 
 pub struct FloodRun {
     pub baseline: Vec<Duration>,
@@ -62,19 +60,7 @@ async fn sample(
 
 pub async fn run(s: &Settings, dir: &Path) -> anyhow::Result<FloodRun> {
     let data = dir.join("hub");
-    let mut config = HubConfig::default();
-    for (k, v) in [
-        ("data", data.to_str().context("temp dir is not UTF-8")?),
-        ("quic", "127.0.0.1:0"),
-        ("http", "127.0.0.1:0"),
-        ("shutdown_grace", "1s"),
-    ] {
-        config.set(k, v, k)?;
-    }
-    let stop = CancellationToken::new();
-    let running = morag_hub::start(config, stop.clone())
-        .await
-        .context("starting the hub")?;
+    let (running, stop) = start_hub(&data, &[]).await?;
     let url = format!("http://{}", running.http);
     let token = running.hub.api_token.clone();
     let http = reqwest::Client::new();

@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use morag_agent::media::{Cancel, ProcessError, ProcessOutput, ProgressSink};
 use morag_agent::serve::{self, JobSpec, Processor, ServeConfig};
-use morag_hub::HubConfig;
 use morag_protocol::Capability;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{agent_dir, hub_ca, Settings};
+use crate::common::{agent_dir, hub_ca, start_hub, Settings};
 
 /// Jobs run (and dropped) before the sequential samples.
 pub const WARMUP: usize = 5;
@@ -141,24 +140,13 @@ fn make_inputs(dir: &Path, stem: &str, n: usize) -> anyhow::Result<Vec<PathBuf>>
 impl Bench {
     async fn start(s: &Settings, store: &[(&str, String)], dir: &Path) -> anyhow::Result<Self> {
         let data = dir.join("hub");
-        let mut config = HubConfig::default();
-        for (k, v) in [
-            ("data", data.to_str().context("temp dir is not UTF-8")?),
-            ("quic", "127.0.0.1:0"),
-            ("http", "127.0.0.1:0"),
-            ("shutdown_grace", "1s"),
-            // The inputs are written under `dir` (the hub's own data there stays refused).
-            ("input_dirs", dir.to_str().context("temp dir is not UTF-8")?),
-        ] {
-            config.set(k, v, k)?;
-        }
-        for (k, v) in store {
-            config.set(k, v, k)?;
-        }
-        let hub_stop = CancellationToken::new();
-        let running = morag_hub::start(config, hub_stop.clone())
-            .await
-            .context("starting the hub")?;
+        // The inputs are written under `dir` (the hub's own data there stays refused).
+        let mut settings = vec![(
+            "input_dirs",
+            dir.to_str().context("temp dir is not UTF-8")?.to_string(),
+        )];
+        settings.extend(store.iter().cloned());
+        let (running, hub_stop) = start_hub(&data, &settings).await?;
         // Subscribe before any job exists; forward everything so the broadcast never fills.
         let (tx, events) = mpsc::unbounded_channel();
         let lagged = Arc::new(std::sync::atomic::AtomicU64::new(0));
