@@ -25,6 +25,13 @@ pub struct Metrics {
     pub jobs: Family<StateLabel, Gauge>,
     pub jobs_submitted: Counter,
     pub jobs_completed: Counter,
+    /// Jobs that took a completed job's result at submission.
+    pub jobs_reused: Counter,
+    /// Jobs that followed a job in flight with the same result key.
+    pub jobs_joined: Counter,
+    /// Live transcript batches agents sent, and those dropped (over the rate or size bounds).
+    pub live_batches: Counter,
+    pub live_dropped: Counter,
     pub dispatch_latency: Histogram,
     pub cancel_latency: Histogram,
     pub agents_connected: Gauge,
@@ -55,6 +62,10 @@ impl Metrics {
             jobs: Family::default(),
             jobs_submitted: Counter::default(),
             jobs_completed: Counter::default(),
+            jobs_reused: Counter::default(),
+            jobs_joined: Counter::default(),
+            live_batches: Counter::default(),
+            live_dropped: Counter::default(),
             dispatch_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
             cancel_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             agents_connected: Gauge::default(),
@@ -69,6 +80,26 @@ impl Metrics {
         registry.register("jobs", "Jobs by state", m.jobs.clone());
         registry.register("jobs_submitted", "Jobs accepted", m.jobs_submitted.clone());
         registry.register("jobs_completed", "Jobs completed", m.jobs_completed.clone());
+        registry.register(
+            "jobs_reused",
+            "Jobs completed at submission with the result of an earlier job with the same result key",
+            m.jobs_reused.clone(),
+        );
+        registry.register(
+            "jobs_joined",
+            "Jobs that followed a job in flight with the same result key",
+            m.jobs_joined.clone(),
+        );
+        registry.register(
+            "live_segment_batches",
+            "Live transcript batches recorded",
+            m.live_batches.clone(),
+        );
+        registry.register(
+            "live_segment_batches_dropped",
+            "Live transcript batches dropped (stale, over the rate or size bounds)",
+            m.live_dropped.clone(),
+        );
         registry.register(
             "dispatch_latency_seconds",
             "Time from queued to dispatched",

@@ -195,6 +195,11 @@ pub struct NewJob {
     pub deadline_ms: Option<u64>,
     pub max_attempts: u32,
     pub created_ms: u64,
+    /// What the result depends on (see `morag_protocol::reuse`); `None` when no agent's profile
+    /// covers the job: it is neither reused nor joined.
+    pub result_key: Option<String>,
+    /// Take a completed result with the same key, or follow a job in flight with it.
+    pub reuse: bool,
 }
 
 /// Progress of the running attempt.
@@ -265,6 +270,15 @@ pub struct Job {
     pub finished_ms: Option<u64>,
     /// Not dispatched before this time (grace after a lost attempt).
     pub not_before_ms: u64,
+    /// What the result depends on (set at submission from the newest agent profile, and at
+    /// completion from the profile of the agent that made it).
+    pub result_key: Option<String>,
+    /// It may take another job's result (`false`: submitted with `reuse: false`).
+    pub reuse: bool,
+    /// It completed with this job's result (at once, or after following it).
+    pub reused_from: Option<String>,
+    /// It follows this job's work (and completes with it).
+    pub joined_to: Option<String>,
     /// Filled by `Store::job`, empty in listings.
     pub attempts: Vec<Attempt>,
     /// Filled by `Store::job`, empty in listings.
@@ -321,6 +335,8 @@ pub struct AgentRecord {
     /// `queues`, `content_types`, `max_concurrent_tasks` as claimed, and `clipped` (the names of
     /// the fields changed). `None`: nothing was clipped.
     pub claimed: Option<serde_json::Value>,
+    /// What its results depend on, as its last registration said.
+    pub profile: Option<morag_protocol::ResultProfile>,
 }
 
 #[cfg(test)]

@@ -185,6 +185,7 @@ mod tests {
             undelivered: vec![],
             health: Default::default(),
             draining: false,
+            profile: None,
         }
     }
 

@@ -32,6 +32,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod reuse;
+pub use reuse::{result_key, KindProfile, OptionRule, ResultProfile, ValueKind};
+
 pub use morag_transport::{TaskCancel, TaskFailed, TaskProgress, WorkerHealth};
 
 /// Names of the user message kinds.
@@ -53,6 +56,9 @@ pub mod kind {
     pub const CANCEL_ACK: &str = "cancel_ack";
     /// Hub -> agent reply: [`super::Ack`].
     pub const ACK: &str = "ack";
+    /// Agent -> hub, one way (no reply): [`super::LiveSegments`], transcript text as it is
+    /// decoded. A lost batch is not sent again: the final result carries the whole text.
+    pub const SEGMENTS: &str = "segments";
 }
 
 /// Server commands (`ServerCommand::command`) the hub sends to agents.
@@ -140,6 +146,9 @@ pub struct Registration {
     pub health: WorkerHealth,
     /// The agent is draining (shutting down): no new work.
     pub draining: bool,
+    /// What its results depend on, so the hub can reuse results by content; `None`: its
+    /// results are never reused.
+    pub profile: Option<ResultProfile>,
 }
 
 /// The hub's answer to a registration.
@@ -226,6 +235,28 @@ pub struct Completion {
     /// `result_hash` or `artifacts`. Filled when sent (an agent's outbox keeps paths only).
     #[serde(default)]
     pub inline: Vec<InlineFile>,
+}
+
+/// Most segments one [`LiveSegments`] message carries.
+pub const LIVE_SEGMENTS_MAX: usize = 64;
+
+/// A piece of transcript text as Whisper finished it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveSegment {
+    /// Counts from 0 within the attempt.
+    pub index: u32,
+    /// Seconds from the start of the recording.
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+}
+
+/// Segments of a running attempt's transcript, decoded since the last batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveSegments {
+    pub job_id: String,
+    pub attempt_id: String,
+    pub segments: Vec<LiveSegment>,
 }
 
 /// An attempt failed.

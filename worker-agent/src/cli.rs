@@ -619,7 +619,7 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
         let (diarization, topics) = (config.enable_diarization, config.enable_topic_segmentation);
         let processor = tokio::task::spawn_blocking(move || {
             crate::serve::MediaProcessor::load(model, &gpu, quality).map(|p| {
-                p.with_threads(threads).with_speech(|device| {
+                p.with_threads(threads).with_speech(&speech_dir, |device| {
                     crate::speech::SpeechModels::load(
                         &speech_dir,
                         threads.max(1),
@@ -628,6 +628,10 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
                         topics,
                     )
                 })
+            })
+            .inspect(|p| {
+                // Hash the model files now, not on the first registration.
+                let _ = p.result_profile();
             })
         })
         .await??;

@@ -2,7 +2,8 @@
 `morag-hub serve`, a join token, `morag-agent enroll`, `morag-agent serve` with the Whisper
 test model. The binaries come from `$MORAG_BIN_DIR` (default: the workspace's target/debug;
 `scripts/test.sh` builds them), the model and recording from `models/`
-(`scripts/setup-test-model.sh`)."""
+(`scripts/setup-test-model.sh`); other recordings are made from it with ffmpeg, and spoken
+text with espeak-ng (as scripts/make-test-media.sh does)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List
@@ -87,6 +89,56 @@ def _long_recording(dir: Path, times: int) -> Path:
         check=True,
     )
     return out
+
+
+# About a minute of speech at espeak-ng's 150 words a minute (61 s).
+SPOKEN_TEXT = (
+    "The library opens at nine in the morning and closes at six in the evening. Visitors can borrow up to "
+    "five books at a time. Please return them within three weeks, or ask the staff to renew them online. "
+    "Our team met on Monday to plan the next release. We agreed to fix the login problem first, because "
+    "many customers reported it last week. After that, we will improve the search page and update the "
+    "documentation. The release should be ready by the end of the month, if the tests pass. Remember to "
+    "write down every decision in the shared notes, so that nobody has to guess later. Thank you all for "
+    "the careful work. The weather this weekend will be mild and dry. On Saturday morning the market "
+    "square fills with farmers selling fruit, bread and cheese. In the afternoon there is a concert in "
+    "the park, and children can play football on the green field behind the school. On Sunday the museum "
+    "is open until five, and entry is free for students."
+)
+
+
+@dataclass
+class Spoken:
+    path: Path
+    text: str
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def spoken(tmp_path_factory) -> Spoken:
+    """SPOKEN_TEXT said by espeak-ng, 16 kHz mono WAV: long enough that its transcript comes
+    in several live batches while the job runs."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing (Debian package espeak-ng; scripts/install-deps.sh installs it)", pytrace=False)
+    d = tmp_path_factory.mktemp("spoken")
+    raw, out = d / "raw.wav", d / "spoken.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), SPOKEN_TEXT], check=True, capture_output=True)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(raw),
+         "-ar", "16000", "-ac", "1", "-c:a", "pcm_s16le", str(out)],
+        check=True,
+    )
+    raw.unlink()
+    with wave.open(str(out)) as w:
+        seconds = w.getnframes() / w.getframerate()
+    assert 45 < seconds < 90, f"the spoken recording is {seconds:.1f} s"
+    return Spoken(out, SPOKEN_TEXT, seconds)
+
+
+@pytest.fixture(scope="session")
+def jfk_twice(tmp_path_factory) -> Path:
+    """jfk.wav said twice: content no other test submits, so its first job runs (nothing to
+    reuse yet). For the reuse test alone."""
+    return _long_recording(tmp_path_factory.mktemp("twice"), 2)
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,8 @@ pub(crate) struct JobSpec {
     /// RFC 3339 time, or a duration from now ("10m").
     pub deadline: Option<String>,
     pub max_attempts: Option<u32>,
+    /// `false`: run it even when a result with the same key exists or is being made.
+    pub reuse: Option<bool>,
 }
 
 /// The checked parts of a spec.
@@ -161,6 +163,14 @@ pub(crate) async fn create_job(
     source_path: Option<String>,
 ) -> ApiResult<crate::model::Job> {
     let id = new_id("job");
+    // The key under the profile of the agent seen last that takes this content type.
+    let profiles = hub.store.result_profiles().await?;
+    let result_key = profiles
+        .iter()
+        .find(|p| p.kinds.contains_key(checked.content_type))
+        .and_then(|p| {
+            morag_protocol::result_key(p, &input.0, checked.content_type, &checked.options)
+        });
     let job = NewJob {
         id: id.clone(),
         content_type: checked.content_type.to_string(),
@@ -176,12 +186,27 @@ pub(crate) async fn create_job(
         deadline_ms: checked.deadline_ms,
         max_attempts: checked.max_attempts,
         created_ms: unix_ms(),
+        result_key,
+        reuse: spec.reuse.unwrap_or(true),
     };
     let events = hub.store.insert_job(&job).await?;
+    let reused = events
+        .iter()
+        .find_map(|e| e.data["reused_from"].as_str().map(str::to_string));
+    let joined = events
+        .iter()
+        .find_map(|e| e.data["joined_to"].as_str().map(str::to_string));
     hub.publish(events);
     hub.metrics.jobs_submitted.inc();
-    hub.poke();
-    tracing::info!(job_id = %id, content_type = %job.content_type, queue = %job.queue, size = job.input_size, "job accepted");
+    if reused.is_some() {
+        hub.metrics.jobs_reused.inc();
+    } else if joined.is_some() {
+        hub.metrics.jobs_joined.inc();
+    } else {
+        hub.poke();
+    }
+    tracing::info!(job_id = %id, content_type = %job.content_type, queue = %job.queue, size = job.input_size,
+        reused_from = reused.as_deref(), joined_to = joined.as_deref(), "job accepted");
     hub.store
         .job(&id)
         .await?
@@ -469,6 +494,17 @@ async fn submit_multipart(
             "gpu" => spec.gpu = Some(text),
             "external_ref" | "ingestion_task_id" => spec.external_ref = Some(text),
             "deadline" => spec.deadline = Some(text),
+            "reuse" => {
+                spec.reuse = Some(match text.trim().to_ascii_lowercase().as_str() {
+                    "" | "1" | "true" | "yes" | "on" => true,
+                    "0" | "false" | "no" | "off" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "reuse: expected true or false, got {text:?}"
+                        )))
+                    }
+                })
+            }
             "max_attempts" => {
                 spec.max_attempts = Some(text.trim().parse().map_err(|_| {
                     ApiError::bad_request(format!("max_attempts: expected a number, got {text:?}"))
@@ -490,7 +526,7 @@ async fn submit_multipart(
             }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown field {other:?}: expected file, type (or content_type), queue, priority, gpu, option, options (or task_options), external_ref (or ingestion_task_id), deadline, max_attempts"
+                    "unknown field {other:?}: expected file, type (or content_type), queue, priority, gpu, option, options (or task_options), external_ref (or ingestion_task_id), deadline, max_attempts, reuse"
                 )))
             }
         }
@@ -671,6 +707,10 @@ pub async fn cancel(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiR
             ))
         }
         CancelRequest::CancelledQueued => (StatusCode::OK, "cancelled while queued"),
+        CancelRequest::HandedOver { .. } => (
+            StatusCode::OK,
+            "cancelled; its work goes on for the job that followed it (see its events)",
+        ),
         CancelRequest::Requested { .. } | CancelRequest::AlreadyRequested { .. } => {
             (StatusCode::ACCEPTED, "the agent is stopping the job")
         }

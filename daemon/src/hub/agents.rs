@@ -302,6 +302,7 @@ impl Hub {
             hub_id: Some(self.hub_id.clone()),
             lease_ms: None,
             claimed,
+            profile: reg.profile.clone(),
         };
         // Its certificate, so that `revoke` finds it by id (certificates issued outside
         // enrollment included).
@@ -773,9 +774,23 @@ impl Hub {
                 media_type: "application/json".into(),
             });
         }
+        // The key as the agent that made the result works it out (the job's was a guess made
+        // at submission from the newest profile).
+        let profile = self
+            .agents
+            .lock()
+            .unwrap()
+            .get(peer)
+            .and_then(|a| a.registration.profile.clone());
+        let key = match (profile, self.store.job(&job_id).await) {
+            (Some(p), Ok(Some(j))) => {
+                morag_protocol::result_key(&p, &j.input_hash, &j.content_type, &j.options)
+            }
+            _ => None,
+        };
         match self
             .store
-            .complete(&job_id, &c.attempt_id, &result, &artifacts, unix_ms())
+            .complete(&job_id, &c.attempt_id, &result, &artifacts, key.as_deref(), unix_ms())
             .await
         {
             Ok((Fenced::Applied, events)) => {

@@ -344,6 +344,14 @@ impl Hub {
     pub async fn cancel(&self, job_id: &str) -> StoreResult<CancelRequest> {
         let (outcome, events) = self.store.request_cancel(job_id, unix_ms()).await?;
         self.publish(events);
+        if let CancelRequest::HandedOver {
+            heir,
+            attempt_id: Some(attempt_id),
+        } = &outcome
+        {
+            self.rename_attempt_job(attempt_id, heir);
+            tracing::info!(job_id, heir, attempt_id, "cancelled; its running work goes on for the job that followed it");
+        }
         if let CancelRequest::Requested {
             attempt_id,
             agent_id,

@@ -165,6 +165,17 @@ impl Hub {
     }
 
     /// The attempt of this job (and its agent) that this hub tracks, if any.
+    /// The agent of `attempt_id` when it is out with this hub's agents, noting that it now
+    /// belongs to `job_id` (work handed to a job that followed the first).
+    pub(crate) fn rename_attempt_job(&self, attempt_id: &str, job_id: &str) -> Option<String> {
+        let mut attempts = self.attempts.lock().unwrap();
+        let a = attempts.get_mut(attempt_id)?;
+        if a.job_id != job_id {
+            a.job_id = job_id.to_string();
+        }
+        Some(a.agent_id.clone())
+    }
+
     pub(crate) fn local_attempt_of_job(&self, job_id: &str) -> Option<(String, String)> {
         self.attempts
             .lock()
@@ -188,12 +199,9 @@ impl Hub {
             let Some(attempt_id) = job.current_attempt else {
                 continue;
             };
-            let Some((local, agent_id)) = self.local_attempt_of_job(&job.id) else {
+            let Some(agent_id) = self.rename_attempt_job(&attempt_id, &job.id) else {
                 continue;
             };
-            if local != attempt_id {
-                continue;
-            }
             let fresh = {
                 let mut cancels = self.cancels.lock().unwrap();
                 let fresh = !cancels.contains_key(&job.id);
@@ -328,7 +336,14 @@ impl Hub {
                     kind,
                     "cancelled" | "timed_out" | "failed" | "requeued" | "completed"
                 );
-                if let (true, Some(e)) = (ended, ev.first()) {
+                if let Some(e) = ev.first().filter(|_| kind == "handed_over") {
+                    // Its work moved to a job that followed it (the first was cancelled).
+                    if let Some(a) = e.data["attempt_id"].as_str() {
+                        self.rename_attempt_job(a, job_id);
+                    }
+                }
+                let handed = ev.first().is_some_and(|e| e.data.get("handed_to").is_some());
+                if let (true, false, Some(e)) = (ended, handed, ev.first()) {
                     let named = e.data["attempt_id"].as_str();
                     let ours = self
                         .local_attempt_of_job(job_id)

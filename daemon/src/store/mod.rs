@@ -88,6 +88,12 @@ pub enum CancelRequest {
     },
     /// It had already ended.
     AlreadyEnded(JobState),
+    /// Other jobs followed its work: it ended cancelled at once, and its work (its place in the
+    /// queue, or `attempt_id` running) goes on for `heir`, which the others follow now.
+    HandedOver {
+        heir: String,
+        attempt_id: Option<String>,
+    },
     NotFound,
 }
 
@@ -198,7 +204,9 @@ pub struct JobActivity {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Accept a job (state queued).
+    /// Accept a job: queued; or, when it allows reuse and has a key, completed at once with the
+    /// newest completed result of that key (`reused_from`), else following the oldest job in
+    /// flight with that key (`joined_to`: not dispatched, it completes with that job).
     async fn insert_job(&self, job: &NewJob) -> StoreResult<Events>;
     /// A job with its attempts and artifacts.
     async fn job(&self, id: &str) -> StoreResult<Option<Job>>;
@@ -238,15 +246,33 @@ pub trait Store: Send + Sync + 'static {
         device: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)>;
-    /// The attempt completed with this result and these artifacts.
+    /// The attempt completed with this result and these artifacts; `result_key`: the key as
+    /// the agent that made it works it out. The jobs following it complete with it. Reports
+    /// name the job the agent was given; the store applies them to the job holding the attempt
+    /// now (the work may have been handed over, see [`CancelRequest::HandedOver`]).
+    #[allow(clippy::too_many_arguments)]
     async fn complete(
         &self,
         job_id: &str,
         attempt_id: &str,
         result: &str,
         artifacts: &[ArtifactRow],
+        result_key: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)>;
+    /// Transcript segments of the current attempt, decoded so far (`data`: the `segment`
+    /// event's); dropped when the attempt ends or is replaced.
+    async fn record_segments(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        data: serde_json::Value,
+        now_ms: u64,
+    ) -> StoreResult<(Fenced, Events)>;
+    /// The `segment` events of a job's current attempt, oldest first.
+    async fn live_segments(&self, job_id: &str) -> StoreResult<Vec<JobEvent>>;
+    /// The result profiles agents last registered with, the most recently seen first.
+    async fn result_profiles(&self) -> StoreResult<Vec<morag_protocol::ResultProfile>>;
     /// The attempt failed (`outcome`: failed, timed_out, lost). Requeued after `requeue_at_ms`
     /// when `retryable` and attempts remain, else the job ends.
     #[allow(clippy::too_many_arguments)]

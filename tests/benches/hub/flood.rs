@@ -93,6 +93,7 @@ pub async fn run(s: &Settings, dir: &Path) -> anyhow::Result<FloodRun> {
             ..Default::default()
         },
         draining: false,
+        profile: None,
     };
     session
         .request(Envelope::user(kind::REGISTER, &reg)?)

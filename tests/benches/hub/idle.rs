@@ -200,6 +200,7 @@ fn registration(id: &str) -> Registration {
         undelivered: Vec::new(),
         health: health(),
         draining: false,
+        profile: None,
     }
 }
 

@@ -635,6 +635,7 @@ pub fn raw_registration(
             ..Default::default()
         },
         draining: false,
+        profile: None,
     }
 }
 

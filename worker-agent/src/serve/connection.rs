@@ -264,6 +264,7 @@ pub fn registration(agent: &Agent) -> Registration {
         undelivered,
         health: agent.health_report(),
         draining: agent.draining.load(Ordering::Acquire),
+        profile: agent.processor.profile(),
     }
 }
 

@@ -3,14 +3,124 @@
 //! one that does nothing.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+
+use morag_protocol::{KindProfile, OptionRule, ResultProfile, ValueKind};
 
 use crate::gpu::devices::{self, Placement, Placer};
 use crate::media::audio::{parse_language, Transcriber};
 use crate::media::{
     self, Cancel, MediaKind, ProcessError, ProcessOutput, ProgressSink, RunOptions,
 };
+
+/// Bump whenever a change to the agent changes what it produces from the same input, options
+/// and models: results made by an older version are then no longer reused.
+pub const PROCESSING_VERSION: u32 = 1;
+
+/// Every job option the processors read. Each one says whether it changes a result
+/// ([`JobOption::in_result_key`]): the one place where that is decided, so a new option cannot
+/// be added without deciding it (the match is exhaustive, and a test checks the decision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOption {
+    Language,
+    Translate,
+    BeamSize,
+    Diarization,
+    Topics,
+    NumSpeakers,
+    MinSpeakers,
+    MaxSpeakers,
+    Model,
+}
+
+impl JobOption {
+    pub const ALL: [JobOption; 9] = [
+        Self::Language,
+        Self::Translate,
+        Self::BeamSize,
+        Self::Diarization,
+        Self::Topics,
+        Self::NumSpeakers,
+        Self::MinSpeakers,
+        Self::MaxSpeakers,
+        Self::Model,
+    ];
+
+    /// The option's names: the first is the one used in result keys.
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            Self::Language => &["language"],
+            Self::Translate => &["translate"],
+            Self::BeamSize => &["beam_size", "beam"],
+            Self::Diarization => &["enable_diarization", "diarization"],
+            Self::Topics => &["enable_topic_segmentation", "topics"],
+            Self::NumSpeakers => &["num_speakers"],
+            Self::MinSpeakers => &["min_speakers"],
+            Self::MaxSpeakers => &["max_speakers"],
+            Self::Model => &["model"],
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.names().contains(&name))
+    }
+
+    /// How the option enters result keys: `Some(kind)` when it changes the result, `None` when
+    /// it does not.
+    pub fn in_result_key(self) -> Option<ValueKind> {
+        match self {
+            Self::Language => Some(ValueKind::Language),
+            Self::Translate | Self::Diarization | Self::Topics => Some(ValueKind::Switch),
+            Self::BeamSize | Self::NumSpeakers | Self::MinSpeakers | Self::MaxSpeakers => {
+                Some(ValueKind::Count)
+            }
+            // Ignored: the agent's model is loaded once at start, and its file's hash is part of
+            // every key.
+            Self::Model => None,
+        }
+    }
+
+    /// The media kinds whose result it changes (the Whisper and speech options: audio, and a
+    /// video's soundtrack).
+    pub fn kinds(self) -> &'static [MediaKind] {
+        match self {
+            Self::Language
+            | Self::Translate
+            | Self::BeamSize
+            | Self::Diarization
+            | Self::Topics
+            | Self::NumSpeakers
+            | Self::MinSpeakers
+            | Self::MaxSpeakers
+            | Self::Model => &[MediaKind::Audio, MediaKind::Video],
+        }
+    }
+
+    /// The agent's value when a job does not set it (canonical, as in keys).
+    fn default_in(self, opts: &RunOptions) -> Option<String> {
+        let a = &opts.audio;
+        let switch = |b: bool| Some(b.to_string());
+        match self {
+            Self::Language => Some(a.language.clone().unwrap_or_else(|| "auto".into())),
+            Self::Translate => switch(a.translate),
+            Self::BeamSize => Some(a.beam_size.to_string()),
+            Self::Diarization => switch(a.speech.diarization),
+            Self::Topics => switch(a.speech.topics),
+            Self::NumSpeakers => a.speech.num_speakers.map(|n| n.to_string()),
+            Self::MinSpeakers => a.speech.min_speakers.map(|n| n.to_string()),
+            Self::MaxSpeakers => a.speech.max_speakers.map(|n| n.to_string()),
+            Self::Model => None,
+        }
+    }
+}
+
+/// BLAKE3 (hex) of a file's content; `None` when it cannot be read.
+fn file_hash(path: &Path) -> Option<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap(path).ok()?;
+    Some(h.finalize().to_hex().to_string())
+}
 
 /// One attempt's work, as the processor sees it.
 #[derive(Debug, Clone)]
@@ -37,6 +147,12 @@ pub trait Processor: Send + Sync {
     /// processor does not say).
     fn gpus(&self) -> Vec<GpuReport> {
         Vec::new()
+    }
+
+    /// What this processor's results depend on besides the job (models, settings, which
+    /// options matter), for reuse by content; `None`: its results are never reused.
+    fn profile(&self) -> Option<ResultProfile> {
+        None
     }
 
     /// Process `job`, writing artifacts into `job.out_dir`.
@@ -86,6 +202,10 @@ pub struct MediaProcessor {
     gpus: Option<Gpus>,
     /// Whisper on the CPU for jobs no GPU has room for, loaded on first need when GPUs exist.
     cpu_transcriber: OnceLock<Option<Arc<Transcriber>>>,
+    /// Where the speech models were loaded from (their files are part of result keys).
+    speech_dir: Option<PathBuf>,
+    /// What results depend on, worked out once (it hashes the model files).
+    profile: OnceLock<Option<ResultProfile>>,
 }
 
 impl MediaProcessor {
@@ -97,6 +217,8 @@ impl MediaProcessor {
             plan: devices::Plan::default(),
             gpus: None,
             cpu_transcriber: OnceLock::new(),
+            speech_dir: None,
+            profile: OnceLock::new(),
         }
     }
 
@@ -218,15 +340,19 @@ impl MediaProcessor {
             plan,
             gpus,
             cpu_transcriber,
+            speech_dir: None,
+            profile: OnceLock::new(),
         })
     }
 
-    /// Diarization and topic models, loaded by `load` for each device (`None`: the CPU): one
-    /// set per GPU when ONNX Runtime has CUDA, else one set shared by every job.
+    /// Diarization and topic models from `dir`, loaded by `load` for each device (`None`: the
+    /// CPU): one set per GPU when ONNX Runtime has CUDA, else one set shared by every job.
     pub fn with_speech(
         mut self,
+        dir: &Path,
         load: impl Fn(Option<u32>) -> crate::speech::SpeechModels,
     ) -> Self {
+        self.speech_dir = Some(dir.to_path_buf());
         let on = self.gpus.as_mut().map(|g| &mut g.on);
         let first = on
             .as_ref()
@@ -249,6 +375,103 @@ impl MediaProcessor {
             }
         }
         self
+    }
+
+    /// What this agent's results depend on: the processing version, the model files by hash,
+    /// the fixed settings, and the job options that change a result with their defaults here.
+    /// Worked out on first call (it reads the model files).
+    pub fn result_profile(&self) -> Option<ResultProfile> {
+        self.profile
+            .get_or_init(|| {
+                let model = &self.opts.audio.model;
+                let whisper = file_hash(model);
+                let models = crate::speech::models_dir(model);
+                let transcriber = self
+                    .opts
+                    .transcriber
+                    .clone()
+                    .or_else(|| {
+                        self.gpus
+                            .as_ref()
+                            .and_then(|g| g.on.values().find_map(|d| d.transcriber.clone()))
+                    });
+                let vad = match transcriber.as_ref().map(|t| t.vad_missing().is_none()) {
+                    Some(true) if self.opts.audio.fit_context => {
+                        file_hash(&models.join(crate::models::files::VAD))
+                    }
+                    _ => None,
+                };
+                let speech = &self.opts.audio.speech.models;
+                let speech_files = |loaded: bool, names: &[&str]| -> String {
+                    let (Some(dir), true) = (&self.speech_dir, loaded) else {
+                        return "none".into();
+                    };
+                    names
+                        .iter()
+                        .map(|n| file_hash(&dir.join(n)).unwrap_or_else(|| "missing".into()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                use crate::models::files;
+                let audio = BTreeMap::from([
+                    (
+                        "whisper_model".to_string(),
+                        whisper.unwrap_or_else(|| "none".into()),
+                    ),
+                    ("vad".into(), vad.unwrap_or_else(|| "none".into())),
+                    ("fit_context".into(), self.opts.audio.fit_context.to_string()),
+                    (
+                        "temperature_fallback".into(),
+                        self.opts.audio.temperature_fallback.to_string(),
+                    ),
+                    (
+                        "diarizer".into(),
+                        speech_files(
+                            speech.diarizer.is_ok(),
+                            &[files::SEGMENTATION, files::SPEAKER_ENCODER],
+                        ),
+                    ),
+                    (
+                        "topic_model".into(),
+                        speech_files(
+                            speech.topics.is_ok(),
+                            &[files::SENTENCE_ENCODER, files::SENTENCE_TOKENIZER],
+                        ),
+                    ),
+                ]);
+                let quality = self
+                    .opts
+                    .jpeg_quality
+                    .map_or_else(|| "default".to_string(), |q| q.to_string());
+                let mut kinds = BTreeMap::new();
+                for kind in self.content_types() {
+                    let mut fixed = match kind {
+                        MediaKind::Audio | MediaKind::Video => audio.clone(),
+                        MediaKind::Image => BTreeMap::new(),
+                    };
+                    if kind != MediaKind::Audio {
+                        fixed.insert("jpeg_quality".into(), quality.clone());
+                    }
+                    let options = JobOption::ALL
+                        .into_iter()
+                        .filter(|o| o.kinds().contains(&kind))
+                        .filter_map(|o| {
+                            Some(OptionRule {
+                                name: o.names()[0].to_string(),
+                                aliases: o.names()[1..].iter().map(|n| n.to_string()).collect(),
+                                kind: o.in_result_key()?,
+                                default: o.default_in(&self.opts),
+                            })
+                        })
+                        .collect();
+                    kinds.insert(kind.to_string(), KindProfile { fixed, options });
+                }
+                Some(ResultProfile {
+                    processing_version: PROCESSING_VERSION,
+                    kinds,
+                })
+            })
+            .clone()
     }
 
     /// Whisper threads per job (e.g. the cores divided by the jobs that run at once).
@@ -295,55 +518,40 @@ impl MediaProcessor {
     fn job_options(&self, job: &JobSpec) -> Result<RunOptions, ProcessError> {
         let mut opts = self.opts.clone();
         for (name, value) in &job.options {
-            match name.as_str() {
-                "language" => {
+            let Some(option) = JobOption::parse(name) else {
+                tracing::debug!(option = %name, %value, "unknown option ignored");
+                continue;
+            };
+            let count = |what: &str, max: usize| {
+                value
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| ProcessError::Option {
+                        name: name.clone(),
+                        reason: format!("expected {what} from 1 to {max}, got {value:?}"),
+                    })
+            };
+            let speech = &mut opts.audio.speech;
+            match option {
+                JobOption::Language => {
                     opts.audio.language =
                         parse_language(value).map_err(|reason| ProcessError::Option {
                             name: name.clone(),
                             reason,
                         })?;
                 }
-                "translate" => {
-                    opts.audio.translate = switch(name, value)?;
-                }
-                "beam_size" | "beam" => {
-                    opts.audio.beam_size = value
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=8).contains(n))
-                        .ok_or_else(|| ProcessError::Option {
-                            name: name.clone(),
-                            reason: format!("expected a beam width from 1 to 8, got {value:?}"),
-                        })?;
-                }
-                "enable_diarization" | "diarization" => {
-                    opts.audio.speech.diarization = switch(name, value)?;
-                }
-                "enable_topic_segmentation" | "topics" => {
-                    opts.audio.speech.topics = switch(name, value)?;
-                }
-                "num_speakers" | "min_speakers" | "max_speakers" => {
-                    let n = value
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=32).contains(n))
-                        .ok_or_else(|| ProcessError::Option {
-                            name: name.clone(),
-                            reason: format!("expected a speaker count from 1 to 32, got {value:?}"),
-                        })?;
-                    let speech = &mut opts.audio.speech;
-                    *match name.as_str() {
-                        "num_speakers" => &mut speech.num_speakers,
-                        "min_speakers" => &mut speech.min_speakers,
-                        _ => &mut speech.max_speakers,
-                    } = Some(n);
-                }
-                "model" => {
+                JobOption::Translate => opts.audio.translate = switch(name, value)?,
+                JobOption::BeamSize => opts.audio.beam_size = count("a beam width", 8)?,
+                JobOption::Diarization => speech.diarization = switch(name, value)?,
+                JobOption::Topics => speech.topics = switch(name, value)?,
+                JobOption::NumSpeakers => speech.num_speakers = Some(count("a speaker count", 32)?),
+                JobOption::MinSpeakers => speech.min_speakers = Some(count("a speaker count", 32)?),
+                JobOption::MaxSpeakers => speech.max_speakers = Some(count("a speaker count", 32)?),
+                JobOption::Model => {
                     tracing::debug!(option = %name, %value, "option ignored: the agent's model is loaded once at start");
                 }
-                _ => tracing::debug!(option = %name, %value, "unknown option ignored"),
             }
         }
         Ok(opts)
@@ -393,6 +601,10 @@ impl Processor for MediaProcessor {
         let out = media::run(job.kind, &job.input, &opts, &job.out_dir, progress, cancel);
         drop(placement);
         out
+    }
+
+    fn profile(&self) -> Option<ResultProfile> {
+        self.result_profile()
     }
 
     fn gpus(&self) -> Vec<GpuReport> {

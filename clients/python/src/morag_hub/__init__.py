@@ -5,8 +5,10 @@
     job = hub.wait(hub.submit_file("talk.mp3", "audio").id, progress=lambda p: print(p.percent))
     print(hub.result(job.id).transcript)
 
-`AsyncClient` offers the same calls for asyncio. Errors from the hub are `HubError`
-subclasses carrying the hub's message and status.
+`wait(..., on_segment=...)` gets the transcript live as the agent decodes it (`LiveSegment`,
+`LiveReset`, `transcript_text`); a job on content already processed takes that result
+(`submit_file(..., reuse=False)` runs it anew). `AsyncClient` offers the same calls for
+asyncio. Errors from the hub are `HubError` subclasses carrying the hub's message and status.
 """
 
 from .aio import AsyncClient
@@ -34,9 +36,13 @@ from .models import (
     InputFile,
     Job,
     JobEvent,
+    LiveReset,
+    LiveSegment,
     Progress,
     Segment,
+    StreamItem,
     VideoResult,
+    transcript_text,
 )
 
 __version__ = "0.1.0"
@@ -46,5 +52,5 @@ __all__ = [
     "HubError", "BadRequestError", "AuthenticationError", "NotFoundError", "ConflictError",
     "PayloadTooLargeError", "UnavailableError", "JobFailedError", "WaitTimeoutError",
     "Job", "JobEvent", "Progress", "InputFile", "Attempt", "Artifact", "AudioResult", "VideoResult",
-    "Segment", "Agent", "AgentHealth", "GpuStatus", "Connection", "FINAL_STATES",
+    "Segment", "LiveSegment", "LiveReset", "StreamItem", "transcript_text", "Agent", "AgentHealth", "GpuStatus", "Connection", "FINAL_STATES",
 ]

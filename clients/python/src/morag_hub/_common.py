@@ -12,10 +12,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import httpx
 
 from .errors import HubError, error_for
-from .models import JobEvent, Progress
+from .models import JobEvent, LiveReset, LiveSegment, Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
+# `wait`'s callbacks; for AsyncClient a coroutine function too.
 ProgressCallback = Callable[[Progress], Any]
+SegmentCallback = Callable[[LiveSegment], Any]
+ResetCallback = Callable[[LiveReset], Any]
 
 # Event streams send a comment every 15 s; a read that waits longer than this is a dead link.
 STREAM_READ_TIMEOUT = 40.0
@@ -66,8 +69,11 @@ def submission(
     external_ref: Optional[str],
     deadline: Optional[Union[str, datetime]],
     max_attempts: Optional[int],
+    reuse: bool = True,
 ) -> Dict[str, Any]:
-    """A submission's fields, as the JSON body names them (the form uses the same names)."""
+    """A submission's fields, as the JSON body names them (the form uses the same names).
+    `reuse` is sent only when False (the hub's default is True, and older hubs know no such
+    field)."""
     body: Dict[str, Any] = {"content_type": content_type}
     if queue is not None:
         body["queue"] = queue
@@ -83,12 +89,23 @@ def submission(
         body["deadline"] = utc_text(deadline) if isinstance(deadline, datetime) else deadline
     if max_attempts is not None:
         body["max_attempts"] = str(max_attempts)
+    if not reuse:
+        body["reuse"] = False
     return body
 
 
 def form_fields(body: Dict[str, Any]) -> Dict[str, str]:
-    """The multipart text parts for a submission (a mapping: httpx sends a list as raw body)."""
-    return {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in body.items()}
+    """The multipart text parts for a submission (a mapping: httpx sends a list as raw body);
+    a switch is `true` / `false`."""
+    return {k: _form_value(v) for k, v in body.items()}
+
+
+def _form_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return json.dumps(v)
+    return str(v)
 
 
 def utc_text(t: datetime) -> str:

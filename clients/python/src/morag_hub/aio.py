@@ -6,14 +6,16 @@ import asyncio
 from contextlib import aclosing
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, AsyncIterator, Dict, List, Mapping, Optional, Union
+from typing import IO, Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Union
 
 import httpx
 
 from . import _common as c
 from .client import _finish, _read_timeout
 from .errors import HubError, WaitTimeoutError
-from .models import Agent, Artifact, Job, JobEvent, Result, result_for
+from .models import (
+    Agent, Artifact, Job, LiveReset, LiveSegment, Result, StreamItem, result_for, stream_items,
+)
 
 
 class AsyncClient:
@@ -69,9 +71,13 @@ class AsyncClient:
         external_ref: Optional[str] = None,
         deadline: Optional[Union[str, datetime]] = None,
         max_attempts: Optional[int] = None,
+        reuse: bool = True,
     ) -> Job:
-        """Upload a media file (a path or an open binary file) as a new job."""
-        body = c.submission(content_type, queue, priority, gpu, options, external_ref, deadline, max_attempts)
+        """Upload a media file (a path or an open binary file) as a new job; `reuse` as for
+        `Client.submit_file` (False: run it even when an earlier job's result would do)."""
+        body = c.submission(
+            content_type, queue, priority, gpu, options, external_ref, deadline, max_attempts, reuse=reuse
+        )
         if isinstance(file, (str, Path)) or hasattr(file, "__fspath__"):
             path = Path(file)  # type: ignore[arg-type]
             data = await asyncio.to_thread(path.read_bytes)
@@ -94,8 +100,12 @@ class AsyncClient:
         external_ref: Optional[str] = None,
         deadline: Optional[Union[str, datetime]] = None,
         max_attempts: Optional[int] = None,
+        reuse: bool = True,
     ) -> Job:
-        body = c.submission(content_type, queue, priority, gpu, options, external_ref, deadline, max_attempts)
+        """A job for a file already on the hub's host; `reuse` as for `Client.submit_file`."""
+        body = c.submission(
+            content_type, queue, priority, gpu, options, external_ref, deadline, max_attempts, reuse=reuse
+        )
         r = await self._request("POST", "/api/v1/jobs", json=c.json_body(body, source_file_path))
         return Job.from_json(r.json())
 
@@ -110,8 +120,9 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> Job:
         return Job.from_json((await self._request("POST", f"/api/v1/jobs/{job_id}/cancel")).json())
 
-    async def events(self, job_id: str, *, after: int = 0, read_timeout: Optional[float] = None) -> AsyncIterator[JobEvent]:
-        """The job's events from `after` on: its history, then live until the job ends."""
+    async def events(self, job_id: str, *, after: int = 0, read_timeout: Optional[float] = None) -> AsyncIterator[StreamItem]:
+        """The job's events from `after` on: its history, then live until the job ends; the live
+        transcript as `LiveSegment`s and `LiveReset`s, as `Client.events`."""
         read = c.STREAM_READ_TIMEOUT if read_timeout is None else read_timeout
         timeout = httpx.Timeout(self._http.timeout.connect, read=read, write=None, pool=None)
         try:
@@ -125,7 +136,8 @@ class AsyncClient:
                 async for line in r.aiter_lines():
                     ev = parser.feed(line)
                     if ev is not None:
-                        yield ev
+                        for item in stream_items(ev):
+                            yield item
         except httpx.HTTPError as e:
             raise HubError(f"event stream of {job_id} broke: {e}") from e
 
@@ -136,8 +148,11 @@ class AsyncClient:
         progress: Optional[c.ProgressCallback] = None,
         timeout: Optional[float] = None,
         raise_on_failure: bool = True,
+        on_segment: Optional[c.SegmentCallback] = None,
+        on_reset: Optional[c.ResetCallback] = None,
     ) -> Job:
-        """As `Client.wait`; `progress` may be a plain function or a coroutine function."""
+        """As `Client.wait`; `progress`, `on_segment` and `on_reset` may be plain functions or
+        coroutine functions."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         last = 0
@@ -151,12 +166,19 @@ class AsyncClient:
                 async with aclosing(self.events(job_id, after=last, read_timeout=_read_timeout(left))) as events:
                     async for ev in events:
                         last = max(last, ev.seq)
-                        p = c.progress_of(ev)
-                        if p is not None and progress is not None:
-                            out = progress(p)
-                            if asyncio.iscoroutine(out):
-                                await out
-                        if ev.final or (deadline is not None and loop.time() > deadline):
+                        if isinstance(ev, LiveSegment):
+                            if on_segment is not None:
+                                await _call(on_segment, ev)
+                        elif isinstance(ev, LiveReset):
+                            if on_reset is not None:
+                                await _call(on_reset, ev)
+                        else:
+                            p = c.progress_of(ev)
+                            if p is not None and progress is not None:
+                                await _call(progress, p)
+                            if ev.final:
+                                break
+                        if deadline is not None and loop.time() > deadline:
                             break
             except HubError as e:
                 if e.status is not None:
@@ -191,3 +213,10 @@ class AsyncClient:
 
     async def overview(self) -> Dict[str, Any]:
         return (await self._request("GET", "/api/v1/overview")).json()
+
+
+async def _call(callback: Callable[[Any], Any], arg: Any) -> None:
+    """Call a plain or coroutine function."""
+    out = callback(arg)
+    if asyncio.iscoroutine(out):
+        await out

@@ -11,7 +11,9 @@ import httpx
 
 from . import _common as c
 from .errors import HubError, JobFailedError, WaitTimeoutError
-from .models import Agent, Artifact, Job, JobEvent, Result, result_for
+from .models import (
+    Agent, Artifact, Job, LiveReset, LiveSegment, Result, StreamItem, result_for, stream_items,
+)
 
 
 class Client:
@@ -69,9 +71,15 @@ class Client:
         external_ref: Optional[str] = None,
         deadline: Optional[Union[str, datetime]] = None,
         max_attempts: Optional[int] = None,
+        reuse: bool = True,
     ) -> Job:
-        """Upload a media file (a path or an open binary file) as a new job."""
-        body = c.submission(content_type, queue, priority, gpu, options, external_ref, deadline, max_attempts)
+        """Upload a media file (a path or an open binary file) as a new job. With `reuse` (the
+        default) the hub may give it the result of an earlier job on the same content, or let
+        it follow such a job that is running (`Job.reused_from`, `Job.joined_to`);
+        `reuse=False` runs it in any case."""
+        body = c.submission(
+            content_type, queue, priority, gpu, options, external_ref, deadline, max_attempts, reuse=reuse
+        )
         if isinstance(file, (str, Path)) or hasattr(file, "__fspath__"):
             path = Path(file)  # type: ignore[arg-type]
             with path.open("rb") as f:
@@ -94,9 +102,13 @@ class Client:
         external_ref: Optional[str] = None,
         deadline: Optional[Union[str, datetime]] = None,
         max_attempts: Optional[int] = None,
+        reuse: bool = True,
     ) -> Job:
-        """A job for a file already on the hub's host (an absolute path there)."""
-        body = c.submission(content_type, queue, priority, gpu, options, external_ref, deadline, max_attempts)
+        """A job for a file already on the hub's host (an absolute path there); `reuse` as for
+        `submit_file`."""
+        body = c.submission(
+            content_type, queue, priority, gpu, options, external_ref, deadline, max_attempts, reuse=reuse
+        )
         r = self._request("POST", "/api/v1/jobs", json=c.json_body(body, source_file_path))
         return Job.from_json(r.json())
 
@@ -112,10 +124,13 @@ class Client:
         """Ask for a cancel: a queued job ends now; a running one once its agent stops."""
         return Job.from_json(self._request("POST", f"/api/v1/jobs/{job_id}/cancel").json())
 
-    def events(self, job_id: str, *, after: int = 0, read_timeout: Optional[float] = None) -> Iterator[JobEvent]:
+    def events(self, job_id: str, *, after: int = 0, read_timeout: Optional[float] = None) -> Iterator[StreamItem]:
         """The job's events from `after` on: its history, then live until the job ends.
-        `read_timeout`: seconds a silent stream is waited for (the hub sends a keep-alive
-        every 15 s) before `HubError`."""
+        `JobEvent`s, except the live transcript: a `LiveSegment` for each segment of a `segment`
+        batch, in order, and a `LiveReset` when the text so far is void. Every item has the
+        `seq` to resume from (`after=`); the segments of one batch share it, so resume from a
+        batch's seq only once all of it was taken. `read_timeout`: seconds a silent stream is
+        waited for (the hub sends a keep-alive every 15 s) before `HubError`."""
         read = c.STREAM_READ_TIMEOUT if read_timeout is None else read_timeout
         timeout = httpx.Timeout(self._http.timeout.connect, read=read, write=None, pool=None)
         try:
@@ -129,7 +144,7 @@ class Client:
                 for line in r.iter_lines():
                     ev = parser.feed(line)
                     if ev is not None:
-                        yield ev
+                        yield from stream_items(ev)
         except httpx.HTTPError as e:
             raise HubError(f"event stream of {job_id} broke: {e}") from e
 
@@ -140,10 +155,15 @@ class Client:
         progress: Optional[c.ProgressCallback] = None,
         timeout: Optional[float] = None,
         raise_on_failure: bool = True,
+        on_segment: Optional[c.SegmentCallback] = None,
+        on_reset: Optional[c.ResetCallback] = None,
     ) -> Job:
-        """Follow the job until it ends; call `progress` with each progress report. Raises
-        `JobFailedError` when it ends without a result (unless `raise_on_failure=False`) and
-        `WaitTimeoutError` after `timeout` seconds. A broken stream is followed up again."""
+        """Follow the job until it ends; call `progress` with each progress report,
+        `on_segment` with each piece of live transcript as it comes (from the stream's start:
+        a job already running gets its text so far first) and `on_reset` when the text so
+        far is void (drop it). Raises `JobFailedError` when it ends without a result (unless
+        `raise_on_failure=False`) and `WaitTimeoutError` after `timeout` seconds. A broken
+        stream is followed up again."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last = 0
         while True:
@@ -154,11 +174,18 @@ class Client:
             try:
                 for ev in self.events(job_id, after=last, read_timeout=_read_timeout(left)):
                     last = max(last, ev.seq)
-                    p = c.progress_of(ev)
-                    if p is not None and progress is not None:
-                        progress(p)
-                    if ev.final:
-                        break
+                    if isinstance(ev, LiveSegment):
+                        if on_segment is not None:
+                            on_segment(ev)
+                    elif isinstance(ev, LiveReset):
+                        if on_reset is not None:
+                            on_reset(ev)
+                    else:
+                        p = c.progress_of(ev)
+                        if p is not None and progress is not None:
+                            progress(p)
+                        if ev.final:
+                            break
                     if deadline is not None and time.monotonic() > deadline:
                         break
             except HubError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 FINAL_STATES = frozenset({"completed", "failed", "cancelled", "timed_out"})
 
@@ -93,6 +93,17 @@ class Job:
     finished_at: Optional[datetime]
     attempts: List[Attempt] = field(default_factory=list)
     artifacts: List[Artifact] = field(default_factory=list)
+    #: Whether the job may take the result of an earlier job on the same content (submitted
+    #: with `reuse=`); True from hubs that predate reuse.
+    reuse: bool = True
+    #: What the result depends on (input, content type, the agent's models and settings, the
+    #: options that change the output), BLAKE3 hex; None until the hub knows it, or from old hubs.
+    result_key: Optional[str] = None
+    #: The job whose result this one got: set when it completed from another job's result,
+    #: at once or after following it (`joined_to`).
+    reused_from: Optional[str] = None
+    #: The job whose work this one follows (the same result key, already running).
+    joined_to: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -135,6 +146,10 @@ class Job:
                 Artifact(a["name"], a["blake3"], int(a["size"]), a["media_type"], a["url"])
                 for a in v.get("artifacts") or []
             ],
+            reuse=bool(v.get("reuse", True)),
+            result_key=v.get("result_key"),
+            reused_from=v.get("reused_from"),
+            joined_to=v.get("joined_to"),
             raw=v,
         )
 
@@ -143,7 +158,8 @@ class Job:
 class JobEvent:
     """One entry of a job's event stream (`kind` is `queued`, `assigned`, `running`,
     `progress`, `requeued`, `cancel_requested`, `cancelled`, `completed`, `failed`,
-    `timed_out` or `stale_report`)."""
+    `timed_out` or `stale_report`; `segment` and `live_reset` too, which the clients' `events()`
+    yield as `LiveSegment`s and `LiveReset`)."""
 
     seq: int
     job_id: str
@@ -158,6 +174,88 @@ class JobEvent:
     @classmethod
     def from_json(cls, v: Dict[str, Any]) -> "JobEvent":
         return cls(int(v.get("seq") or 0), v["job_id"], _time(v["at"]), v["kind"], v.get("data") or {})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LiveSegment:
+    """A piece of transcript text the running attempt `attempt_id` has decoded, sent while the
+    job runs (a `segment` event carries a batch of them). `index` counts from 0 within the
+    attempt; `start` and `end` are seconds from the start of the recording. `seq` is the event's
+    (every segment of one batch has the batch's): the point to resume the stream from. The
+    finished job's result holds the whole transcript; this is a preview of it."""
+
+    job_id: str
+    attempt_id: str
+    index: int
+    start: float
+    end: float
+    text: str
+    seq: int
+
+    #: As `JobEvent.kind`, for code that reads any event's kind.
+    kind = "segment"
+
+    @property
+    def final(self) -> bool:
+        return False
+
+    @classmethod
+    def batch(cls, event: JobEvent) -> List["LiveSegment"]:
+        """The segments of a `segment` event, in order (entries that are not objects skipped)."""
+        d = event.data
+        attempt = str(d.get("attempt_id") or "")
+        out = []
+        for i, s in enumerate(d.get("segments") or []):
+            if not isinstance(s, dict):
+                continue
+            out.append(cls(
+                event.job_id, attempt, int(s.get("index", i)), float(s.get("start") or 0.0),
+                float(s.get("end") or 0.0), str(s.get("text") or ""), event.seq,
+            ))
+        return out
+
+
+@dataclass(frozen=True)
+class LiveReset:
+    """The live transcript shown so far is void (its attempt was replaced or dispatched again):
+    drop the `LiveSegment`s collected; the next attempt's come from index 0."""
+
+    job_id: str
+    attempt_id: str
+    reason: str
+    seq: int
+
+    #: As `JobEvent.kind`, for code that reads any event's kind.
+    kind = "live_reset"
+
+    @property
+    def final(self) -> bool:
+        return False
+
+    @classmethod
+    def from_event(cls, event: JobEvent) -> "LiveReset":
+        d = event.data
+        return cls(event.job_id, str(d.get("attempt_id") or ""), str(d.get("reason") or ""), event.seq)
+
+
+#: What a client's `events()` yields.
+StreamItem = Union[JobEvent, LiveSegment, LiveReset]
+
+
+def stream_items(event: JobEvent) -> List[StreamItem]:
+    """What `events()` yields for one event of the stream: each segment of a `segment` batch as a
+    `LiveSegment` (in order), a `live_reset` as a `LiveReset`, any other event as itself."""
+    if event.kind == "segment":
+        return list(LiveSegment.batch(event))
+    if event.kind == "live_reset":
+        return [LiveReset.from_event(event)]
+    return [event]
+
+
+def transcript_text(segments: Iterable[Any]) -> str:
+    """The segments' texts (anything with `.text`: `LiveSegment`, `Segment`), each stripped,
+    joined with single spaces; empty texts left out."""
+    return " ".join(t for t in (s.text.strip() for s in segments) if t)
 
 
 @dataclass(frozen=True)

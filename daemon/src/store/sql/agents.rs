@@ -13,14 +13,14 @@ pub(super) async fn upsert_agent(store: &SqlStore, a: &AgentRecord) -> StoreResu
     let list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     sqlx::query(
         "INSERT INTO agents (id, name, capability, queues, hardware, hostname, address, max_concurrent, \
-         content_types, version, incarnation, drained, first_seen_ms, last_seen_ms, claimed) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         content_types, version, incarnation, drained, first_seen_ms, last_seen_ms, claimed, profile) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, capability = excluded.capability, \
          queues = excluded.queues, hardware = excluded.hardware, hostname = excluded.hostname, \
          address = excluded.address, max_concurrent = excluded.max_concurrent, \
          content_types = excluded.content_types, version = excluded.version, \
          incarnation = excluded.incarnation, last_seen_ms = excluded.last_seen_ms, \
-         claimed = excluded.claimed",
+         claimed = excluded.claimed, profile = excluded.profile",
     )
     .bind(&a.id)
     .bind(&a.name)
@@ -37,6 +37,11 @@ pub(super) async fn upsert_agent(store: &SqlStore, a: &AgentRecord) -> StoreResu
     .bind(i(a.first_seen_ms))
     .bind(i(a.last_seen_ms))
     .bind(a.claimed.as_ref().map(|c| c.to_string()))
+    .bind(
+        a.profile
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok()),
+    )
     .execute(&store.pool)
     .await?;
     Ok(())

@@ -110,6 +110,7 @@ const JOB_COLUMNS: &str = "id, content_type, state, queue, priority, gpu, input_
     input_size, source_path, options, external_ref, deadline_ms, max_attempts, attempt_count, \
     current_attempt, cancel_requested_ms, progress_percent, progress_stage, progress_message, \
     progress_eta_ms, error, created_ms, updated_ms, started_ms, finished_ms, not_before_ms, \
+    result_key, reuse, reused_from, joined_to, \
     (SELECT agent_id FROM attempts WHERE attempts.id = jobs.current_attempt) AS agent_id";
 
 const ATTEMPT_COLUMNS: &str =
@@ -282,6 +283,213 @@ impl SqlStore {
         Ok(Some(self.event(tx, job_id, "running", data, now_ms).await?))
     }
 
+    /// `job_id` completes with `source`'s result, key and artifacts (it reuses them), in `tx`;
+    /// returns its `completed` event.
+    async fn take_result_in(
+        &self,
+        tx: &mut Tx<'_>,
+        job_id: &str,
+        source: &str,
+        now_ms: u64,
+    ) -> StoreResult<JobEvent> {
+        let (result, key): (Option<String>, Option<String>) =
+            sqlx::query_as("SELECT result, result_key FROM jobs WHERE id = $1")
+                .bind(source)
+                .fetch_one(&mut **tx)
+                .await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'completed', result = $1, result_key = COALESCE($2, result_key), \
+             reused_from = $3, error = NULL, updated_ms = $4, started_ms = COALESCE(started_ms, $4), \
+             finished_ms = $4, progress_percent = 100.0, progress_stage = 'done', progress_message = NULL, \
+             progress_eta_ms = NULL WHERE id = $5",
+        )
+        .bind(result)
+        .bind(key)
+        .bind(source)
+        .bind(i(now_ms))
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
+        let copied = sqlx::query(
+            "INSERT INTO artifacts (job_id, name, hash, size, media_type) \
+             SELECT $1, name, hash, size, media_type FROM artifacts WHERE job_id = $2 \
+             ON CONFLICT (job_id, name) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(source)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        self.event(
+            tx,
+            job_id,
+            "completed",
+            serde_json::json!({"state": "completed", "reused_from": source, "artifacts": copied}),
+            now_ms,
+        )
+        .await
+    }
+
+    /// The job an attempt belongs to now: `job_id` as the agent knows it, unless the work was
+    /// handed to a job that followed it (its first job was cancelled).
+    async fn owner_in(&self, tx: &mut Tx<'_>, job_id: &str, attempt_id: &str) -> StoreResult<String> {
+        let owner: Option<String> = sqlx::query_scalar("SELECT job_id FROM attempts WHERE id = $1")
+            .bind(attempt_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(owner.unwrap_or_else(|| job_id.to_string()))
+    }
+
+    /// The jobs following `job_id` complete with its result, in `tx`.
+    async fn complete_followers_in(
+        &self,
+        tx: &mut Tx<'_>,
+        job_id: &str,
+        now_ms: u64,
+    ) -> StoreResult<Events> {
+        let ids: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE joined_to = $1 AND state = 'queued' ORDER BY created_ms, id{}",
+            self.dialect.lock()
+        ))
+        .bind(job_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            events.push(self.take_result_in(tx, &id, job_id, now_ms).await?);
+        }
+        Ok(events)
+    }
+
+    /// `job_id` ended without a result: the oldest job following it runs on its own, and the
+    /// others follow that one. Its `released` event, if any followed.
+    async fn release_followers_in(
+        &self,
+        tx: &mut Tx<'_>,
+        job_id: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> StoreResult<Option<JobEvent>> {
+        let heir: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE joined_to = $1 AND state = 'queued' ORDER BY created_ms, id LIMIT 1{}",
+            self.dialect.lock()
+        ))
+        .bind(job_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(heir) = heir else { return Ok(None) };
+        sqlx::query("UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1")
+            .bind(&heir)
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE jobs SET joined_to = NULL, updated_ms = $1 WHERE id = $2")
+            .bind(i(now_ms))
+            .bind(&heir)
+            .execute(&mut **tx)
+            .await?;
+        let data = serde_json::json!({"state": "queued", "from": job_id, "reason": reason});
+        Ok(Some(self.event(tx, &heir, "released", data, now_ms).await?))
+    }
+
+    /// Drop the live transcript of `job_id`'s attempt (it ended, or was replaced); how many
+    /// batches there were.
+    async fn end_live_in(&self, tx: &mut Tx<'_>, job_id: &str) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM job_events WHERE job_id = $1 AND kind = 'segment'")
+                .bind(job_id)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Cancel `job` (not ended, followed by others) by handing its work to the oldest job
+    /// following it: that one takes its place in the queue, or its running attempt and live
+    /// text; `job` ends cancelled at once. `None` when no job follows it.
+    async fn hand_over_in(
+        &self,
+        tx: &mut Tx<'_>,
+        job: &Job,
+        now_ms: u64,
+    ) -> StoreResult<Option<(String, Events)>> {
+        let heir: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE joined_to = $1 AND state = 'queued' AND cancel_requested_ms IS NULL \
+             ORDER BY created_ms, id LIMIT 1{}",
+            self.dialect.lock()
+        ))
+        .bind(&job.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(heir) = heir else { return Ok(None) };
+        sqlx::query("UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1")
+            .bind(&heir)
+            .bind(&job.id)
+            .execute(&mut **tx)
+            .await?;
+        let attempt = job.current_attempt.clone().filter(|_| job.state != JobState::Queued);
+        if let Some(a) = &attempt {
+            sqlx::query("UPDATE attempts SET job_id = $1 WHERE id = $2")
+                .bind(&heir)
+                .bind(a)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("UPDATE job_events SET job_id = $1 WHERE job_id = $2 AND kind = 'segment'")
+                .bind(&heir)
+                .bind(&job.id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let p = job.progress.clone();
+        sqlx::query(
+            "UPDATE jobs SET joined_to = NULL, state = $1, current_attempt = $2, \
+             attempt_count = attempt_count + $3, started_ms = $4, not_before_ms = $5, updated_ms = $6, \
+             progress_percent = $7, progress_stage = $8, progress_message = $9, progress_eta_ms = $10 \
+             WHERE id = $11",
+        )
+        .bind(job.state.as_str())
+        .bind(&attempt)
+        .bind(attempt.is_some() as i64)
+        .bind(job.started_ms.map(i))
+        .bind(i(job.not_before_ms))
+        .bind(i(now_ms))
+        .bind(p.as_ref().map(|p| p.percent as f64))
+        .bind(p.as_ref().map(|p| p.stage.clone()))
+        .bind(p.as_ref().and_then(|p| p.message.clone()))
+        .bind(p.as_ref().and_then(|p| p.eta_ms).map(i))
+        .bind(&heir)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', cancel_requested_ms = $1, updated_ms = $1, \
+             finished_ms = $1, current_attempt = NULL WHERE id = $2",
+        )
+        .bind(i(now_ms))
+        .bind(&job.id)
+        .execute(&mut **tx)
+        .await?;
+        let events = vec![
+            self.event(
+                tx,
+                &job.id,
+                "cancelled",
+                serde_json::json!({"state": "cancelled", "latency_ms": 0, "while": job.state.as_str(),
+                    "handed_to": heir}),
+                now_ms,
+            )
+            .await?,
+            self.event(
+                tx,
+                &heir,
+                "handed_over",
+                serde_json::json!({"state": job.state.as_str(), "from": job.id, "attempt_id": attempt}),
+                now_ms,
+            )
+            .await?,
+        ];
+        Ok(Some((heir, events)))
+    }
+
     /// The job row, locked until commit where the database locks rows.
     async fn job_in(&self, tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<Job>> {
         let row = sqlx::query(&format!(
@@ -328,6 +536,7 @@ impl SqlStore {
         only_if_lease_expired: bool,
     ) -> StoreResult<(Fenced, Option<AfterFailure>, Events)> {
         let mut tx = self.tx().await?;
+        let job_id = &self.owner_in(&mut tx, job_id, attempt_id).await?;
         let job = match self.job_in(&mut tx, job_id).await? {
             Some(j)
                 if j.current_attempt.as_deref() == Some(attempt_id)
@@ -353,6 +562,7 @@ impl SqlStore {
             }
         }
         close_attempt(&mut tx, attempt_id, outcome, Some(error), now_ms).await?;
+        let live = self.end_live_in(&mut tx, job_id).await?;
         let mut events = Vec::new();
         let after = if job.cancel_requested_ms.is_some() {
             // The operator asked for a cancel: whatever stopped the work, the job is cancelled.
@@ -392,6 +602,19 @@ impl SqlStore {
                 )
                 .await?,
             );
+            if live > 0 {
+                events.push(
+                    self.event(
+                        &mut tx,
+                        job_id,
+                        "live_reset",
+                        serde_json::json!({"attempt_id": attempt_id,
+                            "reason": format!("the attempt ended ({outcome}); its live text is void and the next attempt starts over")}),
+                        now_ms,
+                    )
+                    .await?,
+                );
+            }
             AfterFailure::Requeued
         } else {
             let end = if outcome == "timed_out" {
@@ -425,6 +648,13 @@ impl SqlStore {
             );
             AfterFailure::Ended(end)
         };
+        if let AfterFailure::Ended(end) = after {
+            let reason = format!("the job it followed ended {end}");
+            events.extend(
+                self.release_followers_in(&mut tx, job_id, &reason, now_ms)
+                    .await?,
+            );
+        }
         tx.commit().await?;
         Ok((Fenced::Applied, Some(after), events))
     }
@@ -434,11 +664,38 @@ impl SqlStore {
 impl Store for SqlStore {
     async fn insert_job(&self, job: &NewJob) -> StoreResult<Events> {
         let mut tx = self.tx().await?;
+        // A completed result with the same key, else a job in flight with it to follow.
+        let (mut done, mut leader) = (None, None);
+        if let (Some(key), true) = (&job.result_key, job.reuse) {
+            if self.dialect == Dialect::Postgres {
+                // Identical submissions at two hubs: one leads, the other sees it and follows.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            done = sqlx::query_scalar::<_, String>(
+                "SELECT id FROM jobs WHERE result_key = $1 AND state = 'completed' AND result IS NOT NULL \
+                 ORDER BY finished_ms DESC, id LIMIT 1",
+            )
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if done.is_none() {
+                leader = sqlx::query_scalar::<_, String>(
+                    "SELECT id FROM jobs WHERE result_key = $1 AND state IN ('queued', 'assigned', 'running') \
+                     AND joined_to IS NULL AND cancel_requested_ms IS NULL ORDER BY created_ms, id LIMIT 1",
+                )
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            }
+        }
         sqlx::query(
             "INSERT INTO jobs (id, content_type, state, queue, priority, gpu, input_hash, input_name, \
              input_size, source_path, options, external_ref, deadline_ms, max_attempts, created_ms, \
-             updated_ms, not_before_ms) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $14)",
+             updated_ms, not_before_ms, result_key, reuse, joined_to) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $14, $15, $16, $17)",
         )
         .bind(&job.id)
         .bind(&job.content_type)
@@ -454,17 +711,28 @@ impl Store for SqlStore {
         .bind(job.deadline_ms.map(i))
         .bind(job.max_attempts as i64)
         .bind(i(job.created_ms))
+        .bind(&job.result_key)
+        .bind(job.reuse as i64)
+        .bind(&leader)
         .execute(&mut *tx)
         .await?;
-        let events = self
-            .commit_with_event(
-                tx,
+        let mut events = vec![
+            self.event(
+                &mut tx,
                 &job.id,
                 "queued",
-                serde_json::json!({"state": "queued", "queue": job.queue}),
+                serde_json::json!({"state": "queued", "queue": job.queue, "joined_to": leader}),
                 job.created_ms,
             )
-            .await?;
+            .await?,
+        ];
+        if let Some(source) = done {
+            events.push(
+                self.take_result_in(&mut tx, &job.id, &source, job.created_ms)
+                    .await?,
+            );
+        }
+        tx.commit().await?;
         Ok(events)
     }
 
@@ -548,7 +816,7 @@ impl Store for SqlStore {
     async fn dispatchable(&self, now_ms: u64, limit: u32) -> StoreResult<Vec<Job>> {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND not_before_ms <= $1 \
-             ORDER BY priority DESC, created_ms, id LIMIT $2"
+             AND joined_to IS NULL ORDER BY priority DESC, created_ms, id LIMIT $2"
         ))
         .bind(i(now_ms))
         .bind(limit as i64)
@@ -607,6 +875,7 @@ impl Store for SqlStore {
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)> {
         let mut tx = self.tx().await?;
+        let job_id = &self.owner_in(&mut tx, job_id, attempt_id).await?;
         let Some(ev) = self.start_in(&mut tx, job_id, attempt_id, now_ms).await? else {
             return Ok((Fenced::Stale, vec![]));
         };
@@ -622,6 +891,7 @@ impl Store for SqlStore {
         now_ms: u64,
     ) -> StoreResult<Events> {
         let mut tx = self.tx().await?;
+        let job_id = &self.owner_in(&mut tx, job_id, attempt_id).await?;
         let n = sqlx::query(&format!(
             "UPDATE jobs SET state = 'queued', current_attempt = NULL, attempt_count = attempt_count - 1, \
              updated_ms = $1 WHERE id = $2 AND current_attempt = $3 AND state IN {ACTIVE}"
@@ -657,6 +927,7 @@ impl Store for SqlStore {
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)> {
         let mut tx = self.tx().await?;
+        let job_id = &self.owner_in(&mut tx, job_id, attempt_id).await?;
         // Progress implies the agent took the job: when it comes before the hub has read the
         // agent's answer to the assignment (the agent reports where it placed the job at once),
         // it records the start and its `running` event itself (mark_running then finds the job
@@ -712,19 +983,22 @@ impl Store for SqlStore {
         attempt_id: &str,
         result: &str,
         artifacts: &[ArtifactRow],
+        result_key: Option<&str>,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)> {
         let mut tx = self.tx().await?;
+        let job_id = &self.owner_in(&mut tx, job_id, attempt_id).await?;
         let n = sqlx::query(&format!(
             "UPDATE jobs SET state = 'completed', result = $1, error = NULL, updated_ms = $2, finished_ms = $2, \
              started_ms = COALESCE(started_ms, $2), progress_percent = 100.0, progress_stage = 'done', \
-             progress_message = NULL, progress_eta_ms = NULL \
+             progress_message = NULL, progress_eta_ms = NULL, result_key = COALESCE($5, result_key) \
              WHERE id = $3 AND current_attempt = $4 AND state IN {ACTIVE} AND cancel_requested_ms IS NULL"
         ))
         .bind(result)
         .bind(i(now_ms))
         .bind(job_id)
         .bind(attempt_id)
+        .bind(result_key)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -747,15 +1021,70 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?;
         }
-        let events = self.commit_with_event(
-            tx,
-            job_id,
-            "completed",
-            serde_json::json!({"state": "completed", "attempt_id": attempt_id, "artifacts": artifacts.len()}),
-            now_ms,
-        )
-        .await?;
+        // The final result replaces the live text.
+        self.end_live_in(&mut tx, job_id).await?;
+        let mut events = vec![
+            self.event(
+                &mut tx,
+                job_id,
+                "completed",
+                serde_json::json!({"state": "completed", "attempt_id": attempt_id, "artifacts": artifacts.len()}),
+                now_ms,
+            )
+            .await?,
+        ];
+        events.extend(self.complete_followers_in(&mut tx, job_id, now_ms).await?);
+        tx.commit().await?;
         Ok((Fenced::Applied, events))
+    }
+
+    async fn record_segments(
+        &self,
+        job_id: &str,
+        attempt_id: &str,
+        data: serde_json::Value,
+        now_ms: u64,
+    ) -> StoreResult<(Fenced, Events)> {
+        let mut tx = self.tx().await?;
+        let job_id = &self.owner_in(&mut tx, job_id, attempt_id).await?;
+        let current: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE id = $1 AND current_attempt = $2 AND state IN {ACTIVE} \
+             AND cancel_requested_ms IS NULL{}",
+            self.dialect.lock()
+        ))
+        .bind(job_id)
+        .bind(attempt_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current.is_none() {
+            return Ok((Fenced::Stale, vec![]));
+        }
+        let events = self
+            .commit_with_event(tx, job_id, "segment", data, now_ms)
+            .await?;
+        Ok((Fenced::Applied, events))
+    }
+
+    async fn live_segments(&self, job_id: &str) -> StoreResult<Vec<JobEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, job_id, at_ms, kind, data FROM job_events WHERE job_id = $1 AND kind = 'segment' ORDER BY seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn result_profiles(&self) -> StoreResult<Vec<morag_protocol::ResultProfile>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT profile FROM agents WHERE profile IS NOT NULL ORDER BY last_seen_ms DESC, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|p| serde_json::from_str(p).ok())
+            .collect())
     }
 
     async fn fail_attempt(
@@ -805,6 +1134,14 @@ impl Store for SqlStore {
         };
         if job.state.is_terminal() {
             return Ok((CancelRequest::AlreadyEnded(job.state), vec![]));
+        }
+        // Other jobs follow its work: they keep it (unless they are cancelled too).
+        if job.joined_to.is_none() && job.cancel_requested_ms.is_none() {
+            if let Some((heir, events)) = self.hand_over_in(&mut tx, &job, now_ms).await? {
+                tx.commit().await?;
+                let attempt_id = job.current_attempt.filter(|_| job.state != JobState::Queued);
+                return Ok((CancelRequest::HandedOver { heir, attempt_id }, events));
+            }
         }
         if job.state == JobState::Queued {
             sqlx::query(
@@ -871,6 +1208,7 @@ impl Store for SqlStore {
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)> {
         let mut tx = self.tx().await?;
+        let job_id = &self.owner_in(&mut tx, job_id, attempt_id).await?;
         let job = match self.job_in(&mut tx, job_id).await? {
             Some(j) => j,
             None => return Ok((Fenced::Stale, vec![])),
@@ -899,16 +1237,23 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?;
         let latency = now_ms.saturating_sub(requested);
-        let events = self
-            .commit_with_event(
-                tx,
+        self.end_live_in(&mut tx, job_id).await?;
+        let mut events = vec![
+            self.event(
+                &mut tx,
                 job_id,
                 "cancelled",
                 serde_json::json!({"state": "cancelled", "attempt_id": attempt_id,
                 "acknowledged": acknowledged, "latency_ms": latency}),
                 now_ms,
             )
-            .await?;
+            .await?,
+        ];
+        events.extend(
+            self.release_followers_in(&mut tx, job_id, "the job it followed was cancelled", now_ms)
+                .await?,
+        );
+        tx.commit().await?;
         Ok((Fenced::Applied, events))
     }
 
@@ -947,6 +1292,16 @@ impl Store for SqlStore {
                     &job.id,
                     "timed_out",
                     serde_json::json!({"state": "timed_out", "reason": "deadline passed"}),
+                    now_ms,
+                )
+                .await?,
+            );
+            self.end_live_in(&mut tx, &job.id).await?;
+            events.extend(
+                self.release_followers_in(
+                    &mut tx,
+                    &job.id,
+                    "the job it followed passed its deadline",
                     now_ms,
                 )
                 .await?,
@@ -1033,18 +1388,7 @@ impl Store for SqlStore {
         .bind(after_seq)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| -> StoreResult<JobEvent> {
-                let data: String = r.try_get("data")?;
-                Ok(JobEvent {
-                    seq: r.try_get("seq")?,
-                    job_id: r.try_get("job_id")?,
-                    at_ms: u(r.try_get("at_ms")?),
-                    kind: r.try_get("kind")?,
-                    data: serde_json::from_str(&data).map_err(|e| corrupt("job_events.data", e))?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
 
     async fn add_event(

@@ -70,6 +70,10 @@ pub(super) fn job_from_row(r: &AnyRow) -> StoreResult<Job> {
         started_ms: opt_u(r.try_get("started_ms")?),
         finished_ms: opt_u(r.try_get("finished_ms")?),
         not_before_ms: u(r.try_get("not_before_ms")?),
+        result_key: r.try_get("result_key")?,
+        reuse: r.try_get::<i64, _>("reuse")? != 0,
+        reused_from: r.try_get("reused_from")?,
+        joined_to: r.try_get("joined_to")?,
         attempts: Vec::new(),
         artifacts: Vec::new(),
     })
@@ -116,6 +120,20 @@ pub(super) fn agent_from_row(r: &AnyRow) -> StoreResult<AgentRecord> {
         claimed: r
             .try_get::<Option<String>, _>("claimed")?
             .and_then(|c| serde_json::from_str(&c).ok()),
+        profile: r
+            .try_get::<Option<String>, _>("profile")?
+            .and_then(|c| serde_json::from_str(&c).ok()),
+    })
+}
+
+pub(super) fn event_from_row(r: &AnyRow) -> StoreResult<JobEvent> {
+    let data: String = r.try_get("data")?;
+    Ok(JobEvent {
+        seq: r.try_get("seq")?,
+        job_id: r.try_get("job_id")?,
+        at_ms: u(r.try_get("at_ms")?),
+        kind: r.try_get("kind")?,
+        data: serde_json::from_str(&data).map_err(|e| corrupt("job_events.data", e))?,
     })
 }
 
