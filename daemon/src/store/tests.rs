@@ -65,7 +65,145 @@ on_both!(
     agents_are_found_by_id_and_keep_their_drain_mark,
     leases_keep_attempts_alive_and_expired_ones_are_lost_once,
     progress_before_the_assignments_answer_starts_the_job_once,
+    same_key_joins_then_reuses_and_a_cancel_hands_the_work_over,
+    a_failed_leader_releases_its_followers_and_is_never_reused,
 );
+
+/// Jobs with one result key: the second and third follow the first (not dispatched); the
+/// first is cancelled while running, so its attempt, live text and followers go to the second,
+/// whose completion (reported under the first's id, as the agent knows it) completes the third
+/// too; a later job takes the result at once, naming the job that ran; `reuse: false` runs.
+async fn same_key_joins_then_reuses_and_a_cancel_hands_the_work_over(s: SqlStore) {
+    let key = "k".repeat(64);
+    s.insert_job(&keyed("a", &key, 1_000)).await.unwrap();
+    let ev = s.insert_job(&keyed("b", &key, 1_001)).await.unwrap();
+    assert_eq!(ev[0].data["joined_to"], "a");
+    let ids: Vec<String> = s
+        .dispatchable(10_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, ["a"], "a follower is not dispatched");
+    claim(&s, "a", "a1", "agent-1").await;
+    s.mark_running("a", "a1", 1_100).await.unwrap();
+    s.insert_job(&keyed("c", &key, 1_200)).await.unwrap();
+    assert_eq!(
+        s.job("c").await.unwrap().unwrap().joined_to.as_deref(),
+        Some("a")
+    );
+    let (f, _) = s
+        .record_segments("a", "a1", serde_json::json!({"segments": [{"text": "hi"}]}), 1_250)
+        .await
+        .unwrap();
+    assert_eq!(f, Fenced::Applied);
+
+    let (c, ev) = s.request_cancel("a", 1_300).await.unwrap();
+    assert_eq!(
+        c,
+        CancelRequest::HandedOver {
+            heir: "b".into(),
+            attempt_id: Some("a1".into())
+        }
+    );
+    let kinds: Vec<(&str, &str)> = ev
+        .iter()
+        .map(|e| (e.job_id.as_str(), e.kind.as_str()))
+        .collect();
+    assert_eq!(kinds, [("a", "cancelled"), ("b", "handed_over")]);
+    let b = s.job("b").await.unwrap().unwrap();
+    assert_eq!(
+        (b.state, b.current_attempt.as_deref(), b.joined_to.as_deref()),
+        (JobState::Running, Some("a1"), None)
+    );
+    assert_eq!(s.job("a").await.unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        s.job("c").await.unwrap().unwrap().joined_to.as_deref(),
+        Some("b")
+    );
+    assert_eq!(s.live_segments("b").await.unwrap().len(), 1, "the live text moved");
+
+    // The agent still reports under "a".
+    let p = crate::model::JobProgress {
+        percent: 50.0,
+        stage: "transcribe".into(),
+        ..Default::default()
+    };
+    let (f, ev) = s.record_progress("a", "a1", &p, None, 1_400).await.unwrap();
+    assert_eq!((f, ev[0].job_id.as_str()), (Fenced::Applied, "b"));
+    let art = ArtifactRow {
+        name: "x_result.json".into(),
+        hash: "cd".repeat(32),
+        size: 2,
+        media_type: "application/json".into(),
+    };
+    let (f, ev) = s
+        .complete("a", "a1", "{\"text\":1}", &[art.clone()], Some(&key), 1_500)
+        .await
+        .unwrap();
+    assert_eq!(f, Fenced::Applied);
+    let done: Vec<(&str, &str)> = ev
+        .iter()
+        .map(|e| (e.job_id.as_str(), e.kind.as_str()))
+        .collect();
+    assert_eq!(done, [("b", "completed"), ("c", "completed")]);
+    assert!(s.live_segments("b").await.unwrap().is_empty(), "the result replaces the live text");
+    let c = s.job("c").await.unwrap().unwrap();
+    assert_eq!(
+        (c.state, c.reused_from.as_deref(), c.artifacts.clone()),
+        (JobState::Completed, Some("b"), vec![art.clone()])
+    );
+    assert!(c.attempts.is_empty());
+    assert_eq!(s.job_result("c").await.unwrap().as_deref(), Some("{\"text\":1}"));
+
+    // Later: the result at once, naming the job that ran (not the one that reused it).
+    let ev = s.insert_job(&keyed("d", &key, 2_000)).await.unwrap();
+    assert_eq!(ev.last().unwrap().kind, "completed");
+    let d = s.job("d").await.unwrap().unwrap();
+    assert_eq!(
+        (d.state, d.reused_from.as_deref(), d.artifacts.len()),
+        (JobState::Completed, Some("b"), 1)
+    );
+    let mut again = keyed("e", &key, 2_100);
+    again.reuse = false;
+    s.insert_job(&again).await.unwrap();
+    let e = s.job("e").await.unwrap().unwrap();
+    assert_eq!((e.state, e.joined_to, e.reused_from), (JobState::Queued, None, None));
+    // A follower cancelled alone leaves the work to the others.
+    s.insert_job(&keyed("f", &"f".repeat(64), 3_000)).await.unwrap();
+    s.insert_job(&keyed("g", &"f".repeat(64), 3_001)).await.unwrap();
+    let (c, _) = s.request_cancel("g", 3_100).await.unwrap();
+    assert_eq!(c, CancelRequest::CancelledQueued);
+    assert_eq!(s.job("f").await.unwrap().unwrap().state, JobState::Queued);
+}
+
+/// A leader that fails releases its followers (the oldest runs on its own, the others follow
+/// it); a failed job's result is never taken.
+async fn a_failed_leader_releases_its_followers_and_is_never_reused(s: SqlStore) {
+    let key = "q".repeat(64);
+    s.insert_job(&keyed("a", &key, 1_000)).await.unwrap();
+    s.insert_job(&keyed("b", &key, 1_001)).await.unwrap();
+    s.insert_job(&keyed("c", &key, 1_002)).await.unwrap();
+    claim(&s, "a", "a1", "agent-1").await;
+    let (f, after, ev) = s
+        .fail_attempt("a", "a1", "failed", "bad media", false, 0, 1_100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (f, after),
+        (Fenced::Applied, Some(AfterFailure::Ended(JobState::Failed)))
+    );
+    assert!(ev.iter().any(|e| e.job_id == "b" && e.kind == "released"));
+    let (b, c) = (
+        s.job("b").await.unwrap().unwrap(),
+        s.job("c").await.unwrap().unwrap(),
+    );
+    assert_eq!((b.state, b.joined_to.as_deref()), (JobState::Queued, None));
+    assert_eq!(c.joined_to.as_deref(), Some("b"));
+    let ev = s.insert_job(&keyed("d", &key, 1_200)).await.unwrap();
+    assert_eq!(ev[0].data["joined_to"], "b", "follows the job in flight, not the failed one");
+}
 
 /// The agent reports progress (with its device) before the hub has read its answer to the
 /// assignment: the job starts with one `running` event, the attempt records the device, and
@@ -125,6 +263,17 @@ fn job(id: &str, max_attempts: u32) -> NewJob {
         deadline_ms: None,
         max_attempts,
         created_ms: 1_000,
+        result_key: None,
+        reuse: true,
+    }
+}
+
+/// A job with a result key, created at `at`.
+fn keyed(id: &str, key: &str, at: u64) -> NewJob {
+    NewJob {
+        result_key: Some(key.into()),
+        created_ms: at,
+        ..job(id, 3)
     }
 }
 
@@ -152,17 +301,17 @@ async fn one_result_per_job_stale_refused_duplicate_acknowledged(s: SqlStore) {
     assert_eq!((f, after), (Fenced::Applied, Some(AfterFailure::Requeued)));
     claim(&s, "j1", "a2", "agent-2").await;
     // The stale attempt's result is refused.
-    let (f, _) = s.complete("j1", "a1", "{}", &[], 4_000).await.unwrap();
+    let (f, _) = s.complete("j1", "a1", "{}", &[], None, 4_000).await.unwrap();
     assert_eq!(f, Fenced::Stale);
     let (f, ev) = s
-        .complete("j1", "a2", "{\"ok\":1}", &[], 5_000)
+        .complete("j1", "a2", "{\"ok\":1}", &[], None, 5_000)
         .await
         .unwrap();
     assert_eq!(f, Fenced::Applied);
     assert_eq!(ev[0].kind, "completed");
     // The same attempt again: acknowledged, nothing changes.
     let (f, ev) = s
-        .complete("j1", "a2", "{\"ok\":2}", &[], 6_000)
+        .complete("j1", "a2", "{\"ok\":2}", &[], None, 6_000)
         .await
         .unwrap();
     assert_eq!((f, ev.len()), (Fenced::Duplicate, 0));
@@ -234,7 +383,7 @@ async fn cancel_queued_at_once_running_after_ack(s: SqlStore) {
         }
     );
     // Progress and results after the cancel request are refused.
-    let (f, _) = s.complete("r", "a1", "{}", &[], 110).await.unwrap();
+    let (f, _) = s.complete("r", "a1", "{}", &[], None, 110).await.unwrap();
     assert_eq!(f, Fenced::Stale);
     let (f, ev) = s.finish_cancel("r", "a1", true, 150).await.unwrap();
     assert_eq!(f, Fenced::Applied);
@@ -410,7 +559,7 @@ async fn activity_lists_recent_and_unfinished_jobs(s: SqlStore) {
     // Old and finished long ago: left out. Old and still queued: in. New: in.
     s.insert_job(&at("old-done", 1_000)).await.unwrap();
     claim(&s, "old-done", "a1", "x").await;
-    s.complete("old-done", "a1", "{}", &[], 2_000)
+    s.complete("old-done", "a1", "{}", &[], None, 2_000)
         .await
         .unwrap();
     s.insert_job(&at("old-queued", 1_000)).await.unwrap();
@@ -455,7 +604,7 @@ async fn referenced_content_lists_inputs_and_artifacts(s: SqlStore) {
         size: 1,
         media_type: "text/plain".into(),
     };
-    s.complete("j", "a1", "{}", &[art], 5).await.unwrap();
+    s.complete("j", "a1", "{}", &[art], None, 5).await.unwrap();
     let refs = s.referenced_content().await.unwrap();
     assert!(refs.contains(&"ab".repeat(32)) && refs.contains(&"cd".repeat(32)));
     assert_eq!(refs.len(), 2);
@@ -498,6 +647,7 @@ fn agent_rec(id: &str) -> AgentRecord {
         hub_id: None,
         lease_ms: None,
         claimed: None,
+        profile: None,
     }
 }
 

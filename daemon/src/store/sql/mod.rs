@@ -292,11 +292,13 @@ impl SqlStore {
         source: &str,
         now_ms: u64,
     ) -> StoreResult<JobEvent> {
-        let (result, key): (Option<String>, Option<String>) =
-            sqlx::query_as("SELECT result, result_key FROM jobs WHERE id = $1")
+        let (result, key, earlier): (Option<String>, Option<String>, Option<String>) =
+            sqlx::query_as("SELECT result, result_key, reused_from FROM jobs WHERE id = $1")
                 .bind(source)
                 .fetch_one(&mut **tx)
                 .await?;
+        // Name the job that ran, not one that took its result.
+        let origin = earlier.unwrap_or_else(|| source.to_string());
         sqlx::query(
             "UPDATE jobs SET state = 'completed', result = $1, result_key = COALESCE($2, result_key), \
              reused_from = $3, error = NULL, updated_ms = $4, started_ms = COALESCE(started_ms, $4), \
@@ -305,7 +307,7 @@ impl SqlStore {
         )
         .bind(result)
         .bind(key)
-        .bind(source)
+        .bind(&origin)
         .bind(i(now_ms))
         .bind(job_id)
         .execute(&mut **tx)
@@ -324,7 +326,7 @@ impl SqlStore {
             tx,
             job_id,
             "completed",
-            serde_json::json!({"state": "completed", "reused_from": source, "artifacts": copied}),
+            serde_json::json!({"state": "completed", "reused_from": origin, "artifacts": copied}),
             now_ms,
         )
         .await
