@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use morag_protocol::{
     kind, Ack, AckOutcome, AttemptRef, CancelAck, Completion, Failure, FetchInput, InlineFile,
-    Registered, Registration, INLINE_FILE_MAX, INLINE_TOTAL_MAX,
+    LiveSegments, Registered, Registration, INLINE_FILE_MAX, INLINE_TOTAL_MAX, LIVE_SEGMENTS_MAX,
 };
 use morag_transport::{
     unix_ms, Body, Envelope, Inbound, Reply, Session, SessionEvent, TaskCancel, TaskProgress,
@@ -26,6 +26,8 @@ pub(crate) const MAX_RESULT_BYTES: u64 = 16 << 20;
 pub(crate) const PROGRESS_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest text kept from an agent's report (stage, message).
 const REPORT_TEXT_MAX: usize = 300;
+/// The longest live segment text kept (bytes); Whisper's segments are a sentence or two.
+const LIVE_TEXT_MAX: usize = 2000;
 
 /// A progress report waiting for its turn to be written.
 pub(crate) struct ProgressUpdate {
@@ -195,6 +197,13 @@ impl Hub {
                         respond_user(session, &env, kind::ACK, &ack);
                     }
                     _ => refuse(session, &env, "malformed failure"),
+                },
+                kind::SEGMENTS => match env.decode_user::<LiveSegments>(kind::SEGMENTS) {
+                    Some(Ok(s)) => self.segments(peer, s).await,
+                    _ => {
+                        self.metrics.live_dropped.inc();
+                        tracing::debug!(agent_id = %peer, "malformed live segments dropped");
+                    }
                 },
                 kind::CANCEL_ACK => match env.decode_user::<CancelAck>(kind::CANCEL_ACK) {
                     Some(Ok(c)) => {
@@ -616,6 +625,61 @@ impl Hub {
                 }
             }
         });
+    }
+
+    /// Live transcript segments of a running attempt: checked, bounded (rate and size per
+    /// attempt, see [`super::LiveBudget`]) and recorded as a `segment` event.
+    async fn segments(&self, peer: &str, s: LiveSegments) {
+        let Some(job_id) = self.attempt_of(peer, &s.attempt_id) else {
+            self.metrics.live_dropped.inc();
+            return;
+        };
+        let segments: Vec<serde_json::Value> = s
+            .segments
+            .iter()
+            .take(LIVE_SEGMENTS_MAX)
+            .map(|g| {
+                let time = |t: f64| if t.is_finite() { t.clamp(0.0, 1e7) } else { 0.0 };
+                serde_json::json!({
+                    "index": g.index,
+                    "start": time(g.start),
+                    "end": time(g.end),
+                    "text": truncated(&g.text, LIVE_TEXT_MAX),
+                })
+            })
+            .collect();
+        let bytes: usize = segments
+            .iter()
+            .map(|g| g["text"].as_str().map_or(0, str::len))
+            .sum();
+        let admitted = self
+            .attempts
+            .lock()
+            .unwrap()
+            .get_mut(&s.attempt_id)
+            .is_some_and(|a| a.live.admit(Instant::now(), segments.len(), bytes));
+        if !admitted || segments.is_empty() {
+            self.metrics.live_dropped.inc();
+            return;
+        }
+        let data = serde_json::json!({"attempt_id": s.attempt_id, "segments": segments});
+        match self
+            .store
+            .record_segments(&job_id, &s.attempt_id, data, unix_ms())
+            .await
+        {
+            Ok((Fenced::Applied, events)) => {
+                self.metrics.live_batches.inc();
+                self.publish(events);
+            }
+            Ok(_) => {
+                self.metrics.live_dropped.inc();
+            }
+            Err(e) => {
+                self.metrics.live_dropped.inc();
+                tracing::debug!(job_id, error = %e, "could not record live segments");
+            }
+        }
     }
 
     async fn write_progress(&self, attempt_id: &str, u: ProgressUpdate) {

@@ -112,7 +112,60 @@ pub struct LiveAttempt {
     pub refused_over_budget: bool,
     /// The hub has answered a completion of this attempt with `MissingFiles`.
     pub asked_for_files: bool,
+    /// What its live transcript may still take.
+    pub live: LiveBudget,
 }
+
+/// Bounds on one attempt's live transcript: batches a second, segments and text in all.
+#[derive(Debug, Clone)]
+pub struct LiveBudget {
+    window: Option<Instant>,
+    in_window: u32,
+    segments: usize,
+    bytes: usize,
+}
+
+impl LiveBudget {
+    /// Batches a second (the agent sends about four).
+    pub const PER_SECOND: u32 = 10;
+    /// Segments one attempt may send (a 10-hour recording has about 10,000).
+    pub const SEGMENTS: usize = 50_000;
+    /// Text one attempt may send.
+    pub const BYTES: usize = 8 << 20;
+
+    fn new() -> Self {
+        Self {
+            window: None,
+            in_window: 0,
+            segments: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether a batch of `segments` holding `bytes` of text may be recorded at `now`
+    /// (counting it if so).
+    pub fn admit(&mut self, now: Instant, segments: usize, bytes: usize) -> bool {
+        match self.window {
+            Some(start) if now.saturating_duration_since(start) < std::time::Duration::from_secs(1) => {
+                if self.in_window >= Self::PER_SECOND {
+                    return false;
+                }
+            }
+            _ => {
+                self.window = Some(now);
+                self.in_window = 0;
+            }
+        }
+        if self.segments + segments > Self::SEGMENTS || self.bytes + bytes > Self::BYTES {
+            return false;
+        }
+        self.in_window += 1;
+        self.segments += segments;
+        self.bytes += bytes;
+        true
+    }
+}
+
 
 impl LiveAttempt {
     pub fn new(job_id: String, agent_id: String, budget: u64) -> Self {
@@ -123,6 +176,7 @@ impl LiveAttempt {
             sent: Default::default(),
             refused_over_budget: false,
             asked_for_files: false,
+            live: LiveBudget::new(),
         }
     }
 

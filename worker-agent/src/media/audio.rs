@@ -194,6 +194,56 @@ unsafe extern "C" fn on_progress(
     });
 }
 
+/// Where whisper.cpp's new-segment callback sends what it decoded.
+struct SegmentCtx<'a> {
+    sink: &'a dyn ProgressSink,
+    /// Where the window starts in the whole audio, and its length (seconds).
+    offset: f64,
+    window_seconds: f64,
+}
+
+/// whisper.cpp's new-segment callback: hands the segments just decoded to the sink.
+///
+/// # Safety
+/// `user_data` points at a live `SegmentCtx` (set in `run_window`); `state` is the state
+/// whisper.cpp is decoding with.
+unsafe extern "C" fn on_new_segments(
+    _ctx: *mut whisper_rs::WhisperSysContext,
+    state: *mut whisper_rs::WhisperSysState,
+    n_new: c_int,
+    user_data: *mut c_void,
+) {
+    // SAFETY: see the function's contract; the pointee outlives the `full()` call, and the
+    // segment getters read the state whisper.cpp passed for this call.
+    let c = unsafe { &*(user_data as *const SegmentCtx<'_>) };
+    let n = unsafe { whisper_rs_sys::whisper_full_n_segments_from_state(state) };
+    let clamp = |t: i64| (t.max(0) as f64 / 100.0).min(c.window_seconds);
+    let mut decoded = Vec::with_capacity(n_new.max(0) as usize);
+    for i in (n - n_new).max(0)..n {
+        let text = unsafe { whisper_rs_sys::whisper_full_get_segment_text_from_state(state, i) };
+        if text.is_null() {
+            continue;
+        }
+        let text = unsafe { std::ffi::CStr::from_ptr(text) }
+            .to_string_lossy()
+            .into_owned();
+        let (t0, t1) = unsafe {
+            (
+                whisper_rs_sys::whisper_full_get_segment_t0_from_state(state, i),
+                whisper_rs_sys::whisper_full_get_segment_t1_from_state(state, i),
+            )
+        };
+        decoded.push(super::Decoded {
+            start: c.offset + clamp(t0),
+            end: c.offset + clamp(t1),
+            text,
+        });
+    }
+    if !decoded.is_empty() {
+        c.sink.decoded(&decoded);
+    }
+}
+
 /// whisper.cpp's abort callback: true stops the computation.
 ///
 /// # Safety
@@ -576,13 +626,22 @@ impl Transcriber {
             from,
             to,
         };
-        // SAFETY: both callbacks are plain functions; their user data (`pctx`, `abort`) live on
+        let sctx = SegmentCtx {
+            sink: progress,
+            offset: window.offset_seconds,
+            window_seconds: window.samples.len() as f64 / SAMPLE_RATE as f64,
+        };
+        // SAFETY: the callbacks are plain functions; their user data (`pctx`, `sctx`, `abort`) live on
         // this stack frame until after `full()` returns, and `params` is consumed by `full()`.
         unsafe {
             params.set_progress_callback(Some(on_progress));
             params.set_progress_callback_user_data(&pctx as *const ProgressCtx<'_> as *mut c_void);
             params.set_abort_callback(Some(should_abort));
             params.set_abort_callback_user_data(&abort as *const AtomicBool as *mut c_void);
+            params.set_new_segment_callback(Some(on_new_segments));
+            params.set_new_segment_callback_user_data(
+                &sctx as *const SegmentCtx<'_> as *mut c_void,
+            );
         }
 
         let started = Instant::now();

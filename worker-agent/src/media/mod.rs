@@ -72,6 +72,19 @@ pub trait ProgressSink: Send + Sync {
     /// The device the job was placed on (`cuda:N` or `cpu`), said once before its work starts;
     /// sinks that report to a hub pass it on with every report.
     fn placed(&self, _device: &str) {}
+
+    /// Transcript segments Whisper has just finished (in order; the final result, after
+    /// diarization and topics, replaces them). Called from whisper.cpp's callback: be quick.
+    fn decoded(&self, _segments: &[Decoded]) {}
+}
+
+/// A transcript segment as Whisper finished it, before speakers and topics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Seconds from the start of the recording.
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
 }
 
 /// A sink that drops every report.

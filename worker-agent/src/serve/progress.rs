@@ -1,15 +1,23 @@
 //! Progress reports to the hub: `TaskProgress` with `task_id` = the attempt id, at most about
 //! two per second per job plus every stage change, each with a TTL (a stale progress report is
 //! worth nothing, so a queue that waited through a reconnect sheds it).
+//!
+//! And the transcript as Whisper decodes it: `segments` messages (one way, at the transport's
+//! normal priority, so a cancel or a heartbeat never waits behind them), a batch at most every
+//! [`LIVE_INTERVAL`]; what waits goes out with the next batch or the next progress report.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use morag_protocol::{kind, LiveSegment, LiveSegments, LIVE_SEGMENTS_MAX};
 use morag_transport::{Body, Envelope, TaskProgress};
 use tokio::sync::watch;
 
 use super::Link;
-use crate::media::{Progress, ProgressSink};
+use crate::media::{Decoded, Progress, ProgressSink};
+
+/// Shortest time between two batches of live segments.
+pub const LIVE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Shortest time between two reports of one job (stage changes excepted).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(500);
@@ -37,9 +45,19 @@ impl Throttle {
     }
 }
 
+/// Live segments not sent yet.
+#[derive(Debug, Default)]
+struct Live {
+    next_index: u32,
+    waiting: Vec<LiveSegment>,
+    last_sent: Option<Instant>,
+}
+
 /// A [`ProgressSink`] that sends throttled `TaskProgress` messages on the current session.
 pub struct HubProgress {
+    job_id: String,
     attempt_id: String,
+    live: Mutex<Live>,
     link: watch::Receiver<Option<Link>>,
     throttle: Mutex<Throttle>,
     /// Where the job runs (`metadata.device` of every report once known).
@@ -47,9 +65,11 @@ pub struct HubProgress {
 }
 
 impl HubProgress {
-    pub fn new(attempt_id: String, link: watch::Receiver<Option<Link>>) -> Self {
+    pub fn new(job_id: String, attempt_id: String, link: watch::Receiver<Option<Link>>) -> Self {
         Self {
+            job_id,
             attempt_id,
+            live: Mutex::new(Live::default()),
             link,
             throttle: Mutex::new(Throttle::default()),
             device: Mutex::new(None),
@@ -57,7 +77,60 @@ impl HubProgress {
     }
 }
 
+impl HubProgress {
+    /// Send the waiting live segments when the interval since the last batch is over (or
+    /// `now` is `None`: at once).
+    fn flush_live(&self, now: Option<Instant>) {
+        let batch = {
+            let mut live = self.live.lock().unwrap();
+            let due = match (now, live.last_sent) {
+                (Some(now), Some(last)) => now.saturating_duration_since(last) >= LIVE_INTERVAL,
+                _ => true,
+            };
+            if live.waiting.is_empty() || !due {
+                return;
+            }
+            live.last_sent = Some(now.unwrap_or_else(Instant::now));
+            let n = live.waiting.len().min(LIVE_SEGMENTS_MAX);
+            live.waiting.drain(..n).collect::<Vec<_>>()
+        };
+        let Some(link) = self.link.borrow().clone() else {
+            return;
+        };
+        let message = LiveSegments {
+            job_id: self.job_id.clone(),
+            attempt_id: self.attempt_id.clone(),
+            segments: batch,
+        };
+        match Envelope::user(kind::SEGMENTS, &message) {
+            Ok(env) => {
+                if let Err(e) = link.session.send(env.with_ttl(TTL)) {
+                    tracing::debug!(error = %e, "live segments not sent");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "live segments not encoded"),
+        }
+    }
+}
+
 impl ProgressSink for HubProgress {
+    fn decoded(&self, segments: &[Decoded]) {
+        {
+            let mut live = self.live.lock().unwrap();
+            for d in segments {
+                let index = live.next_index;
+                live.next_index += 1;
+                live.waiting.push(LiveSegment {
+                    index,
+                    start: d.start,
+                    end: d.end,
+                    text: d.text.clone(),
+                });
+            }
+        }
+        self.flush_live(Some(Instant::now()));
+    }
+
     fn placed(&self, device: &str) {
         *self.device.lock().unwrap() = Some(device.to_string());
         self.report(Progress {
@@ -68,6 +141,8 @@ impl ProgressSink for HubProgress {
     }
 
     fn report(&self, p: Progress) {
+        // Whisper's own progress comes often: it carries out segments that waited.
+        self.flush_live(Some(Instant::now()));
         if !self
             .throttle
             .lock()

@@ -131,7 +131,11 @@ async fn attempt(agent: &Arc<Agent>, a: &Assignment, running: &Arc<Running>, wor
         .map(Duration::from_millis)
         .unwrap_or(agent.config.task_timeout);
     let processor = agent.processor.clone();
-    let sink = HubProgress::new(a.attempt_id.clone(), agent.link.subscribe());
+    let sink = HubProgress::new(
+        a.job_id.clone(),
+        a.attempt_id.clone(),
+        agent.link.subscribe(),
+    );
     let token = cancel.clone();
     let span = tracing::Span::current();
     let task = tokio::task::spawn_blocking(move || {
