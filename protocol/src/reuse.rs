@@ -100,7 +100,10 @@ pub fn result_key(
     field("key", "morag-result-key/1");
     field("input", &input_hash.to_ascii_lowercase());
     field("content_type", content_type);
-    field("processing_version", &profile.processing_version.to_string());
+    field(
+        "processing_version",
+        &profile.processing_version.to_string(),
+    );
     for (name, value) in &kind.fixed {
         field(&format!("fixed.{name}"), value);
     }
@@ -175,7 +178,10 @@ mod tests {
         assert_eq!(key(&[("enable_diarization", "yes")]).unwrap(), base);
         assert_eq!(key(&[("diarization", "1")]).unwrap(), base);
         assert_eq!(key(&[("language", "")]).unwrap(), base);
-        assert_eq!(key(&[("priority", "high"), ("colour", "red")]).unwrap(), base);
+        assert_eq!(
+            key(&[("priority", "high"), ("colour", "red")]).unwrap(),
+            base
+        );
         assert_ne!(key(&[("diarization", "off")]).unwrap(), base);
         assert_ne!(key(&[("language", "de")]).unwrap(), base);
         assert_ne!(key(&[("num_speakers", "2")]).unwrap(), base);

@@ -618,21 +618,22 @@ fn serve_main(args: ServeArgs, log_json: bool) -> ExitCode {
         let speech_dir = config.speech_models_dir();
         let (diarization, topics) = (config.enable_diarization, config.enable_topic_segmentation);
         let processor = tokio::task::spawn_blocking(move || {
-            crate::serve::MediaProcessor::load(model, &gpu, quality).map(|p| {
-                p.with_threads(threads).with_speech(&speech_dir, |device| {
-                    crate::speech::SpeechModels::load(
-                        &speech_dir,
-                        threads.max(1),
-                        device,
-                        diarization,
-                        topics,
-                    )
+            crate::serve::MediaProcessor::load(model, &gpu, quality)
+                .map(|p| {
+                    p.with_threads(threads).with_speech(&speech_dir, |device| {
+                        crate::speech::SpeechModels::load(
+                            &speech_dir,
+                            threads.max(1),
+                            device,
+                            diarization,
+                            topics,
+                        )
+                    })
                 })
-            })
-            .inspect(|p| {
-                // Hash the model files now, not on the first registration.
-                let _ = p.result_profile();
-            })
+                .inspect(|p| {
+                    // Hash the model files now, not on the first registration.
+                    let _ = p.result_profile();
+                })
         })
         .await??;
         crate::serve::run(config, std::sync::Arc::new(processor), shutdown).await

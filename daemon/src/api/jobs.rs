@@ -576,6 +576,26 @@ pub(crate) fn check_id(id: &str) -> ApiResult<()> {
     }
 }
 
+/// The transcript a job's running attempt has decoded so far (the job it follows, for a
+/// follower): `None` when it has ended or nothing is decoded yet.
+pub(crate) async fn live_text(hub: &Hub, job: &crate::model::Job) -> Option<String> {
+    if job.state.is_terminal() {
+        return None;
+    }
+    let working = job.joined_to.as_deref().unwrap_or(&job.id);
+    let events = hub.store.live_segments(working).await.ok()?;
+    let text = events
+        .iter()
+        .filter_map(|e| e.data["segments"].as_array())
+        .flatten()
+        .filter_map(|g| g["text"].as_str())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    (!text.is_empty()).then_some(text)
+}
+
 pub(crate) async fn load(hub: &Hub, id: &str) -> ApiResult<crate::model::Job> {
     check_id(id)?;
     hub.store
@@ -721,8 +741,13 @@ pub async fn cancel(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> ApiR
     Ok((status, Json(body)).into_response())
 }
 
+/// Kinds of events of the job a follower follows that its own stream shows too.
+const FOLLOWED_KINDS: [&str; 3] = ["progress", "segment", "live_reset"];
+
 /// Server-sent events of one job: replayed from the database after `Last-Event-ID` (or
-/// `?after=`), then live; the stream ends after the job's final state.
+/// `?after=`), then live; the stream ends after the job's final state. A job following
+/// another's work (`joined_to`) also shows that job's progress and live transcript (those
+/// events keep that job's `job_id`).
 pub async fn events(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
@@ -746,9 +771,12 @@ pub async fn events(
         live: tokio::sync::broadcast::Receiver<crate::model::JobEvent>,
         done: bool,
         ended: bool,
+        /// The job whose work it follows.
+        leader: Option<String>,
     }
     let state = St {
         hub,
+        leader: job.joined_to.clone(),
         id: job.id.clone(),
         last: after,
         backlog: Default::default(),
@@ -763,7 +791,23 @@ pub async fn events(
             }
             if st.backlog.is_empty() {
                 // Refill from the database (first time, and after falling behind live).
-                if let Ok(evs) = st.hub.store.events_since(&st.id, st.last).await {
+                if st.leader.is_some() {
+                    // Followers may be handed to another job, or released to run.
+                    if let Ok(Some(j)) = st.hub.store.job(&st.id).await {
+                        st.leader = j.joined_to.filter(|_| !j.state.is_terminal());
+                    }
+                }
+                if let Ok(mut evs) = st.hub.store.events_since(&st.id, st.last).await {
+                    if let Some(leader) = &st.leader {
+                        if let Ok(theirs) = st.hub.store.events_since(leader, st.last).await {
+                            evs.extend(
+                                theirs
+                                    .into_iter()
+                                    .filter(|e| FOLLOWED_KINDS.contains(&e.kind.as_str())),
+                            );
+                            evs.sort_by_key(|e| e.seq);
+                        }
+                    }
                     st.backlog.extend(evs);
                 }
             }
@@ -772,11 +816,12 @@ pub async fn events(
                     continue;
                 }
                 st.last = ev.seq;
-                let terminal = ev
-                    .kind
-                    .parse::<JobState>()
-                    .map(|s| s.is_terminal())
-                    .unwrap_or(false);
+                let terminal = ev.job_id == st.id
+                    && ev
+                        .kind
+                        .parse::<JobState>()
+                        .map(|s| s.is_terminal())
+                        .unwrap_or(false);
                 if terminal {
                     st.done = true;
                 }
@@ -802,7 +847,13 @@ pub async fn events(
                     r = st.live.recv() => r,
                 };
                 match received {
-                    Ok(ev) if ev.job_id == st.id && ev.seq > st.last => break,
+                    Ok(ev)
+                        if ev.seq > st.last
+                            && (ev.job_id == st.id
+                                || st.leader.as_deref() == Some(ev.job_id.as_str())) =>
+                    {
+                        break
+                    }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,

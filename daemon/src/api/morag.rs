@@ -39,10 +39,22 @@ pub async fn create(
         .get("priority")
         .and_then(|v| v.as_str())
         .map(str::to_string);
+    let mut options = req.task_options.clone();
+    // `reuse: false` among the options: run it again even if its result exists.
+    let reuse = match options.remove("reuse") {
+        None => None,
+        Some(serde_json::Value::Bool(b)) => Some(b),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "task_options.reuse: expected true or false, got {other}"
+            )))
+        }
+    };
     let spec = JobSpec {
         content_type: Some(req.content_type.clone()),
         source_file_path: Some(req.source_file_path.clone()),
-        options: req.task_options.clone(),
+        options,
+        reuse,
         external_ref: req.ingestion_task_id.clone(),
         priority,
         ..Default::default()
@@ -64,7 +76,8 @@ pub async fn create(
         Some(req.source_file_path),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(status_of(&job))).into_response())
+    let partial = super::jobs::live_text(&hub, &job).await;
+    Ok((StatusCode::CREATED, Json(status_of(&job, partial))).into_response())
 }
 
 pub async fn status(
@@ -81,16 +94,17 @@ pub async fn status(
             .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?,
         Err(e) => return Err(e),
     };
-    Ok(Json(status_of(&job)))
+    let partial = super::jobs::live_text(&hub, &job).await;
+    Ok(Json(status_of(&job, partial)))
 }
 
-/// MoRAG's status document.
-fn status_of(job: &Job) -> serde_json::Value {
+/// MoRAG's status document; `partial_content`: the transcript decoded so far while it runs.
+fn status_of(job: &Job, partial: Option<String>) -> serde_json::Value {
     let worker = job
         .current_agent()
         .map(str::to_string)
         .or_else(|| job.attempts.last().map(|a| a.agent_id.clone()));
-    json!({
+    let mut doc = json!({
         "job_id": job.id,
         "status": job.state.morag_status(),
         "worker_id": worker,
@@ -101,5 +115,9 @@ fn status_of(job: &Job) -> serde_json::Value {
         "retry_count": job.attempt_count.saturating_sub(1),
         "estimated_completion": job.progress.as_ref().and_then(|p| p.eta_ms).map(iso),
         "ingestion_task_id": job.external_ref,
-    })
+    });
+    if let Some(text) = partial {
+        doc["partial_content"] = json!(text);
+    }
+    doc
 }

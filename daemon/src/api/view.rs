@@ -58,6 +58,12 @@ pub fn job(j: &Job) -> Value {
             "eta": iso_opt(p.eta_ms),
         })),
         "error": j.error,
+        // Reuse by content: the key of its result, whether it may take another job's, the
+        // job whose result it took, and the job whose work it follows.
+        "reuse": j.reuse,
+        "result_key": j.result_key,
+        "reused_from": j.reused_from,
+        "joined_to": j.joined_to,
         "created_at": iso(j.created_ms),
         "updated_at": iso(j.updated_ms),
         "started_at": iso_opt(j.started_ms),

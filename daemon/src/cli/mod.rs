@@ -5,6 +5,7 @@
 //! 64 bad flags or configuration (the message names the field); 69 the hub cannot be reached.
 
 pub mod client;
+mod follow;
 mod submit;
 
 use std::path::PathBuf;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Show one job.
     Job {
         id: String,
+        /// Follow it until it ends: progress, and the transcript as it is decoded.
+        #[arg(long)]
+        follow: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -542,9 +546,13 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             }
             Ok(0)
         }
-        Command::Job { id, api } => {
+        Command::Job { id, follow, api } => {
             let c = ApiClient::from_args(&api)?;
-            let v = c.get_json(&format!("/api/v1/jobs/{id}"), &[]).await?;
+            let v = if follow {
+                follow::follow(&c, &id, api.json).await?
+            } else {
+                c.get_json(&format!("/api/v1/jobs/{id}"), &[]).await?
+            };
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {

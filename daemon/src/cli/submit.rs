@@ -2,7 +2,6 @@
 //! say where the result and artifacts are.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -32,9 +31,13 @@ pub struct SubmitArgs {
     /// Your own reference (MoRAG's ingestion task id).
     #[arg(long)]
     pub external_ref: Option<String>,
-    /// Wait for the job to end, showing progress.
+    /// Wait for the job to end, showing progress and the transcript as it is decoded.
     #[arg(long)]
     pub wait: bool,
+    /// Run it even when a job with the same content and options has a result (or is making
+    /// one): by default that result is taken, or that job followed.
+    #[arg(long)]
+    pub no_reuse: bool,
     /// With --wait: where to download the artifacts [default: ./morag-results/<job id>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -42,7 +45,7 @@ pub struct SubmitArgs {
     pub api: ApiArgs,
 }
 
-fn bar_style(template: &str) -> ProgressStyle {
+pub(super) fn bar_style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
@@ -104,6 +107,9 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
     for o in &args.options {
         form = form.text("option", o.clone());
     }
+    if args.no_reuse {
+        form = form.text("reuse", "false");
+    }
     let job = client
         .send(client.http.post(client.url("/api/v1/jobs")).multipart(form))
         .await?;
@@ -117,40 +123,8 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
-    let work_bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(100)
-    };
-    work_bar.set_style(bar_style("{prefix:10} [{bar:30}] {pos:>3}% {msg}"));
-    work_bar.enable_steady_tick(Duration::from_millis(200));
+    let mut job = super::follow::follow(&client, &id, quiet).await?;
     let path = format!("/api/v1/jobs/{id}");
-    let mut job = job;
-    loop {
-        let state = job["state"].as_str().unwrap_or("").to_string();
-        work_bar.set_prefix(state.clone());
-        work_bar.set_position(job["progress"]["percent"].as_f64().unwrap_or(0.0) as u64);
-        let stage = job["progress"]["stage"].as_str().unwrap_or("");
-        let agent = job["attempts"]
-            .as_array()
-            .and_then(|a| a.last())
-            .and_then(|a| a["agent_id"].as_str())
-            .unwrap_or("");
-        work_bar.set_message(if agent.is_empty() {
-            stage.to_string()
-        } else {
-            format!("{stage} on {agent}")
-        });
-        if matches!(
-            state.as_str(),
-            "completed" | "failed" | "cancelled" | "timed_out"
-        ) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        job = client.get_json(&path, &[]).await?;
-    }
-    work_bar.finish_and_clear();
     let completed = job["state"] == "completed";
     if completed {
         let result = client.get_json(&format!("{path}/result"), &[]).await?;
@@ -217,6 +191,14 @@ pub fn print_job(j: &serde_json::Value) {
     }
     if let Some(e) = j["error"].as_str() {
         println!("  error:    {e}");
+    }
+    if let Some(from) = j["reused_from"].as_str() {
+        println!("  reused:   the result of {from} (same content and options; no agent work)");
+    }
+    if let Some(leader) = j["joined_to"].as_str() {
+        if j["state"] != "completed" {
+            println!("  follows:  {leader} (same content and options; completes with it)");
+        }
     }
     for a in j["attempts"].as_array().into_iter().flatten() {
         println!(

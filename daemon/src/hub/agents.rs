@@ -639,7 +639,13 @@ impl Hub {
             .iter()
             .take(LIVE_SEGMENTS_MAX)
             .map(|g| {
-                let time = |t: f64| if t.is_finite() { t.clamp(0.0, 1e7) } else { 0.0 };
+                let time = |t: f64| {
+                    if t.is_finite() {
+                        t.clamp(0.0, 1e7)
+                    } else {
+                        0.0
+                    }
+                };
                 serde_json::json!({
                     "index": g.index,
                     "start": time(g.start),
@@ -854,7 +860,14 @@ impl Hub {
         };
         match self
             .store
-            .complete(&job_id, &c.attempt_id, &result, &artifacts, key.as_deref(), unix_ms())
+            .complete(
+                &job_id,
+                &c.attempt_id,
+                &result,
+                &artifacts,
+                key.as_deref(),
+                unix_ms(),
+            )
             .await
         {
             Ok((Fenced::Applied, events)) => {

@@ -350,7 +350,12 @@ impl Hub {
         } = &outcome
         {
             self.rename_attempt_job(attempt_id, heir);
-            tracing::info!(job_id, heir, attempt_id, "cancelled; its running work goes on for the job that followed it");
+            tracing::info!(
+                job_id,
+                heir,
+                attempt_id,
+                "cancelled; its running work goes on for the job that followed it"
+            );
         }
         if let CancelRequest::Requested {
             attempt_id,

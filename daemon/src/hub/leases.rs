@@ -342,7 +342,9 @@ impl Hub {
                         self.rename_attempt_job(a, job_id);
                     }
                 }
-                let handed = ev.first().is_some_and(|e| e.data.get("handed_to").is_some());
+                let handed = ev
+                    .first()
+                    .is_some_and(|e| e.data.get("handed_to").is_some());
                 if let (true, false, Some(e)) = (ended, handed, ev.first()) {
                     let named = e.data["attempt_id"].as_str();
                     let ours = self

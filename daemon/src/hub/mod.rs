@@ -146,7 +146,9 @@ impl LiveBudget {
     /// (counting it if so).
     pub fn admit(&mut self, now: Instant, segments: usize, bytes: usize) -> bool {
         match self.window {
-            Some(start) if now.saturating_duration_since(start) < std::time::Duration::from_secs(1) => {
+            Some(start)
+                if now.saturating_duration_since(start) < std::time::Duration::from_secs(1) =>
+            {
                 if self.in_window >= Self::PER_SECOND {
                     return false;
                 }
@@ -165,7 +167,6 @@ impl LiveBudget {
         true
     }
 }
-
 
 impl LiveAttempt {
     pub fn new(job_id: String, agent_id: String, budget: u64) -> Self {

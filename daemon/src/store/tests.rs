@@ -94,7 +94,12 @@ async fn same_key_joins_then_reuses_and_a_cancel_hands_the_work_over(s: SqlStore
         Some("a")
     );
     let (f, _) = s
-        .record_segments("a", "a1", serde_json::json!({"segments": [{"text": "hi"}]}), 1_250)
+        .record_segments(
+            "a",
+            "a1",
+            serde_json::json!({"segments": [{"text": "hi"}]}),
+            1_250,
+        )
         .await
         .unwrap();
     assert_eq!(f, Fenced::Applied);
@@ -114,15 +119,26 @@ async fn same_key_joins_then_reuses_and_a_cancel_hands_the_work_over(s: SqlStore
     assert_eq!(kinds, [("a", "cancelled"), ("b", "handed_over")]);
     let b = s.job("b").await.unwrap().unwrap();
     assert_eq!(
-        (b.state, b.current_attempt.as_deref(), b.joined_to.as_deref()),
+        (
+            b.state,
+            b.current_attempt.as_deref(),
+            b.joined_to.as_deref()
+        ),
         (JobState::Running, Some("a1"), None)
     );
-    assert_eq!(s.job("a").await.unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        s.job("a").await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
     assert_eq!(
         s.job("c").await.unwrap().unwrap().joined_to.as_deref(),
         Some("b")
     );
-    assert_eq!(s.live_segments("b").await.unwrap().len(), 1, "the live text moved");
+    assert_eq!(
+        s.live_segments("b").await.unwrap().len(),
+        1,
+        "the live text moved"
+    );
 
     // The agent still reports under "a".
     let p = crate::model::JobProgress {
@@ -148,14 +164,20 @@ async fn same_key_joins_then_reuses_and_a_cancel_hands_the_work_over(s: SqlStore
         .map(|e| (e.job_id.as_str(), e.kind.as_str()))
         .collect();
     assert_eq!(done, [("b", "completed"), ("c", "completed")]);
-    assert!(s.live_segments("b").await.unwrap().is_empty(), "the result replaces the live text");
+    assert!(
+        s.live_segments("b").await.unwrap().is_empty(),
+        "the result replaces the live text"
+    );
     let c = s.job("c").await.unwrap().unwrap();
     assert_eq!(
         (c.state, c.reused_from.as_deref(), c.artifacts.clone()),
         (JobState::Completed, Some("b"), vec![art.clone()])
     );
     assert!(c.attempts.is_empty());
-    assert_eq!(s.job_result("c").await.unwrap().as_deref(), Some("{\"text\":1}"));
+    assert_eq!(
+        s.job_result("c").await.unwrap().as_deref(),
+        Some("{\"text\":1}")
+    );
 
     // Later: the result at once, naming the job that ran (not the one that reused it).
     let ev = s.insert_job(&keyed("d", &key, 2_000)).await.unwrap();
@@ -169,10 +191,17 @@ async fn same_key_joins_then_reuses_and_a_cancel_hands_the_work_over(s: SqlStore
     again.reuse = false;
     s.insert_job(&again).await.unwrap();
     let e = s.job("e").await.unwrap().unwrap();
-    assert_eq!((e.state, e.joined_to, e.reused_from), (JobState::Queued, None, None));
+    assert_eq!(
+        (e.state, e.joined_to, e.reused_from),
+        (JobState::Queued, None, None)
+    );
     // A follower cancelled alone leaves the work to the others.
-    s.insert_job(&keyed("f", &"f".repeat(64), 3_000)).await.unwrap();
-    s.insert_job(&keyed("g", &"f".repeat(64), 3_001)).await.unwrap();
+    s.insert_job(&keyed("f", &"f".repeat(64), 3_000))
+        .await
+        .unwrap();
+    s.insert_job(&keyed("g", &"f".repeat(64), 3_001))
+        .await
+        .unwrap();
     let (c, _) = s.request_cancel("g", 3_100).await.unwrap();
     assert_eq!(c, CancelRequest::CancelledQueued);
     assert_eq!(s.job("f").await.unwrap().unwrap().state, JobState::Queued);
@@ -202,7 +231,10 @@ async fn a_failed_leader_releases_its_followers_and_is_never_reused(s: SqlStore)
     assert_eq!((b.state, b.joined_to.as_deref()), (JobState::Queued, None));
     assert_eq!(c.joined_to.as_deref(), Some("b"));
     let ev = s.insert_job(&keyed("d", &key, 1_200)).await.unwrap();
-    assert_eq!(ev[0].data["joined_to"], "b", "follows the job in flight, not the failed one");
+    assert_eq!(
+        ev[0].data["joined_to"], "b",
+        "follows the job in flight, not the failed one"
+    );
 }
 
 /// The agent reports progress (with its device) before the hub has read its answer to the
@@ -301,7 +333,10 @@ async fn one_result_per_job_stale_refused_duplicate_acknowledged(s: SqlStore) {
     assert_eq!((f, after), (Fenced::Applied, Some(AfterFailure::Requeued)));
     claim(&s, "j1", "a2", "agent-2").await;
     // The stale attempt's result is refused.
-    let (f, _) = s.complete("j1", "a1", "{}", &[], None, 4_000).await.unwrap();
+    let (f, _) = s
+        .complete("j1", "a1", "{}", &[], None, 4_000)
+        .await
+        .unwrap();
     assert_eq!(f, Fenced::Stale);
     let (f, ev) = s
         .complete("j1", "a2", "{\"ok\":1}", &[], None, 5_000)

@@ -639,9 +639,8 @@ impl Transcriber {
             params.set_abort_callback(Some(should_abort));
             params.set_abort_callback_user_data(&abort as *const AtomicBool as *mut c_void);
             params.set_new_segment_callback(Some(on_new_segments));
-            params.set_new_segment_callback_user_data(
-                &sctx as *const SegmentCtx<'_> as *mut c_void,
-            );
+            params
+                .set_new_segment_callback_user_data(&sctx as *const SegmentCtx<'_> as *mut c_void);
         }
 
         let started = Instant::now();

@@ -386,15 +386,11 @@ impl MediaProcessor {
                 let model = &self.opts.audio.model;
                 let whisper = file_hash(model);
                 let models = crate::speech::models_dir(model);
-                let transcriber = self
-                    .opts
-                    .transcriber
-                    .clone()
-                    .or_else(|| {
-                        self.gpus
-                            .as_ref()
-                            .and_then(|g| g.on.values().find_map(|d| d.transcriber.clone()))
-                    });
+                let transcriber = self.opts.transcriber.clone().or_else(|| {
+                    self.gpus
+                        .as_ref()
+                        .and_then(|g| g.on.values().find_map(|d| d.transcriber.clone()))
+                });
                 let vad = match transcriber.as_ref().map(|t| t.vad_missing().is_none()) {
                     Some(true) if self.opts.audio.fit_context => {
                         file_hash(&models.join(crate::models::files::VAD))
@@ -419,7 +415,10 @@ impl MediaProcessor {
                         whisper.unwrap_or_else(|| "none".into()),
                     ),
                     ("vad".into(), vad.unwrap_or_else(|| "none".into())),
-                    ("fit_context".into(), self.opts.audio.fit_context.to_string()),
+                    (
+                        "fit_context".into(),
+                        self.opts.audio.fit_context.to_string(),
+                    ),
                     (
                         "temperature_fallback".into(),
                         self.opts.audio.temperature_fallback.to_string(),

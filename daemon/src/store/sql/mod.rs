@@ -334,7 +334,12 @@ impl SqlStore {
 
     /// The job an attempt belongs to now: `job_id` as the agent knows it, unless the work was
     /// handed to a job that followed it (its first job was cancelled).
-    async fn owner_in(&self, tx: &mut Tx<'_>, job_id: &str, attempt_id: &str) -> StoreResult<String> {
+    async fn owner_in(
+        &self,
+        tx: &mut Tx<'_>,
+        job_id: &str,
+        attempt_id: &str,
+    ) -> StoreResult<String> {
         let owner: Option<String> = sqlx::query_scalar("SELECT job_id FROM attempts WHERE id = $1")
             .bind(attempt_id)
             .fetch_optional(&mut **tx)
@@ -380,11 +385,13 @@ impl SqlStore {
         .fetch_optional(&mut **tx)
         .await?;
         let Some(heir) = heir else { return Ok(None) };
-        sqlx::query("UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1")
-            .bind(&heir)
-            .bind(job_id)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1",
+        )
+        .bind(&heir)
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
         sqlx::query("UPDATE jobs SET joined_to = NULL, updated_ms = $1 WHERE id = $2")
             .bind(i(now_ms))
             .bind(&heir)
@@ -424,12 +431,17 @@ impl SqlStore {
         .fetch_optional(&mut **tx)
         .await?;
         let Some(heir) = heir else { return Ok(None) };
-        sqlx::query("UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1")
-            .bind(&heir)
-            .bind(&job.id)
-            .execute(&mut **tx)
-            .await?;
-        let attempt = job.current_attempt.clone().filter(|_| job.state != JobState::Queued);
+        sqlx::query(
+            "UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1",
+        )
+        .bind(&heir)
+        .bind(&job.id)
+        .execute(&mut **tx)
+        .await?;
+        let attempt = job
+            .current_attempt
+            .clone()
+            .filter(|_| job.state != JobState::Queued);
         if let Some(a) = &attempt {
             sqlx::query("UPDATE attempts SET job_id = $1 WHERE id = $2")
                 .bind(&heir)
@@ -1141,7 +1153,9 @@ impl Store for SqlStore {
         if job.joined_to.is_none() && job.cancel_requested_ms.is_none() {
             if let Some((heir, events)) = self.hand_over_in(&mut tx, &job, now_ms).await? {
                 tx.commit().await?;
-                let attempt_id = job.current_attempt.filter(|_| job.state != JobState::Queued);
+                let attempt_id = job
+                    .current_attempt
+                    .filter(|_| job.state != JobState::Queued);
                 return Ok((CancelRequest::HandedOver { heir, attempt_id }, events));
             }
         }
