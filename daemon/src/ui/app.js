@@ -547,7 +547,11 @@ function eventSummary(kind, d) {
     case "requeued": return `queued again: ${d.reason || ""}`;
     case "cancel_requested": return `cancel sent to ${d.agent_id}`;
     case "cancelled": return d.latency_ms != null ? `after ${d.latency_ms} ms${d.acknowledged === false ? " (not acknowledged)" : ""}` : (d.reason || "");
-    case "completed": return `${d.artifacts} artifacts`;
+    case "completed": return d.reused_from ? `the result of ${d.reused_from} (same content and options)` : `${d.artifacts} artifacts`;
+    case "queued": return d.joined_to ? `follows ${d.joined_to} (same content and options)` : "";
+    case "handed_over": return `${d.from} was cancelled: its work goes on here`;
+    case "released": return d.reason || "";
+    case "live_reset": return d.reason || "the live transcript starts over";
     case "failed": case "timed_out": return d.error || d.reason || "";
     case "stale_report": return `ignored ${d.report} from old attempt ${d.attempt_id}`;
     default: return "";
@@ -559,6 +563,8 @@ function jobPage(id) {
   const head = h("div", {});
   const attempts = h("div", {});
   const result = h("div", { id: "result" });
+  // The transcript as it is decoded, until the result replaces it.
+  const live = h("ol", { id: "live-transcript", class: "segments live" });
   const timeline = h("ol", { id: "timeline", class: "timeline" });
   main.replaceChildren(h("section", { class: "panel", id: "job", dataset: { job: id } },
     h("p", {}, h("a", { href: "#/jobs" }, "← all jobs")),
@@ -590,6 +596,10 @@ function jobPage(id) {
         dl("input", `${bytes(job.input.size)} · blake3 ${job.input.blake3.slice(0, 16)}…`),
         dl("options", Object.entries(job.options).map(([k, v]) => `${k}=${v}`).join(", ") || "–"),
         dl("reference", job.external_ref),
+        job.reused_from ? dl("reused", h("span", { id: "job-reused" }, "the result of ",
+          h("a", { href: `#/jobs/${job.reused_from}` }, job.reused_from), " (same content and options: no agent work)")) : null,
+        job.joined_to && !FINAL.has(job.state) ? dl("follows", h("span", { id: "job-follows" },
+          h("a", { href: `#/jobs/${job.joined_to}` }, job.joined_to), " (same content and options: completes with it)")) : null,
         dl("created", when(job.created_at)), dl("started", when(job.started_at)), dl("finished", when(job.finished_at)),
         dl("duration", h("span", { id: "job-duration" }, duration(jobDuration(job)))),
         dl("attempts", `${job.attempt_count} of at most ${job.max_attempts}`),
@@ -642,7 +652,11 @@ function jobPage(id) {
       shownResult = true;
       await drawResult();
     } else if (job.state !== "completed" && !shownResult) {
-      result.replaceChildren(h("p", { class: "muted" }, FINAL.has(job.state) ? `No result: the job is ${job.state}.` : "Not finished yet."));
+      if (FINAL.has(job.state)) {
+        result.replaceChildren(h("p", { class: "muted" }, `No result: the job is ${job.state}.`));
+      } else if (!result.contains(live)) {
+        result.replaceChildren(h("p", { class: "muted", id: "live-note" }, "Not finished yet. The transcript as it is decoded:"), live);
+      }
     }
   };
 
@@ -652,6 +666,15 @@ function jobPage(id) {
       try {
         await readEvents(`/api/v1/jobs/${id}/events?after=${lastSeq}`, ctl.signal, (kind, ev) => {
           lastSeq = Math.max(lastSeq, ev.seq || 0);
+          if (kind === "segment") {
+            if (shownResult) return;
+            for (const s of ev.data.segments || []) {
+              if (!(s.text || "").trim()) continue;
+              live.append(h("li", {}, h("span", { class: "time" }, `[${clock(s.start)}]`), " ", s.text.trim()));
+            }
+            return;
+          }
+          if (kind === "live_reset") live.replaceChildren();
           timeline.append(h("li", { dataset: { kind } }, h("time", {}, when(ev.at)), " ", badge(kind, "event"), " ", eventSummary(kind, ev.data)));
           if (kind === "progress") {
             progress = ev.data;
