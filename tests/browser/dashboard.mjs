@@ -124,6 +124,20 @@ try {
   const longRow = page.locator(`tr[data-job="${long}"]`);
   await page.locator(`tr[data-job="${long}"][data-state="running"]`).waitFor({ timeout: 60_000 });
   await page.screenshot({ path: `${OUT}/05-running.png`, fullPage: true });
+
+  step("the running job's page shows its transcript growing before the job completes");
+  await page.goto(`${HUB}/#/jobs/${long}`);
+  await page.locator("#live-transcript li").first().waitFor({ timeout: 60_000 });
+  const liveState = (await job(long)).state;
+  check(liveState === "running", `the job is still ${liveState} while its live text shows`);
+  const firstLines = await page.locator("#live-transcript li").count();
+  await page.waitForFunction((n) => document.querySelectorAll("#live-transcript li").length > n, firstLines, { timeout: 60_000 });
+  const liveText = (await page.locator("#live-transcript").innerText()).toLowerCase();
+  check(liveText.includes("country"), `live transcript shows the recording's words: ${liveText.slice(0, 200)}`);
+  check((await page.locator("#job-state").getAttribute("data-state")) !== "completed", "not completed yet");
+  await page.screenshot({ path: `${OUT}/05b-live-transcript.png`, fullPage: true });
+  await page.click('nav a[href="#/jobs"]');
+  await longRow.waitFor({ timeout: 30_000 });
   await longRow.locator("button.cancel").click();
   await page.locator(`tr[data-job="${long}"][data-state="cancelled"]`).waitFor({ timeout: 30_000 });
   const cancelled = await job(long);
@@ -155,6 +169,15 @@ try {
   const cards = await page.locator("#overview .cards").innerText();
   check(/(^|\n)1\s*\ncompleted, last hour/.test(cards), `overview cards: ${cards}`);
   await page.screenshot({ path: `${OUT}/07-overview-after.png`, fullPage: true });
+
+  step("the same recording again takes the first result: the job page says so");
+  const again = await submit(SHORT);
+  const reused = await job(again);
+  check(reused.state === "completed" && reused.reused_from === short, `reused: ${JSON.stringify(reused).slice(0, 300)}`);
+  await page.goto(`${HUB}/#/jobs/${again}`);
+  await page.locator("#job-reused").waitFor({ timeout: 15_000 });
+  check((await page.locator("#job-reused").innerText()).includes(short), "names the job whose result it took");
+  await page.locator("#transcript").waitFor({ timeout: 15_000 });
 
   step("log out forgets the token");
   await page.click("#logout");

@@ -350,7 +350,7 @@ async fn inline_result_files_are_checked_and_large_ones_come_by_transfer() {
     let registered = raw_register(&session, &reg).await;
     assert_eq!(registered.agent_id, "raw-agent");
 
-    let job = hub.api.submit(&jfk(), "audio", &[]).await;
+    let job = hub.api.submit(&jfk(), "audio", &[("reuse", "false")]).await;
     let id = job["id"].as_str().unwrap().to_string();
     let a = raw_accept(&session, Duration::from_secs(30))
         .await

@@ -200,7 +200,10 @@ async fn killed_agent_work_completes_on_the_other_exactly_once() {
         &["--max-concurrent-tasks", "1"],
     );
     hub.api.wait_agents(2).await;
-    let job = hub.api.submit(&long_recording(4), "audio", &[]).await;
+    let job = hub
+        .api
+        .submit(&long_recording(4), "audio", &[("reuse", "false")])
+        .await;
     let id = job["id"].as_str().unwrap();
     let first = running_on(&hub.api, id).await;
     let killed = Instant::now();
@@ -240,19 +243,22 @@ async fn killed_hub_loses_no_job_and_runs_none_twice() {
         &["--max-concurrent-tasks", "1"],
     );
     hub.api.wait_agents(1).await;
-    let done = hub.api.submit(&jfk(), "audio", &[]).await;
+    let done = hub.api.submit(&jfk(), "audio", &[("reuse", "false")]).await;
     let done_id = done["id"].as_str().unwrap().to_string();
     hub.api
         .wait_state(&done_id, &["completed"], Duration::from_secs(60))
         .await;
-    let long = hub.api.submit(&long_recording(3), "audio", &[]).await;
+    let long = hub
+        .api
+        .submit(&long_recording(3), "audio", &[("reuse", "false")])
+        .await;
     let long_id = long["id"].as_str().unwrap().to_string();
     running_on(&hub.api, &long_id).await;
     let mut queued = Vec::new();
     for _ in 0..2 {
         let j = hub
             .api
-            .submit(&jfk(), "audio", &[("priority", "low")])
+            .submit(&jfk(), "audio", &[("priority", "low"), ("reuse", "false")])
             .await;
         queued.push(j["id"].as_str().unwrap().to_string());
     }
@@ -291,7 +297,10 @@ async fn result_of_a_redispatched_attempt_is_dropped_or_refused() {
         &["--max-concurrent-tasks", "1"],
     );
     hub.api.wait_agents(1).await;
-    let job = hub.api.submit(&long_recording(3), "audio", &[]).await;
+    let job = hub
+        .api
+        .submit(&long_recording(3), "audio", &[("reuse", "false")])
+        .await;
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!(running_on(&hub.api, &id).await, "agent-a");
     let _b = agent(
@@ -360,7 +369,10 @@ async fn result_survives_a_link_cut_and_an_agent_restart() {
     hub.api.wait_agents(1).await;
 
     for restart in [false, true] {
-        let job = hub.api.submit(&long_recording(2), "audio", &[]).await;
+        let job = hub
+            .api
+            .submit(&long_recording(2), "audio", &[("reuse", "false")])
+            .await;
         let id = job["id"].as_str().unwrap().to_string();
         running_on(&hub.api, &id).await;
         proxy.partition(true);
@@ -394,7 +406,10 @@ async fn cancel_reaches_the_agent_quickly_under_a_saturating_upload() {
     let hub = Hub::start(&tmp.path().join("hub"), &[]).await;
     let _a = agent(&hub, tmp.path(), "agent-a", &hub.quic(), &[]);
     hub.api.wait_agents(1).await;
-    let job = hub.api.submit(&long_recording(4), "audio", &[]).await;
+    let job = hub
+        .api
+        .submit(&long_recording(4), "audio", &[("reuse", "false")])
+        .await;
     let id = job["id"].as_str().unwrap().to_string();
     running_on(&hub.api, &id).await;
     // Saturate the hub: a large upload streaming in while we cancel.
@@ -467,11 +482,14 @@ async fn drain_holds_work_and_gpu_preferring_jobs_fall_back_to_cpu_after_the_wai
     hub.api.wait_agents(2).await;
 
     // The GPU agent is busy with a long job...
-    let busy = hub.api.submit(&long_recording(3), "audio", &[]).await;
+    let busy = hub
+        .api
+        .submit(&long_recording(3), "audio", &[("reuse", "false")])
+        .await;
     let busy_id = busy["id"].as_str().unwrap().to_string();
     assert_eq!(running_on(&hub.api, &busy_id).await, "gpu-1");
     // ...so a GPU-preferring job waits gpu_wait, then the CPU agent (fallback queue) takes it.
-    let job = hub.api.submit(&jfk(), "audio", &[]).await;
+    let job = hub.api.submit(&jfk(), "audio", &[("reuse", "false")]).await;
     let id = job["id"].as_str().unwrap().to_string();
     let done = hub
         .api
@@ -492,7 +510,7 @@ async fn drain_holds_work_and_gpu_preferring_jobs_fall_back_to_cpu_after_the_wai
     // A job that requires a GPU never goes to the CPU agent: it waits for gpu-1.
     let gpu_only = hub
         .api
-        .submit(&jfk(), "audio", &[("gpu", "required")])
+        .submit(&jfk(), "audio", &[("gpu", "required"), ("reuse", "false")])
         .await;
     let gpu_only_id = gpu_only["id"].as_str().unwrap().to_string();
     let j = hub
@@ -509,7 +527,10 @@ async fn drain_holds_work_and_gpu_preferring_jobs_fall_back_to_cpu_after_the_wai
             .await;
         assert_eq!(s, 200);
     }
-    let held = hub.api.submit(&jfk(), "audio", &[("gpu", "any")]).await;
+    let held = hub
+        .api
+        .submit(&jfk(), "audio", &[("gpu", "any"), ("reuse", "false")])
+        .await;
     let held_id = held["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(hub.api.job(&held_id).await["state"], "queued");
@@ -540,7 +561,7 @@ async fn graceful_shutdown_of_hub_and_agent() {
     // A client watching a job that cannot run here (it needs a GPU) does not hold the hub up.
     let waiting = hub
         .api
-        .submit(&jfk(), "audio", &[("gpu", "required")])
+        .submit(&jfk(), "audio", &[("gpu", "required"), ("reuse", "false")])
         .await;
     let waiting_id = waiting["id"].as_str().unwrap().to_string();
     let watching = hub

@@ -190,7 +190,7 @@ async fn two_hubs_three_agents_fifty_jobs_one_hub_killed() {
     let mut ids = Vec::new();
     for n in 0..50 {
         let api = if n % 2 == 0 { &a.api } else { &b.api };
-        let j = api.submit(&jfk(), "audio", &[]).await;
+        let j = api.submit(&jfk(), "audio", &[("reuse", "false")]).await;
         ids.push(j["id"].as_str().unwrap().to_string());
     }
     // Mid-run: some done, and hub A's two agents each running one.
@@ -300,7 +300,10 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
 
     // A cancel through the hub that does not hold the agent: the agent's hub stops it and
     // the agent acknowledges.
-    let long = a.api.submit(&long_recording(3), "audio", &[]).await;
+    let long = a
+        .api
+        .submit(&long_recording(3), "audio", &[("reuse", "false")])
+        .await;
     let long_id = long["id"].as_str().unwrap().to_string();
     let (attempt_id, agent) = until(Duration::from_secs(60), "the long job running", || async {
         running(&a.api).await.remove(&long_id)
@@ -354,7 +357,7 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
     assert_eq!(s, 200, "{v}");
     let mut drained_jobs = Vec::new();
     for _ in 0..3 {
-        let j = a.api.submit(&jfk(), "audio", &[]).await;
+        let j = a.api.submit(&jfk(), "audio", &[("reuse", "false")]).await;
         drained_jobs.push(j["id"].as_str().unwrap().to_string());
     }
     for j in wait_all(&a.api, &drained_jobs, Duration::from_secs(180)).await {
@@ -376,7 +379,7 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
     for n in 0..10 {
         let api = if n % 2 == 0 { &a.api } else { &b.api };
         ids.push(
-            api.submit(&jfk(), "audio", &[]).await["id"]
+            api.submit(&jfk(), "audio", &[("reuse", "false")]).await["id"]
                 .as_str()
                 .unwrap()
                 .to_string(),
@@ -405,7 +408,11 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
         )
         .await;
     }
-    let (status, body) = a.api.try_submit(&jfk(), "audio", &[]).await.unwrap();
+    let (status, body) = a
+        .api
+        .try_submit(&jfk(), "audio", &[("reuse", "false")])
+        .await
+        .unwrap();
     assert!(status >= 500, "{status} {body}");
     assert!(body.contains("error"), "says what is wrong: {body}");
     pg.start_again().expect("start PostgreSQL again");
@@ -419,7 +426,9 @@ async fn cancel_and_drain_cross_hubs_and_a_database_restart_loses_nothing() {
             Duration::from_secs(60),
             "a job accepted after the restart",
             || async {
-                let (status, body) = api.try_submit(&jfk(), "audio", &[]).await?;
+                let (status, body) = api
+                    .try_submit(&jfk(), "audio", &[("reuse", "false")])
+                    .await?;
                 let v: Value = serde_json::from_str(&body).ok()?;
                 (status == 201).then(|| v["id"].as_str().map(str::to_string))?
             },
@@ -477,4 +486,47 @@ async fn a_revocation_reaches_every_hub_on_the_database() {
             .expect_err("a revoked agent is refused by every hub");
         assert!(e.to_string().contains("revoked"), "{e}");
     }
+}
+
+#[tokio::test]
+async fn results_are_reused_and_joined_across_hubs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let Some((_pg, url)) = postgres(root).await else {
+        return;
+    };
+    let (a, b) = two_hubs(root, &url, &[]).await;
+    // The agent knows hub A only: hub B learns its profile from the database.
+    let _agent = agent_of(root, &a, "edge-1", &[&a]);
+    a.api.wait_agents(1).await;
+    let recording = long_recording(3);
+    // The same recording through both hubs at once: one leads, the other follows it.
+    let (x, y) = tokio::join!(
+        a.api.submit(&recording, "audio", &[]),
+        b.api.submit(&recording, "audio", &[])
+    );
+    let (lead, follower) = if x["joined_to"].is_null() {
+        (x, y)
+    } else {
+        (y, x)
+    };
+    assert_eq!(follower["joined_to"], lead["id"], "{follower}");
+    let ids = [
+        lead["id"].as_str().unwrap().to_string(),
+        follower["id"].as_str().unwrap().to_string(),
+    ];
+    let done = wait_all(&b.api, &ids, Duration::from_secs(120)).await;
+    for j in &done {
+        assert_eq!(j["state"], "completed", "{j}");
+    }
+    let dispatched: u64 = done
+        .iter()
+        .map(|j| j["attempt_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dispatched, 1, "one attempt for both");
+    assert_eq!(done[1]["reused_from"], lead["id"]);
+    // Later, through hub B (no agent there): the result at once.
+    let again = b.api.submit(&recording, "audio", &[]).await;
+    assert_eq!(again["state"], "completed", "{again}");
+    assert_eq!(again["reused_from"], lead["id"]);
 }

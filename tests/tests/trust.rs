@@ -61,7 +61,10 @@ async fn agent_with_job(id: &str, sets: &[&str]) -> WithJob {
         &raw_registration(morag_protocol::Capability::Cpu, &["gpu_fallback"], 1),
     )
     .await;
-    let job = hub.api.submit(&jfk(), "audio", &[("gpu", "any")]).await;
+    let job = hub
+        .api
+        .submit(&jfk(), "audio", &[("gpu", "any"), ("reuse", "false")])
+        .await;
     let asg = raw_accept(&session, Duration::from_secs(30))
         .await
         .expect("an assignment");
@@ -403,7 +406,9 @@ mod policy {
 
         // Three jobs: one slot, so one assignment.
         for _ in 0..3 {
-            hub.api.submit(&jfk(), "audio", &[("gpu", "any")]).await;
+            hub.api
+                .submit(&jfk(), "audio", &[("gpu", "any"), ("reuse", "false")])
+                .await;
         }
         assert!(raw_accept(&session, Duration::from_secs(30))
             .await
@@ -531,9 +536,15 @@ mod exhaustion {
         )
         .await;
         // Job A (ours) and job B, whose input is someone else's content in the store.
-        let a = hub.api.submit(&jfk(), "audio", &[("gpu", "any")]).await;
+        let a = hub
+            .api
+            .submit(&jfk(), "audio", &[("gpu", "any"), ("reuse", "false")])
+            .await;
         let other = long_recording(2);
-        let b = hub.api.submit(&other, "audio", &[("gpu", "any")]).await;
+        let b = hub
+            .api
+            .submit(&other, "audio", &[("gpu", "any"), ("reuse", "false")])
+            .await;
         let foreign = b["input"]["blake3"].as_str().unwrap().to_string();
         let asg = raw_accept(&session, Duration::from_secs(30)).await.unwrap();
         assert_eq!(asg.job_id, a["id"].as_str().unwrap());
@@ -811,7 +822,11 @@ mod exhaustion {
         // Deadlines 20,000 years ahead, in both forms: 400.
         for deadline in ["20000y", "+20000-01-01T00:00:00Z", "99999999999999999999s"] {
             let (status, text) = api
-                .try_submit(&jfk(), "audio", &[("deadline", deadline)])
+                .try_submit(
+                    &jfk(),
+                    "audio",
+                    &[("deadline", deadline), ("reuse", "false")],
+                )
                 .await
                 .unwrap();
             assert_eq!(status, 400, "{deadline}: {text}");
@@ -838,10 +853,10 @@ mod exhaustion {
         let tmp = tempfile::tempdir().unwrap();
         let hub_dir = tmp.path().join("hub");
         let hub = Hub::start(&hub_dir, &["max_store_bytes=600000"]).await;
-        hub.api.submit(&jfk(), "audio", &[]).await;
+        hub.api.submit(&jfk(), "audio", &[("reuse", "false")]).await;
         let (status, text) = hub
             .api
-            .try_submit(&long_recording(2), "audio", &[])
+            .try_submit(&long_recording(2), "audio", &[("reuse", "false")])
             .await
             .unwrap();
         assert_eq!(status, 507, "{text}");

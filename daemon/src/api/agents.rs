@@ -40,6 +40,9 @@ pub async fn list(State(hub): State<Arc<Hub>>) -> ApiResult<Json<serde_json::Val
                 // that was more (null: nothing was clipped).
                 "policy": policies.iter().find(|(id, _)| *id == a.id).map(|(_, p)| json!(p)).unwrap_or_else(|| json!({})),
                 "claimed": a.claimed,
+                // What its results depend on (models by hash, settings, the options that change
+                // a result), for reuse by content.
+                "profile": a.profile,
                 "hostname": a.hostname,
                 "address": a.address,
                 "version": a.version,

@@ -396,7 +396,11 @@ impl Hub {
                 let budget = budgets.get(&a.id).copied().unwrap_or(0);
                 attempts
                     .entry(a.id.clone())
-                    .and_modify(|live| live.agent_id = peer.to_string())
+                    .and_modify(|live| {
+                        live.agent_id = peer.to_string();
+                        // Its job may have changed (work handed to a job that followed it).
+                        live.job_id = a.job_id.clone();
+                    })
                     .or_insert_with(|| {
                         LiveAttempt::new(a.job_id.clone(), peer.to_string(), budget)
                     });

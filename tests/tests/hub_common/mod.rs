@@ -425,6 +425,39 @@ impl Api {
         Some((status, r.text().await.ok()?))
     }
 
+    /// Follow a job's event stream (from its start) in the background: each event as it
+    /// arrives, with the time it did; the channel closes when the stream ends.
+    pub fn follow_events(
+        &self,
+        id: &str,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, Value)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let req = self.request(reqwest::Method::GET, &format!("/api/v1/jobs/{id}/events"));
+        tokio::spawn(async move {
+            let Ok(mut resp) = req.send().await else {
+                return;
+            };
+            let mut buf = String::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(at) = buf.find("\n\n") {
+                    let block: String = buf.drain(..at + 2).collect();
+                    let data: String = block
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect();
+                    if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                        if tx.send((Instant::now(), v)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        rx
+    }
+
     pub async fn job(&self, id: &str) -> Value {
         let (s, v) = self.get(&format!("/api/v1/jobs/{id}")).await;
         assert_eq!(s, 200, "job {id}: {v}");
@@ -533,8 +566,6 @@ impl Agent {
             .arg(&hub)
             .arg("--dir")
             .arg(&dir)
-            .arg("--model")
-            .arg(model())
             .args(&args)
             .env("RUST_LOG", "info,morag_agent=debug")
             .env("MORAG_REMOTE_HEARTBEAT_INTERVAL_SECONDS", "1")
@@ -548,6 +579,10 @@ impl Agent {
                 log.parent().unwrap(),
                 log.file_name().unwrap().to_str().unwrap(),
             ));
+        // The test model unless the test names another.
+        if !args.iter().any(|a| a == "--model") {
+            cmd.arg("--model").arg(model());
+        }
         for (k, v) in &env {
             cmd.env(k, v);
         }

@@ -677,6 +677,74 @@ mod tests {
         assert!(p.job_options(&spec(&[("translate", "perhaps")])).is_err());
     }
 
+    /// Every option the processors read has a decision for result keys, and the keys follow
+    /// it: a value other than the default changes the key exactly when the option is decided
+    /// to change the result. A new option needs a new `JobOption` (the only way `job_options`
+    /// reads one), and that does not compile until every match here and in the decision has
+    /// it.
+    #[test]
+    fn every_option_is_decided_and_keys_follow_the_decision() {
+        let index = |o: JobOption| match o {
+            JobOption::Language => 0,
+            JobOption::Translate => 1,
+            JobOption::BeamSize => 2,
+            JobOption::Diarization => 3,
+            JobOption::Topics => 4,
+            JobOption::NumSpeakers => 5,
+            JobOption::MinSpeakers => 6,
+            JobOption::MaxSpeakers => 7,
+            JobOption::Model => 8,
+        };
+        let mut listed = [false; 9];
+        for o in JobOption::ALL {
+            listed[index(o)] = true;
+            for n in o.names() {
+                assert_eq!(JobOption::parse(n), Some(o), "{n}");
+            }
+        }
+        assert!(listed.iter().all(|&l| l), "JobOption::ALL misses one");
+
+        let p = MediaProcessor::new(RunOptions::default());
+        let profile = p.result_profile().unwrap();
+        assert_eq!(profile.processing_version, PROCESSING_VERSION);
+        let key = |opts: &[(&str, &str)]| {
+            let o: BTreeMap<String, String> = opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            morag_protocol::result_key(&profile, &"ab".repeat(32), "video", &o).unwrap()
+        };
+        let base = key(&[]);
+        for o in JobOption::ALL {
+            let name = o.names()[0];
+            let value = match o.in_result_key() {
+                Some(ValueKind::Switch) => match o.default_in(&p.opts).as_deref() {
+                    Some("true") => "false",
+                    _ => "true",
+                },
+                Some(ValueKind::Count) => "3",
+                Some(ValueKind::Language) => "de",
+                Some(ValueKind::Text) | None => "something-else",
+            };
+            // The agent takes the value (a key is never made for a value it refuses).
+            assert!(p.job_options(&spec(&[(name, value)])).is_ok(), "{name}={value}");
+            assert_eq!(
+                key(&[(name, value)]) != base,
+                o.in_result_key().is_some(),
+                "{name}={value}"
+            );
+            // Its default, spelled out, is the same key.
+            if let Some(d) = o.default_in(&p.opts) {
+                assert_eq!(key(&[(name, &d)]), base, "{name}={d}");
+            }
+        }
+        // Not options at all: no change.
+        assert_eq!(key(&[("priority", "high"), ("colour", "red")]), base);
+        // Images depend on none of them.
+        let image = profile.kinds.get("image").unwrap();
+        assert!(image.options.is_empty());
+    }
+
     #[test]
     fn without_a_model_audio_is_not_offered() {
         let p = MediaProcessor::new(RunOptions::default());

@@ -474,11 +474,13 @@ impl SqlStore {
         .bind(&heir)
         .execute(&mut **tx)
         .await?;
+        // The attempt is the heir's now (and counts there).
         sqlx::query(
             "UPDATE jobs SET state = 'cancelled', cancel_requested_ms = $1, updated_ms = $1, \
-             finished_ms = $1, current_attempt = NULL WHERE id = $2",
+             finished_ms = $1, current_attempt = NULL, attempt_count = attempt_count - $2 WHERE id = $3",
         )
         .bind(i(now_ms))
+        .bind(attempt.is_some() as i64)
         .bind(&job.id)
         .execute(&mut **tx)
         .await?;

@@ -1,0 +1,221 @@
+//! Live transcripts, end to end with real `morag-hub` and `morag-agent` processes and the real
+//! Whisper model: segments reach the job's event stream as Whisper decodes them, in order,
+//! long before the job completes, and add up to the final transcript; a cancelled job's stop,
+//! and a re-dispatched job's stream says that the earlier live text was replaced.
+
+mod hub_common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hub_common::*;
+use serde_json::Value;
+
+fn agent(hub: &Hub, root: &Path, id: &str) -> Agent {
+    let dir = root.join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    issue_agent_cert(&hub.dir, &dir, id);
+    Agent::start(&hub.quic(), &dir, id, &["--max-concurrent-tasks", "1"], &[])
+}
+
+/// Lowercase words without punctuation.
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Events of a stream until it ends (or `limit`), with their arrival times.
+async fn collect(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Instant, Value)>,
+    limit: Duration,
+) -> Vec<(Instant, Value)> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + limit;
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+        out.push(ev);
+    }
+    out
+}
+
+fn segments(events: &[(Instant, Value)]) -> Vec<(Instant, Value)> {
+    events
+        .iter()
+        .filter(|(_, e)| e["kind"] == "segment")
+        .flat_map(|(t, e)| {
+            e["data"]["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |s| {
+                    let mut s = s.clone();
+                    s["attempt_id"] = e["data"]["attempt_id"].clone();
+                    (*t, s)
+                })
+        })
+        .collect()
+}
+
+fn at_kind(events: &[(Instant, Value)], kind: &str) -> Option<Instant> {
+    events
+        .iter()
+        .find(|(_, e)| e["kind"] == kind)
+        .map(|(t, _)| *t)
+}
+
+#[tokio::test]
+async fn segments_arrive_in_order_long_before_completion_and_add_up_to_the_transcript() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&tmp.path().join("hub"), &[]).await;
+    let _a = agent(&hub, tmp.path(), "edge-1");
+    hub.api.wait_agents(1).await;
+    // About 3.7 minutes of speech; diarization off, so no segment is split by speaker.
+    let job = hub
+        .api
+        .submit(
+            &long_recording(20),
+            "audio",
+            &[("option", "enable_diarization=false")],
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let events = collect(hub.api.follow_events(&id), Duration::from_secs(300)).await;
+    let running = at_kind(&events, "running").expect("a running event");
+    let done = at_kind(&events, "completed").expect("a completed event");
+    let live = segments(&events);
+    assert!(!live.is_empty(), "no live segments");
+    let first = live[0].0;
+    println!(
+        "first segment {:?} after the attempt started; completed after {:?}; {} segments in {} batches",
+        first - running,
+        done - running,
+        live.len(),
+        events.iter().filter(|(_, e)| e["kind"] == "segment").count()
+    );
+    assert!(first < done);
+    assert!(
+        (first - running) * 4 < done - running,
+        "the first segment came late: {:?} of {:?}",
+        first - running,
+        done - running
+    );
+    // In order: indexes count up from 0, times do not go back.
+    for (n, (_, s)) in live.iter().enumerate() {
+        assert_eq!(s["index"].as_u64(), Some(n as u64), "{s}");
+    }
+    for w in live.windows(2) {
+        assert!(
+            w[1].1["start"].as_f64() >= w[0].1["start"].as_f64(),
+            "{w:?}"
+        );
+    }
+    let live_text: Vec<&str> = live
+        .iter()
+        .map(|(_, s)| s["text"].as_str().unwrap())
+        .collect();
+    let (_, result) = hub.api.get(&format!("/api/v1/jobs/{id}/result")).await;
+    assert_eq!(
+        words(&live_text.join(" ")),
+        words(result["transcript"].as_str().unwrap()),
+        "the live text is the final transcript"
+    );
+    // The result replaced the live text: the history has none left.
+    let again = collect(hub.api.follow_events(&id), Duration::from_secs(10)).await;
+    assert!(segments(&again).is_empty());
+}
+
+#[tokio::test]
+async fn a_cancelled_jobs_live_text_stops_and_a_redispatch_says_it_was_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&tmp.path().join("hub"), &["lost_grace=1s"]).await;
+    let mut a = agent(&hub, tmp.path(), "edge-a");
+    hub.api.wait_agents(1).await;
+    let recording = long_recording(20);
+
+    // Cancelled while transcribing: no segment after the cancel, none kept.
+    let job = hub
+        .api
+        .submit(&recording, "audio", &[("reuse", "false")])
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let mut rx = hub.api.follow_events(&id);
+    let mut seen = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        let is_segment = ev.1["kind"] == "segment";
+        seen.push(ev);
+        if is_segment {
+            break;
+        }
+    }
+    let (status, body) = hub
+        .api
+        .post(&format!("/api/v1/jobs/{id}/cancel"), &Value::Null)
+        .await;
+    assert!(status == 200 || status == 202, "{status} {body}");
+    seen.extend(collect(rx, Duration::from_secs(60)).await);
+    let cancelled = seen
+        .iter()
+        .position(|(_, e)| e["kind"] == "cancelled")
+        .expect("cancelled");
+    assert!(
+        seen[cancelled..]
+            .iter()
+            .all(|(_, e)| e["kind"] != "segment"),
+        "segments after the cancel"
+    );
+    let replay = collect(hub.api.follow_events(&id), Duration::from_secs(10)).await;
+    assert!(
+        segments(&replay).is_empty(),
+        "the cancelled attempt's live text is dropped"
+    );
+
+    // Re-dispatched: the agent dies mid-transcript, another takes the job, and the stream
+    // says the earlier live text is void before the new attempt's segments.
+    let job = hub
+        .api
+        .submit(&recording, "audio", &[("reuse", "false")])
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let mut rx = hub.api.follow_events(&id);
+    let mut seen = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        let is_segment = ev.1["kind"] == "segment";
+        seen.push(ev);
+        if is_segment {
+            break;
+        }
+    }
+    a.proc.kill9();
+    let _b = agent(&hub, tmp.path(), "edge-b");
+    seen.extend(collect(rx, Duration::from_secs(300)).await);
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|(_, e)| e["kind"].as_str().unwrap())
+        .collect();
+    let reset = kinds
+        .iter()
+        .position(|k| *k == "live_reset")
+        .unwrap_or_else(|| panic!("no live_reset in {kinds:?}"));
+    let batches: Vec<(usize, &Value)> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, e))| e["kind"] == "segment")
+        .map(|(n, (_, e))| (n, &e["data"]["attempt_id"]))
+        .collect();
+    let first_attempt = batches[0].1;
+    for (n, attempt) in &batches {
+        assert_eq!(
+            *attempt == first_attempt,
+            *n < reset,
+            "segments before the reset are the first attempt's, after it the second's"
+        );
+    }
+    assert!(batches.iter().any(|(n, _)| *n > reset), "{kinds:?}");
+    assert_eq!(*kinds.last().unwrap(), "completed", "{kinds:?}");
+}
