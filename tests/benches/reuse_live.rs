@@ -182,12 +182,10 @@ impl Bench {
     async fn submit(&self, file: &Path, fields: &[(&str, &str)]) -> anyhow::Result<Value> {
         let bytes = std::fs::read(file)?;
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        let mut form = reqwest::multipart::Form::new()
-            .text("type", "audio")
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(bytes).file_name(name),
-            );
+        let mut form = reqwest::multipart::Form::new().text("type", "audio").part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name),
+        );
         for (k, v) in fields {
             form = form.text(k.to_string(), v.to_string());
         }

@@ -16,6 +16,9 @@ use crate::store::{CancelRequest, Fenced, NewAttempt, StoreResult};
 const DISPATCH_BATCH: u32 = 256;
 /// How often the rescuer runs.
 const RESCUE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a completed job's live text stays after it completed (streams that are behind
+/// still read it up to the `completed` event).
+const LIVE_KEEP: Duration = Duration::from_secs(600);
 
 /// The longest an agent that keeps refusing assignments is passed over.
 const REFUSAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -291,7 +294,8 @@ impl Hub {
         }
     }
 
-    /// Sweep the content store now and then: unreferenced content and stale partial files.
+    /// Sweep the content store now and then: unreferenced content and stale partial files,
+    /// and the live text of jobs that ended more than [`LIVE_KEEP`] ago.
     pub(crate) async fn gc_loop(self: Arc<Self>) {
         loop {
             tokio::select! {
@@ -306,6 +310,12 @@ impl Hub {
     }
 
     pub async fn collect_garbage(&self) -> anyhow::Result<morag_transport::GcReport> {
+        // Completed jobs' live text, once their results have replaced it a while.
+        let before = unix_ms().saturating_sub(LIVE_KEEP.as_millis() as u64);
+        let pruned = self.store.prune_live(before).await?;
+        if pruned > 0 {
+            tracing::info!(batches = pruned, "live transcripts of ended jobs dropped");
+        }
         let keep = self.store.referenced_content().await?;
         let report = self
             .content

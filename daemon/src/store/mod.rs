@@ -261,7 +261,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)>;
     /// Transcript segments of the current attempt, decoded so far (`data`: the `segment`
-    /// event's); dropped when the attempt ends or is replaced.
+    /// event's); dropped when the attempt fails, is cancelled or replaced, and a while after
+    /// it completes ([`Store::prune_live`]).
     async fn record_segments(
         &self,
         job_id: &str,
@@ -269,6 +270,9 @@ pub trait Store: Send + Sync + 'static {
         data: serde_json::Value,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)>;
+    /// Drop the live text of jobs that ended before `finished_before_ms` (a completed job's
+    /// is kept a while after it completes, for streams still reading it); how many batches.
+    async fn prune_live(&self, finished_before_ms: u64) -> StoreResult<u64>;
     /// The `segment` events of a job's current attempt, oldest first.
     async fn live_segments(&self, job_id: &str) -> StoreResult<Vec<JobEvent>>;
     /// The result profiles agents last registered with, the most recently seen first.

@@ -727,7 +727,10 @@ mod tests {
                 Some(ValueKind::Text) | None => "something-else",
             };
             // The agent takes the value (a key is never made for a value it refuses).
-            assert!(p.job_options(&spec(&[(name, value)])).is_ok(), "{name}={value}");
+            assert!(
+                p.job_options(&spec(&[(name, value)])).is_ok(),
+                "{name}={value}"
+            );
             assert_eq!(
                 key(&[(name, value)]) != base,
                 o.in_result_key().is_some(),

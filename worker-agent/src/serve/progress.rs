@@ -141,8 +141,10 @@ impl ProgressSink for HubProgress {
     }
 
     fn report(&self, p: Progress) {
-        // Whisper's own progress comes often: it carries out segments that waited.
-        self.flush_live(Some(Instant::now()));
+        // Whisper's own progress comes often: it carries out segments that waited; any other
+        // stage means Whisper is done, so what waits goes now.
+        let now = (p.stage == "transcribe").then(Instant::now);
+        self.flush_live(now);
         if !self
             .throttle
             .lock()

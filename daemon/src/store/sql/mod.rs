@@ -1037,8 +1037,8 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?;
         }
-        // The final result replaces the live text.
-        self.end_live_in(&mut tx, job_id).await?;
+        // The live text stays a while (clients following the stream read it up to the
+        // `completed` event; `prune_live` drops it later): the result replaces it.
         let mut events = vec![
             self.event(
                 &mut tx,
@@ -1089,6 +1089,17 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn prune_live(&self, finished_before_ms: u64) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM job_events WHERE kind = 'segment' AND job_id IN \
+             (SELECT id FROM jobs WHERE finished_ms IS NOT NULL AND finished_ms < $1)",
+        )
+        .bind(i(finished_before_ms))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn result_profiles(&self) -> StoreResult<Vec<morag_protocol::ResultProfile>> {
