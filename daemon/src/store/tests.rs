@@ -155,7 +155,14 @@ async fn same_key_joins_then_reuses_and_a_cancel_hands_the_work_over(s: SqlStore
         media_type: "application/json".into(),
     };
     let (f, ev) = s
-        .complete("a", "a1", "{\"text\":1}", &[art.clone()], Some(&key), 1_500)
+        .complete(
+            "a",
+            "a1",
+            "{\"text\":1}",
+            std::slice::from_ref(&art),
+            Some(&key),
+            1_500,
+        )
         .await
         .unwrap();
     assert_eq!(f, Fenced::Applied);
