@@ -239,3 +239,111 @@ async fn a_cancelled_jobs_live_text_stops_and_a_redispatch_says_it_was_replaced(
     assert!(batches.iter().any(|(n, _)| *n > reset), "{kinds:?}");
     assert_eq!(*kinds.last().unwrap(), "completed", "{kinds:?}");
 }
+
+#[tokio::test]
+async fn the_command_line_prints_the_transcript_as_it_comes_and_morag_sees_partial_content() {
+    use tokio::io::AsyncBufReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&tmp.path().join("hub"), &[]).await;
+    let _a = agent(&hub, tmp.path(), "edge-1");
+    hub.api.wait_agents(1).await;
+    let recording = long_recording(12);
+    let cli = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(bin("morag-hub"));
+        c.args(args)
+            .args(["--url", &hub.api.base, "--token", &hub.api.token])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        c
+    };
+    // `submit --wait`, its output read line by line as it comes (a pipe: no bar).
+    let mut child = cli(&["submit", "--type", "audio", "--wait", "--no-reuse"])
+        .arg(&recording)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut partial = None;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(300), lines.next_line()).await
+    {
+        let first_line = seen.is_empty();
+        seen.push((now_ms(), line));
+        if first_line && seen[0].1.starts_with('[') {
+            // MoRAG's status route shows the text so far while the job runs.
+            let (_, jobs) = hub.api.get("/api/v1/jobs?state=running").await;
+            if let Some(id) = jobs["jobs"][0]["id"].as_str() {
+                let (_, st) = hub
+                    .api
+                    .get(&format!("/api/v1/remote-jobs/{id}/status"))
+                    .await;
+                partial = Some(st);
+            }
+        }
+    }
+    assert!(child.wait().await.unwrap().success());
+    let text: Vec<&str> = seen.iter().map(|(_, l)| l.as_str()).collect();
+    let first = seen
+        .iter()
+        .position(|(_, l)| l.starts_with("[0:"))
+        .unwrap_or_else(|| panic!("no transcript line: {text:?}"));
+    let summary = seen
+        .iter()
+        .position(|(_, l)| l.starts_with("job job_"))
+        .unwrap_or_else(|| panic!("no summary: {text:?}"));
+    assert!(first < summary, "{text:?}");
+    let id = seen[summary]
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let job = hub.api.job(&id).await;
+    let finished = epoch_ms(&job["finished_at"]);
+    println!(
+        "first transcript line printed {} ms before the job finished",
+        finished as i64 - seen[first].0 as i64
+    );
+    assert!(
+        seen[first].0 < finished,
+        "the first line came after the job finished"
+    );
+    assert!(seen[first].1.to_lowercase().contains("country") || seen.len() > first + 1);
+    let partial = partial.expect("a running job's status was read");
+    let words_so_far = partial["partial_content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{partial}"));
+    assert!(
+        words(words_so_far).contains(&"americans".to_string()),
+        "{partial}"
+    );
+    assert_eq!(partial["status"], "processing");
+
+    // `job ID --follow` on a running job: the text decoded so far, then the rest live.
+    let job = hub
+        .api
+        .submit(&long_recording(20), "audio", &[("reuse", "false")])
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    hub.api
+        .wait_state(&id, &["running"], Duration::from_secs(60))
+        .await;
+    let out = cli(&["job", &id, "--follow"]).output().await.unwrap();
+    assert!(out.status.success());
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.lines().any(|l| l.starts_with("[0:00]")), "{out}");
+    assert!(out.contains(&format!("job {id}  completed")), "{out}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn epoch_ms(t: &Value) -> u64 {
+    let t = humantime::parse_rfc3339(t.as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}

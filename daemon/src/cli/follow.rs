@@ -68,6 +68,16 @@ fn clock(seconds: f64) -> String {
     }
 }
 
+/// A line above the bar; on standard output when there is no bar (not a terminal: a pipe
+/// reads the transcript line by line).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// What one event does to the display; `true` when the job ended.
 fn show(id: &str, ev: &serde_json::Value, bar: &ProgressBar, quiet: bool) -> bool {
     let kind = ev["kind"].as_str().unwrap_or("");
@@ -82,16 +92,17 @@ fn show(id: &str, ev: &serde_json::Value, bar: &ProgressBar, quiet: bool) -> boo
             for g in data["segments"].as_array().into_iter().flatten() {
                 let text = g["text"].as_str().unwrap_or("").trim();
                 if !text.is_empty() {
-                    bar.println(format!(
-                        "[{}] {text}",
-                        clock(g["start"].as_f64().unwrap_or(0.0))
-                    ));
+                    say(
+                        bar,
+                        format!("[{}] {text}", clock(g["start"].as_f64().unwrap_or(0.0))),
+                    );
                 }
             }
         }
-        "live_reset" if !quiet => {
-            bar.println("-- the work started over elsewhere: the transcript above is void --")
-        }
+        "live_reset" if !quiet => say(
+            bar,
+            "-- the work started over elsewhere: the transcript above is void --".into(),
+        ),
         "queued" if own => {
             if let Some(leader) = data["joined_to"].as_str() {
                 bar.set_message(format!("following {leader} (the same content and options)"));
