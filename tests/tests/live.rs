@@ -69,6 +69,30 @@ fn at_kind(events: &[(Instant, Value)], kind: &str) -> Option<Instant> {
         .map(|(t, _)| *t)
 }
 
+/// Submit `recording` (to run: `reuse=false`) and read its events up to the first segment:
+/// the job id, the rest of the stream, and the events read.
+async fn until_first_segment(
+    api: &Api,
+    recording: &Path,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(Instant, Value)>,
+    Vec<(Instant, Value)>,
+) {
+    let job = api.submit(recording, "audio", &[("reuse", "false")]).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let mut rx = api.follow_events(&id);
+    let mut seen = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        let is_segment = ev.1["kind"] == "segment";
+        seen.push(ev);
+        if is_segment {
+            break;
+        }
+    }
+    (id, rx, seen)
+}
+
 #[tokio::test]
 async fn segments_arrive_in_order_long_before_completion_and_add_up_to_the_transcript() {
     let tmp = tempfile::tempdir().unwrap();
@@ -159,20 +183,7 @@ async fn a_cancelled_jobs_live_text_stops_and_a_redispatch_says_it_was_replaced(
     let recording = long_recording(20);
 
     // Cancelled while transcribing: no segment after the cancel, none kept.
-    let job = hub
-        .api
-        .submit(&recording, "audio", &[("reuse", "false")])
-        .await;
-    let id = job["id"].as_str().unwrap().to_string();
-    let mut rx = hub.api.follow_events(&id);
-    let mut seen = Vec::new();
-    while let Some(ev) = rx.recv().await {
-        let is_segment = ev.1["kind"] == "segment";
-        seen.push(ev);
-        if is_segment {
-            break;
-        }
-    }
+    let (id, rx, mut seen) = until_first_segment(&hub.api, &recording).await;
     let (status, body) = hub
         .api
         .post(&format!("/api/v1/jobs/{id}/cancel"), &Value::Null)
@@ -197,20 +208,7 @@ async fn a_cancelled_jobs_live_text_stops_and_a_redispatch_says_it_was_replaced(
 
     // Re-dispatched: the agent dies mid-transcript, another takes the job, and the stream
     // says the earlier live text is void before the new attempt's segments.
-    let job = hub
-        .api
-        .submit(&recording, "audio", &[("reuse", "false")])
-        .await;
-    let id = job["id"].as_str().unwrap().to_string();
-    let mut rx = hub.api.follow_events(&id);
-    let mut seen = Vec::new();
-    while let Some(ev) = rx.recv().await {
-        let is_segment = ev.1["kind"] == "segment";
-        seen.push(ev);
-        if is_segment {
-            break;
-        }
-    }
+    let (_id, rx, mut seen) = until_first_segment(&hub.api, &recording).await;
     a.proc.kill9();
     let _b = agent(&hub, tmp.path(), "edge-b");
     seen.extend(collect(rx, Duration::from_secs(300)).await);
