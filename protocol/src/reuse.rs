@@ -110,11 +110,15 @@ pub fn result_key(
     let mut rules: Vec<&OptionRule> = kind.options.iter().collect();
     rules.sort_by(|a, b| a.name.cmp(&b.name));
     for rule in rules {
-        // The first name the job uses wins (as the agent reads them in name order, the last
-        // would; a job naming one option twice is its own trouble).
-        let given = std::iter::once(&rule.name)
+        // One option under two of its names: the agent refuses the job (no key, no reuse).
+        let mut given = std::iter::once(&rule.name)
             .chain(&rule.aliases)
-            .find_map(|n| options.get(n));
+            .filter_map(|n| options.get(n));
+        let (first, again) = (given.next(), given.next());
+        if again.is_some() {
+            return None;
+        }
+        let given = first;
         let value = match given {
             Some(v) => Some(rule.kind.canonical(v)?),
             None => rule.default.clone(),
@@ -186,6 +190,11 @@ mod tests {
         assert_ne!(key(&[("language", "de")]).unwrap(), base);
         assert_ne!(key(&[("num_speakers", "2")]).unwrap(), base);
         assert_eq!(key(&[("diarization", "perhaps")]), None);
+        assert_eq!(
+            key(&[("diarization", "on"), ("enable_diarization", "off")]),
+            None,
+            "one option under two names"
+        );
     }
 
     #[test]

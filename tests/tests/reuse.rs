@@ -147,7 +147,8 @@ async fn identical_jobs_in_flight_share_one_attempt_and_cancelling_the_first_lea
     let mut a = agent(&hub, tmp.path(), "edge-1", &["--max-concurrent-tasks", "2"]);
     hub.api.wait_agents(1).await;
     a.proc.kill9();
-    let recording = long_recording(6);
+    // Long enough (3.7 minutes) to be cancelled while it runs.
+    let recording = long_recording(20);
 
     let lead = api.submit(&recording, "audio", &[]).await;
     let second = api.submit(&recording, "audio", &[]).await;

@@ -11,3 +11,7 @@ CREATE INDEX jobs_joined_to ON jobs (joined_to);
 
 -- What each agent's results depend on (its registration's profile, JSON).
 ALTER TABLE agents ADD COLUMN profile TEXT;
+
+-- Live transcripts are `segment` events, dropped when their attempt ends (and a while after it
+-- completes): found by job without reading every event.
+CREATE INDEX job_events_segments ON job_events (job_id) WHERE kind = 'segment';

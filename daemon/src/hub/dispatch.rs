@@ -256,6 +256,18 @@ impl Hub {
                     }
                     Err(e) => tracing::error!(error = %e, "deadline check failed"),
                 }
+                match self.store.settle_followers(unix_ms()).await {
+                    Ok(events) if !events.is_empty() => {
+                        tracing::warn!(
+                            events = events.len(),
+                            "settled jobs that followed an ended job"
+                        );
+                        self.publish(events);
+                        self.poke();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "follower check failed"),
+                }
             }
         }
     }

@@ -270,6 +270,9 @@ pub trait Store: Send + Sync + 'static {
         data: serde_json::Value,
         now_ms: u64,
     ) -> StoreResult<(Fenced, Events)>;
+    /// Jobs still following one that has ended (a safety net: the transitions settle them):
+    /// those of a completed job take its result, the others are released.
+    async fn settle_followers(&self, now_ms: u64) -> StoreResult<Events>;
     /// Drop the live text of jobs that ended before `finished_before_ms` (a completed job's
     /// is kept a while after it completes, for streams still reading it); how many batches.
     async fn prune_live(&self, finished_before_ms: u64) -> StoreResult<u64>;

@@ -126,6 +126,10 @@ async fn same_key_joins_then_reuses_and_a_cancel_hands_the_work_over(s: SqlStore
         ),
         (JobState::Running, Some("a1"), None)
     );
+    // The attempt counts as the heir's, by its number; none is left with the cancelled job.
+    assert_eq!((b.attempt_count, b.attempts.len()), (1, 1));
+    let a = s.job("a").await.unwrap().unwrap();
+    assert_eq!((a.attempt_count, a.attempts.len()), (0, 0));
     assert_eq!(
         s.job("a").await.unwrap().unwrap().state,
         JobState::Cancelled
@@ -171,9 +175,17 @@ async fn same_key_joins_then_reuses_and_a_cancel_hands_the_work_over(s: SqlStore
         .map(|e| (e.job_id.as_str(), e.kind.as_str()))
         .collect();
     assert_eq!(done, [("b", "completed"), ("c", "completed")]);
+    assert_eq!(
+        s.live_segments("b").await.unwrap().len(),
+        1,
+        "kept a while after completion, for streams still reading"
+    );
+    assert_eq!(s.prune_live(1_400).await.unwrap(), 0, "not ended by then");
+    assert_eq!(s.prune_live(1_501).await.unwrap(), 1);
+    assert!(s.live_segments("b").await.unwrap().is_empty());
     assert!(
-        s.live_segments("b").await.unwrap().is_empty(),
-        "the result replaces the live text"
+        s.settle_followers(1_600).await.unwrap().is_empty(),
+        "nothing left over"
     );
     let c = s.job("c").await.unwrap().unwrap();
     assert_eq!(
@@ -222,6 +234,8 @@ async fn a_failed_leader_releases_its_followers_and_is_never_reused(s: SqlStore)
     s.insert_job(&keyed("b", &key, 1_001)).await.unwrap();
     s.insert_job(&keyed("c", &key, 1_002)).await.unwrap();
     claim(&s, "a", "a1", "agent-1").await;
+    let data = serde_json::json!({"segments": [{"text": "hi"}]});
+    s.record_segments("a", "a1", data, 1_050).await.unwrap();
     let (f, after, ev) = s
         .fail_attempt("a", "a1", "failed", "bad media", false, 0, 1_100)
         .await
@@ -230,7 +244,17 @@ async fn a_failed_leader_releases_its_followers_and_is_never_reused(s: SqlStore)
         (f, after),
         (Fenced::Applied, Some(AfterFailure::Ended(JobState::Failed)))
     );
-    assert!(ev.iter().any(|e| e.job_id == "b" && e.kind == "released"));
+    let b_kinds: Vec<&str> = ev
+        .iter()
+        .filter(|e| e.job_id == "b")
+        .map(|e| e.kind.as_str())
+        .collect();
+    assert_eq!(
+        b_kinds,
+        ["live_reset", "released"],
+        "its stream showed a's text"
+    );
+    assert!(s.live_segments("a").await.unwrap().is_empty());
     let (b, c) = (
         s.job("b").await.unwrap().unwrap(),
         s.job("c").await.unwrap().unwrap(),

@@ -481,6 +481,11 @@ impl Transcriber {
                 from + (to - from) * piece.range.start as f32 / total,
                 from + (to - from) * piece.range.end as f32 / total,
             );
+            // A piece of one window is decoded in one go: its segments go out live once it is
+            // done (after any wordless stretch is decoded again, so the live text is the
+            // final text). A longer one (no voice activity detection) sends each window's as
+            // whisper.cpp finishes it.
+            let live_by_piece = piece.fits_one_window();
             let window = Window {
                 samples: &samples[piece.range.clone()],
                 offset_seconds: piece.range.start as f64 / SAMPLE_RATE as f64,
@@ -489,7 +494,9 @@ impl Transcriber {
                 // non-speech it is stale (and Whisper skips words a prompt already holds).
                 keep_context: i > 0 && pieces[i - 1].range.end == piece.range.start,
                 fitted: opts.fit_context && piece.fits_one_window(),
+                live: !live_by_piece,
             };
+            let before = segments.len();
             let (found, lang, seconds) =
                 self.run_window(&mut state, &window, opts, progress, span, cancel)?;
             whisper_seconds += seconds;
@@ -513,6 +520,7 @@ impl Transcriber {
                     language: language.as_deref(),
                     keep_context: false,
                     fitted: true,
+                    live: false,
                 };
                 let (redone, _, more) =
                     self.run_window(&mut state, &again, opts, progress, span, cancel)?;
@@ -528,6 +536,17 @@ impl Transcriber {
                 } else {
                     segments.push(seg);
                 }
+            }
+            if live_by_piece && segments.len() > before {
+                let decoded: Vec<super::Decoded> = segments[before..]
+                    .iter()
+                    .map(|s| super::Decoded {
+                        start: s.start,
+                        end: s.end,
+                        text: s.text.clone(),
+                    })
+                    .collect();
+                progress.decoded(&decoded);
             }
         }
         let speech_samples: usize = pieces.iter().map(|p| p.range.len()).sum();
@@ -638,9 +657,12 @@ impl Transcriber {
             params.set_progress_callback_user_data(&pctx as *const ProgressCtx<'_> as *mut c_void);
             params.set_abort_callback(Some(should_abort));
             params.set_abort_callback_user_data(&abort as *const AtomicBool as *mut c_void);
-            params.set_new_segment_callback(Some(on_new_segments));
-            params
-                .set_new_segment_callback_user_data(&sctx as *const SegmentCtx<'_> as *mut c_void);
+            if window.live {
+                params.set_new_segment_callback(Some(on_new_segments));
+                params.set_new_segment_callback_user_data(
+                    &sctx as *const SegmentCtx<'_> as *mut c_void,
+                );
+            }
         }
 
         let started = Instant::now();
@@ -740,6 +762,8 @@ struct Window<'a> {
     keep_context: bool,
     /// Encode only the context the samples fill (they fit one window).
     fitted: bool,
+    /// Hand each segment to the sink's `decoded` as whisper.cpp finishes it.
+    live: bool,
 }
 
 fn whisper_failed(what: &str, e: whisper_rs::WhisperError) -> ProcessError {

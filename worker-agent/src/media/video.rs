@@ -120,6 +120,14 @@ impl ProgressSink for Scaled<'_> {
             ..p
         });
     }
+
+    fn placed(&self, device: &str) {
+        self.inner.placed(device);
+    }
+
+    fn decoded(&self, segments: &[crate::media::Decoded]) {
+        self.inner.decoded(segments);
+    }
 }
 
 /// A video stream being decoded frame by frame.
@@ -556,5 +564,49 @@ mod tests {
         assert!(!o.extract_keyframes);
         assert_eq!((o.max_keyframes, o.keyframe_threshold), (10, 0.3));
         assert_eq!(o.audio_bitrate, 128_000);
+    }
+
+    /// The soundtrack's live segments and the placement reach the job's sink through the
+    /// scaling wrapper (progress is scaled, segments are passed as they are).
+    #[test]
+    fn the_scaled_sink_passes_segments_and_placement_on() {
+        #[derive(Default)]
+        struct Seen(std::sync::Mutex<(Vec<f32>, Vec<String>, Option<String>)>);
+        impl ProgressSink for Seen {
+            fn report(&self, p: Progress) {
+                self.0.lock().unwrap().0.push(p.percent);
+            }
+            fn decoded(&self, s: &[crate::media::Decoded]) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .1
+                    .extend(s.iter().map(|d| d.text.clone()));
+            }
+            fn placed(&self, d: &str) {
+                self.0.lock().unwrap().2 = Some(d.into());
+            }
+        }
+        let inner = Seen::default();
+        let s = Scaled {
+            inner: &inner,
+            lo: 20.0,
+            hi: 60.0,
+        };
+        s.report(Progress {
+            percent: 50.0,
+            stage: "transcribe".into(),
+            message: None,
+        });
+        s.decoded(&[crate::media::Decoded {
+            start: 0.0,
+            end: 1.0,
+            text: " Hello".into(),
+        }]);
+        s.placed("cpu");
+        let seen = inner.0.lock().unwrap();
+        assert_eq!(seen.0, [40.0]);
+        assert_eq!(seen.1, [" Hello"]);
+        assert_eq!(seen.2.as_deref(), Some("cpu"));
     }
 }

@@ -21,7 +21,7 @@ pub const PROCESSING_VERSION: u32 = 1;
 /// Every job option the processors read. Each one says whether it changes a result
 /// ([`JobOption::in_result_key`]): the one place where that is decided, so a new option cannot
 /// be added without deciding it (the match is exhaustive, and a test checks the decision).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobOption {
     Language,
     Translate,
@@ -516,11 +516,18 @@ impl MediaProcessor {
     /// The options of one job: the defaults with the assignment's `language` and `translate`.
     fn job_options(&self, job: &JobSpec) -> Result<RunOptions, ProcessError> {
         let mut opts = self.opts.clone();
+        let mut named = std::collections::HashMap::new();
         for (name, value) in &job.options {
             let Some(option) = JobOption::parse(name) else {
                 tracing::debug!(option = %name, %value, "unknown option ignored");
                 continue;
             };
+            if let Some(other) = named.insert(option, name) {
+                return Err(ProcessError::Option {
+                    name: name.clone(),
+                    reason: format!("given twice, also as {other:?}: name it once"),
+                });
+            }
             let count = |what: &str, max: usize| {
                 value
                     .trim()
@@ -675,6 +682,13 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ProcessError::Option { .. }), "{err}");
         assert!(p.job_options(&spec(&[("translate", "perhaps")])).is_err());
+        let err = p
+            .job_options(&spec(&[
+                ("topics", "off"),
+                ("enable_topic_segmentation", "on"),
+            ]))
+            .unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
     }
 
     /// Every option the processors read has a decision for result keys, and the keys follow

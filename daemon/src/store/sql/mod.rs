@@ -340,11 +340,22 @@ impl SqlStore {
         job_id: &str,
         attempt_id: &str,
     ) -> StoreResult<String> {
-        let owner: Option<String> = sqlx::query_scalar("SELECT job_id FROM attempts WHERE id = $1")
-            .bind(attempt_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-        Ok(owner.unwrap_or_else(|| job_id.to_string()))
+        let Some(owner) = attempt_job_in(tx, attempt_id).await? else {
+            return Ok(job_id.to_string());
+        };
+        if self.dialect == Dialect::Postgres {
+            // A hand-over holds the owner's row until it commits (it locks the job, then its
+            // heir): wait for it, then read again (a new statement sees what it committed).
+            lock_job_in(tx, &owner).await?;
+            if let Some(now) = attempt_job_in(tx, attempt_id)
+                .await?
+                .filter(|now| *now != owner)
+            {
+                lock_job_in(tx, &now).await?;
+                return Ok(now);
+            }
+        }
+        Ok(owner)
     }
 
     /// The jobs following `job_id` complete with its result, in `tx`.
@@ -375,8 +386,9 @@ impl SqlStore {
         tx: &mut Tx<'_>,
         job_id: &str,
         reason: &str,
+        had_live_text: bool,
         now_ms: u64,
-    ) -> StoreResult<Option<JobEvent>> {
+    ) -> StoreResult<Events> {
         let heir: Option<String> = sqlx::query_scalar(&format!(
             "SELECT id FROM jobs WHERE joined_to = $1 AND state = 'queued' ORDER BY created_ms, id LIMIT 1{}",
             self.dialect.lock()
@@ -384,7 +396,9 @@ impl SqlStore {
         .bind(job_id)
         .fetch_optional(&mut **tx)
         .await?;
-        let Some(heir) = heir else { return Ok(None) };
+        let Some(heir) = heir else {
+            return Ok(vec![]);
+        };
         sqlx::query(
             "UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1",
         )
@@ -397,8 +411,16 @@ impl SqlStore {
             .bind(&heir)
             .execute(&mut **tx)
             .await?;
+        let mut events = Vec::new();
+        if had_live_text {
+            // Its stream showed the ended job's live text: void now.
+            let data = serde_json::json!({"attempt_id": null,
+                "reason": format!("the job it followed ({job_id}) ended without a result; this job runs itself and its text starts over")});
+            events.push(self.event(tx, &heir, "live_reset", data, now_ms).await?);
+        }
         let data = serde_json::json!({"state": "queued", "from": job_id, "reason": reason});
-        Ok(Some(self.event(tx, &heir, "released", data, now_ms).await?))
+        events.push(self.event(tx, &heir, "released", data, now_ms).await?);
+        Ok(events)
     }
 
     /// Drop the live transcript of `job_id`'s attempt (it ended, or was replaced); how many
@@ -454,16 +476,21 @@ impl SqlStore {
                 .execute(&mut **tx)
                 .await?;
         }
+        // The heir counts the attempt as its own, by its number: later attempts number on.
+        let number = match &attempt {
+            Some(a) => attempt_in(tx, a).await?.map(|a| i64::from(a.number)),
+            None => None,
+        };
         let p = job.progress.clone();
         sqlx::query(
             "UPDATE jobs SET joined_to = NULL, state = $1, current_attempt = $2, \
-             attempt_count = attempt_count + $3, started_ms = $4, not_before_ms = $5, updated_ms = $6, \
+             attempt_count = COALESCE($3, attempt_count), started_ms = $4, not_before_ms = $5, updated_ms = $6, \
              progress_percent = $7, progress_stage = $8, progress_message = $9, progress_eta_ms = $10 \
              WHERE id = $11",
         )
         .bind(job.state.as_str())
         .bind(&attempt)
-        .bind(attempt.is_some() as i64)
+        .bind(number)
         .bind(job.started_ms.map(i))
         .bind(i(job.not_before_ms))
         .bind(i(now_ms))
@@ -667,7 +694,7 @@ impl SqlStore {
         if let AfterFailure::Ended(end) = after {
             let reason = format!("the job it followed ended {end}");
             events.extend(
-                self.release_followers_in(&mut tx, job_id, &reason, now_ms)
+                self.release_followers_in(&mut tx, job_id, &reason, live > 0, now_ms)
                     .await?,
             );
         }
@@ -690,20 +717,35 @@ impl Store for SqlStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            done = sqlx::query_scalar::<_, String>(
-                "SELECT id FROM jobs WHERE result_key = $1 AND state = 'completed' AND result IS NOT NULL \
-                 ORDER BY finished_ms DESC, id LIMIT 1",
-            )
+            // The job in flight first, locked: one that ends meanwhile is not followed (the
+            // row is read again once its lock is free, and no longer matches), and one that
+            // is followed cannot end before this follower is committed, where its followers
+            // are looked for.
+            leader = sqlx::query_scalar::<_, String>(&format!(
+                "SELECT id FROM jobs WHERE result_key = $1 AND state IN ('queued', 'assigned', 'running') \
+                 AND joined_to IS NULL AND cancel_requested_ms IS NULL ORDER BY created_ms, id LIMIT 1{}",
+                self.dialect.lock()
+            ))
             .bind(key)
             .fetch_optional(&mut *tx)
             .await?;
-            if done.is_none() {
-                leader = sqlx::query_scalar::<_, String>(
-                    "SELECT id FROM jobs WHERE result_key = $1 AND state IN ('queued', 'assigned', 'running') \
-                     AND joined_to IS NULL AND cancel_requested_ms IS NULL ORDER BY created_ms, id LIMIT 1",
+            if leader.is_none() {
+                done = sqlx::query_scalar::<_, String>(
+                    "SELECT id FROM jobs WHERE result_key = $1 AND state = 'completed' AND result IS NOT NULL \
+                     ORDER BY finished_ms DESC, id LIMIT 1",
                 )
                 .bind(key)
                 .fetch_optional(&mut *tx)
+                .await?;
+            }
+            if let Some(l) = &leader {
+                // A follower waits for its leader's dispatch: not behind a lower priority.
+                sqlx::query(
+                    "UPDATE jobs SET priority = $1 WHERE id = $2 AND priority < $1 AND state = 'queued'",
+                )
+                .bind(job.priority.rank())
+                .bind(l)
+                .execute(&mut *tx)
                 .await?;
             }
         }
@@ -1007,7 +1049,7 @@ impl Store for SqlStore {
         let n = sqlx::query(&format!(
             "UPDATE jobs SET state = 'completed', result = $1, error = NULL, updated_ms = $2, finished_ms = $2, \
              started_ms = COALESCE(started_ms, $2), progress_percent = 100.0, progress_stage = 'done', \
-             progress_message = NULL, progress_eta_ms = NULL, result_key = COALESCE($5, result_key) \
+             progress_message = NULL, progress_eta_ms = NULL, result_key = $5 \
              WHERE id = $3 AND current_attempt = $4 AND state IN {ACTIVE} AND cancel_requested_ms IS NULL"
         ))
         .bind(result)
@@ -1089,6 +1131,40 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn settle_followers(&self, now_ms: u64) -> StoreResult<Events> {
+        let mut tx = self.tx().await?;
+        let skip = match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE OF f SKIP LOCKED",
+        };
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT f.joined_to, l.state FROM jobs f LEFT JOIN jobs l ON l.id = f.joined_to \
+             WHERE f.state = 'queued' AND f.joined_to IS NOT NULL \
+             AND (l.id IS NULL OR l.state IN ('completed', 'failed', 'cancelled', 'timed_out')) \
+             ORDER BY f.created_ms, f.id{skip}"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut events = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (leader, state) in rows {
+            if !seen.insert(leader.clone()) {
+                continue;
+            }
+            if state.as_deref() == Some("completed") {
+                events.extend(self.complete_followers_in(&mut tx, &leader, now_ms).await?);
+            } else {
+                let reason = "the job it followed ended without a result";
+                events.extend(
+                    self.release_followers_in(&mut tx, &leader, reason, true, now_ms)
+                        .await?,
+                );
+            }
+        }
+        tx.commit().await?;
+        Ok(events)
     }
 
     async fn prune_live(&self, finished_before_ms: u64) -> StoreResult<u64> {
@@ -1266,7 +1342,7 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?;
         let latency = now_ms.saturating_sub(requested);
-        self.end_live_in(&mut tx, job_id).await?;
+        let live = self.end_live_in(&mut tx, job_id).await?;
         let mut events = vec![
             self.event(
                 &mut tx,
@@ -1279,8 +1355,14 @@ impl Store for SqlStore {
             .await?,
         ];
         events.extend(
-            self.release_followers_in(&mut tx, job_id, "the job it followed was cancelled", now_ms)
-                .await?,
+            self.release_followers_in(
+                &mut tx,
+                job_id,
+                "the job it followed was cancelled",
+                live > 0,
+                now_ms,
+            )
+            .await?,
         );
         tx.commit().await?;
         Ok((Fenced::Applied, events))
@@ -1325,12 +1407,13 @@ impl Store for SqlStore {
                 )
                 .await?,
             );
-            self.end_live_in(&mut tx, &job.id).await?;
+            let live = self.end_live_in(&mut tx, &job.id).await?;
             events.extend(
                 self.release_followers_in(
                     &mut tx,
                     &job.id,
                     "the job it followed passed its deadline",
+                    live > 0,
                     now_ms,
                 )
                 .await?,

@@ -173,6 +173,25 @@ pub(super) async fn attempt_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<
     row.as_ref().map(attempt_from_row).transpose()
 }
 
+/// The job an attempt belongs to now.
+pub(super) async fn attempt_job_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT job_id FROM attempts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
+}
+
+/// Lock a job's row until commit (PostgreSQL).
+pub(super) async fn lock_job_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<()> {
+    sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Close an attempt with an outcome, if it is still open.
 pub(super) async fn close_attempt(
     tx: &mut Tx<'_>,
