@@ -913,6 +913,9 @@ impl Hub {
         outcome: &str,
         what: &str,
     ) -> AckOutcome {
+        // The job holding the attempt now (the work may have been handed to another job).
+        let owner = self.store.attempt_job(attempt_id).await.ok().flatten();
+        let job_id = owner.as_deref().unwrap_or(job_id);
         let job = self.store.job(job_id).await.ok().flatten();
         let repeated = job.as_ref().is_some_and(|j| {
             j.attempts

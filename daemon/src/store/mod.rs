@@ -278,6 +278,8 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_live(&self, finished_before_ms: u64) -> StoreResult<u64>;
     /// The `segment` events of a job's current attempt, oldest first.
     async fn live_segments(&self, job_id: &str) -> StoreResult<Vec<JobEvent>>;
+    /// The job an attempt belongs to now (its first job's, unless the work was handed over).
+    async fn attempt_job(&self, attempt_id: &str) -> StoreResult<Option<String>>;
     /// The result profiles agents last registered with, the most recently seen first.
     async fn result_profiles(&self) -> StoreResult<Vec<morag_protocol::ResultProfile>>;
     /// The attempt failed (`outcome`: failed, timed_out, lost). Requeued after `requeue_at_ms`

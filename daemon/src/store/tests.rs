@@ -126,6 +126,8 @@ async fn same_key_joins_then_reuses_and_a_cancel_hands_the_work_over(s: SqlStore
         ),
         (JobState::Running, Some("a1"), None)
     );
+    assert_eq!(s.attempt_job("a1").await.unwrap().as_deref(), Some("b"));
+    assert_eq!(s.attempt_job("nope").await.unwrap(), None);
     // The attempt counts as the heir's, by its number; none is left with the cancelled job.
     assert_eq!((b.attempt_count, b.attempts.len()), (1, 1));
     let a = s.job("a").await.unwrap().unwrap();

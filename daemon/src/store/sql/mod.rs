@@ -399,13 +399,7 @@ impl SqlStore {
         let Some(heir) = heir else {
             return Ok(vec![]);
         };
-        sqlx::query(
-            "UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1",
-        )
-        .bind(&heir)
-        .bind(job_id)
-        .execute(&mut **tx)
-        .await?;
+        repoint_followers_in(tx, job_id, &heir).await?;
         sqlx::query("UPDATE jobs SET joined_to = NULL, updated_ms = $1 WHERE id = $2")
             .bind(i(now_ms))
             .bind(&heir)
@@ -453,13 +447,7 @@ impl SqlStore {
         .fetch_optional(&mut **tx)
         .await?;
         let Some(heir) = heir else { return Ok(None) };
-        sqlx::query(
-            "UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1",
-        )
-        .bind(&heir)
-        .bind(&job.id)
-        .execute(&mut **tx)
-        .await?;
+        repoint_followers_in(tx, &job.id, &heir).await?;
         let attempt = job
             .current_attempt
             .clone()
@@ -1176,6 +1164,13 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+
+    async fn attempt_job(&self, attempt_id: &str) -> StoreResult<Option<String>> {
+        let mut tx = self.pool.begin().await?;
+        let job = attempt_job_in(&mut tx, attempt_id).await?;
+        tx.commit().await?;
+        Ok(job)
     }
 
     async fn result_profiles(&self) -> StoreResult<Vec<morag_protocol::ResultProfile>> {

@@ -183,6 +183,18 @@ pub(super) async fn attempt_job_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<Opt
     )
 }
 
+/// The queued jobs following `from` follow `to` instead (`to` itself excepted).
+pub(super) async fn repoint_followers_in(tx: &mut Tx<'_>, from: &str, to: &str) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE jobs SET joined_to = $1 WHERE joined_to = $2 AND state = 'queued' AND id <> $1",
+    )
+    .bind(to)
+    .bind(from)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Lock a job's row until commit (PostgreSQL).
 pub(super) async fn lock_job_in(tx: &mut Tx<'_>, id: &str) -> StoreResult<()> {
     sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
