@@ -415,8 +415,11 @@ impl Api {
         for (k, v) in fields {
             form = form.text(k.to_string(), v.to_string());
         }
+        // A fresh connection each time: a refused upload (413, 507) ends its connection, and a
+        // request sent on it from the pool meanwhile fails with an incomplete message.
         let r = self
             .request(reqwest::Method::POST, "/api/v1/jobs")
+            .header(reqwest::header::CONNECTION, "close")
             .multipart(form)
             .send()
             .await
