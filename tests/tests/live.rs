@@ -257,10 +257,20 @@ async fn the_command_line_prints_the_transcript_as_it_comes_and_morag_sees_parti
         c
     };
     // `submit --wait`, its output read line by line as it comes (a pipe: no bar).
-    let mut child = cli(&["submit", "--type", "audio", "--wait", "--no-reuse"])
-        .arg(&recording)
-        .spawn()
-        .unwrap();
+    let out_dir = tmp.path().join("results");
+    let out_dir = out_dir.to_str().unwrap();
+    let mut child = cli(&[
+        "submit",
+        "--type",
+        "audio",
+        "--wait",
+        "--no-reuse",
+        "--out",
+        out_dir,
+    ])
+    .arg(&recording)
+    .spawn()
+    .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen: Vec<(u64, String)> = Vec::new();
     let mut partial = None;
