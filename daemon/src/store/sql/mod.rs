@@ -379,6 +379,21 @@ impl SqlStore {
         Ok(events)
     }
 
+    /// The oldest job still following `job_id`, locked until commit where rows lock.
+    async fn oldest_follower_in(
+        &self,
+        tx: &mut Tx<'_>,
+        job_id: &str,
+    ) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT id FROM jobs WHERE joined_to = $1 AND state = 'queued' ORDER BY created_ms, id LIMIT 1{}",
+            self.dialect.lock()
+        ))
+        .bind(job_id)
+        .fetch_optional(&mut **tx)
+        .await?)
+    }
+
     /// `job_id` ended without a result: the oldest job following it runs on its own, and the
     /// others follow that one. Its `released` event, if any followed.
     async fn release_followers_in(
@@ -389,13 +404,7 @@ impl SqlStore {
         had_live_text: bool,
         now_ms: u64,
     ) -> StoreResult<Events> {
-        let heir: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM jobs WHERE joined_to = $1 AND state = 'queued' ORDER BY created_ms, id LIMIT 1{}",
-            self.dialect.lock()
-        ))
-        .bind(job_id)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let heir = self.oldest_follower_in(tx, job_id).await?;
         let Some(heir) = heir else {
             return Ok(vec![]);
         };
@@ -438,14 +447,8 @@ impl SqlStore {
         job: &Job,
         now_ms: u64,
     ) -> StoreResult<Option<(String, Events)>> {
-        let heir: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM jobs WHERE joined_to = $1 AND state = 'queued' AND cancel_requested_ms IS NULL \
-             ORDER BY created_ms, id LIMIT 1{}",
-            self.dialect.lock()
-        ))
-        .bind(&job.id)
-        .fetch_optional(&mut **tx)
-        .await?;
+        // A queued follower has no cancel pending (a cancelled one is no longer queued).
+        let heir = self.oldest_follower_in(tx, &job.id).await?;
         let Some(heir) = heir else { return Ok(None) };
         repoint_followers_in(tx, &job.id, &heir).await?;
         let attempt = job
